@@ -1,0 +1,168 @@
+"""The built-in catalog: providers and models, read from ``catalog.toml`` (data, not code).
+
+Every published limit carries the page it was read from and the date it was read; a
+limit a provider does not publish is left unset, and the core learns it at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Catalog", "Limits", "ModelSpec", "ProviderSpec", "load_catalog", "parse_catalog"]
+
+CAPABILITIES = frozenset({"tools", "parallel_tools", "vision", "transcription", "reasoning", "streaming"})
+WIRES = frozenset({"openai", "anthropic", "gemini"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Rate limits; None means unknown (learned at run time), never "unlimited"."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    rpd: float | None = None
+    concurrency: int | None = None
+    source: str | None = None
+    read_on: str | None = None
+    note: str | None = None
+
+    def merged(self, override: Limits | None) -> Limits:
+        """These limits with every field that ``override`` sets taking precedence."""
+        if override is None:
+            return self
+        pick = lambda a, b: b if b is not None else a  # noqa: E731
+        return Limits(
+            rpm=pick(self.rpm, override.rpm),
+            tpm=pick(self.tpm, override.tpm),
+            rpd=pick(self.rpd, override.rpd),
+            concurrency=pick(self.concurrency, override.concurrency),
+            source=pick(self.source, override.source),
+            read_on=pick(self.read_on, override.read_on),
+            note=pick(self.note, override.note),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    id: str
+    name: str
+    wire: str
+    base_url: str
+    key_env: tuple[str, ...]
+    limits: Limits = Limits()
+    docs: str | None = None
+    max_audio_mb: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model. ``name`` is ``provider/model``; ``model_id`` is what the provider's API calls it."""
+
+    name: str
+    provider: str
+    model_id: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    input_price: float | None = None  # USD per million input tokens
+    output_price: float | None = None  # USD per million output tokens
+    audio_price_per_minute: float | None = None
+    capabilities: frozenset[str] = frozenset()
+    pools: tuple[str, ...] = ()
+    priority: int = 100
+    limits: Limits = Limits()
+    tokenizer: str | None = None  # tiktoken encoding name where known, e.g. "o200k_base"
+    source: str | None = None
+    read_on: str | None = None
+    note: str | None = None
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        """USD for this many tokens, or None when a price is unknown."""
+        if self.input_price is None or self.output_price is None:
+            return None
+        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    providers: Mapping[str, ProviderSpec]
+    models: Mapping[str, ModelSpec]
+    pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _limits(raw: Any, where: str) -> Limits:
+    if raw is None:
+        return Limits()
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a table of limits, found {type(raw).__name__}")
+    unknown = set(raw) - {"rpm", "tpm", "rpd", "concurrency", "source", "read_on", "note"}
+    if unknown:
+        raise ValueError(f"{where}: unknown limit keys {sorted(unknown)}")
+    return Limits(**dict(raw))
+
+
+def parse_catalog(data: Mapping[str, Any]) -> Catalog:
+    """Build a Catalog from parsed TOML; raises ValueError naming the offending entry."""
+    providers: dict[str, ProviderSpec] = {}
+    for pid, p in data.get("providers", {}).items():
+        where = f"catalog providers.{pid}"
+        if p.get("wire") not in WIRES:
+            raise ValueError(f"{where}.wire: expected one of {sorted(WIRES)}, found {p.get('wire')!r}")
+        providers[pid] = ProviderSpec(
+            id=pid,
+            name=p.get("name", pid),
+            wire=p["wire"],
+            base_url=p["base_url"].rstrip("/"),
+            key_env=tuple(p.get("key_env", [f"{pid.upper()}_API_KEY"])),
+            limits=_limits(p.get("limits"), f"{where}.limits"),
+            docs=p.get("docs"),
+            max_audio_mb=p.get("max_audio_mb"),
+        )
+    models: dict[str, ModelSpec] = {}
+    pools: dict[str, list[str]] = {}
+    for name, m in data.get("models", {}).items():
+        where = f"catalog models.{name!r}"
+        provider, _, model_id = name.partition("/")
+        if provider not in providers or not model_id:
+            raise ValueError(f"{where}: name must be '<provider>/<model>' with a known provider")
+        caps = frozenset(m.get("capabilities", []))
+        if caps - CAPABILITIES:
+            raise ValueError(f"{where}.capabilities: unknown {sorted(caps - CAPABILITIES)}")
+        spec = ModelSpec(
+            name=name,
+            provider=provider,
+            model_id=m.get("model_id", model_id),
+            context_window=m.get("context_window"),
+            max_output_tokens=m.get("max_output_tokens"),
+            input_price=m.get("input_price"),
+            output_price=m.get("output_price"),
+            audio_price_per_minute=m.get("audio_price_per_minute"),
+            capabilities=caps,
+            pools=tuple(m.get("pools", [])),
+            priority=int(m.get("priority", 100)),
+            limits=_limits(m.get("limits"), f"{where}.limits"),
+            tokenizer=m.get("tokenizer"),
+            source=m.get("source"),
+            read_on=m.get("read_on"),
+            note=m.get("note"),
+        )
+        models[name] = spec
+        for pool in spec.pools:
+            pools.setdefault(pool, []).append(name)
+    return Catalog(providers=providers, models=models, pools={k: tuple(v) for k, v in pools.items()})
+
+
+@functools.lru_cache(maxsize=1)
+def load_catalog() -> Catalog:
+    """The built-in catalog shipped with the package."""
+    text = resources.files(__name__).joinpath("catalog.toml").read_text(encoding="utf-8")
+    return parse_catalog(tomllib.loads(text))

@@ -1,0 +1,1 @@
+"""The async core: no UI imports here (a test checks sys.modules)."""

@@ -1,0 +1,172 @@
+"""What every provider adapter takes and returns; one adapter per wire format."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError
+from nbfanout.core.headers import RateSnapshot
+
+__all__ = [
+    "Adapter",
+    "ChatRequest",
+    "ChatResponse",
+    "Endpoint",
+    "ImagePart",
+    "Message",
+    "TranscriptionRequest",
+    "TranscriptionResponse",
+    "Usage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image attached to a user message: raw bytes with a MIME type, or a URL."""
+
+    data: bytes | None = None
+    mime_type: str = "image/png"
+    url: str | None = None
+
+    def __repr__(self) -> str:
+        size = f"{len(self.data)} bytes" if self.data is not None else self.url
+        return f"ImagePart({self.mime_type}, {size})"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message. ``role`` is "user" or "assistant" (system prompts go in ChatRequest.system)."""
+
+    role: str
+    content: str
+    images: tuple[ImagePart, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to reach one provider with one key.
+
+    ``api_key`` is never shown: the repr keeps only its last four characters.
+    """
+
+    provider: str
+    base_url: str
+    api_key: str = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key_id(self) -> str:
+        """A printable, non-secret name for the key: ``…abcd``."""
+        return "…" + self.api_key[-4:] if self.api_key else "(none)"
+
+    def __repr__(self) -> str:
+        return f"Endpoint(provider={self.provider!r}, base_url={self.base_url!r}, key={self.key_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A provider-neutral chat call. ``model`` is the provider's own id (no ``provider/`` prefix).
+
+    ``extra`` is passed through into the request body as-is (e.g. ``reasoning_effort``,
+    OpenRouter's ``reasoning``, Gemini's ``generationConfig`` fields).
+    """
+
+    model: str
+    messages: tuple[Message, ...]
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    """A successful completion: text, usage, why it stopped, and what the headers said."""
+
+    text: str
+    usage: Usage
+    finish_reason: str | None
+    model: str
+    status: int
+    rate: RateSnapshot
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionRequest:
+    model: str
+    filename: str
+    data: bytes = field(repr=False)
+    language: str | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionResponse:
+    text: str
+    model: str
+    status: int
+    rate: RateSnapshot
+    duration_s: float | None = None
+
+
+#: Called with each streamed text fragment as it arrives.
+DeltaCallback = Callable[[str], Awaitable[None] | None]
+
+
+class Adapter(abc.ABC):
+    """One wire format. Stateless: the caller owns the httpx client, the key and the retries.
+
+    Every failure (HTTP error status, error inside a 200 body, malformed body, timeout,
+    dropped connection) is raised as ``ProviderError`` whose ``info`` comes from
+    ``classify_error``; httpx exceptions are chained with ``raise ... from exc``.
+    """
+
+    wire: str  # "openai", "anthropic" or "gemini"
+
+    @abc.abstractmethod
+    async def complete(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        request: ChatRequest,
+        *,
+        stream: bool = False,
+        on_delta: DeltaCallback | None = None,
+        timeout: float | None = None,
+    ) -> ChatResponse:
+        """Send one chat request; with ``stream=True`` read SSE and call ``on_delta`` per fragment."""
+
+    async def transcribe(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        request: TranscriptionRequest,
+        *,
+        timeout: float | None = None,
+    ) -> TranscriptionResponse:
+        """Transcribe audio. Only OpenAI-compatible endpoints offer this."""
+        raise ProviderError(
+            ErrorInfo(
+                category=ErrorCategory.BAD_REQUEST,
+                retryable=False,
+                message=f"the {self.wire} wire format has no audio transcription endpoint",
+                provider=endpoint.provider,
+            )
+        )
+

@@ -1,0 +1,418 @@
+"""Configuration: ``nbfanout.toml`` (or a dict of the same shape) merged over the catalog, plus keys.
+
+Every problem is reported at once, each naming the file, the key, what was found and
+what was expected. API keys come from the config (``api_key``), the variables named in
+``api_key_env``, the catalog's conventional variables, and ``PROVIDER_API_KEY`` /
+``PROVIDER_API_KEY_1..N``; they are never shown beyond their last four characters.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nbfanout.catalog import CAPABILITIES, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
+from nbfanout.core.errors import ConfigError, UnknownModelError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ApiKey",
+    "Config",
+    "Defaults",
+    "ProviderConfig",
+    "load_config",
+]
+
+DEFAULT_FILE = "nbfanout.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A secret and where it came from; ``str()`` and ``repr()`` show only ``…`` + last four."""
+
+    value: str = field(repr=False)
+    origin: str  # the variable name, or "config"
+
+    @property
+    def id(self) -> str:
+        return "…" + self.value[-4:]
+
+    def __repr__(self) -> str:
+        return f"ApiKey({self.id} from {self.origin})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The ``[defaults]`` table: run-wide settings."""
+
+    concurrency: int = 16
+    timeout_s: float = 120.0
+    max_attempts: int = 6
+    deadline_s: float | None = None
+    max_rotations: int = 8
+    max_backoff_s: float = 30.0
+    base_backoff_s: float = 0.5
+    provider_order: tuple[str, ...] = ()
+    cache: bool = False
+    cache_path: str | None = None
+    state_path: str | None = None
+    learn_limits: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One provider, resolved: where it lives, its keys and its limits."""
+
+    id: str
+    name: str
+    wire: str
+    base_url: str
+    keys: tuple[ApiKey, ...]
+    key_vars: tuple[str, ...]  # the variables a user would set, for "missing key" messages
+    limits: Limits = Limits()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_audio_mb: float | None = None
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a run needs: defaults, providers with keys, models, pools."""
+
+    defaults: Defaults
+    providers: Mapping[str, ProviderConfig]
+    models: Mapping[str, ModelSpec]
+    pools: Mapping[str, tuple[str, ...]]
+    source: str = "<defaults>"
+
+    def model(self, name: str) -> ModelSpec:
+        """The model called ``name``; UnknownModelError lists the closest known names."""
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModelError(name, suggest(name, self.models)) from None
+
+    def provider_of(self, model: str) -> ProviderConfig:
+        return self.providers[self.model(model).provider]
+
+    def limits_for(self, model: str) -> Limits:
+        """The model's own limits (catalog, then config override); provider limits live on the provider."""
+        return self.model(model).limits
+
+    def __repr__(self) -> str:
+        keyed = sum(1 for p in self.providers.values() if p.has_key)
+        return (
+            f"Config(source={self.source!r}, providers={len(self.providers)} ({keyed} with keys), "
+            f"models={len(self.models)}, pools={sorted(self.pools)})"
+        )
+
+
+def suggest(name: str, known: Mapping[str, Any] | list[str], n: int = 5) -> tuple[str, ...]:
+    """Close names for a mistyped model: fuzzy matches, then same model id under other providers."""
+    names = list(known)
+    out = difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+    tail = name.rsplit("/", 1)[-1].lower()
+    out += [k for k in names if k.lower().endswith("/" + tail) and k not in out]
+    if len(out) < n:
+        by_tail = {k.rsplit("/", 1)[-1].lower(): k for k in names}
+        out += [by_tail[t] for t in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.6) if by_tail[t] not in out]
+    return tuple(out[:n])
+
+
+# --- validation --------------------------------------------------------------------------
+
+_NUM = (int, float)
+
+
+class _Problems:
+    """Collects every config problem so the user sees them all at once."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str, found: Any, expected: str) -> None:
+        shown = _shown(found)
+        self.items.append(f"{self.source}: {key}: expected {expected}, found {shown}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            head = f"{len(self.items)} problem(s) in the nbfanout configuration:\n  - "
+            raise ConfigError(head + "\n  - ".join(self.items), problems=tuple(self.items))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (boolean)"
+    if isinstance(value, str):
+        return f"{value!r} (string)" if len(value) < 40 else f"a {len(value)}-character string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _check(p: _Problems, table: Mapping[str, Any], where: str, spec: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
+    """Type-check ``table`` against ``spec`` ({key: (types or predicate, description)})."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in spec:
+            close = difflib.get_close_matches(key, list(spec), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            p.add(f"{where}.{key}", value, f"one of the known keys {sorted(spec)}{hint}")
+            continue
+        check, expected = spec[key]
+        ok = check(value)
+        if ok:
+            out[key] = value
+        else:
+            p.add(f"{where}.{key}", value, expected)
+    return out
+
+
+def _is(kind: type) -> Any:
+    return lambda v: isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, _NUM) and not isinstance(v, bool) and v > 0
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _str_or_list(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _url(v: Any) -> bool:
+    return isinstance(v, str) and re.match(r"^https?://[^\s/]+", v) is not None
+
+
+_LIMIT_SPEC: dict[str, tuple[Any, str]] = {
+    "rpm": (_positive, "a positive number (requests per minute)"),
+    "tpm": (_positive, "a positive number (tokens per minute)"),
+    "rpd": (_positive, "a positive number (requests per day)"),
+    "concurrency": (_positive_int, "a positive integer (requests in flight)"),
+}
+
+_DEFAULTS_SPEC: dict[str, tuple[Any, str]] = {
+    "concurrency": (_positive_int, "a positive integer"),
+    "timeout_s": (_positive, "a positive number of seconds"),
+    "max_attempts": (_positive_int, "a positive integer"),
+    "deadline_s": (_positive, "a positive number of seconds"),
+    "max_rotations": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+    "max_backoff_s": (_positive, "a positive number of seconds"),
+    "base_backoff_s": (_positive, "a positive number of seconds"),
+    "provider_order": (_str_list, "a list of provider ids"),
+    "cache": (_is(bool), "true or false"),
+    "cache_path": (_is(str), "a file path"),
+    "state_path": (_is(str), "a file path"),
+    "learn_limits": (_is(bool), "true or false"),
+}
+
+_PROVIDER_SPEC: dict[str, tuple[Any, str]] = {
+    **_LIMIT_SPEC,
+    "kind": (lambda v: v in WIRES, f"one of {sorted(WIRES)} (the wire format)"),
+    "name": (_is(str), "a display name"),
+    "base_url": (_url, "an http(s) URL such as 'http://127.0.0.1:8765/v1'"),
+    "api_key": (_str_or_list, "a key string or a list of key strings"),
+    "api_key_env": (_str_or_list, "an environment variable name or a list of them"),
+    "models": (_str_list, "a list of model ids served by this provider"),
+    "headers": (lambda v: isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "a table of strings"),
+    "max_audio_mb": (_positive, "a positive number of megabytes"),
+}
+
+_MODEL_SPEC: dict[str, tuple[Any, str]] = {
+    **_LIMIT_SPEC,
+    "context_window": (_positive_int, "a positive integer (tokens)"),
+    "max_output_tokens": (_positive_int, "a positive integer (tokens)"),
+    "input_price": (lambda v: isinstance(v, _NUM) and not isinstance(v, bool) and v >= 0, "USD per million tokens (>= 0)"),
+    "output_price": (lambda v: isinstance(v, _NUM) and not isinstance(v, bool) and v >= 0, "USD per million tokens (>= 0)"),
+    "capabilities": (lambda v: _str_list(v) and set(v) <= CAPABILITIES, f"a list drawn from {sorted(CAPABILITIES)}"),
+    "pools": (_str_list, "a list of pool names"),
+    "priority": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer (lower is preferred)"),
+    "model_id": (_is(str), "the provider's own model id"),
+}
+
+_TOP_SPEC: dict[str, tuple[Any, str]] = {
+    "defaults": (_is(Mapping), "a table"),
+    "providers": (_is(Mapping), "a table of [providers.<id>] tables"),
+    "models": (_is(Mapping), 'a table of [models."provider/model"] tables'),
+    "pools": (_is(Mapping), "a table of [pools.<name>] tables"),
+}
+
+
+def _env_prefix(provider: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", provider).upper()
+
+
+def _listify(v: str | list[str] | None) -> list[str]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
+def _gather_keys(
+    provider: str, raw: Mapping[str, Any], spec: ProviderSpec | None, env: Mapping[str, str]
+) -> tuple[tuple[ApiKey, ...], tuple[str, ...]]:
+    """Keys for one provider, in order, without duplicates; and the variables a user may set."""
+    prefix = _env_prefix(provider)
+    explicit_vars = _listify(raw.get("api_key_env"))
+    conventional = list(spec.key_env) if spec else []
+    numbered = sorted(
+        (k for k in env if re.fullmatch(rf"{prefix}_API_KEY_\d+", k)), key=lambda k: int(k.rsplit("_", 1)[1])
+    )
+    variables = explicit_vars + [v for v in conventional + [f"{prefix}_API_KEY"] if v not in explicit_vars]
+    keys: list[ApiKey] = [ApiKey(k, "config") for k in _listify(raw.get("api_key")) if k]
+    for var in variables + numbered:
+        value = env.get(var, "").strip()
+        if value and all(value != k.value for k in keys):
+            keys.append(ApiKey(value, var))
+    shown_vars = tuple(explicit_vars or variables[: max(1, len(conventional))])
+    return tuple(keys), shown_vars
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    catalog: Catalog | None = None,
+) -> Config:
+    """Load and validate configuration; ConfigError lists every problem found."""
+    if isinstance(source, Config):
+        return source
+    env = os.environ if env is None else env
+    catalog = catalog or load_catalog()
+    data, where = _read_source(source)
+    return _build(data, where, env, catalog)
+
+
+def _read_source(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> tuple[Mapping[str, Any], str]:
+    if isinstance(source, Mapping):
+        return source, "<dict config>"
+    path = Path(source) if source is not None else Path(DEFAULT_FILE)
+    if source is None and not path.exists():
+        return {}, "<defaults>"
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found (pass an existing path, or omit it to use defaults).")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), str(path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog: Catalog) -> Config:
+    p = _Problems(where)
+    top = _check(p, data, "(top level)", _TOP_SPEC) if isinstance(data, Mapping) else {}
+    defaults_raw = _check(p, top.get("defaults", {}), "defaults", _DEFAULTS_SPEC)
+    defaults = Defaults(
+        **{k: (tuple(v) if k == "provider_order" else v) for k, v in defaults_raw.items()}
+    )
+
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelSpec] = dict(catalog.models)
+    raw_providers: Mapping[str, Any] = top.get("providers", {})
+    for pid in list(catalog.providers) + [k for k in raw_providers if k not in catalog.providers]:
+        raw = raw_providers.get(pid, {})
+        key = f"providers.{pid}"
+        if not isinstance(raw, Mapping):
+            p.add(key, raw, "a table")
+            continue
+        if "/" in pid:
+            p.add(key, pid, "a provider id without '/'")
+            continue
+        raw = _check(p, raw, key, _PROVIDER_SPEC)
+        spec = catalog.providers.get(pid)
+        if spec is None and "base_url" not in raw:
+            p.add(f"{key}.base_url", None, "a base_url for a provider the catalog does not know")
+            continue
+        keys, key_vars = _gather_keys(pid, raw, spec, env)
+        base_limits = spec.limits if spec else Limits()
+        overrides = Limits(**{k: raw[k] for k in _LIMIT_SPEC if k in raw}, source=where if any(k in raw for k in _LIMIT_SPEC) else None)
+        providers[pid] = ProviderConfig(
+            id=pid,
+            name=raw.get("name", spec.name if spec else pid),
+            wire=raw.get("kind", spec.wire if spec else "openai"),
+            base_url=raw.get("base_url", spec.base_url if spec else "").rstrip("/"),
+            keys=keys,
+            key_vars=key_vars,
+            limits=base_limits.merged(overrides),
+            headers=dict(raw.get("headers", {})),
+            max_audio_mb=raw.get("max_audio_mb", spec.max_audio_mb if spec else None),
+        )
+        for model_id in raw.get("models", []):
+            name = f"{pid}/{model_id}"
+            models.setdefault(name, ModelSpec(name=name, provider=pid, model_id=model_id, source=where))
+
+    for name, raw in top.get("models", {}).items():
+        key = f'models."{name}"'
+        provider, _, model_id = name.partition("/")
+        if not isinstance(raw, Mapping):
+            p.add(key, raw, "a table")
+            continue
+        if provider not in providers or not model_id:
+            p.add(key, name, f"a 'provider/model' name whose provider is one of {sorted(providers)}")
+            continue
+        raw = _check(p, raw, key, _MODEL_SPEC)
+        base = models.get(name) or ModelSpec(name=name, provider=provider, model_id=model_id, source=where)
+        limit_override = Limits(**{k: raw[k] for k in _LIMIT_SPEC if k in raw}, source=where if any(k in raw for k in _LIMIT_SPEC) else None)
+        fields = {k: raw[k] for k in ("context_window", "max_output_tokens", "input_price", "output_price", "priority", "model_id") if k in raw}
+        if "capabilities" in raw:
+            fields["capabilities"] = frozenset(raw["capabilities"])
+        if "pools" in raw:
+            fields["pools"] = tuple(raw["pools"])
+        models[name] = replace(base, limits=base.limits.merged(limit_override), **fields)
+
+    pools: dict[str, list[str]] = {}
+    explicit: set[str] = set()
+    for spec in models.values():
+        for pool in spec.pools:
+            pools.setdefault(pool, []).append(spec.name)
+    for pool_name, raw in top.get("pools", {}).items():
+        key = f"pools.{pool_name}"
+        if not isinstance(raw, Mapping) or not _str_list(raw.get("models")):
+            p.add(f"{key}.models", raw.get("models") if isinstance(raw, Mapping) else raw, "a list of 'provider/model' names")
+            continue
+        unknown = [m for m in raw["models"] if m not in models]
+        for m in unknown:
+            close = suggest(m, models)
+            p.add(f"{key}.models", m, "a known model" + (f" such as {', '.join(close)}" if close else " (see `nbfanout models`)"))
+        pools[pool_name] = [m for m in raw["models"] if m in models]
+        explicit.add(pool_name)
+
+    for pid in defaults.provider_order:
+        if pid not in providers:
+            p.add("defaults.provider_order", pid, f"a provider id, one of {sorted(providers)}")
+    p.raise_if_any()
+    for pool_name, pool in pools.items():
+        if pool_name not in explicit:  # an explicit [pools.x] keeps the user's order
+            pool.sort(key=lambda m: (models[m].priority, models[m].input_price or 0.0))
+    return Config(
+        defaults=defaults,
+        providers=providers,
+        models=models,
+        pools={k: tuple(v) for k, v in pools.items()},
+        source=where,
+    )

@@ -1,0 +1,71 @@
+"""An opt-in response cache (sqlite): an identical request to the same model returns without a call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from nbfanout.core.headers import RateSnapshot
+from nbfanout.providers.base import ChatRequest, ChatResponse, Usage
+
+__all__ = ["ResponseCache"]
+
+
+def _default_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "nbfanout" / "responses.sqlite"
+
+
+class ResponseCache:
+    """Maps (model, request) to a stored answer. Keys are never part of the request hash."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or _default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(model: str, request: ChatRequest) -> str:
+        doc = {
+            "model": model,
+            "system": request.system,
+            "messages": [
+                {"role": m.role, "content": m.content,
+                 "images": [hashlib.sha256(i.data or (i.url or "").encode()).hexdigest() for i in m.images]}
+                for m in request.messages
+            ],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "extra": request.extra,
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, model: str, request: ChatRequest) -> ChatResponse | None:
+        with self._lock:
+            row = self._db.execute("SELECT body FROM responses WHERE key = ?", (self.key(model, request),)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        doc = json.loads(row[0])
+        return ChatResponse(text=doc["text"], usage=Usage(**doc["usage"]), finish_reason=doc["finish_reason"],
+                            model=doc["model"], status=200, rate=RateSnapshot())
+
+    def put(self, model: str, request: ChatRequest, response: ChatResponse) -> None:
+        body = json.dumps({"text": response.text, "usage": asdict(response.usage),
+                           "finish_reason": response.finish_reason, "model": response.model})
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses (key, body) VALUES (?, ?)", (self.key(model, request), body))
+            self._db.commit()
+
+    def __repr__(self) -> str:
+        return f"<ResponseCache {self.path} hits={self.hits} misses={self.misses}>"

@@ -1,0 +1,33 @@
+"""The one clock that limits, retries and rotation read: the running event loop's time.
+
+aiolimiter's buckets read ``loop.time()``, so every other budget calculation must read the
+same clock or the two would disagree. Tests therefore inject time by running on a loop whose
+time is fast-forwarded (the ``looptime`` pytest plugin): budgets, retries and rotation then
+run in virtual time, deterministically and without really sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+__all__ = ["Clock", "LoopClock"]
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """Seconds on the running loop's monotonic clock; sleeping is ``asyncio.sleep``."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return "LoopClock()"

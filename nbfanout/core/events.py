@@ -1,0 +1,219 @@
+"""Events: what the core reports as it works. Every layer above (terminal, dashboard) only subscribes.
+
+Events are frozen, slotted dataclasses delivered synchronously, in emission order, to every
+subscriber. A subscriber that raises is logged and skipped; it never breaks a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+__all__ = [
+    "BudgetStats",
+    "Event",
+    "EventBus",
+    "LimitsLearned",
+    "ModelCompleted",
+    "ModelFailed",
+    "ModelQueued",
+    "ModelRotation",
+    "ModelSelected",
+    "NoModelsAvailableEvent",
+    "RateLimited",
+    "RequestStarted",
+    "RetryScheduled",
+    "RunCompleted",
+    "RunStarted",
+    "TextDelta",
+    "Utilization",
+]
+
+log = logging.getLogger("nbfanout")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    t: float  # loop-clock seconds since the run started
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    models: tuple[str, ...] = ()
+    prompts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelQueued(Event):
+    """A (prompt, model) request entered the queue; ``request`` identifies it for the whole run."""
+
+    kind: ClassVar[str] = "model_queued"
+    request: str = ""
+    model: str = ""
+    prompt_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSelected(Event):
+    kind: ClassVar[str] = "model_selected"
+    request: str = ""
+    requested: str = ""
+    model: str = ""
+    key_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStarted(Event):
+    kind: ClassVar[str] = "request_started"
+    request: str = ""
+    model: str = ""
+    key_id: str = ""
+    attempt: int = 1
+    in_flight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta(Event):
+    """A streamed fragment of an answer (only when streaming)."""
+
+    kind: ClassVar[str] = "text_delta"
+    request: str = ""
+    model: str = ""
+    text: str = ""
+    chars_so_far: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimited(Event):
+    kind: ClassVar[str] = "rate_limited"
+    request: str = ""
+    model: str = ""
+    key_id: str = ""
+    retry_after_s: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Event):
+    kind: ClassVar[str] = "retry_scheduled"
+    request: str = ""
+    model: str = ""
+    attempt: int = 1  # the attempt that failed
+    wait_s: float = 0.0
+    category: str = ""
+    reason: str = ""  # "provider asked" or "backoff"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRotation(Event):
+    kind: ClassVar[str] = "model_rotation"
+    request: str = ""
+    from_model: str = ""
+    to_model: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsLearned(Event):
+    kind: ClassVar[str] = "limits_learned"
+    scope: str = ""
+    metric: str = ""  # rpm, tpm, rpd, concurrency
+    old: float | None = None
+    new: float | None = None
+    source: str = ""  # "headers", "429 body", "adaptive"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCompleted(Event):
+    kind: ClassVar[str] = "model_completed"
+    request: str = ""
+    requested: str = ""
+    model: str = ""
+    latency_s: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFailed(Event):
+    kind: ClassVar[str] = "model_failed"
+    request: str = ""
+    requested: str = ""
+    model: str = ""
+    category: str = ""
+    status: int | None = None
+    message: str = ""
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NoModelsAvailableEvent(Event):
+    kind: ClassVar[str] = "no_models_available"
+    request: str = ""
+    candidates: tuple[str, ...] = ()
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStats:
+    """A frozen snapshot of one budget (provider, key or model) for bars and dashboards."""
+
+    scope: str  # "provider", "key" or "model"
+    name: str  # "openrouter", "openrouter …abcd", "openrouter/deepseek/..."
+    rpm_limit: float | None
+    rpm_used: float
+    tpm_limit: float | None
+    tpm_used: float
+    rpd_limit: float | None
+    rpd_used: int
+    concurrency_limit: int | None
+    in_flight: int
+    cooldown_s: float  # seconds until the cooldown ends (0 when none)
+    disabled: str | None = None  # why a key was taken out of use
+
+
+@dataclass(frozen=True, slots=True)
+class Utilization(Event):
+    kind: ClassVar[str] = "utilization"
+    budgets: tuple[BudgetStats, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleted(Event):
+    kind: ClassVar[str] = "run_completed"
+    succeeded: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0
+    cancelled: bool = False
+
+
+Subscriber = Callable[[Event], None]
+
+
+@dataclass
+class EventBus:
+    """Delivers each event to every subscriber, in order."""
+
+    _subscribers: list[Subscriber] = field(default_factory=list)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def emit(self, event: Event) -> None:
+        for callback in tuple(self._subscribers):
+            try:
+                callback(event)
+            except Exception:  # a broken view must never break a run
+                log.exception("nbfanout event subscriber %r failed on %s", callback, event.kind)
+
+    def __repr__(self) -> str:
+        return f"EventBus(subscribers={len(self._subscribers)})"

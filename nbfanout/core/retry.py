@@ -1,0 +1,63 @@
+"""Retry policy: which categories are retried, how long to wait, and when to give up.
+
+Shaped like stamina: you say what is retryable (``on=``), attempts and total time are both
+bounded, and the provider's own wait (retry-after, "try again in", retryDelay) always wins
+over our backoff. Backoff is exponential with full jitter, capped.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from nbfanout.core.errors import RETRYABLE, ErrorCategory, ErrorInfo
+
+__all__ = ["RetryPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try again and how long to wait first.
+
+    ``jitter=False`` gives the deterministic upper bound of each backoff (for tests).
+    """
+
+    on: frozenset[ErrorCategory] = RETRYABLE
+    max_attempts: int = 6
+    timeout_s: float = 120.0  # per request
+    deadline_s: float | None = None  # for the whole request, all attempts and waits included
+    base_s: float = 0.5
+    max_backoff_s: float = 30.0
+    jitter: bool = True
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_s <= 0 or self.max_backoff_s <= 0:
+            raise ValueError("base_s and max_backoff_s must be positive")
+
+    def backoff(self, attempt: int) -> float:
+        """Our own wait after failed attempt number ``attempt`` (1-based): full jitter, capped."""
+        ceiling = min(self.max_backoff_s, self.base_s * 2 ** (attempt - 1))
+        return self.rng.uniform(0.0, ceiling) if self.jitter else ceiling
+
+    def wait_after(self, attempt: int, info: ErrorInfo) -> tuple[float, str]:
+        """How long to wait after this failure, and why ("provider asked" or "backoff")."""
+        if info.retry_after_s is not None and info.retry_after_s >= 0:
+            return float(info.retry_after_s), "provider asked"
+        return self.backoff(attempt), "backoff"
+
+    def retryable(self, info: ErrorInfo) -> bool:
+        return info.category in self.on
+
+    def decide(self, attempt: int, info: ErrorInfo, elapsed_s: float) -> tuple[bool, float, str]:
+        """(retry?, wait seconds, reason) after failed attempt ``attempt`` at ``elapsed_s`` into the request."""
+        if not self.retryable(info):
+            return False, 0.0, f"{info.category.value} is not retried"
+        if attempt >= self.max_attempts:
+            return False, 0.0, f"gave up after {attempt} attempts"
+        wait, reason = self.wait_after(attempt, info)
+        if self.deadline_s is not None and elapsed_s + wait >= self.deadline_s:
+            return False, wait, f"waiting {wait:.1f}s would pass the {self.deadline_s:.0f}s deadline"
+        return True, wait, reason

@@ -1,0 +1,381 @@
+"""Sending a request and turning every way it can fail into a ``ProviderError``.
+
+How failures map (each adapter goes through this module, so the three agree)::
+
+    httpx.TransportError (timeout, connect, read, protocol)
+        -> classify_error(provider, None, None, "ReadTimeout: ...")       raise ... from exc
+    HTTP status outside 2xx
+        -> classify_error(provider, status, headers, body)
+    2xx whose body holds an error envelope (OpenRouter's 200 + {"error": ...}, Gemini's
+    [{"error": ...}], Anthropic's ``event: error``, an error event mid-stream)
+        -> classify_error(provider, status, headers, envelope) where status is the
+           envelope's numeric ``code`` when it is an HTTP error code, else the real status
+    2xx whose body is not JSON, has no choices/candidates, or a stream that ends before
+    its final event
+        -> ErrorInfo(server_error, retryable) built here: classify_error sees a 2xx status
+           and a body with no error in it, so it cannot tell these apart
+    2xx with no text because the provider blocked it (content filter, refusal, safety)
+        -> ErrorInfo(content_policy, not retryable) built here, for the same reason
+
+``asyncio.CancelledError`` is never caught: it propagates and the ``finally`` clauses
+close the response, so an interrupted stream frees its connection.
+
+Every message that leaves this module has the endpoint's key replaced by its last four
+characters, in case a provider echoes it back.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import inspect
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError, classify_error
+from nbfanout.core.headers import RateSnapshot, parse_rate_headers
+from nbfanout.providers._sse import ServerSentEvent, aiter_sse
+from nbfanout.providers.base import (
+    Adapter,
+    ChatRequest,
+    ChatResponse,
+    DeltaCallback,
+    Endpoint,
+    Usage,
+)
+
+__all__ = [
+    "HTTPAdapter",
+    "StreamState",
+    "deep_merge",
+    "join_url",
+    "redact",
+]
+
+_SNIPPET = 200
+
+
+def join_url(base_url: str, path: str) -> str:
+    """``base_url`` + ``/path`` with exactly one slash between them."""
+    return base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` replaced by ``…`` and its last four characters."""
+    if len(secret) < 5:  # a key that short is shown whole by Endpoint.key_id anyway
+        return text
+    return text.replace(secret, "…" + secret[-4:])
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``extra``; nested dicts are merged, any other value from ``extra`` wins."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _timeout(timeout: float | None) -> Any:
+    # None means "the client's own timeout", not httpx's "no timeout at all".
+    return httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+
+
+def _snippet(body: bytes | str) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text[:_SNIPPET] + ("…" if len(text) > _SNIPPET else "")
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What a stream has said so far; each adapter's ``feed`` fills it in."""
+
+    parts: list[str] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str | None = None
+    model: str | None = None
+    complete: bool = False  # the provider's end-of-message marker (or a finish reason) was seen
+    done: bool = False  # nothing more will follow: stop reading
+    last: Any = None  # the last JSON payload, kept as ChatResponse.raw
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class HTTPAdapter(Adapter):
+    """The logic the three wire formats share; subclasses say how to build and read their JSON.
+
+    ``timeout`` (seconds) is httpx's per-operation timeout: connect, each read, each write.
+    For a stream that bounds the silence between two chunks, not the whole answer; a total
+    deadline is the caller's (``asyncio.timeout``), and cancelling is always safe.
+    """
+
+    #: Finish reasons that, with no text at all, mean the provider refused or filtered.
+    blocked_reasons: frozenset[str] = frozenset()
+
+    # ---- what each wire format defines -------------------------------------------------
+
+    @abc.abstractmethod
+    def headers(self, endpoint: Endpoint) -> dict[str, str]:
+        """Authentication and version headers (``endpoint.headers`` are added on top)."""
+
+    @abc.abstractmethod
+    def chat_url(self, endpoint: Endpoint, request: ChatRequest, *, stream: bool) -> tuple[str, dict[str, str]]:
+        """URL and query parameters of the chat call."""
+
+    @abc.abstractmethod
+    def chat_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The JSON body of the chat call, ``request.extra`` merged in."""
+
+    @abc.abstractmethod
+    def find_error(self, payload: Any) -> Mapping[str, Any] | None:
+        """The error envelope inside a 2xx body or stream event, if there is one."""
+
+    @abc.abstractmethod
+    def read_response(self, payload: Any, state: StreamState) -> None:
+        """Fill ``state`` from a whole (non-streamed) response body."""
+
+    @abc.abstractmethod
+    def feed(self, event: ServerSentEvent, payload: Any, state: StreamState) -> Iterable[str]:
+        """Update ``state`` from one stream event; return the text fragments it carried."""
+
+    # ---- shared behaviour ---------------------------------------------------------------
+
+    async def complete(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        request: ChatRequest,
+        *,
+        stream: bool = False,
+        on_delta: DeltaCallback | None = None,
+        timeout: float | None = None,
+    ) -> ChatResponse:
+        """Send one chat request; with ``stream=True`` read SSE and call ``on_delta`` per fragment."""
+        url, params = self.chat_url(endpoint, request, stream=stream)
+        body = self.chat_body(request, stream=stream)
+        state = StreamState()
+        if not stream:
+            response = await self._send(
+                client, endpoint, "POST", url, params=params, json=body, timeout=timeout
+            )
+            payload = self._json(endpoint, response)
+            self._raise_for_body_error(endpoint, response, payload)
+            state.last = payload
+            self.read_response(payload, state)
+            if not state.complete:
+                raise self._invalid(endpoint, response.status_code, f"no answer in the response: {_snippet(response.text)}")
+            return self._result(endpoint, request, response, state)
+
+        async with self._open_stream(client, endpoint, url, params=params, json=body, timeout=timeout) as response:
+            async with aclosing(self._events(endpoint, response)) as events:
+                async for event in events:
+                    if event.data.strip() == "[DONE]":  # OpenAI's end-of-stream sentinel
+                        state.done = state.complete = True
+                    elif event.data.strip():
+                        payload = self._json(endpoint, response, event.data)
+                        self._raise_for_body_error(endpoint, response, payload)
+                        state.last = payload
+                        for fragment in self.feed(event, payload, state):
+                            if fragment:
+                                state.parts.append(fragment)
+                                if on_delta is not None:
+                                    result = on_delta(fragment)
+                                    if inspect.isawaitable(result):
+                                        await result
+                    if state.done:
+                        break
+            if not state.complete:
+                raise self._no_response(
+                    endpoint,
+                    "IncompleteStream: the connection closed before the provider's final stream event "
+                    f"({len(state.parts)} text fragments received)",
+                )
+            return self._result(endpoint, request, response, state)
+
+    async def _get_json(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """GET a JSON document (model lists), with the same error mapping as a chat call."""
+        response = await self._send(client, endpoint, "GET", url, params=params, timeout=timeout)
+        payload = self._json(endpoint, response)
+        self._raise_for_body_error(endpoint, response, payload)
+        return payload
+
+    def _result(
+        self, endpoint: Endpoint, request: ChatRequest, response: httpx.Response, state: StreamState
+    ) -> ChatResponse:
+        if not state.text and state.finish_reason in self.blocked_reasons:
+            raise ProviderError(
+                ErrorInfo(
+                    category=ErrorCategory.CONTENT_POLICY,
+                    retryable=False,
+                    message=f"the provider returned no text (finish reason {state.finish_reason!r})",
+                    status=response.status_code,
+                    provider=endpoint.provider,
+                    provider_code=state.finish_reason,
+                )
+            )
+        raw = state.last if isinstance(state.last, Mapping) else {"body": state.last}
+        return ChatResponse(
+            text=state.text,
+            usage=Usage(input_tokens=state.input_tokens, output_tokens=state.output_tokens),
+            finish_reason=state.finish_reason,
+            model=state.model or request.model,
+            status=response.status_code,
+            rate=self._rate(endpoint, response),
+            raw=raw,
+        )
+
+    @staticmethod
+    def _rate(endpoint: Endpoint, response: httpx.Response) -> RateSnapshot:
+        return parse_rate_headers(endpoint.provider, response.headers)
+
+    def _request_headers(self, endpoint: Endpoint) -> dict[str, str]:
+        return {**self.headers(endpoint), **endpoint.headers}
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        files: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send and read the whole body; a non-2xx status becomes a ProviderError."""
+        try:
+            response = await client.request(
+                method,
+                url,
+                params=params,
+                headers=self._request_headers(endpoint),
+                json=json,
+                data=data,
+                files=files,
+                timeout=_timeout(timeout),
+            )
+        except httpx.TransportError as exc:
+            raise self._transport_error(endpoint, exc) from exc
+        except httpx.DecodingError as exc:
+            raise self._invalid(endpoint, None, f"the response body could not be decoded: {exc}") from exc
+        if not response.is_success:
+            raise self._status_error(endpoint, response, response.content)
+        return response
+
+    @asynccontextmanager
+    async def _open_stream(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        url: str,
+        *,
+        params: Mapping[str, str],
+        json: Any,
+        timeout: float | None,
+    ) -> AsyncIterator[httpx.Response]:
+        """A streaming POST whose status is 2xx; the response is closed however the block exits."""
+        request = client.build_request(
+            "POST", url, params=params, headers=self._request_headers(endpoint), json=json, timeout=_timeout(timeout)
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._transport_error(endpoint, exc) from exc
+        try:
+            if not response.is_success:
+                try:
+                    body = await response.aread()
+                except httpx.HTTPError:  # the error body itself was cut off: classify by status
+                    body = b""
+                raise self._status_error(endpoint, response, body)
+            yield response
+        finally:
+            try:
+                await response.aclose()
+            except httpx.HTTPError:  # closing a broken connection must not hide the real error
+                pass
+
+    async def _events(self, endpoint: Endpoint, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+        """The response's SSE events; a JSON (not SSE) body is yielded as one event."""
+        try:
+            if "event-stream" not in response.headers.get("content-type", "text/event-stream"):
+                # Some gateways answer a stream request with a plain JSON body (usually an
+                # error envelope): treat the whole body as one event so it is checked alike.
+                yield ServerSentEvent(data=(await response.aread()).decode("utf-8", "replace"))
+                return
+            async for event in aiter_sse(response.aiter_lines()):
+                yield event
+        except httpx.TransportError as exc:
+            raise self._transport_error(endpoint, exc) from exc
+        except httpx.DecodingError as exc:
+            raise self._invalid(endpoint, response.status_code, f"the stream could not be decoded: {exc}") from exc
+
+    def _json(self, endpoint: Endpoint, response: httpx.Response, text: str | None = None) -> Any:
+        """Parse a body (or one event's data) as JSON; anything else is a server error."""
+        try:
+            return json.loads(response.content if text is None else text)
+        except ValueError as exc:
+            what = "the response body" if text is None else "a stream event"
+            body = response.content if text is None else text
+            raise self._invalid(endpoint, response.status_code, f"{what} was not valid JSON: {_snippet(body)!r}") from exc
+
+    def _raise_for_body_error(self, endpoint: Endpoint, response: httpx.Response, payload: Any) -> None:
+        envelope = self.find_error(payload)
+        if envelope is None:
+            return
+        error = envelope.get("error")
+        code = error.get("code") if isinstance(error, Mapping) else None
+        status = code if isinstance(code, int) and 400 <= code <= 599 else response.status_code
+        info = classify_error(endpoint.provider, status, response.headers, json.dumps(envelope))
+        raise self._safe(endpoint, info)
+
+    # ---- ProviderError builders -----------------------------------------------------------
+
+    def _safe(self, endpoint: Endpoint, info: ErrorInfo) -> ProviderError:
+        return ProviderError(
+            dataclasses.replace(
+                info, message=redact(info.message, endpoint.api_key), provider=info.provider or endpoint.provider
+            )
+        )
+
+    def _status_error(self, endpoint: Endpoint, response: httpx.Response, body: bytes) -> ProviderError:
+        return self._safe(endpoint, classify_error(endpoint.provider, response.status_code, response.headers, body))
+
+    def _transport_error(self, endpoint: Endpoint, exc: httpx.TransportError) -> ProviderError:
+        return self._no_response(endpoint, f"{type(exc).__name__}: {exc}")
+
+    def _no_response(self, endpoint: Endpoint, description: str) -> ProviderError:
+        return self._safe(endpoint, classify_error(endpoint.provider, None, None, description))
+
+    def _invalid(self, endpoint: Endpoint, status: int | None, message: str) -> ProviderError:
+        return self._safe(
+            endpoint,
+            ErrorInfo(
+                category=ErrorCategory.SERVER_ERROR,
+                retryable=True,
+                message=message,
+                status=status,
+                provider=endpoint.provider,
+            ),
+        )

@@ -1,0 +1,159 @@
+"""The Gemini API (Google AI Studio) wire format.
+
+``POST {base}/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``, key in
+the ``x-goog-api-key`` header (https://ai.google.dev/api/generate-content), so it never
+appears in a URL.
+
+Request rules:
+
+- messages become ``contents`` with roles ``user`` / ``model``; ``system`` becomes
+  ``systemInstruction``; images are ``inlineData`` parts (base64), or ``fileData`` parts
+  for images given by URL (https://ai.google.dev/gemini-api/docs/vision).
+- ``max_tokens`` → ``generationConfig.maxOutputTokens``; ``temperature`` →
+  ``generationConfig.temperature`` (omitted when None).
+- ``ChatRequest.extra``: keys that are fields of the request itself (``tools``,
+  ``toolConfig``, ``safetySettings``, ``cachedContent``, ``systemInstruction``, ``contents``)
+  go to the top level; ``generationConfig`` is merged into ``generationConfig``; every
+  other key is a generation setting and goes into ``generationConfig``
+  (``thinkingConfig={"thinkingBudget": 0}``, ``topP``, ``responseMimeType``...).
+
+Usage: ``output_tokens`` is ``candidatesTokenCount`` + ``thoughtsTokenCount`` (thinking is
+billed as output). ``finish_reason`` is Gemini's ``finishReason`` as sent (``STOP``,
+``MAX_TOKENS``, ``SAFETY``, ``RECITATION``...), or the prompt's ``blockReason`` when
+the prompt itself was blocked.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from nbfanout.providers._http import HTTPAdapter, StreamState, deep_merge, join_url
+from nbfanout.providers._sse import ServerSentEvent
+from nbfanout.providers.base import ChatRequest, Endpoint, ImagePart, Message
+
+__all__ = ["GeminiAdapter"]
+
+#: Fields of GenerateContentRequest itself; any other ``extra`` key belongs in generationConfig.
+_REQUEST_FIELDS = frozenset(
+    {"contents", "tools", "toolConfig", "safetySettings", "systemInstruction", "cachedContent", "generationConfig"}
+)
+
+
+def _model_path(model: str) -> str:
+    return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+
+
+def _image_part(image: ImagePart) -> dict[str, Any]:
+    if image.data is not None:
+        return {"inlineData": {"mimeType": image.mime_type, "data": base64.b64encode(image.data).decode("ascii")}}
+    return {"fileData": {"mimeType": image.mime_type, "fileUri": image.url or ""}}
+
+
+def _content(message: Message) -> dict[str, Any]:
+    parts = [_image_part(image) for image in message.images]
+    if message.content or not parts:
+        parts.append({"text": message.content})
+    return {"role": "model" if message.role == "assistant" else "user", "parts": parts}
+
+
+class GeminiAdapter(HTTPAdapter):
+    """Gemini models through generateContent, streamed (SSE) or not."""
+
+    wire = "gemini"
+    # finishReason values for a filtered answer, and promptFeedback.blockReason values
+    # (https://ai.google.dev/api/generate-content#FinishReason, #BlockReason).
+    blocked_reasons = frozenset(
+        {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "OTHER"}
+    )
+
+    def headers(self, endpoint: Endpoint) -> dict[str, str]:
+        return {"x-goog-api-key": endpoint.api_key}
+
+    def chat_url(self, endpoint: Endpoint, request: ChatRequest, *, stream: bool) -> tuple[str, dict[str, str]]:
+        method = "streamGenerateContent" if stream else "generateContent"
+        params = {"alt": "sse"} if stream else {}
+        return join_url(endpoint.base_url, f"{_model_path(request.model)}:{method}"), params
+
+    def chat_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        top: dict[str, Any] = {}
+        for key, value in request.extra.items():
+            if key == "generationConfig" and isinstance(value, Mapping):
+                config = deep_merge(config, value)
+            elif key in _REQUEST_FIELDS:
+                top[key] = value
+            else:
+                config = deep_merge(config, {key: value})
+        body: dict[str, Any] = {"contents": [_content(m) for m in request.messages]}
+        if request.system:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        if config:
+            body["generationConfig"] = config
+        return deep_merge(body, top)
+
+    def find_error(self, payload: Any) -> Mapping[str, Any] | None:
+        # {"error": {"code": 429, "message": ..., "status": "RESOURCE_EXHAUSTED"}}; without
+        # alt=sse the stream body is a JSON array, so the error arrives as [{"error": ...}]
+        # (seen in https://github.com/google-gemini/gemini-cli/issues/6454).
+        if isinstance(payload, list) and payload and isinstance(payload[0], Mapping):
+            payload = payload[0]
+        if isinstance(payload, Mapping) and payload.get("error"):
+            return {"error": payload["error"]}
+        return None
+
+    def read_response(self, payload: Any, state: StreamState) -> None:
+        state.parts += self.feed(ServerSentEvent(), payload, state)
+        if isinstance(payload, Mapping) and payload.get("candidates"):
+            state.complete = True  # a whole response with a candidate is an answer, finishReason or not
+
+    def feed(self, event: ServerSentEvent, payload: Any, state: StreamState) -> Iterable[str]:
+        # Each SSE chunk is a whole GenerateContentResponse holding only the new text; the
+        # chunk with finishReason ends the answer, usageMetadata is cumulative
+        # (https://ai.google.dev/api/generate-content#method:-models.streamgeneratecontent).
+        if not isinstance(payload, Mapping):
+            return ()
+        state.model = payload.get("modelVersion") or state.model
+        usage = payload.get("usageMetadata")
+        if isinstance(usage, Mapping):
+            state.input_tokens = int(usage.get("promptTokenCount") or 0)
+            state.output_tokens = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
+        block = (payload.get("promptFeedback") or {}).get("blockReason")
+        if block:
+            state.finish_reason = block
+            state.complete = True
+        candidates = payload.get("candidates") or []
+        if not candidates or not isinstance(candidates[0], Mapping):
+            return ()
+        candidate = candidates[0]
+        if candidate.get("finishReason"):
+            state.finish_reason = candidate["finishReason"]
+            state.complete = True
+        parts = (candidate.get("content") or {}).get("parts") or []
+        # Parts marked "thought" are thinking summaries, not the answer.
+        fragments = [p.get("text") or "" for p in parts if isinstance(p, Mapping) and not p.get("thought")]
+        return fragments
+
+    async def list_models(
+        self, client: httpx.AsyncClient, endpoint: Endpoint, *, timeout: float | None = None
+    ) -> list[str]:
+        """Model ids (without ``models/``) from ``GET {base}/models``, following ``nextPageToken``
+        (https://ai.google.dev/api/models#method:-models.list)."""
+        ids: list[str] = []
+        params = {"pageSize": "1000"}
+        while True:
+            payload = await self._get_json(client, endpoint, join_url(endpoint.base_url, "models"), params=params, timeout=timeout)
+            models = payload.get("models") if isinstance(payload, Mapping) else None
+            if not isinstance(models, list):
+                raise self._invalid(endpoint, 200, "the model list has no 'models' array")
+            ids += [m["name"].removeprefix("models/") for m in models if isinstance(m, Mapping) and isinstance(m.get("name"), str)]
+            if not payload.get("nextPageToken"):
+                return ids
+            params = {"pageSize": "1000", "pageToken": str(payload["nextPageToken"])}

@@ -1,0 +1,851 @@
+"""Sandbox scenarios: the providers, keys, models, limits, latencies and faults a sandbox plays.
+
+A scenario is a TOML file. Every table and key is checked; a mistake raises
+``ScenarioError`` (a ``ConfigError``) naming the file, the key, what was found and what
+was expected. Schema::
+
+    name = "seed15"                 # optional, defaults to the file stem
+    description = "..."             # optional
+    seed = 15                       # drives answers, output lengths, jitter, probabilistic faults
+    time_scale = 1.0                # multiplies every latency and fault delay (not limit windows)
+
+    [providers.<id>]                # <id> is the first URL segment: {url}/<id>/v1/...
+    style = "openrouter"            # whose headers and error bodies to imitate: openai, groq,
+                                    #   openrouter, together, deepseek, mistral, generic,
+                                    #   anthropic, gemini
+    wire = "openai"                 # openai | anthropic | gemini (defaults from style)
+    organization = "org-sandbox"    # quoted in error messages, as providers do
+    keys = ["sk-sbx-...",           # a plain key, or a table:
+            { key = "sk-sbx-...", invalid = true },          # 401 on every call
+            { key = "sk-sbx-...", quota_exhausted = true },  # out of credit on every call
+            { key = "sk-sbx-...", limits = { rpm = 3 } }]    # this key's own limits
+    limits = { rpm = 100, hidden = ["rpm"] }   # shared by every key and model of the provider
+    key_limits = { rpm = 500, tpm = 90000 }    # applied to each key separately
+    faults = [ ... ]                # fault rules for every model of the provider (see below)
+
+    [providers.<id>.groups.<name>]  # a limit several models share (OpenRouter's
+    models = ["a:free", "b:free"]   #   "free-models-per-min" is one); <name> is quoted in 429s
+    limits = { rpm = 20, per_key = true }
+
+    [providers.<id>.models."<model id>"]       # the provider's own model id
+    kind = "chat"                   # or "transcription" (POST .../v1/audio/transcriptions)
+    limits = { rpm = 500, tpm = 30000, rpd = 10000, concurrency = 4, per_key = true,
+               hidden = ["tpm"] }
+    latency = { base_ms = 600, per_output_token_ms = 2.5, jitter = 0.1 }
+    output_tokens = [600, 800]      # inclusive range; the exact count is seeded per prompt
+    faults = [ ... ]
+
+Limits (``rpm``, ``tpm``, ``rpd``, ``concurrency``; all optional positive integers) are
+enforced exactly (see ``limits.py``). ``per_key = true`` gives every key its own copy
+of a model's or group's limits (OpenAI's per-organisation model limits); otherwise one
+copy is shared by all keys (an upstream's capacity). Provider and model limits are
+*advertised* (written into the client config that ``Sandbox.config`` returns) unless
+listed in ``hidden``; key and group limits are never advertised: a client learns them
+from rate-limit headers and 429 bodies, as with real providers.
+
+A fault rule is a table with ``kind`` and exactly one trigger:
+
+- ``probability = 0.1`` (seeded), ``every_nth = 4``, ``first_n = 2`` (counted per rule,
+  over requests to that model, or to the provider for provider-level rules), or
+- ``while_busy = ["model-a", ...]`` with ``after_ms``: the request is admitted, waits
+  ``after_ms`` in the upstream's queue, and fails if any *other* request to one of the
+  listed models is in flight then (a shared upstream that is busy).
+
+Kinds: ``rate_limit_burst`` (429 in the provider's own shape; ``retry_after_s``,
+``upstream = true`` for OpenRouter's "Provider returned error"), ``server_error`` (500),
+``unavailable`` (503), ``overloaded`` (529 for Anthropic, 503 elsewhere), ``slow``
+(answers after ``delay_s``, to trip client timeouts), ``drop`` (connection closed without
+a response), ``malformed`` (200 with a broken JSON body), ``invalid_key`` (401),
+``quota_exhausted`` (OpenAI ``insufficient_quota`` 429, OpenRouter 402, Anthropic credit
+balance 400, Gemini quota 429). Rejections (rate limits, overload, auth, quota) happen
+before admission and use no quota; ``server_error``, ``slow``, ``drop`` and ``malformed``
+happen after admission, take time (``delay_s``, default the model's base latency) and
+count against the limits, as a real failed call does.
+
+``lower_bound(...)`` says how fast any client could possibly run a set of models once.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nbfanout.core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "BUILTIN_SCENARIOS",
+    "FAULT_KINDS",
+    "Fault",
+    "GroupSpec",
+    "KeySpec",
+    "Latency",
+    "Limits",
+    "LowerBound",
+    "ModelSpec",
+    "ProviderSpec",
+    "STYLES",
+    "Scenario",
+    "ScenarioError",
+    "load_scenario",
+    "lower_bound_s",
+    "mask_key",
+    "parse_scenario",
+]
+
+LIMIT_KINDS: tuple[str, ...] = ("rpm", "tpm", "rpd", "concurrency")
+
+#: style -> wire format it speaks.
+STYLES: Mapping[str, str] = {
+    "openai": "openai",
+    "groq": "openai",
+    "openrouter": "openai",
+    "together": "openai",
+    "deepseek": "openai",
+    "mistral": "openai",
+    "generic": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gemini",
+}
+WIRES = frozenset({"openai", "anthropic", "gemini"})
+
+FAULT_KINDS: tuple[str, ...] = (
+    "rate_limit_burst",
+    "server_error",
+    "unavailable",
+    "overloaded",
+    "slow",
+    "drop",
+    "malformed",
+    "invalid_key",
+    "quota_exhausted",
+)
+#: Faults decided before admission: they use no quota and answer at once.
+PRE_ADMISSION = frozenset({"rate_limit_burst", "unavailable", "overloaded", "invalid_key", "quota_exhausted"})
+#: Faults decided after admission: they take time and count against the limits.
+POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed"})
+
+BUILTIN_SCENARIOS: tuple[str, ...] = ("fast", "seed15", "storm")
+
+
+class ScenarioError(ConfigError):
+    """A scenario file is invalid; ``problems`` lists each one as file, key, found, expected."""
+
+
+def mask_key(key: str | None) -> str:
+    """A key as it may be shown anywhere: its last four characters only."""
+    if not key:
+        return "(none)"
+    return "…" + key[-4:]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """RPM / TPM / RPD / concurrency for one scope; None means no limit of that kind."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    concurrency: int | None = None
+    hidden: frozenset[str] = frozenset()
+    per_key: bool = False
+
+    def items(self) -> list[tuple[str, int]]:
+        """The limits that are set, as (kind, value) pairs in a fixed order."""
+        return [(k, v) for k in LIMIT_KINDS if (v := getattr(self, k)) is not None]
+
+    def advertised(self) -> dict[str, int]:
+        """The limits a client config may state (set and not hidden)."""
+        return {k: v for k, v in self.items() if k not in self.hidden}
+
+    @property
+    def empty(self) -> bool:
+        return not self.items()
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """How long an answer takes: base + per output token, times (1 ± jitter), in ms."""
+
+    base_ms: float = 0.0
+    per_output_token_ms: float = 0.0
+    jitter: float = 0.0
+
+    def seconds(self, output_tokens: int, u: float = 0.0) -> float:
+        """Latency in seconds for ``output_tokens``, with ``u`` in [-1, 1] picking the jitter."""
+        raw = self.base_ms + self.per_output_token_ms * output_tokens
+        return max(0.0, raw * (1.0 + self.jitter * u)) / 1000.0
+
+    def min_seconds(self, output_tokens: int) -> float:
+        return self.seconds(output_tokens, -1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One fault rule: what goes wrong (``kind``) and when (exactly one trigger)."""
+
+    kind: str
+    probability: float | None = None
+    every_nth: int | None = None
+    first_n: int | None = None
+    while_busy: tuple[str, ...] = ()
+    after_ms: float = 0.0
+    retry_after_s: float | None = None
+    delay_s: float | None = None
+    upstream: bool = False
+    message: str | None = None
+
+    @property
+    def phase(self) -> str:
+        """"busy" (while_busy rules), "pre" (before admission) or "post" (after admission)."""
+        if self.while_busy:
+            return "busy"
+        return "pre" if self.kind in PRE_ADMISSION else "post"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """One API key the sandbox accepts (or pointedly refuses). Shown only by its last four chars."""
+
+    key: str = field(repr=False)
+    invalid: bool = False
+    quota_exhausted: bool = False
+    limits: Limits = Limits()
+
+    @property
+    def key_id(self) -> str:
+        return mask_key(self.key)
+
+    def __repr__(self) -> str:
+        flags = "".join([", invalid" if self.invalid else "", ", quota_exhausted" if self.quota_exhausted else ""])
+        return f"KeySpec({self.key_id}{flags})"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model of a provider: its limits, latency, output length range and faults."""
+
+    id: str
+    kind: str = "chat"
+    limits: Limits = Limits()
+    latency: Latency = Latency()
+    output_tokens: tuple[int, int] = (50, 150)
+    faults: tuple[Fault, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A limit shared by several models of one provider (e.g. OpenRouter's free-models-per-min)."""
+
+    name: str
+    models: tuple[str, ...]
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """One simulated provider, reached at ``{url}/{id}/...``."""
+
+    id: str
+    wire: str
+    style: str
+    keys: tuple[KeySpec, ...]
+    models: tuple[ModelSpec, ...]
+    limits: Limits = Limits()
+    key_limits: Limits = Limits()
+    groups: tuple[GroupSpec, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    organization: str = "org-sandbox"
+
+    def model(self, model_id: str) -> ModelSpec | None:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        return None
+
+    def key(self, key: str | None) -> KeySpec | None:
+        if not key:
+            return None
+        for k in self.keys:
+            if k.key == key:
+                return k
+        return None
+
+    def groups_of(self, model_id: str) -> tuple[GroupSpec, ...]:
+        return tuple(g for g in self.groups if model_id in g.models)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A whole sandbox world: providers with their keys, models, limits and faults."""
+
+    name: str
+    providers: tuple[ProviderSpec, ...]
+    seed: int = 0
+    time_scale: float = 1.0
+    description: str = ""
+    source: str = "<memory>"
+
+    def provider(self, provider_id: str) -> ProviderSpec | None:
+        for p in self.providers:
+            if p.id == provider_id:
+                return p
+        return None
+
+    def model_names(self) -> list[str]:
+        """Every model as ``provider/model``, in scenario order."""
+        return [f"{p.id}/{m.id}" for p in self.providers for m in p.models]
+
+    def resolve(self, name: str) -> tuple[ProviderSpec, ModelSpec]:
+        """``provider/model`` -> specs; KeyError naming the model if unknown."""
+        provider_id, _, model_id = name.partition("/")
+        p = self.provider(provider_id)
+        m = p.model(model_id) if p is not None else None
+        if p is None or m is None:
+            raise KeyError(f"scenario {self.name!r} has no model {name!r}")
+        return p, m
+
+    def with_time_scale(self, time_scale: float) -> Scenario:
+        return Scenario(self.name, self.providers, self.seed, time_scale, self.description, self.source)
+
+    def client_config(self, url: str) -> dict[str, Any]:
+        """nbfanout config (dict shape of nbfanout.toml) pointing every provider at ``url``."""
+        url = url.rstrip("/")
+        providers: dict[str, Any] = {}
+        models: dict[str, Any] = {}
+        for p in self.providers:
+            keys = [k.key for k in p.keys]
+            entry: dict[str, Any] = {
+                "kind": p.wire,
+                "base_url": f"{url}/{p.id}/{'v1beta' if p.wire == 'gemini' else 'v1'}",
+                "api_key": keys[0] if len(keys) == 1 else keys,
+                "models": [m.id for m in p.models],
+            }
+            entry.update(p.limits.advertised())
+            providers[p.id] = entry
+            for m in p.models:
+                adv = m.limits.advertised()
+                if adv:
+                    models[f"{p.id}/{m.id}"] = adv
+        return {"providers": providers, "models": models}
+
+    def public_dict(self) -> dict[str, Any]:
+        """The scenario as plain data with every key masked to its last four characters."""
+
+        def limits(lim: Limits) -> dict[str, Any]:
+            d: dict[str, Any] = dict(lim.items())
+            if lim.hidden:
+                d["hidden"] = sorted(lim.hidden)
+            if lim.per_key:
+                d["per_key"] = True
+            return d
+
+        def faults(fs: Iterable[Fault]) -> list[dict[str, Any]]:
+            out = []
+            for f in fs:
+                d = {k: getattr(f, k) for k in Fault.__slots__}  # type: ignore[attr-defined]
+                d["while_busy"] = list(f.while_busy)
+                out.append({k: v for k, v in d.items() if v not in (None, (), [], False) and not (k == "after_ms" and v == 0.0)})
+            return out
+
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "time_scale": self.time_scale,
+            "providers": {
+                p.id: {
+                    "wire": p.wire,
+                    "style": p.style,
+                    "organization": p.organization,
+                    "keys": [
+                        {"key": k.key_id, "invalid": k.invalid, "quota_exhausted": k.quota_exhausted, "limits": limits(k.limits)}
+                        for k in p.keys
+                    ],
+                    "limits": limits(p.limits),
+                    "key_limits": limits(p.key_limits),
+                    "faults": faults(p.faults),
+                    "groups": {g.name: {"models": list(g.models), "limits": limits(g.limits)} for g in p.groups},
+                    "models": {
+                        m.id: {
+                            "kind": m.kind,
+                            "limits": limits(m.limits),
+                            "latency": {
+                                "base_ms": m.latency.base_ms,
+                                "per_output_token_ms": m.latency.per_output_token_ms,
+                                "jitter": m.latency.jitter,
+                            },
+                            "output_tokens": list(m.output_tokens),
+                            "faults": faults(m.faults),
+                        }
+                        for m in p.models
+                    },
+                }
+                for p in self.providers
+            },
+        }
+
+    def lower_bound(
+        self,
+        models: Sequence[str] | None = None,
+        prompt_tokens: int = 1000,
+        max_tokens: int | None = None,
+    ) -> LowerBound:
+        """See ``lower_bound_s``."""
+        return _lower_bound(self, models, prompt_tokens, max_tokens)
+
+
+# --------------------------------------------------------------------------- lower bound
+
+
+@dataclass(frozen=True, slots=True)
+class LowerBound:
+    """The least wall time in which any client could answer every model once.
+
+    ``seconds`` is the bound; ``per_model`` each model's own bound; ``critical`` the
+    model or pool that sets it; ``serialized_s`` the bound when every ``while_busy``
+    conflict is served one after the other (what a client that cannot know the hidden
+    conflict pays when it happens to send the busy-making model first).
+    """
+
+    seconds: float
+    per_model: Mapping[str, float]
+    critical: str
+    serialized_s: float
+    notes: tuple[str, ...] = ()
+
+
+def lower_bound_s(
+    scenario: Scenario | str,
+    models: Sequence[str] | None = None,
+    prompt_tokens: int = 1000,
+    max_tokens: int | None = None,
+) -> float:
+    """Seconds below which no client can answer each of ``models`` once (all if None).
+
+    How it follows from the scenario, per model: the fastest possible answer is its
+    latency at the smallest output length (capped by ``max_tokens``) with the jitter
+    at its minimum, times ``time_scale``; ``first_n`` faults add that many failed
+    attempts first (each at least its delay, or its ``after_ms`` queue for busy rules).
+    Per limit pool (provider, key, group, model; keys are assumed used one at a time,
+    the worst case being one key): ``n`` requests against ``rpm``/``rpd`` need
+    ``ceil(n / limit) - 1`` further 60 s / 86400 s windows, ``n * (prompt_tokens +
+    max_tokens)`` tokens against ``tpm`` need ``ceil(tokens / tpm) - 1`` more minutes, and
+    ``concurrency = c`` makes the pool's total latency at least ``sum(latency) / c``.
+    The bound is the maximum of all of these. Probabilistic faults are not counted (a
+    lucky client meets none); ``while_busy`` conflicts are avoidable by sending the
+    conflicted model first, so they appear only in ``LowerBound.serialized_s``.
+    """
+    sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+    return _lower_bound(sc, models, prompt_tokens, max_tokens).seconds
+
+
+def _lower_bound(
+    sc: Scenario, models: Sequence[str] | None, prompt_tokens: int, max_tokens: int | None
+) -> LowerBound:
+    names = list(models) if models is not None else [n for n in sc.model_names()]
+    scale = sc.time_scale
+    per_model: dict[str, float] = {}
+    attempts: dict[str, int] = {}
+    notes: list[str] = []
+    for name in names:
+        p, m = sc.resolve(name)
+        lo = m.output_tokens[0]
+        n_out = min(lo, max_tokens) if max_tokens is not None else lo
+        t = m.latency.min_seconds(n_out) * scale
+        extra = 0.0
+        n_attempts = 1
+        for f in p.faults + m.faults:
+            if f.first_n:
+                n_attempts += f.first_n
+                if f.phase == "post":
+                    extra += f.first_n * (f.delay_s if f.delay_s is not None else m.latency.base_ms * (1 - m.latency.jitter) / 1000) * scale
+                notes.append(f"{name}: first {f.first_n} request(s) fail with {f.kind}")
+        for f in m.faults:
+            if f.while_busy:
+                t += f.after_ms / 1000 * scale
+        per_model[name] = t + extra
+        attempts[name] = n_attempts
+
+    bound = max(per_model.values(), default=0.0)
+    critical = max(per_model, key=per_model.__getitem__) if per_model else ""
+
+    # Pools: which requested models share which limits.
+    pools: dict[str, tuple[Limits, list[str]]] = {}
+    for name in names:
+        p, m = sc.resolve(name)
+        scopes = [(f"provider {p.id}", p.limits), (f"key of {p.id}", p.key_limits), (f"model {name}", m.limits)]
+        scopes += [(f"group {p.id}/{g.name}", g.limits) for g in p.groups_of(m.id)]
+        for label, lim in scopes:
+            if not lim.empty:
+                pools.setdefault(label, (lim, []))[1].append(name)
+    per_request_tokens = prompt_tokens + (max_tokens if max_tokens is not None else 0)
+    for label, (lim, members) in pools.items():
+        n = sum(attempts[x] for x in members)
+        waits = []
+        if lim.rpm:
+            waits.append((math.ceil(n / lim.rpm) - 1) * 60.0)
+        if lim.rpd:
+            waits.append((math.ceil(n / lim.rpd) - 1) * 86400.0)
+        if lim.tpm:
+            if max_tokens is None:
+                tok = sum(prompt_tokens + sc.resolve(x)[1].output_tokens[1] for x in members)
+            else:
+                tok = n * per_request_tokens
+            waits.append((math.ceil(tok / lim.tpm) - 1) * 60.0)
+        if lim.concurrency:
+            waits.append(sum(per_model[x] for x in members) / lim.concurrency)
+        pool_bound = max(waits, default=0.0)
+        # A window wait is followed by at least the shortest answer in the pool.
+        if pool_bound > 0 and lim.concurrency is None:
+            pool_bound += min(per_model[x] for x in members)
+        if pool_bound > bound:
+            bound, critical = pool_bound, label
+            notes.append(f"{label} limits set the bound")
+
+    serialized = bound
+    for name in names:
+        p, m = sc.resolve(name)
+        for f in m.faults:
+            for other in f.while_busy:
+                other_name = f"{p.id}/{other}"
+                if other != m.id and other_name in per_model:
+                    serialized = max(serialized, per_model[other_name] + per_model[name])
+    return LowerBound(bound, dict(per_model), critical, serialized, tuple(notes))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A built-in scenario by name (``seed15``, ``storm``, ``fast``) or a TOML file by path."""
+    if isinstance(name_or_path, Scenario):  # type: ignore[unreachable]
+        return name_or_path  # type: ignore[unreachable]
+    text: str
+    source: str
+    name = str(name_or_path)
+    if name in BUILTIN_SCENARIOS and not Path(name).exists():
+        source = f"nbfanout/sandbox/scenarios/{name}.toml"
+        text = resources.files("nbfanout.sandbox").joinpath("scenarios", f"{name}.toml").read_text("utf-8")
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ScenarioError(
+                f"No scenario {name!r}: not a built-in ({', '.join(BUILTIN_SCENARIOS)}) and no such file."
+            )
+        source = str(path)
+        text = path.read_text("utf-8")
+        name = path.stem
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: not valid TOML: {exc}") from exc
+    return parse_scenario(data, source=source, default_name=Path(name).stem)
+
+
+class _Problems:
+    """Collects validation problems so one run reports them all."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str, found: Any, expected: str) -> None:
+        self.items.append(f"{self.source}: key {key!r}: found {found!r}, expected {expected}")
+
+
+def _check_keys(pr: _Problems, where: str, table: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    allowed = set(allowed)
+    for k in table:
+        if k not in allowed:
+            pr.add(f"{where}.{k}" if where else k, k, f"one of {sorted(allowed)}")
+
+
+def _table(pr: _Problems, where: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        pr.add(where, value, "a table")
+        return {}
+    return value
+
+
+def _pos_int(pr: _Problems, where: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        pr.add(where, value, "a positive integer")
+        return None
+    return value
+
+
+def _number(pr: _Problems, where: str, value: Any, *, default: float, lo: float = 0.0, hi: float | None = None) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" + (f" and <= {hi}" if hi is not None else "")
+        pr.add(where, value, f"a number {rng}")
+        return default
+    return float(value)
+
+
+def _str(pr: _Problems, where: str, value: Any, *, default: str) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value:
+        pr.add(where, value, "a non-empty string")
+        return default
+    return value
+
+
+def _limits(pr: _Problems, where: str, value: Any, *, advertisable: bool) -> Limits:
+    t = _table(pr, where, value)
+    allowed = [*LIMIT_KINDS, "per_key"] + (["hidden"] if advertisable else [])
+    _check_keys(pr, where, t, allowed)
+    vals = {k: _pos_int(pr, f"{where}.{k}", t.get(k)) for k in LIMIT_KINDS}
+    hidden_raw = t.get("hidden", [])
+    hidden: set[str] = set()
+    if not isinstance(hidden_raw, list) or not all(h in LIMIT_KINDS for h in hidden_raw):
+        pr.add(f"{where}.hidden", hidden_raw, f"a list of limit kinds from {list(LIMIT_KINDS)}")
+    else:
+        hidden = set(hidden_raw)
+    per_key = t.get("per_key", False)
+    if not isinstance(per_key, bool):
+        pr.add(f"{where}.per_key", per_key, "true or false")
+        per_key = False
+    return Limits(hidden=frozenset(hidden), per_key=per_key, **vals)
+
+
+_FAULT_FIELDS = (
+    "kind",
+    "probability",
+    "every_nth",
+    "first_n",
+    "while_busy",
+    "after_ms",
+    "retry_after_s",
+    "delay_s",
+    "upstream",
+    "message",
+)
+
+
+def _faults(pr: _Problems, where: str, value: Any) -> tuple[Fault, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        pr.add(where, value, "a list of fault tables")
+        return ()
+    out = []
+    for i, raw in enumerate(value):
+        w = f"{where}[{i}]"
+        t = _table(pr, w, raw)
+        if not t:
+            continue
+        _check_keys(pr, w, t, _FAULT_FIELDS)
+        kind = t.get("kind")
+        if kind not in FAULT_KINDS:
+            pr.add(f"{w}.kind", kind, f"one of {list(FAULT_KINDS)}")
+            continue
+        triggers = [k for k in ("probability", "every_nth", "first_n", "while_busy") if k in t]
+        if len(triggers) != 1:
+            pr.add(w, triggers, "exactly one trigger of probability, every_nth, first_n, while_busy")
+            continue
+        prob = _number(pr, f"{w}.probability", t.get("probability"), default=0.0, hi=1.0) if "probability" in t else None
+        busy_raw = t.get("while_busy", [])
+        if not isinstance(busy_raw, list) or not all(isinstance(x, str) for x in busy_raw) or ("while_busy" in t and not busy_raw):
+            pr.add(f"{w}.while_busy", busy_raw, "a non-empty list of model ids of this provider")
+            busy_raw = []
+        if busy_raw and kind not in PRE_ADMISSION:
+            pr.add(f"{w}.kind", kind, f"a rejecting kind for while_busy rules: {sorted(PRE_ADMISSION)}")
+        upstream = t.get("upstream", False)
+        if not isinstance(upstream, bool):
+            pr.add(f"{w}.upstream", upstream, "true or false")
+            upstream = False
+        message = t.get("message")
+        if message is not None and not isinstance(message, str):
+            pr.add(f"{w}.message", message, "a string")
+            message = None
+        delay = _number(pr, f"{w}.delay_s", t.get("delay_s"), default=-1.0)
+        if kind == "slow" and "delay_s" not in t:
+            pr.add(f"{w}.delay_s", None, "a delay in seconds (required for slow faults)")
+        retry_after = _number(pr, f"{w}.retry_after_s", t.get("retry_after_s"), default=-1.0)
+        out.append(
+            Fault(
+                kind=kind,
+                probability=prob,
+                every_nth=_pos_int(pr, f"{w}.every_nth", t.get("every_nth")),
+                first_n=_pos_int(pr, f"{w}.first_n", t.get("first_n")),
+                while_busy=tuple(busy_raw),
+                after_ms=_number(pr, f"{w}.after_ms", t.get("after_ms"), default=0.0),
+                retry_after_s=None if retry_after < 0 else retry_after,
+                delay_s=None if delay < 0 else delay,
+                upstream=upstream,
+                message=message,
+            )
+        )
+    return tuple(out)
+
+
+def _keys(pr: _Problems, where: str, value: Any) -> tuple[KeySpec, ...]:
+    if not isinstance(value, list) or not value:
+        pr.add(where, "(missing)" if value is None else value, "a non-empty list of keys (strings or tables)")
+        return ()
+    out = []
+    for i, raw in enumerate(value):
+        w = f"{where}[{i}]"
+        if isinstance(raw, str) and raw:
+            out.append(KeySpec(raw))
+            continue
+        t = _table(pr, w, raw)
+        if not t:
+            continue
+        _check_keys(pr, w, t, ("key", "invalid", "quota_exhausted", "limits"))
+        key = t.get("key")
+        if not isinstance(key, str) or len(key) < 8:
+            pr.add(f"{w}.key", "(hidden)" if isinstance(key, str) else key, "a key string of at least 8 characters")
+            continue
+        flags = {}
+        for flag in ("invalid", "quota_exhausted"):
+            v = t.get(flag, False)
+            if not isinstance(v, bool):
+                pr.add(f"{w}.{flag}", v, "true or false")
+                v = False
+            flags[flag] = v
+        out.append(KeySpec(key, limits=_limits(pr, f"{w}.limits", t.get("limits"), advertisable=False), **flags))
+    tails = [k.key[-4:] for k in out]
+    for tail in {t for t in tails if tails.count(t) > 1}:
+        pr.add(where, f"several keys ending in …{tail}", "keys whose last four characters differ (keys are shown only by those)")
+    return tuple(out)
+
+
+def _model(pr: _Problems, where: str, model_id: str, value: Any) -> ModelSpec:
+    t = _table(pr, where, value)
+    _check_keys(pr, where, t, ("kind", "limits", "latency", "output_tokens", "faults"))
+    kind = t.get("kind", "chat")
+    if kind not in ("chat", "transcription"):
+        pr.add(f"{where}.kind", kind, '"chat" or "transcription"')
+        kind = "chat"
+    lat_t = _table(pr, f"{where}.latency", t.get("latency"))
+    _check_keys(pr, f"{where}.latency", lat_t, ("base_ms", "per_output_token_ms", "jitter"))
+    latency = Latency(
+        base_ms=_number(pr, f"{where}.latency.base_ms", lat_t.get("base_ms"), default=0.0),
+        per_output_token_ms=_number(pr, f"{where}.latency.per_output_token_ms", lat_t.get("per_output_token_ms"), default=0.0),
+        jitter=_number(pr, f"{where}.latency.jitter", lat_t.get("jitter"), default=0.0, hi=1.0),
+    )
+    out_raw = t.get("output_tokens", [50, 150])
+    out: tuple[int, int] = (50, 150)
+    if (
+        isinstance(out_raw, list)
+        and len(out_raw) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in out_raw)
+        and out_raw[0] <= out_raw[1]
+    ):
+        out = (out_raw[0], out_raw[1])
+    else:
+        pr.add(f"{where}.output_tokens", out_raw, "[min, max] with 1 <= min <= max")
+    return ModelSpec(
+        id=model_id,
+        kind=kind,
+        limits=_limits(pr, f"{where}.limits", t.get("limits"), advertisable=True),
+        latency=latency,
+        output_tokens=out,
+        faults=_faults(pr, f"{where}.faults", t.get("faults")),
+    )
+
+
+def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default_name: str = "scenario") -> Scenario:
+    """Validate parsed TOML (a dict) into a Scenario; every problem is reported at once."""
+    pr = _Problems(source)
+    _check_keys(pr, "", data, ("name", "description", "seed", "time_scale", "providers"))
+    name = _str(pr, "name", data.get("name"), default=default_name)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        pr.add("description", description, "a string")
+        description = ""
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        pr.add("seed", seed, "an integer")
+        seed = 0
+    time_scale = _number(pr, "time_scale", data.get("time_scale"), default=1.0)
+    providers_t = _table(pr, "providers", data.get("providers"))
+    if not providers_t:
+        pr.add("providers", data.get("providers"), "at least one [providers.<id>] table")
+    providers = []
+    for pid, raw in providers_t.items():
+        w = f"providers.{pid}"
+        if not pid.replace("-", "").replace("_", "").isalnum() or pid.startswith("_"):
+            pr.add(w, pid, "a provider id of letters, digits, '-' and '_' (it is a URL segment)")
+        t = _table(pr, w, raw)
+        _check_keys(
+            pr, w, t, ("wire", "style", "organization", "keys", "limits", "key_limits", "faults", "groups", "models")
+        )
+        style = t.get("style", pid if pid in STYLES else "generic")
+        if style not in STYLES:
+            pr.add(f"{w}.style", style, f"one of {sorted(STYLES)}")
+            style = "generic"
+        wire = t.get("wire", STYLES[style])
+        if wire not in WIRES:
+            pr.add(f"{w}.wire", wire, f"one of {sorted(WIRES)}")
+            wire = STYLES[style]
+        elif STYLES[style] != wire:
+            pr.add(f"{w}.wire", wire, f"{STYLES[style]!r} (style {style!r} speaks that wire format)")
+        models_t = _table(pr, f"{w}.models", t.get("models"))
+        if not models_t:
+            pr.add(f"{w}.models", t.get("models"), "at least one [providers.<id>.models.\"<model>\"] table")
+        models = tuple(_model(pr, f'{w}.models."{mid}"', mid, mraw) for mid, mraw in models_t.items())
+        model_ids = {m.id for m in models}
+        for m in models:
+            if m.kind == "transcription" and wire != "openai":
+                pr.add(f'{w}.models."{m.id}".kind', m.kind, "chat (only OpenAI-compatible providers transcribe)")
+            for i, f in enumerate(m.faults):
+                for other in f.while_busy:
+                    if other not in model_ids:
+                        pr.add(f'{w}.models."{m.id}".faults[{i}].while_busy', other, f"a model of provider {pid!r}")
+        groups = []
+        for gname, graw in _table(pr, f"{w}.groups", t.get("groups")).items():
+            gw = f"{w}.groups.{gname}"
+            gt = _table(pr, gw, graw)
+            _check_keys(pr, gw, gt, ("models", "limits"))
+            gm = gt.get("models")
+            if not isinstance(gm, list) or not gm or not all(isinstance(x, str) and x in model_ids for x in gm):
+                pr.add(f"{gw}.models", gm, f"a non-empty list of models of provider {pid!r}")
+                gm = []
+            groups.append(GroupSpec(gname, tuple(gm), _limits(pr, f"{gw}.limits", gt.get("limits"), advertisable=False)))
+        providers.append(
+            ProviderSpec(
+                id=pid,
+                wire=wire,
+                style=style,
+                keys=_keys(pr, f"{w}.keys", t.get("keys")),
+                models=models,
+                limits=_limits(pr, f"{w}.limits", t.get("limits"), advertisable=True),
+                key_limits=_limits(pr, f"{w}.key_limits", t.get("key_limits"), advertisable=False),
+                groups=tuple(groups),
+                faults=_faults(pr, f"{w}.faults", t.get("faults")),
+                organization=_str(pr, f"{w}.organization", t.get("organization"), default="org-sandbox"),
+            )
+        )
+        for i, f in enumerate(providers[-1].faults):
+            if f.while_busy:
+                pr.add(f"{w}.faults[{i}].while_busy", list(f.while_busy), "while_busy only on model-level faults")
+    if pr.items:
+        head = f"Invalid sandbox scenario {source}: {len(pr.items)} problem(s)"
+        raise ScenarioError(head + "\n  " + "\n  ".join(pr.items), problems=tuple(pr.items))
+    return Scenario(
+        name=name,
+        providers=tuple(providers),
+        seed=seed,
+        time_scale=time_scale,
+        description=description,
+        source=source,
+    )

@@ -4,7 +4,7 @@ A request is admitted only when every budget that applies to it (its provider, i
 its model) has room, so the provider never has to refuse it. Request and token rates are
 aiolimiter leaky buckets sized so that no 60-second window ever holds more than the limit:
 a bucket of capacity ``b`` draining at ``r`` per second admits at most ``b + 60·r`` in any
-60 s, so we drain at ``(limit - b) / 60``, with ``b`` a small burst (5 % of the limit, at
+60 s, so we drain at ``(limit - b) / 60``, with ``b`` a small burst (2 % of the limit, at
 least one request, and at least the largest request seen for tokens). That holds against
 providers that count in sliding windows as well as those that refill token buckets.
 
@@ -36,7 +36,7 @@ __all__ = ["Budget", "BudgetSet", "LearnedLimits", "default_state_path"]
 
 WINDOW_S = 60.0
 DAY_S = 86_400.0
-BURST_FRACTION = 0.05
+BURST_FRACTION = 0.02
 
 
 class _Rate:
@@ -55,6 +55,15 @@ class _Rate:
 
     def has_capacity(self, amount: float) -> bool:
         return self.bucket.has_capacity(min(amount, self.burst))
+
+    def wait(self, amount: float) -> float:
+        """Seconds until ``amount`` fits (0 when it fits now)."""
+        amount = min(amount, self.burst)
+        if self.bucket.has_capacity(amount):
+            return 0.0
+        # aiolimiter exposes no time-to-capacity; its level and drain rate give it exactly
+        excess = self.bucket._level + amount - self.bucket.max_rate  # noqa: SLF001
+        return max(1e-3, excess / self.bucket._rate_per_sec)  # noqa: SLF001
 
     async def acquire(self, amount: float) -> None:
         await self.bucket.acquire(min(amount, self.burst))
@@ -112,10 +121,12 @@ class Budget:
             waits.append(0.05)  # frees when a request finishes; re-checked on release
         if self.rpd is not None and len(self._day) >= self.rpd:
             waits.append(self._day[0] + DAY_S - now)
-        if self._rpm_bucket is not None and not self._rpm_bucket.has_capacity(1):
-            waits.append(60.0 / self._rpm_bucket.limit)
-        if self._tpm_bucket is not None and not self._tpm_bucket.has_capacity(tokens):
-            waits.append(min(tokens, self._tpm_bucket.burst) * 60.0 / self._tpm_bucket.limit)
+        if self._rpm_bucket is not None:
+            waits.append(self._rpm_bucket.wait(1))
+        if self._tpm_bucket is not None and tokens:
+            if not self._tpm_bucket.fits(tokens):
+                self._tpm_bucket = self._tpm_bucket.grown(tokens)
+            waits.append(self._tpm_bucket.wait(tokens))
         return max(waits)
 
     def has_capacity(self, tokens: float = 0) -> bool:
@@ -147,8 +158,6 @@ class Budget:
         if self._rpm_bucket is not None:
             await self._rpm_bucket.acquire(1)
         if self._tpm_bucket is not None and tokens:
-            if not self._tpm_bucket.fits(tokens):
-                self._tpm_bucket = self._tpm_bucket.grown(tokens)
             await self._tpm_bucket.acquire(tokens)
         self._requests.append(now)
         self._day.append(now)

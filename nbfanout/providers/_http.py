@@ -8,8 +8,8 @@ How failures map (each adapter goes through this module, so the three agree)::
         -> classify_error(provider, status, headers, body)
     2xx whose body holds an error envelope (OpenRouter's 200 + {"error": ...}, Gemini's
     [{"error": ...}], Anthropic's ``event: error``, an error event mid-stream)
-        -> classify_error(provider, status, headers, envelope) where status is the
-           envelope's numeric ``code`` when it is an HTTP error code, else the real status
+        -> classify_error(provider, 200, headers, envelope), which classifies by the code
+           inside the envelope
     2xx whose body is not JSON, has no choices/candidates, or a stream that ends before
     its final event
         -> ErrorInfo(server_error, retryable) built here: classify_error sees a 2xx status
@@ -164,35 +164,44 @@ class HTTPAdapter(Adapter):
         """Send one chat request; with ``stream=True`` read SSE and call ``on_delta`` per fragment."""
         url, params = self.chat_url(endpoint, request, stream=stream)
         body = self.chat_body(request, stream=stream)
-        state = StreamState()
-        if not stream:
-            response = await self._send(
-                client, endpoint, "POST", url, params=params, json=body, timeout=timeout
-            )
-            payload = self._json(endpoint, response)
-            self._raise_for_body_error(endpoint, response, payload)
-            state.last = payload
-            self.read_response(payload, state)
-            if not state.complete:
-                raise self._invalid(endpoint, response.status_code, f"no answer in the response: {_snippet(response.text)}")
-            return self._result(endpoint, request, response, state)
+        if stream:
+            return await self._stream(client, endpoint, request, url, params, body, on_delta, timeout)
+        response = await self._send(client, endpoint, "POST", url, params=params, json=body, timeout=timeout)
+        payload = self._json(endpoint, response)
+        self._raise_for_body_error(endpoint, response, payload)
+        state = StreamState(last=payload)
+        self.read_response(payload, state)
+        if not state.complete:
+            raise self._invalid(endpoint, response.status_code, f"no answer in the response: {_snippet(response.text)}")
+        return self._result(endpoint, request, response, state)
 
+    async def _stream(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: Endpoint,
+        request: ChatRequest,
+        url: str,
+        params: dict[str, str],
+        body: dict[str, Any],
+        on_delta: DeltaCallback | None,
+        timeout: float | None,
+    ) -> ChatResponse:
+        state = StreamState()
         async with self._open_stream(client, endpoint, url, params=params, json=body, timeout=timeout) as response:
             async with aclosing(self._events(endpoint, response)) as events:
                 async for event in events:
-                    if event.data.strip() == "[DONE]":  # OpenAI's end-of-stream sentinel
+                    data = event.data.strip()
+                    if data == "[DONE]":  # OpenAI's end-of-stream sentinel
                         state.done = state.complete = True
-                    elif event.data.strip():
-                        payload = self._json(endpoint, response, event.data)
+                    elif data:
+                        payload = self._json(endpoint, response, data)
                         self._raise_for_body_error(endpoint, response, payload)
                         state.last = payload
                         for fragment in self.feed(event, payload, state):
                             if fragment:
                                 state.parts.append(fragment)
-                                if on_delta is not None:
-                                    result = on_delta(fragment)
-                                    if inspect.isawaitable(result):
-                                        await result
+                                if on_delta is not None and inspect.isawaitable(result := on_delta(fragment)):
+                                    await result
                     if state.done:
                         break
             if not state.complete:
@@ -222,7 +231,8 @@ class HTTPAdapter(Adapter):
         self, endpoint: Endpoint, request: ChatRequest, response: httpx.Response, state: StreamState
     ) -> ChatResponse:
         if not state.text and state.finish_reason in self.blocked_reasons:
-            raise ProviderError(
+            raise self._safe(
+                endpoint,
                 ErrorInfo(
                     category=ErrorCategory.CONTENT_POLICY,
                     retryable=False,
@@ -230,7 +240,7 @@ class HTTPAdapter(Adapter):
                     status=response.status_code,
                     provider=endpoint.provider,
                     provider_code=state.finish_reason,
-                )
+                ),
             )
         raw = state.last if isinstance(state.last, Mapping) else {"body": state.last}
         return ChatResponse(
@@ -342,13 +352,10 @@ class HTTPAdapter(Adapter):
 
     def _raise_for_body_error(self, endpoint: Endpoint, response: httpx.Response, payload: Any) -> None:
         envelope = self.find_error(payload)
-        if envelope is None:
-            return
-        error = envelope.get("error")
-        code = error.get("code") if isinstance(error, Mapping) else None
-        status = code if isinstance(code, int) and 400 <= code <= 599 else response.status_code
-        info = classify_error(endpoint.provider, status, response.headers, json.dumps(envelope))
-        raise self._safe(endpoint, info)
+        if envelope is not None:
+            # classify_error reads the code inside a 2xx envelope (OpenRouter's 429, Gemini's
+            # RESOURCE_EXHAUSTED); the status we report stays the one the server sent.
+            raise self._status_error(endpoint, response, json.dumps(envelope).encode())
 
     # ---- ProviderError builders -----------------------------------------------------------
 

@@ -151,7 +151,9 @@ class OpenAIAdapter(HTTPAdapter):
 
     @staticmethod
     def _read_usage(payload: Mapping[str, Any], state: StreamState) -> None:
-        usage = payload.get("usage")
+        # Groq has also reported stream usage under "x_groq" in the last chunk
+        # (https://helicone.ai/changelog/20250326-groq-streaming notes both formats).
+        usage = payload.get("usage") or (payload.get("x_groq") or {}).get("usage")
         if isinstance(usage, Mapping):
             state.input_tokens = int(usage.get("prompt_tokens") or 0)
             state.output_tokens = int(usage.get("completion_tokens") or 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -12,11 +12,15 @@ from _provider_replay import Recorder
 
 
 @pytest.fixture
-def make_client() -> Iterator[Callable[..., tuple[httpx.AsyncClient, Recorder]]]:
+async def make_client() -> AsyncIterator[Callable[..., tuple[httpx.AsyncClient, Recorder]]]:
     """Build AsyncClients whose transport answers from the given responses/exceptions."""
+    clients: list[httpx.AsyncClient] = []
 
     def make(*answers: Any) -> tuple[httpx.AsyncClient, Recorder]:
         recorder = Recorder(list(answers))
-        return httpx.AsyncClient(transport=httpx.MockTransport(recorder)), recorder
+        clients.append(httpx.AsyncClient(transport=httpx.MockTransport(recorder)))
+        return clients[-1], recorder
 
     yield make
+    for client in clients:
+        await client.aclose()

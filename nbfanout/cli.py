@@ -1,0 +1,289 @@
+"""The ``nbfanout`` command: sandbox, run, models, doctor, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from nbfanout.core.errors import FanoutError, UsageError
+
+__all__ = ["main"]
+
+
+def _parse_provider_rpm(text: str | None) -> dict[str, float]:
+    """``openai:1000,gemini:60`` → {"openai": 1000.0, "gemini": 60.0}."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        provider, sep, value = part.partition(":")
+        try:
+            rpm = float(value)
+            if not sep or not provider or rpm <= 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--provider-rpm: expected provider:N pairs like openai:500,gemini:60, found {part!r}") from None
+        out[provider] = rpm
+    return out
+
+
+class TerminalProgress:
+    """One line per model, redrawn in place on a terminal; plain event lines otherwise."""
+
+    STATES = {"model_queued": "queued", "request_started": "running", "model_completed": "done"}
+
+    def __init__(self, models: Sequence[str], out: TextIO = sys.stderr) -> None:
+        self.models = list(models)
+        self.out = out
+        self.rows: dict[str, str] = {m: "queued" for m in self.models}
+        self.tty = out.isatty()
+        self._drawn = 0
+        self._last = 0.0
+
+    def __call__(self, event: Any) -> None:
+        model = getattr(event, "requested", "") or getattr(event, "model", "")
+        req = getattr(event, "request", "")
+        name = req.split(":", 1)[1] if ":" in req else model
+        if name not in self.rows:
+            return
+        kind = event.kind
+        if kind == "request_started":
+            self.rows[name] = f"running (attempt {event.attempt}, {event.in_flight} in flight)"
+        elif kind == "rate_limited":
+            wait = f", retry in {event.retry_after_s:.1f}s" if event.retry_after_s is not None else ""
+            self.rows[name] = f"rate-limited{wait}"
+        elif kind == "retry_scheduled":
+            self.rows[name] = f"{event.category}, retry in {event.wait_s:.1f}s"
+        elif kind == "model_rotation":
+            self.rows[name] = f"rotated to {event.to_model}"
+        elif kind == "no_models_available":
+            self.rows[name] = f"waiting {event.wait_s:.1f}s for capacity"
+        elif kind == "model_completed":
+            self.rows[name] = f"done in {event.latency_s:.2f}s, {event.input_tokens}+{event.output_tokens} tokens"
+        elif kind == "model_failed":
+            self.rows[name] = f"FAILED {event.category}" + (f" (HTTP {event.status})" if event.status else "") + f": {event.message[:70]}"
+        else:
+            return
+        if self.tty:
+            self._redraw(force=kind in ("model_completed", "model_failed"))
+        elif kind in ("model_completed", "model_failed", "rate_limited", "model_rotation"):
+            print(f"  {name}: {self.rows[name]}", file=self.out, flush=True)
+
+    def _redraw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        width = max(len(m) for m in self.models)
+        if self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F")
+        for m in self.models:
+            self.out.write(f"\x1b[2K  {m:<{width}}  {self.rows[m]}\n")
+        self._drawn = len(self.models)
+        self.out.flush()
+
+
+def _summary_table(result: Any, out: TextIO) -> None:
+    width = max([len(r.requested) for r in result.results] + [5])
+    print(f"\n{'model':<{width}}  {'status':<16} {'HTTP':>4} {'tries':>5} {'latency':>8} {'tokens':>8} {'cost $':>9}", file=out)
+    for r in result.results:
+        state = "ok" if r.ok else (r.category or "failed")
+        cost = f"{r.cost:.5f}" if r.cost is not None else "-"
+        status = str(r.http_status or "") if not r.ok else "200"
+        print(f"{r.requested:<{width}}  {state:<16} {status:>4} {len(r.attempts):>5} {r.latency_s:>7.2f}s {r.tokens:>8} {cost:>9}", file=out)
+    for r in result.failed:
+        print(f"  ✗ {r.requested}: {r.category} — {r.error.message if r.error else ''}", file=out)
+    ok = len(result.succeeded)
+    print(f"\n{ok}/{len(result.results)} succeeded in {result.elapsed_s:.2f}s; {result.total_tokens} tokens; ${result.total_cost:.5f}", file=out)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from nbfanout.core.fanout import Fanout
+
+    prompt = args.prompt if args.prompt is not None else (Path(args.prompt_file).read_text() if args.prompt_file else None)
+    if prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("no prompt: pass --prompt TEXT, --prompt-file F, or pipe the prompt on standard input")
+        prompt = sys.stdin.read()
+    for f in args.file or []:
+        prompt += f"\n\n--- {f} ---\n" + Path(f).read_text(encoding="utf-8", errors="replace")
+    models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
+    fx = Fanout(args.config, provider_rpm=_parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
+    if args.dry_run:
+        plan = fx.plan(prompt, models, pool=args.pool, max_tokens=args.max_tokens)
+        for row in plan.rows:
+            key = row.key_id or f"NO KEY (set {' or '.join(row.missing_key_vars)})"
+            fit = "fits" if row.fits else f"DOES NOT FIT {row.context_window}"
+            cost = f"${row.projected_cost:.5f}" if row.projected_cost is not None else "$?"
+            print(f"{row.model:<50} key {key:<12} ~{row.prompt_tokens}+{row.max_output_tokens} tokens {fit} {cost}")
+        print(f"lower bound by limits: {plan.lower_bound_s:.1f}s; projected cost ${plan.projected_cost:.5f}")
+        return 0
+    names = fx._resolve(models, args.pool, prompt)
+    if not args.json:
+        fx.subscribe(TerminalProgress(names))
+    params: dict[str, Any] = {}
+    if args.max_tokens:
+        params["max_tokens"] = args.max_tokens
+    result = await fx.run(prompt, models, pool=args.pool, timeout=args.timeout, **params)
+    if args.synthesize:
+        result = await fx.synthesize(result, args.synthesize)
+    if args.out:
+        result.save(args.out)
+    if args.json:
+        print(result.to_json())
+    else:
+        _summary_table(result, sys.stdout)
+        if result.synthesis is not None:
+            print(f"\nSynthesis by {result.synthesis.model}:\n{result.synthesis.text}")
+    ok = len(result.succeeded)
+    if ok == len(result.results):
+        return 0
+    return 0 if (args.partial_success_ok and ok) else 1
+
+
+def _models(args: argparse.Namespace) -> int:
+    from nbfanout.config import load_config
+
+    config = load_config(args.config)
+    rows = []
+    for name, spec in sorted(config.models.items()):
+        provider = config.providers[spec.provider]
+        usable = bool(provider.keys)
+        why = f"{len(provider.keys)} key(s): " + ", ".join(k.id for k in provider.keys) if usable else f"set {' or '.join(provider.key_vars)}"
+        lim = spec.limits.merged(None)
+        rows.append({
+            "model": name, "provider": spec.provider, "usable": usable, "why": why,
+            "context_window": spec.context_window, "rpm": lim.rpm or provider.limits.rpm,
+            "tpm": lim.tpm or provider.limits.tpm, "concurrency": lim.concurrency, "pools": list(spec.pools),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["model"]) for r in rows)
+    for r in rows:
+        mark = "✓" if r["usable"] else "✗"
+        limits = " ".join(f"{k}={r[k]:,.0f}" for k in ("rpm", "tpm", "concurrency") if r[k])
+        print(f"{mark} {r['model']:<{width}}  {limits:<28} {r['why']}")
+    return 0
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    import httpx
+
+    from nbfanout.config import load_config
+    from nbfanout.core.errors import ProviderError
+    from nbfanout.providers import adapter_for
+    from nbfanout.providers.base import Endpoint
+
+    config = load_config(args.config)
+    print(f"config: {config.source}")
+    bad = 0
+    async with httpx.AsyncClient(timeout=20) as client:
+        for provider in config.providers.values():
+            if not provider.keys:
+                print(f"  – {provider.id}: no key (set {' or '.join(provider.key_vars)})")
+                continue
+            for key in provider.keys:
+                endpoint = Endpoint(provider.id, provider.base_url, key.value, dict(provider.headers))
+                try:
+                    found = await adapter_for(provider.wire).list_models(client, endpoint)
+                    print(f"  ✓ {provider.id} {key.id} ({key.origin}): valid, {len(found)} models listed")
+                except ProviderError as exc:
+                    bad += 1
+                    print(f"  ✗ {provider.id} {key.id} ({key.origin}): {exc.info.category.value}"
+                          f"{f' HTTP {exc.info.status}' if exc.info.status else ''}: {exc.info.message}")
+    return 1 if bad else 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from nbfanout.sandbox import run_server
+
+    run_server(args.host, args.port, args.scenario, args.write_config)
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from nbfanout.core.fanout import Fanout
+    from nbfanout.sandbox import start_sandbox
+
+    with start_sandbox(args.scenario) as sandbox:
+        fx = Fanout(sandbox.config, learn=False)
+        models = list(sandbox.models) if hasattr(sandbox, "models") else sorted(fx.config.models)
+        print(f"sandbox {args.scenario} at {sandbox.url}: fanning one prompt out to {len(models)} models\n", file=sys.stderr)
+        fx.subscribe(TerminalProgress(models))
+        result = await fx.run("Suggest three ways to make a README easier to follow for a newcomer.", models)
+        _summary_table(result, sys.stdout)
+        stats = sandbox.stats()
+        refused = stats.get("totals", {}).get("rejected", {}) if isinstance(stats, dict) else {}
+        print(f"sandbox ledger: refused {refused or 'nothing'}")
+        return 0 if result.succeeded else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbfanout", description="Send prompts to many LLMs at once.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="send one prompt to many models")
+    run.add_argument("--models", nargs="+", help="models, space or comma separated (provider/model)")
+    run.add_argument("--pool", help="a pool instead of models: fast, research, code, vision, auto")
+    run.add_argument("--config", help="config file (default: ./nbfanout.toml)")
+    run.add_argument("--prompt", help="the prompt text")
+    run.add_argument("--prompt-file", help="read the prompt from this file")
+    run.add_argument("--file", action="append", help="attach a file's contents to the prompt (repeatable)")
+    run.add_argument("--provider-rpm", help="override request limits: openai:1000,gemini:60")
+    run.add_argument("--concurrency", type=int, help="requests in flight at most, over all models")
+    run.add_argument("--timeout", type=float, help="seconds per request")
+    run.add_argument("--max-tokens", type=int, help="maximum output tokens per answer")
+    run.add_argument("--synthesize", metavar="MODEL", help="combine the answers into one with MODEL")
+    run.add_argument("--out", help="write each answer and results.json into this directory")
+    run.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
+    run.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one model succeeded")
+
+    models = sub.add_parser("models", help="list every model and whether it is usable now")
+    models.add_argument("--config")
+    models.add_argument("--json", action="store_true")
+
+    doctor = sub.add_parser("doctor", help="check config and validate each key with a cheap call")
+    doctor.add_argument("--config")
+
+    sandbox = sub.add_parser("sandbox", help="serve the simulated providers on loopback")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--scenario", default="seed15", help="built-in name (seed15, storm, fast) or a TOML file")
+    sandbox.add_argument("--write-config", metavar="FILE", help="write an nbfanout.toml pointing at this sandbox")
+
+    demo = sub.add_parser("demo", help="start the sandbox and fan a prompt out to its models")
+    demo.add_argument("--scenario", default="seed15")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(args))
+        if args.command == "models":
+            return _models(args)
+        if args.command == "doctor":
+            return asyncio.run(_doctor(args))
+        if args.command == "sandbox":
+            return _sandbox(args)
+        if args.command == "demo":
+            return asyncio.run(_demo(args))
+    except FanoutError as exc:
+        print(f"nbfanout: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nbfanout: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""What the three wire modules share: the parsed call, a refusal, an error reply, SSE framing.
+
+``Denial`` is a refusal in provider-neutral terms (why, with the limit numbers and the
+exact wait); each wire module renders it as its provider's status, headers and body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from nbfanout.sandbox.limits import WindowView
+from nbfanout.sandbox.scenario import ProviderSpec
+
+__all__ = [
+    "BadRequest",
+    "CallContext",
+    "ChatCall",
+    "Denial",
+    "ErrorReply",
+    "Usage",
+    "go_duration",
+    "retry_after_header",
+    "rfc3339",
+    "sse_data",
+    "sse_event",
+]
+
+
+class BadRequest(Exception):
+    """The request body or headers are not what the wire format requires (HTTP 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A chat request as the sandbox needs it, whatever wire it came in on."""
+
+    model: str
+    prompt: str  # every text part of the system prompt and messages, joined
+    max_tokens: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    finish: str  # "stop" or "length"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Per-request facts every renderer needs."""
+
+    provider: ProviderSpec
+    model: str | None
+    key_id: str  # masked: "…abcd"
+    request_id: str
+    created: int  # unix seconds
+    wall_now: float  # unix seconds, fractional
+    max_tokens: int | None = None
+
+    @property
+    def style(self) -> str:
+        return self.provider.style
+
+    @property
+    def org(self) -> str:
+        return self.provider.organization
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A refused or failed request in provider-neutral terms.
+
+    ``reason`` is the ledger's reason (``rpm``, ``tpm``, ``rpd``, ``concurrency``,
+    ``auth``, ``quota_exhausted``, ``not_found``, ``bad_request`` or a fault kind);
+    ``kind`` the limit kind a 429 talks about; ``pool_name`` the limit's own name where
+    the provider quotes one (OpenRouter's "free-models-per-min").
+    """
+
+    reason: str
+    kind: str | None = None
+    limit: int | None = None
+    used: int | None = None
+    requested: int | None = None
+    retry_after_s: float | None = None
+    scope: str | None = None
+    pool_name: str | None = None
+    upstream: bool = False
+    too_large: bool = False
+    missing_key: bool = False
+    message: str | None = None
+
+    @property
+    def is_rate_limit(self) -> bool:
+        return self.reason in ("rpm", "tpm", "rpd", "concurrency", "rate_limit_burst")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A rendered error: status, body (JSON-able or text) and headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def content(self) -> bytes:
+        return self.body.encode() if isinstance(self.body, str) else json.dumps(self.body).encode()
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI and Groq write it (Go's style): "120ms", "7.66s", "6m0s", "1m26.4s"."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    minutes, secs = divmod(seconds, 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    s = f"{secs:.3f}".rstrip("0").rstrip(".") or "0"
+    if hours:
+        return f"{hours}h{minutes}m{s}s"
+    if minutes:
+        return f"{minutes}m{s}s"
+    return f"{s}s"
+
+
+def rfc3339(unix: float) -> str:
+    """Anthropic's reset timestamps: RFC 3339 in UTC, whole seconds."""
+    return datetime.fromtimestamp(math.ceil(unix), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """``retry-after`` in whole seconds, rounded up so a client that obeys it is never early."""
+    if seconds is None or not math.isfinite(seconds):
+        return {}
+    return {"retry-after": str(max(1, math.ceil(seconds)))}
+
+
+def sse_data(obj: Any) -> bytes:
+    """One SSE event carrying JSON in its data field (OpenAI and Gemini framing)."""
+    payload = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+def sse_event(event: str, obj: Any) -> bytes:
+    """One named SSE event (Anthropic framing: ``event:`` line, then ``data:``)."""
+    return f"event: {event}\ndata: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+

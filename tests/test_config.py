@@ -1,0 +1,121 @@
+"""Config loading: validation names file, key, found and expected; keys gathered and never shown."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbfanout.config import load_config
+from nbfanout.core.errors import ConfigError, UnknownModelError
+
+
+def test_defaults_without_a_file_know_every_builtin_provider(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(env={})
+    assert set(config.providers) >= {"openai", "anthropic", "gemini", "groq", "together", "openrouter", "mistral", "deepseek"}
+    assert config.source == "<defaults>"
+    assert not any(p.keys for p in config.providers.values())
+
+
+def test_keys_come_from_every_documented_variable_in_order_without_duplicates():
+    env = {
+        "OPENAI_API_KEY": "sk-aaaa1111",
+        "OPENAI_API_KEY_2": "sk-bbbb2222",
+        "OPENAI_API_KEY_10": "sk-cccc3333",
+        "OPENAI_API_KEY_1": "sk-aaaa1111",  # same value as the plain variable: used once
+        "MY_OTHER": "sk-dddd4444",
+    }
+    config = load_config({"providers": {"openai": {"api_key_env": ["MY_OTHER"]}}}, env=env)
+    keys = config.providers["openai"].keys
+    assert [k.origin for k in keys] == ["MY_OTHER", "OPENAI_API_KEY", "OPENAI_API_KEY_2", "OPENAI_API_KEY_10"]
+    assert [k.id for k in keys] == ["…4444", "…1111", "…2222", "…3333"]
+
+
+def test_a_key_never_appears_in_reprs():
+    secret = "sk-live-SECRETSECRET-9z9z"
+    config = load_config({"providers": {"openai": {"api_key": secret}}}, env={})
+    shown = repr(config) + repr(config.providers["openai"]) + str(config.providers["openai"].keys)
+    assert "SECRETSECRET" not in shown
+    assert "9z9z" in shown  # the last four characters identify it
+
+
+def test_generic_openai_compatible_endpoint_adds_its_models():
+    config = load_config(
+        {"providers": {"local": {"kind": "openai", "base_url": "http://127.0.0.1:8765/v1", "api_key": "sandbox",
+                                 "models": ["m1", "m2"], "rpm": 60, "concurrency": 4}}},
+        env={},
+    )
+    assert {"local/m1", "local/m2"} <= set(config.models)
+    local = config.providers["local"]
+    assert (local.wire, local.base_url, local.limits.rpm, local.limits.concurrency) == ("openai", "http://127.0.0.1:8765/v1", 60, 4)
+
+
+def test_every_problem_is_reported_with_file_key_found_and_expected(tmp_path):
+    path = tmp_path / "nbfanout.toml"
+    path.write_text(
+        """
+[defaults]
+concurency = 4
+timeout_s = "slow"
+
+[providers.openai]
+rpm = -5
+
+[providers.local]
+kind = "grpc"
+
+[models."openai/gpt-4o"]
+concurrency = 1.5
+
+[pools.research]
+models = ["openai/gpt-4o-minii"]
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    problems = caught.value.problems
+    text = str(caught.value)
+    assert all(p.startswith(str(path)) for p in problems)
+    assert "defaults.concurency" in text and "did you mean 'concurrency'" in text
+    assert "defaults.timeout_s: expected a positive number of seconds, found 'slow' (string)" in text
+    assert "providers.openai.rpm" in text and "-5" in text
+    assert "providers.local.kind" in text
+    assert 'models."openai/gpt-4o".concurrency' in text and "1.5" in text
+    assert "openai/gpt-4o-mini" in text  # the close name is suggested
+    assert len(problems) >= 6
+
+
+def test_malformed_toml_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[defaults\nconcurrency = 4", encoding="utf-8")
+    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+        load_config(path, env={})
+
+
+def test_missing_file_is_reported():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/nonexistent/nbfanout.toml", env={})
+
+
+def test_unknown_model_lists_close_names():
+    config = load_config({}, env={})
+    with pytest.raises(UnknownModelError) as caught:
+        config.model("openai/gpt-4o-minni")
+    assert "openai/gpt-4o-mini" in caught.value.suggestions
+    with pytest.raises(UnknownModelError) as caught:
+        config.model("gpt-4.1")  # provider prefix forgotten
+    assert "openai/gpt-4.1" in caught.value.suggestions
+    assert "nbfanout models" in str(caught.value)
+
+
+def test_model_override_merges_limits_over_the_catalog():
+    name = "openrouter/deepseek/deepseek-r1-0528:free"
+    config = load_config({"models": {name: {"concurrency": 1, "rpm": 20}}}, env={})
+    limits = config.model(name).limits
+    assert (limits.concurrency, limits.rpm) == (1, 20)
+
+
+def test_explicit_pool_keeps_the_users_order():
+    order = ["openai/gpt-4o", "openai/gpt-4.1"]
+    config = load_config({"pools": {"research": {"models": order}}}, env={})
+    assert list(config.pools["research"]) == order

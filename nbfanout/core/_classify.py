@@ -107,7 +107,7 @@ class _Err:
     number: int | None = None  # an HTTP-like code inside the body (OpenRouter, Google)
     gstatus: str | None = None  # google.rpc status, e.g. RESOURCE_EXHAUSTED
     reasons: list[str] = field(default_factory=list)  # specific codes: ErrorInfo reason, details.error_code
-    hints: list[str] = field(default_factory=list)  # weaker signals: errors[].reason, limit_source
+    hints: list[str] = field(default_factory=list)  # matched, never reported: errors[].reason, limit_source
     details: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -268,9 +268,11 @@ def _from_record(record: dict[str, Any], depth: int) -> _Err:
     metadata = record.get("metadata")
     if isinstance(metadata, dict):
         err.metadata = metadata
-        for key in ("error_type", "provider_code", "limit_source"):
+        for key in ("error_type", "provider_code"):
             if isinstance(metadata.get(key), str):
-                err.hints.append(metadata[key])
+                err.reasons.append(metadata[key])
+        if isinstance(metadata.get("limit_source"), str):
+            err.hints.append(metadata["limit_source"])
     _merge_nested(err, depth)
     return err
 
@@ -402,7 +404,7 @@ def _provider_code(err: _Err | None) -> str | None:
     """The provider's own error code: code, then a specific reason, then Google status, then type."""
     if err is None:
         return None
-    for candidate in (err.code, *err.reasons, err.gstatus, err.type, *err.hints):
+    for candidate in (err.code, *err.reasons, err.gstatus, err.type):
         if candidate and candidate.strip():
             return candidate.strip()[:100]
     return None

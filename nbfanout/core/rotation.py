@@ -76,16 +76,15 @@ class Router:
 
     # --- budgets ------------------------------------------------------------------------
     def provider_budget(self, provider: ProviderConfig) -> Budget:
-        return self.budgets.budget(
-            "provider", provider.id, rpm=self.provider_rpm.get(provider.id), concurrency=provider.limits.concurrency
-        )
+        """Limits configured or published for the provider, shared by all of its keys and models."""
+        lim = provider.limits
+        override = self.provider_rpm.get(provider.id)
+        rpm = min(x for x in (lim.rpm, override) if x is not None) if (lim.rpm or override) else None
+        return self.budgets.budget("provider", provider.id, rpm=rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency)
 
     def key_budget(self, provider: ProviderConfig, key: ApiKey) -> Budget:
-        lim = provider.limits
-        rpm = self.provider_rpm.get(provider.id, lim.rpm) if lim.rpm is None else min(lim.rpm, self.provider_rpm.get(provider.id, lim.rpm))
-        return self.budgets.budget(
-            "key", f"{provider.id} {key.id}", rpm=rpm, tpm=lim.tpm, rpd=lim.rpd, adaptive=True
-        )
+        """What one key may do: learned from its rate-limit headers and 429s (adaptive until then)."""
+        return self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True)
 
     def model_budget(self, model: ModelSpec) -> Budget:
         lim = model.limits

@@ -104,6 +104,7 @@ class Denial:
     too_large: bool = False
     missing_key: bool = False
     message: str | None = None
+    param: str | None = None
 
     @property
     def is_rate_limit(self) -> bool:

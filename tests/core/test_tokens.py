@@ -1,0 +1,61 @@
+"""Token estimates: the heuristic within ±20 % of the real tokenizers on English prose and code."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+import nbfanout.config
+import nbfanout.core.limits
+from nbfanout.core.tokens import _heuristic, estimate_image_tokens, estimate_request_tokens, exact_encoder
+from nbfanout.providers.base import ImagePart, Message
+
+ROOT = Path(__file__).resolve().parents[2]
+PROSE = (
+    "Rate limits are restrictions that an API imposes on the number of times a user or client can access "
+    "the server within a specified period of time. They help protect against abuse or misuse of the API, "
+    "ensure that everyone has fair access, and help manage the aggregate load on the infrastructure. "
+    "If requests to the API increase dramatically, it could tax the servers and cause performance issues."
+)
+SAMPLES = {
+    "english prose": PROSE * 3,
+    "markdown design doc": (ROOT / "README.md").read_text(encoding="utf-8") + PROSE,
+    "python (config loader)": inspect.getsource(nbfanout.config),
+    "python (budgets)": inspect.getsource(nbfanout.core.limits),
+    "json": json.dumps({"models": [{"name": f"openai/gpt-{i}", "rpm": 500 * i, "ok": True} for i in range(40)], "note": PROSE}),
+}
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_heuristic_is_within_20_percent_of_the_real_tokenizer(name, encoding):
+    encoder = exact_encoder(encoding)
+    assert encoder is not None, "bpe-openai (a dev dependency) ships these vocabularies"
+    exact = len(encoder.encode(SAMPLES[name]))
+    estimate = _heuristic(SAMPLES[name])
+    assert 0.8 * exact <= estimate <= 1.2 * exact, f"{name}: heuristic {estimate} vs {encoding} {exact}"
+
+
+def _png(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_image_tokens_follow_openais_tile_formula():
+    assert estimate_image_tokens(_png(1024, 1024)) == 765  # OpenAI's worked example: 4 tiles
+    assert estimate_image_tokens(_png(2048, 4096)) == 1105  # scaled to 768×1536: 6 tiles
+    assert estimate_image_tokens(b"not an image") == 765
+
+
+def test_request_estimate_counts_system_messages_images_and_output_budget():
+    msgs = [Message("user", PROSE, (ImagePart(data=_png(512, 512)),))]
+    prompt, out = estimate_request_tokens(msgs, system="Be brief.", max_output_tokens=300, encoding="o200k_base")
+    text_only, _ = estimate_request_tokens([Message("user", PROSE)], encoding="o200k_base")
+    assert prompt > text_only + 255 - 1  # one 512² tile: 85 + 170
+    assert out == 300

@@ -1,0 +1,49 @@
+"""The package surface: sorted __all__, no UI imports in the core, the command's entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nbfanout
+
+
+def test_all_is_sorted_and_every_name_exists():
+    assert nbfanout.__all__ == sorted(nbfanout.__all__)
+    for name in nbfanout.__all__:
+        assert hasattr(nbfanout, name), name
+
+
+def test_core_never_imports_ui_libraries():
+    code = (
+        "import sys, nbfanout, nbfanout.core.fanout, nbfanout.sandbox;"
+        "bad = [m for m in ('ipywidgets', 'IPython', 'matplotlib') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_python_dash_m_is_the_command():
+    out = subprocess.run([sys.executable, "-m", "nbfanout", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("run", "models", "doctor", "sandbox", "demo"):
+        assert command in out.stdout
+
+
+def test_bad_provider_rpm_fails_before_sending_with_the_fix():
+    out = subprocess.run(
+        [sys.executable, "-m", "nbfanout", "run", "--models", "openai/gpt-4.1", "--prompt", "hi", "--provider-rpm", "openai=5"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 2
+    assert "provider:N pairs like openai:500" in out.stderr
+
+
+def test_unknown_model_on_the_command_line_suggests_close_names():
+    out = subprocess.run(
+        [sys.executable, "-m", "nbfanout", "run", "--models", "openai/gpt-4.1-mnii", "--prompt", "hi"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    assert out.returncode == 2
+    assert "openai/gpt-4.1-mini" in out.stderr

@@ -216,11 +216,11 @@ def _extract(obj: Any, depth: int = 0) -> _Err | None:
     error = obj.get("error")
     if isinstance(error, dict):
         found = _from_record(error, depth)
-        _top_level_extras(obj, found)
+        if isinstance(obj.get("error_type"), str):  # Together puts its limit type beside the error
+            found.reasons.append(obj["error_type"])
         return found
     if isinstance(error, str) and error.strip():
-        found = _from_record({k: v for k, v in obj.items() if k != "error"} | {"message": error}, depth)
-        return found
+        return _from_record({k: v for k, v in obj.items() if k != "error"} | {"message": error}, depth)
     if _is_error_record(obj):
         return _from_record(obj, depth)
     return _blocked_prompt(obj)
@@ -305,11 +305,6 @@ def _read_details(err: _Err, details: Any) -> None:
         err.details.append(detail)
         if isinstance(detail.get("reason"), str):
             err.reasons.append(detail["reason"])
-
-
-def _top_level_extras(obj: dict[str, Any], err: _Err) -> None:
-    if isinstance(obj.get("error_type"), str):
-        err.reasons.append(obj["error_type"])
 
 
 def _merge_nested(err: _Err, depth: int) -> None:

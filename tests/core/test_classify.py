@@ -611,7 +611,8 @@ def test_headers_any_mapping_case_insensitive() -> None:
         ("key sk-ant-api03-AAAABBBBCCCCDDDD-xyzw here", "key …xyzw here"),
         ("Incorrect API key provided: sk-PMafP***************************************E873. You",
          "Incorrect API key provided: …E873. You"),
-        ("Consumer 'api_key:AIzaSyAhTarnL1PaQn_yu_uVf0gia9wUyJx8RSI' suspended", "Consumer 'api_key:…8RSI' suspended"),
+        ("Consumer 'api_key:AIzaSyAhTarnL1PaQn_yu_uVf0gia9wUyJx8RSI' suspended",
+         "Consumer 'api_key:…8RSI' suspended"),
         ("token gsk_0123456789abcdefWXYZ used", "token …WXYZ used"),
         ("xai-0123456789abcdefghij1234", "…1234"),
         ("Authorization: Bearer abcdefghijklmnop1234", "Authorization: Bearer …1234"),
@@ -627,7 +628,8 @@ def test_redact_keys(text: str, expected: str) -> None:
 
 def test_message_never_shows_a_key() -> None:
     key = "sk-proj-" + "Q" * 40 + "9z9z"
-    info = classify_error("openai", 401, None, openai_error(f"Incorrect API key provided: {key}.", "x", "invalid_api_key"))
+    body = openai_error(f"Incorrect API key provided: {key}.", "invalid_request_error", "invalid_api_key")
+    info = classify_error("openai", 401, None, body)
     assert key not in info.message and key[:12] not in info.message and "…9z9z" in info.message
 
 
@@ -641,7 +643,8 @@ ODD_BODIES: list[Any] = [
     '{"error": {"details": [1, "x", {"@type": "RetryInfo", "retryDelay": {"seconds": "x"}}]}}',
     '{"error": {"details": [{"@type": "QuotaFailure", "violations": "x"}]}}',
     '{"error": {"message": "{\\"error\\": {\\"message\\": \\"{\\\\\\"error\\\\\\": 1}\\"}}"}}',
-    '{"error": {"metadata": {"raw": 12, "headers": "x"}}}', '{"error": {"metadata": {"headers": {"X-RateLimit-Reset": "x"}}}}',
+    '{"error": {"metadata": {"raw": 12, "headers": "x"}}}',
+    '{"error": {"metadata": {"headers": {"X-RateLimit-Reset": "x"}}}}',
     "data: {not json}\n\ndata: [1,2", "<html", "<html><title>" + "x" * 50_000, "Please try again in 99999999999h",
     '{"message": {"nested": "dict"}}', {"error": {"message": "a dict body"}}, ["list", "body"], 12345,
 ]
@@ -669,9 +672,10 @@ def test_fuzz_random_bytes_and_json_fragments() -> None:
             body: Any = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200)))
         else:
             body = "".join(rng.choice(fragments) for _ in range(rng.randint(0, 30)))
-        status = rng.choice([None, 200, 400, 401, 402, 403, 404, 413, 429, 500, 502, 503, 504, 529, rng.randint(-5, 1000)])
-        headers = {rng.choice(["retry-after", "Retry-After-Ms", "x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"]):
-                   rng.choice(["1", "-1", "6m0s", "nan", "inf", "Wed, 21 Oct 2015 07:28:00 GMT", "", "x" * 300])}
+        status = rng.choice([None, 200, 400, 401, 402, 403, 404, 413, 429, 500, 502, 503, 504, 529,
+                             rng.randint(-5, 1000)])
+        name = rng.choice(["retry-after", "Retry-After-Ms", "x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"])
+        headers = {name: rng.choice(["1", "-1", "6m0s", "nan", "inf", "Wed, 21 Oct 2015 07:28:00 GMT", "", "x" * 300])}
         info = _classify(rng.choice(["openai", "", "weird/id"]), status, headers, body, now=1.7e9)
         assert isinstance(info, ErrorInfo)
         assert info.retry_after_s is None or 0 <= info.retry_after_s <= 7 * 24 * 3600

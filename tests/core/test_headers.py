@@ -183,7 +183,8 @@ def test_azure_minus_one_means_unknown() -> None:
 
 
 def test_gemini_sends_none() -> None:
-    assert parse_rate_headers("gemini", {"content-type": "application/json", "server": "scaffolding on HTTPServer2"}).empty
+    raw = {"content-type": "application/json", "server": "scaffolding on HTTPServer2"}
+    assert parse_rate_headers("gemini", raw).empty
 
 
 def test_retry_after_forms() -> None:

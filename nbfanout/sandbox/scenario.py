@@ -434,13 +434,17 @@ def lower_bound_s(
 
     How it follows from the scenario, per model: the fastest possible answer is its
     latency at the smallest output length (capped by ``max_tokens``) with the jitter
-    at its minimum, times ``time_scale``; ``first_n`` faults add that many failed
-    attempts first (each at least its delay, or its ``after_ms`` queue for busy rules).
-    Per limit pool (provider, key, group, model; keys are assumed used one at a time,
-    the worst case being one key): ``n`` requests against ``rpm``/``rpd`` need
-    ``ceil(n / limit) - 1`` further 60 s / 86400 s windows, ``n * (prompt_tokens +
-    max_tokens)`` tokens against ``tpm`` need ``ceil(tokens / tpm) - 1`` more minutes, and
-    ``concurrency = c`` makes the pool's total latency at least ``sum(latency) / c``.
+    at its minimum, times ``time_scale``, plus the ``after_ms`` queue of busy rules;
+    a model's ``first_n`` faults add that many attempts, and for failures the client
+    must wait for (server_error, drop, malformed) their delay too (a ``slow`` answer can
+    be abandoned at once; provider-wide ``first_n`` rules are not charged to any model).
+    Per limit pool (provider, key, group, model; a per-key limit counts once per usable
+    key, since a client may spread its requests over all of them): ``n`` requests against ``rpm``/``rpd`` need
+    ``ceil(n / limit) - 1`` further 60 s / 86400 s windows; against ``tpm`` only
+    ``tpm // (prompt_tokens + max_tokens)`` requests fit in a window, so they need
+    ``ceil(n / that) - 1`` more minutes (without ``max_tokens``, the models' largest
+    outputs are pooled); after such a wait the shortest answer in the pool still takes
+    its time; and ``concurrency = c`` makes the pool last at least ``sum(latency) / c``.
     The bound is the maximum of all of these. Probabilistic faults are not counted (a
     lucky client meets none); ``while_busy`` conflicts are avoidable by sending the
     conflicted model first, so they appear only in ``LowerBound.serialized_s``.
@@ -464,10 +468,11 @@ def _lower_bound(
         t = m.latency.min_seconds(n_out) * scale
         extra = 0.0
         n_attempts = 1
-        for f in p.faults + m.faults:
+        for f in m.faults:
             if f.first_n:
                 n_attempts += f.first_n
-                if f.phase == "post":
+                # A failure the client must wait for; a slow answer it may abandon at once.
+                if f.phase == "post" and f.kind != "slow":
                     extra += f.first_n * (f.delay_s if f.delay_s is not None else m.latency.base_ms * (1 - m.latency.jitter) / 1000) * scale
                 notes.append(f"{name}: first {f.first_n} request(s) fail with {f.kind}")
         for f in m.faults:
@@ -476,38 +481,49 @@ def _lower_bound(
         per_model[name] = t + extra
         attempts[name] = n_attempts
 
-    bound = max(per_model.values(), default=0.0)
-    critical = max(per_model, key=per_model.__getitem__) if per_model else ""
-
     # Pools: which requested models share which limits.
-    pools: dict[str, tuple[Limits, list[str]]] = {}
+    # A per-key limit exists once per usable key: a client may spread its requests over them.
+    pools: dict[str, tuple[Limits, int, list[str]]] = {}
     for name in names:
         p, m = sc.resolve(name)
-        scopes = [(f"provider {p.id}", p.limits), (f"key of {p.id}", p.key_limits), (f"model {name}", m.limits)]
-        scopes += [(f"group {p.id}/{g.name}", g.limits) for g in p.groups_of(m.id)]
-        for label, lim in scopes:
+        usable = sum(1 for k in p.keys if not (k.invalid or k.quota_exhausted))
+        if usable == 0:
+            per_model[name] = math.inf
+            notes.append(f"{name}: provider {p.id} has no usable key")
+        scopes = [
+            (f"provider {p.id}", p.limits, 1),
+            (f"keys of {p.id}", p.key_limits, usable),
+            (f"model {name}", m.limits, usable if m.limits.per_key else 1),
+        ]
+        scopes += [(f"group {p.id}/{g.name}", g.limits, usable if g.limits.per_key else 1) for g in p.groups_of(m.id)]
+        for label, lim, copies in scopes:
             if not lim.empty:
-                pools.setdefault(label, (lim, []))[1].append(name)
-    per_request_tokens = prompt_tokens + (max_tokens if max_tokens is not None else 0)
-    for label, (lim, members) in pools.items():
+                pools.setdefault(label, (lim, max(1, copies), []))[2].append(name)
+    bound = max(per_model.values(), default=0.0)
+    critical = max(per_model, key=per_model.__getitem__) if per_model else ""
+    for label, (lim, copies, members) in pools.items():
         n = sum(attempts[x] for x in members)
-        waits = []
+        windows = []
         if lim.rpm:
-            waits.append((math.ceil(n / lim.rpm) - 1) * 60.0)
+            windows.append((math.ceil(n / (lim.rpm * copies)) - 1) * 60.0)
         if lim.rpd:
-            waits.append((math.ceil(n / lim.rpd) - 1) * 86400.0)
+            windows.append((math.ceil(n / (lim.rpd * copies)) - 1) * 86400.0)
         if lim.tpm:
-            if max_tokens is None:
-                tok = sum(prompt_tokens + sc.resolve(x)[1].output_tokens[1] for x in members)
+            if max_tokens is not None:
+                per_request = prompt_tokens + max_tokens
+                if per_request > lim.tpm:
+                    windows.append(math.inf)
+                    notes.append(f"{label}: one request ({per_request} tokens) exceeds its TPM ({lim.tpm})")
+                else:
+                    windows.append((math.ceil(n / (lim.tpm // per_request * copies)) - 1) * 60.0)
             else:
-                tok = n * per_request_tokens
-            waits.append((math.ceil(tok / lim.tpm) - 1) * 60.0)
+                tok = sum(prompt_tokens + sc.resolve(x)[1].output_tokens[1] for x in members)
+                windows.append((math.ceil(tok / (lim.tpm * copies)) - 1) * 60.0)
+        wait = max(windows, default=0.0)
+        # After waiting for a window, at least the shortest answer in the pool still has to come.
+        pool_bound = wait + min(per_model[x] for x in members) if wait > 0 else 0.0
         if lim.concurrency:
-            waits.append(sum(per_model[x] for x in members) / lim.concurrency)
-        pool_bound = max(waits, default=0.0)
-        # A window wait is followed by at least the shortest answer in the pool.
-        if pool_bound > 0 and lim.concurrency is None:
-            pool_bound += min(per_model[x] for x in members)
+            pool_bound = max(pool_bound, sum(per_model[x] for x in members) / (lim.concurrency * copies))
         if pool_bound > bound:
             bound, critical = pool_bound, label
             notes.append(f"{label} limits set the bound")
@@ -526,10 +542,10 @@ def _lower_bound(
 # --------------------------------------------------------------------------- loading
 
 
-def load_scenario(name_or_path: str | Path) -> Scenario:
+def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
     """A built-in scenario by name (``seed15``, ``storm``, ``fast``) or a TOML file by path."""
-    if isinstance(name_or_path, Scenario):  # type: ignore[unreachable]
-        return name_or_path  # type: ignore[unreachable]
+    if isinstance(name_or_path, Scenario):
+        return name_or_path
     text: str
     source: str
     name = str(name_or_path)

@@ -59,8 +59,11 @@ SALES = "https://www.anthropic.com/contact-sales"
 
 
 def extract_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """``x-api-key: <key>``."""
-    return headers.get("x-api-key") or None
+    """``x-api-key: <key>``, or ``Authorization: Bearer <key>`` (what recent anthropic SDKs send)."""
+    if headers.get("x-api-key"):
+        return headers["x-api-key"]
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def check_version(headers: Mapping[str, str]) -> None:

@@ -7,11 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from _provider_replay import Recorder
 
 
-@pytest.fixture
+# Same loop as the test (the project default puts async fixtures on the session loop).
+@pytest_asyncio.fixture(loop_scope="function")
 async def make_client() -> AsyncIterator[Callable[..., tuple[httpx.AsyncClient, Recorder]]]:
     """Build AsyncClients whose transport answers from the given responses/exceptions."""
     clients: list[httpx.AsyncClient] = []

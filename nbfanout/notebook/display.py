@@ -1,0 +1,395 @@
+"""HTML and plain-text renderings of results, plans, budgets and the dashboard's state.
+
+Pure functions of plain data (no widgets, no IPython), so the same markup serves the live
+dashboard, the static copy a saved notebook keeps, ``FanoutResult._repr_html_`` and the
+plain-text fallback outside a kernel. Every string that came from a provider or a user is
+escaped; API keys appear only as ``…`` plus their last four characters.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nbfanout.config import Config
+    from nbfanout.core.events import BudgetStats
+    from nbfanout.core.fanout import Plan
+    from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
+    from nbfanout.notebook.dashboard import DashboardModel, Row
+
+__all__ = [
+    "answer_preview",
+    "batch_html",
+    "budgets_html",
+    "budgets_text",
+    "config_text",
+    "dashboard_html",
+    "mask_key",
+    "models_html",
+    "models_rows",
+    "models_text",
+    "plan_html",
+    "plan_text",
+    "result_html",
+    "result_text",
+    "status_html",
+]
+
+GREEN, AMBER, RED, BLUE, GREY = "#2e9d48", "#e69500", "#d9363e", "#2f74c0", "#9e9e9e"
+STATE_COLOURS = {
+    "queued": GREY, "waiting": AMBER, "running": BLUE, "rate_limited": AMBER, "retrying": AMBER,
+    "done": GREEN, "failed": RED, "cancelled": GREY,
+}
+MAX_TABLE_ROWS = 300  # a batch of thousands still renders quickly; the rest is counted
+
+_CSS = """<style>
+.nbf{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:12px;color:var(--jp-ui-font-color1,#222)}
+.nbf table{border-collapse:collapse;margin:4px 0}
+.nbf th,.nbf td{padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid var(--jp-border-color2,#e0e0e0)}
+.nbf td.num,.nbf th.num{text-align:right;font-variant-numeric:tabular-nums}
+.nbf .nbf-head{font-weight:600;margin:2px 0 6px 0}
+.nbf .nbf-bar{display:inline-block;width:120px;height:10px;background:var(--jp-layout-color3,#e6e6e6);border-radius:3px;overflow:hidden;vertical-align:middle}
+.nbf .nbf-bar.small{width:80px;height:8px}
+.nbf .nbf-fill{height:100%}
+.nbf .nbf-state{white-space:nowrap}
+.nbf .nbf-msg{color:var(--jp-ui-font-color2,#666);max-width:36em;overflow:hidden;text-overflow:ellipsis}
+.nbf .nbf-badge{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:11px}
+.nbf .nbf-muted{color:var(--jp-ui-font-color2,#777)}
+</style>"""
+
+
+# --- small formatting helpers ---------------------------------------------------------------------
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _wrap(body: str) -> str:
+    """One styled root; mathjax_ignore because answers and costs hold "$", which JupyterLab would typeset as maths."""
+    return f'<div class="nbf tex2jax_ignore mathjax_ignore">{_CSS}{body}</div>'
+
+
+def mask_key(key_id: str | None) -> str:
+    """A key shown as ``…`` + its last four characters, whatever form it arrived in."""
+    if not key_id:
+        return ""
+    key_id = str(key_id)
+    return key_id if key_id.startswith("…") and len(key_id) <= 5 else "…" + key_id[-4:]
+
+
+def _budget_label(stats: BudgetStats) -> str:
+    """A budget's name with any key masked (key budgets are named ``provider <key id>``)."""
+    if stats.scope == "key":
+        provider, _, key = stats.name.partition(" ")
+        return f"{provider} {mask_key(key)}" if key else provider
+    return stats.name
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def _cost(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def _count(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def answer_preview(text: str, lines: int = 3, width: int = 160) -> str:
+    """The first non-empty lines of an answer, shortened: enough to tell answers apart in a table."""
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][:lines]
+    out = " ⏎ ".join(kept)
+    return out if len(out) <= width else out[: width - 1] + "…"
+
+
+def _bar(fraction: float | None, colour: str, *, small: bool = False, label: str = "") -> str:
+    """A progress bar as two divs; ``role=progressbar`` so pages and tests can find it."""
+    pct = 0 if fraction is None else max(0.0, min(1.0, fraction)) * 100
+    cls = "nbf-bar small" if small else "nbf-bar"
+    title = f' title="{_e(label)}"' if label else ""
+    return (f'<div class="{cls}" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="{pct:.0f}"{title}>'
+            f'<div class="nbf-fill" style="width:{pct:.1f}%;background:{colour}"></div></div>')
+
+
+def _level_colour(fraction: float | None) -> str:
+    """Green well inside a limit, amber approaching it, red at it; grey when the limit is unknown."""
+    if fraction is None:
+        return GREY
+    return GREEN if fraction < 0.6 else AMBER if fraction < 0.85 else RED
+
+
+def _failure(r: ModelResult) -> str:
+    if r.error is None:
+        return "failed"
+    status = f" (HTTP {r.error.status})" if r.error.status else ""
+    return f"{r.error.category.value}{status}: {r.error.message}"
+
+
+# --- results --------------------------------------------------------------------------------------
+def _result_rows(results: Iterable[tuple[str, ModelResult]], with_prompt: bool, scores: dict[Any, Any] | None = None) -> str:
+    out = []
+    for label, r in results:
+        state = ('<span class="nbf-badge" style="background:%s">ok</span>' % GREEN if r.ok
+                 else '<span class="nbf-badge" style="background:%s">%s</span>' % (RED if r.category != "cancelled" else GREY,
+                                                                                  _e(r.category or "failed")))
+        via = f'<br><span class="nbf-muted">via {_e(r.model)}</span>' if r.model != r.requested else ""
+        answer = _e(answer_preview(r.text)) if r.ok else f'<span class="nbf-msg">{_e(_failure(r))}</span>'
+        prompt_cell = f'<td class="num">{r.prompt_index}</td>' if with_prompt else ""
+        score_cell = ""
+        if scores is not None:
+            s = scores.get((r.prompt_index, r.requested))
+            score_cell = f'<td class="num">{"–" if s is None or s.score is None else f"{s.score:g}"}</td>'
+        out.append(
+            f"<tr>{prompt_cell}<td>{_e(label)}{via}</td><td>{state}</td><td class=\"num\">{len(r.attempts)}</td>"
+            f'<td class="num">{_seconds(r.latency_s)}</td><td class="num">{_count(r.tokens)}</td>'
+            f'<td class="num">{_cost(r.cost)}</td>{score_cell}<td>{answer}</td></tr>'
+        )
+    return "".join(out)
+
+
+def result_html(result: FanoutResult) -> str:
+    """A compact table of one FanoutResult: model, state, attempts, latency, tokens, cost, first lines."""
+    ok = len(result.succeeded)
+    head = (f'<div class="nbf-head">{ok}/{len(result.results)} succeeded in {_seconds(result.elapsed_s)} · '
+            f"{_count(result.total_tokens)} tokens · {_cost(result.total_cost)}</div>")
+    pairs: list[tuple[str, ModelResult]] = []
+    if result.synthesis is not None:
+        pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
+    pairs += [(r.requested, r) for r in result.results]
+    table = ("<table><thead><tr><th>model</th><th>state</th><th class=\"num\">tries</th><th class=\"num\">latency</th>"
+             "<th class=\"num\">tokens</th><th class=\"num\">cost</th><th>answer</th></tr></thead><tbody>"
+             + _result_rows(pairs, False) + "</tbody></table>")
+    return _wrap(head + table)
+
+
+def batch_html(batch: BatchResult) -> str:
+    """A compact table of a BatchResult: one row per (prompt, model), scores when judged."""
+    results = list(batch.results)
+    ok = sum(1 for r in results if r.ok)
+    head = (f'<div class="nbf-head">{len(batch.prompts)} prompts × {len(batch.models)} models: {ok}/{len(results)} '
+            f"succeeded in {_seconds(batch.elapsed_s)} · {_count(sum(r.tokens for r in results))} tokens · "
+            f"{_cost(sum(r.cost or 0.0 for r in results))}</div>")
+    scores = batch.scores or None
+    shown = results[:MAX_TABLE_ROWS]
+    more = (f'<div class="nbf-muted">… and {len(results) - len(shown)} more rows (to_dataframe() has them all)</div>'
+            if len(results) > len(shown) else "")
+    score_head = '<th class="num">score</th>' if scores is not None else ""
+    table = ("<table><thead><tr><th class=\"num\">prompt</th><th>model</th><th>state</th><th class=\"num\">tries</th>"
+             "<th class=\"num\">latency</th><th class=\"num\">tokens</th><th class=\"num\">cost</th>"
+             f"{score_head}<th>answer</th></tr></thead><tbody>"
+             + _result_rows(((r.requested, r) for r in shown), True, scores) + "</tbody></table>")
+    return _wrap(head + table + more)
+
+
+def result_text(result: FanoutResult) -> str:
+    """The same summary as plain text, for terminals and frontends without HTML."""
+    pairs: list[tuple[str, ModelResult]] = []
+    if result.synthesis is not None:
+        pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
+    pairs += [(r.requested, r) for r in result.results]
+    width = max([len(label) for label, _ in pairs] + [5])
+    lines = [f"{'model':<{width}}  {'state':<16} {'tries':>5} {'latency':>9} {'tokens':>8} {'cost':>9}"]
+    for label, r in pairs:
+        state = "ok" if r.ok else (r.category or "failed")
+        lines.append(f"{label:<{width}}  {state:<16} {len(r.attempts):>5} {_seconds(r.latency_s):>9} "
+                     f"{r.tokens:>8,} {_cost(r.cost):>9}")
+    for r in result.failed:
+        lines.append(f"  ✗ {r.requested}: {_failure(r)}")
+    lines.append(f"{len(result.succeeded)}/{len(result.results)} succeeded in {_seconds(result.elapsed_s)}; "
+                 f"{result.total_tokens:,} tokens; {_cost(result.total_cost)}")
+    return "\n".join(lines)
+
+
+# --- plans, models, config, budgets ---------------------------------------------------------------------
+def plan_html(plan: Plan) -> str:
+    """What a dry run would send: model, key, tokens, whether it fits, projected cost."""
+    rows = []
+    for r in plan.rows:
+        key = _e(mask_key(r.key_id)) if r.key_id else f'<span style="color:{RED}">no key (set {_e(" or ".join(r.missing_key_vars))})</span>'
+        fits = "fits" if r.fits else f'<span style="color:{RED}">exceeds {_count(r.context_window)}</span>'
+        cost = _cost(r.projected_cost) if r.projected_cost is not None else "?"
+        rows.append(f'<tr><td>{_e(r.model)}</td><td>{key}</td><td class="num">{_count(r.prompt_tokens)}</td>'
+                    f'<td class="num">{_count(r.max_output_tokens)}</td><td>{fits}</td><td class="num">{cost}</td></tr>')
+    head = (f'<div class="nbf-head">dry run: {len(plan.rows)} requests, nothing sent · at least '
+            f"{_seconds(plan.lower_bound_s)} by the known limits · ≈{_cost(plan.projected_cost)}</div>")
+    table = ('<table><thead><tr><th>model</th><th>key</th><th class="num">prompt tokens</th><th class="num">max output</th>'
+             '<th>context</th><th class="num">≈cost</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+    return _wrap(head + table)
+
+
+def plan_text(plan: Plan) -> str:
+    lines = []
+    for r in plan.rows:
+        key = mask_key(r.key_id) if r.key_id else f"NO KEY (set {' or '.join(r.missing_key_vars)})"
+        fit = "fits" if r.fits else f"DOES NOT FIT {r.context_window}"
+        lines.append(f"{r.model}  key {key}  ~{r.prompt_tokens}+{r.max_output_tokens} tokens  {fit}  "
+                     f"{_cost(r.projected_cost) if r.projected_cost is not None else '$?'}")
+    lines.append(f"dry run, nothing sent; at least {_seconds(plan.lower_bound_s)} by the known limits; ≈{_cost(plan.projected_cost)}")
+    return "\n".join(lines)
+
+
+def models_rows(config: Config) -> list[dict[str, Any]]:
+    """Every model of a config: provider, limits, pools, and whether it can be used now (or why not)."""
+    rows = []
+    for name, spec in sorted(config.models.items()):
+        provider = config.providers[spec.provider]
+        usable = bool(provider.keys)
+        why = (f"{len(provider.keys)} key(s): " + ", ".join(mask_key(k.id) for k in provider.keys) if usable
+               else f"no key: set {' or '.join(provider.key_vars)}")
+        rows.append({
+            "model": name, "provider": spec.provider, "usable": usable, "keys": why,
+            "rpm": spec.limits.rpm or provider.limits.rpm, "tpm": spec.limits.tpm or provider.limits.tpm,
+            "concurrency": spec.limits.concurrency or provider.limits.concurrency,
+            "context_window": spec.context_window, "pools": ", ".join(spec.pools),
+        })
+    return rows
+
+
+def models_html(config: Config) -> str:
+    rows = models_rows(config)
+    body = "".join(
+        f'<tr><td>{"✓" if r["usable"] else "✗"}</td><td>{_e(r["model"])}</td><td>{_e(r["provider"])}</td>'
+        f'<td class="num">{_count(r["rpm"])}</td><td class="num">{_count(r["tpm"])}</td><td class="num">{_count(r["concurrency"])}</td>'
+        f'<td class="num">{_count(r["context_window"])}</td><td>{_e(r["pools"])}</td><td>{_e(r["keys"])}</td></tr>'
+        for r in rows)
+    usable = sum(1 for r in rows if r["usable"])
+    head = f'<div class="nbf-head">{len(rows)} models, {usable} usable now ({_e(config.source)})</div>'
+    table = ('<table><thead><tr><th></th><th>model</th><th>provider</th><th class="num">rpm</th><th class="num">tpm</th>'
+             '<th class="num">concurrency</th><th class="num">context</th><th>pools</th><th>keys</th></tr></thead><tbody>'
+             + body + "</tbody></table>")
+    return _wrap(head + table)
+
+
+def models_text(config: Config) -> str:
+    rows = models_rows(config)
+    width = max([len(r["model"]) for r in rows] + [5])
+    lines = []
+    for r in rows:
+        limits = " ".join(f"{k}={r[k]:,.0f}" for k in ("rpm", "tpm", "concurrency") if r[k])
+        lines.append(f"{'✓' if r['usable'] else '✗'} {r['model']:<{width}}  {limits:<30} {r['keys']}")
+    return "\n".join(lines)
+
+
+def config_text(config: Config) -> str:
+    """The configuration in force: source, defaults, providers (keys masked), pools."""
+    d = config.defaults
+    lines = [f"source: {config.source}",
+             f"defaults: concurrency={d.concurrency} timeout_s={d.timeout_s:g} max_attempts={d.max_attempts} "
+             f"deadline_s={d.deadline_s} learn_limits={d.learn_limits} cache={d.cache}"]
+    lines.append("providers:")
+    for p in config.providers.values():
+        keys = ", ".join(f"{mask_key(k.id)} ({k.origin})" for k in p.keys) or f"no key (set {' or '.join(p.key_vars)})"
+        lim = " ".join(f"{k}={getattr(p.limits, k):,.0f}" for k in ("rpm", "tpm", "rpd", "concurrency")
+                       if getattr(p.limits, k) is not None)
+        models = sum(1 for m in config.models.values() if m.provider == p.id)
+        lines.append(f"  {p.id:<12} {p.wire:<9} {p.base_url}  {models} models  {lim}  keys: {keys}")
+    lines.append("pools:")
+    for name, members in sorted(config.pools.items()):
+        lines.append(f"  {name}: {', '.join(members)}")
+    return "\n".join(lines)
+
+
+def _budget_cells(s: BudgetStats) -> str:
+    cells = []
+    for label, used, limit in (("RPM", s.rpm_used, s.rpm_limit), ("TPM", s.tpm_used, s.tpm_limit),
+                               ("in flight", float(s.in_flight), s.concurrency_limit)):
+        frac = None if not limit else used / limit
+        text = f"{_count(used)} / {_count(limit) if limit else '?'}"
+        cells.append(f'<td>{_bar(frac if frac is not None else (1.0 if used else 0.0), _level_colour(frac), small=True, label=f"{label} {text}")} '
+                     f'<span class="nbf-muted">{text}</span></td>')
+    notes = []
+    if s.cooldown_s > 0:
+        notes.append(f'<span class="nbf-badge" style="background:{AMBER}">cooldown {s.cooldown_s:.1f} s</span>')
+    if s.disabled:
+        notes.append(f'<span class="nbf-badge" style="background:{RED}">disabled</span> <span class="nbf-msg">{_e(s.disabled)}</span>')
+    return "".join(cells) + f"<td>{' '.join(notes)}</td>"
+
+
+def budgets_html(budgets: Sequence[BudgetStats], title: str = "utilization") -> str:
+    """Bars for RPM, TPM and in-flight against their limits, per provider and per key, with cooldowns."""
+    shown = [s for s in budgets if s.scope in ("provider", "key")]
+    cooling = [s for s in budgets if s.scope == "model" and (s.cooldown_s > 0 or s.disabled)]
+    if not shown and not cooling:
+        return ""
+    rows = "".join(f'<tr data-scope="{_e(s.scope)}"><td>{_e(s.scope)}</td><td>{_e(_budget_label(s))}</td>{_budget_cells(s)}</tr>'
+                   for s in shown + cooling)
+    return (f'<div class="nbf-head">{_e(title)}</div><table class="nbf-util"><thead><tr><th></th><th>budget</th>'
+            "<th>requests / min</th><th>tokens / min</th><th>in flight</th><th></th></tr></thead><tbody>" + rows + "</tbody></table>")
+
+
+def budgets_text(budgets: Sequence[BudgetStats]) -> str:
+    lines = []
+    for s in budgets:
+        if s.scope not in ("provider", "key", "model"):
+            continue
+        if s.scope == "model" and not (s.in_flight or s.rpm_used or s.cooldown_s or s.disabled):
+            continue
+        parts = [f"rpm {_count(s.rpm_used)}/{_count(s.rpm_limit) if s.rpm_limit else '?'}",
+                 f"tpm {_count(s.tpm_used)}/{_count(s.tpm_limit) if s.tpm_limit else '?'}",
+                 f"in flight {s.in_flight}/{s.concurrency_limit if s.concurrency_limit else '?'}"]
+        if s.cooldown_s > 0:
+            parts.append(f"cooldown {s.cooldown_s:.1f}s")
+        if s.disabled:
+            parts.append(f"disabled: {s.disabled}")
+        lines.append(f"{s.scope:<8} {_budget_label(s):<48} " + "  ".join(parts))
+    return "\n".join(lines) or "no budgets yet: nothing has been sent with this configuration"
+
+
+# --- the dashboard ------------------------------------------------------------------------------------
+def _row_state(row: Row, now: float) -> str:
+    """The state column: what the model is doing, with live countdowns."""
+    text = row.detail or row.state
+    if row.until is not None and row.state in ("waiting", "rate_limited", "retrying"):
+        left = row.until - now
+        text = f"{row.detail}, retry in {left:.1f} s" if left > 0 else f"{row.detail}, retrying…"
+    return text
+
+
+def dashboard_html(model: DashboardModel, now: float | None = None) -> str:
+    """The whole dashboard (header totals, one row per model, utilization) as one HTML document."""
+    now = model.now() if now is None else now
+    t = model.totals()
+    state = "cancelled" if model.cancelled else ("finished" if model.finished else "running")
+    head = (f'<div class="nbf-head">nbfanout · {state} · {t["done"]}/{t["total"]} done · {t["failed"]} failed'
+            + (f' · {t["cancelled"]} cancelled' if t["cancelled"] else "")
+            + f' · {t["running"]} running · {_seconds(t["elapsed"])} · {_count(t["tokens"])} tokens · {_cost(t["cost"])}</div>')
+    rows = []
+    for row in model.rows.values():
+        colour = STATE_COLOURS.get(row.state, GREY)
+        name = _e(row.label)
+        if row.model and row.model != row.name:
+            name += f'<br><span class="nbf-muted">via {_e(row.model)}</span>'
+        state_text = _row_state(row, now)
+        key = f' <span class="nbf-muted">{_e(mask_key(row.key_id))}</span>' if row.key_id and row.state == "running" else ""
+        tokens = f"{row.input_tokens:,}+{row.output_tokens:,}" if row.input_tokens or row.output_tokens else "–"
+        rows.append(
+            f'<tr class="nbf-row" data-model="{_e(row.name)}" data-state="{_e(row.state)}">'
+            f"<td>{name}</td>"
+            f'<td class="nbf-state"><span style="color:{colour}">●</span> <span class="nbf-msg">{_e(state_text)}</span>{key}</td>'
+            f"<td>{_bar(model.progress(row), colour, label=f'{row.name}: {row.state}')}</td>"
+            f'<td class="num">{row.attempts or "–"}</td><td class="num">{_seconds(row.latency_s)}</td>'
+            f'<td class="num">{tokens}</td><td class="num">{_cost(row.cost)}</td></tr>'
+        )
+    table = ('<table class="nbf-models"><thead><tr><th>model</th><th>state</th><th>progress</th><th class="num">tries</th>'
+             '<th class="num">latency</th><th class="num">tokens</th><th class="num">cost</th></tr></thead><tbody>'
+             + "".join(rows) + "</tbody></table>")
+    util = budgets_html(model.budgets)
+    learned = ""
+    if model.learned:
+        learned = '<div class="nbf-muted">learned: ' + " · ".join(_e(x) for x in model.learned[-4:]) + "</div>"
+    return _wrap(head + table + util + learned)
+
+
+def status_html(sections: Sequence[tuple[str, Sequence[BudgetStats]]]) -> str:
+    """``%fanout status``: the live budgets of every configuration used in this session."""
+    if not sections:
+        return _wrap('<div class="nbf-muted">nothing has run yet in this session</div>')
+    return _wrap("".join(budgets_html(b, title) or f'<div class="nbf-head">{_e(title)}</div><div class="nbf-muted">no budgets yet</div>'
+                         for title, b in sections))

@@ -1,0 +1,529 @@
+"""``%%fanout`` and ``%fanout``: a thin shell over ``Fanout`` for notebooks.
+
+``%%fanout --models A B`` sends the cell body (``{name}`` filled from the notebook's
+variables, ``{{`` for a literal brace) to every model at once. Everything the user typed is
+checked before any request is sent; mistakes raise IPython's UsageError, so the cell shows
+one clear line instead of a traceback. The core runs on nbfanout's own loop thread
+(``_runner``); the dashboard is displayed first and then only updated from that thread.
+``%fanout models | status | config`` show the catalog, live budgets and configuration.
+
+One ``Fanout`` is kept per configuration (and ``--provider-rpm`` / ``--concurrency``), so
+budgets, cooldowns and learned limits carry over from cell to cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import string
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import Image, display
+
+from nbfanout.core.errors import ConfigError, ErrorCategory, ErrorInfo, FanoutError
+from nbfanout.core.errors import UsageError as FanoutUsageError
+from nbfanout.core.fanout import Fanout
+from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
+from nbfanout.notebook import display as render
+from nbfanout.notebook._runner import LoopJob, call_in_loop
+
+__all__ = ["BackgroundRun", "FanoutMagics", "fill_prompt", "load_ipython_extension", "split_models"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --- argument checking ---------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, found {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, found {text}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, found {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, found {text}")
+    return value
+
+
+def split_models(values: list[str] | None) -> list[str] | None:
+    """``--models a b,c`` → ["a", "b", "c"] (space or comma separated); None when not given."""
+    if not values:
+        return None
+    return [m for part in values for m in re.split(r"[,\s]+", part) if m]
+
+
+class _Filler(string.Formatter):
+    """str.format over the notebook's variables; in the magic's line a list of names becomes space separated."""
+
+    def __init__(self, join_lists: bool) -> None:
+        super().__init__()
+        self.join_lists = join_lists
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if self.join_lists and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            value = " ".join(value)
+        return super().format_field(value, format_spec)
+
+
+def fill_prompt(template: str, namespace: Mapping[str, Any], *, join_lists: bool = False) -> str:
+    """``template`` with ``{name}`` filled from ``namespace``; every missing name is reported at once."""
+    filler = _Filler(join_lists)
+    try:
+        fields = [f for _, f, _, _ in filler.parse(template) if f is not None]
+    except ValueError as exc:
+        raise UsageError(f"unmatched brace in {template[:60]!r} ({exc}); write {{{{ and }}}} for literal braces") from None
+    missing = []
+    for f in fields:
+        root = re.split(r"[.\[!:]", f, maxsplit=1)[0]
+        if root == "" or root.isdigit():
+            raise UsageError(f"{{{f}}} names no variable; write {{{{ and }}}} for literal braces")
+        if root not in namespace and root not in missing:
+            missing.append(root)
+    if missing:
+        names = ", ".join(f"{{{m}}}" for m in missing)
+        plural = len(missing) > 1
+        raise UsageError(f"{names} {'are' if plural else 'is'} used but the notebook defines no such "
+                         f"variable{'s' if plural else ''}; define {'them' if plural else 'it'} in a cell above, "
+                         "or write {{ and }} for literal braces")
+    try:
+        return filler.vformat(template, (), namespace)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"could not fill {{...}} from the notebook: {type(exc).__name__}: {exc}") from None
+
+
+def _parse_provider_rpm(text: str | None) -> dict[str, float]:
+    """``openai:500,gemini:60`` → {"openai": 500.0, "gemini": 60.0} (the CLI's syntax)."""
+    from nbfanout.cli import _parse_provider_rpm as parse
+
+    return parse(text)
+
+
+@contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Misuse (bad config, unknown model, bad argument) becomes one UsageError line, not a traceback."""
+    try:
+        yield
+    except (FanoutUsageError, ConfigError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+# --- what one cell asks for ----------------------------------------------------------------------
+@dataclass
+class CellRequest:
+    """A checked ``%%fanout`` cell: everything needed to run it, nothing sent yet."""
+
+    prompt: str
+    models: list[str] | None
+    pool: str | None
+    names: list[str]
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+    stream: bool = False
+    timeout: float | None = None
+    synthesize: str | None = None
+    out: str | None = None
+    rerun: FanoutResult | None = None
+    dry_run: bool = False
+    dashboard: bool = True
+    background: bool = False
+
+
+@dataclass
+class _Progress:
+    """What the run coroutine has finished so far, read by the cell's thread after an interrupt."""
+
+    main: FanoutResult | None = None
+    final: FanoutResult | None = None
+
+
+class BackgroundRun:
+    """The handle ``%%fanout --background`` returns: the run goes on; ``result()`` waits for it."""
+
+    def __init__(self, job: LoopJob[FanoutResult], names: list[str], out: str | None) -> None:
+        self.job = job
+        self.names = names
+        self.out = out
+
+    def done(self) -> bool:
+        return self.job.done()
+
+    def result(self, timeout: float | None = None) -> FanoutResult:
+        """The FanoutResult (waits; Ctrl-C while waiting cancels the run)."""
+        return self.job.wait(timeout)
+
+    def cancel(self) -> None:
+        """Cancel every in-flight request of this run."""
+        self.job.cancel()
+
+    def __repr__(self) -> str:
+        where = f"; stored as {self.out!r} when done" if self.out else ""
+        state = "done" if self.done() else "running in the background"
+        return f"<BackgroundRun {len(self.names)} models, {state}{where}>"
+
+
+# --- the magics ----------------------------------------------------------------------------------
+@magics_class
+class FanoutMagics(Magics):
+    """``%%fanout`` (send the cell to many models) and ``%fanout models|status|config``."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self._fanouts: dict[tuple[Any, ...], tuple[Any, Fanout]] = {}
+        self._jobs: dict[int, LoopJob[Any]] = {}
+
+    # -- Fanout per configuration ------------------------------------------------------------------
+    def _config_source(self, ref: str | None) -> tuple[tuple[Any, ...], Any]:
+        """(cache key, config) for ``--config``: a notebook variable (dict/Config, dotted ok) or a file path."""
+        if ref is None:
+            local = Path("nbfanout.toml")
+            stamp = local.stat().st_mtime_ns if local.exists() else None
+            return ("default", os.getcwd(), stamp), None
+        obj = self._lookup(ref)
+        if obj is not None:
+            return ("object", id(obj)), obj
+        path = Path(ref).expanduser()
+        if path.is_file():
+            return ("path", str(path.resolve()), path.stat().st_mtime_ns), str(path)
+        raise UsageError(f"--config {ref}: no such file, and no variable {ref!r} in the notebook "
+                         "(pass a TOML path, or a variable holding a config dict such as sandbox.config)")
+
+    def _lookup(self, ref: str) -> Any:
+        """A notebook variable, optionally with attributes (``sb.config``); None when there is none."""
+        parts = ref.split(".")
+        if not all(_IDENTIFIER.match(p) for p in parts) or parts[0] not in self.shell.user_ns:
+            return None
+        obj = self.shell.user_ns[parts[0]]
+        for p in parts[1:]:
+            if not hasattr(obj, p):
+                return None
+            obj = getattr(obj, p)
+        return obj
+
+    def fanout_for(self, ref: str | None, provider_rpm: dict[str, float] | None = None,
+                   concurrency: int | None = None) -> Fanout:
+        """The session's Fanout for this configuration, created on first use."""
+        key, source = self._config_source(ref)
+        key = (*key, tuple(sorted((provider_rpm or {}).items())), concurrency)
+        held = self._fanouts.get(key)  # an object's id is only its key while we hold the object itself
+        if held is not None and (key[0] != "object" or held[0] is source):
+            return held[1]
+        with _clean_errors():
+            fx = Fanout(source, provider_rpm=provider_rpm, concurrency=concurrency)
+        self._fanouts[key] = (source, fx)
+        return fx
+
+    # -- %%fanout ------------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--models", "-m", nargs="+", metavar="MODEL",
+              help="models to ask, space or comma separated (provider/model, e.g. openai/gpt-4.1)")
+    @argument("--pool", "-p", help="a pool instead of --models: fast, research, code, vision, audio, auto, or one from the config")
+    @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict (e.g. sandbox.config)")
+    @argument("--system", "-s", help="system prompt; {name} is filled from the notebook as in the cell")
+    @argument("--max-tokens", type=_positive_int, metavar="N", help="largest answer, in tokens")
+    @argument("--temperature", type=_temperature, metavar="T", help="sampling temperature, 0 to 2")
+    @argument("--provider-rpm", metavar="P:N,...", help="cap requests per minute per provider, e.g. openai:500,gemini:60")
+    @argument("--concurrency", type=_positive_int, metavar="N", help="most requests in flight at once")
+    @argument("--timeout", type=_positive_float, metavar="S", help="seconds one request may take")
+    @argument("--file", "-f", action="append", default=[], metavar="PATH", help="attach a text file's contents (repeatable)")
+    @argument("--image", "-i", action="append", default=[], metavar="PATH|URL", help="attach an image (repeatable)")
+    @argument("--synthesize", metavar="MODEL", help="afterwards, have MODEL combine the answers into one")
+    @argument("--out", "-o", metavar="NAME", help="store the FanoutResult in the notebook as NAME")
+    @argument("--rerun", metavar="NAME", help="send again only the models that failed in the FanoutResult NAME")
+    @argument("--stream", action="store_true", help="stream answers: each grows live in its tab")
+    @argument("--dry-run", action="store_true", help="show the plan (models, keys, tokens, cost); send nothing")
+    @argument("--no-dashboard", action="store_true", help="no live dashboard, timeline or answer tabs; just the result")
+    @argument("--background", action="store_true", help="return at once; the dashboard keeps updating and --out is stored when done")
+    @cell_magic("fanout")
+    @no_var_expand  # {name} is filled by fill_prompt, with its checks, in the line as in the body
+    def fanout_cell(self, line: str, cell: str) -> Any:
+        """Send the cell body to many LLMs at once and show a live dashboard.
+
+        The cell body is the prompt; ``{name}`` is replaced by the notebook variable ``name``
+        (write ``{{`` and ``}}`` for literal braces). Returns the FanoutResult (with --background,
+        a handle whose ``result()`` waits for it). Interrupting the kernel cancels every request
+        still in flight and returns what had finished.
+        """
+        args = parse_argstring(self.fanout_cell, fill_prompt(line, self.shell.user_ns, join_lists=True))
+        fx, req = self._check(args, cell)
+        if req.dry_run:
+            return self._dry_run(fx, req)
+        busy = self._jobs.get(id(fx))
+        if busy is not None and not busy.done():
+            raise UsageError("a --background run with this configuration is still going; wait for it "
+                             "(handle.result()) or cancel it (handle.cancel()) first")
+        kind = self._view_kind(req)
+        view: Any = None
+        if kind == "widgets":
+            from nbfanout.notebook.dashboard import Dashboard
+
+            view = Dashboard(req.names, stream=req.stream, expected_chars=4 * req.params["max_tokens"]
+                             if "max_tokens" in req.params else None, background=req.background)
+            view.display()
+        elif kind == "text":
+            from nbfanout.notebook.dashboard import TextProgress
+
+            view = TextProgress(req.names)
+        before = fx.last_result
+        progress = _Progress()
+        job: LoopJob[FanoutResult] = LoopJob(self._drive(fx, req, view, kind, progress), name="nbfanout-cell")
+        if req.background:
+            self._jobs[id(fx)] = job
+            return BackgroundRun(job, req.names, req.out)
+        interrupted = False
+        try:
+            result = job.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            result = self._partial(fx, req, progress, before)
+        except (FanoutUsageError, ConfigError) as exc:
+            raise UsageError(str(exc)) from None
+        if req.out:
+            self.shell.user_ns[req.out] = result
+        if interrupted:
+            answered = len(result.succeeded)
+            print(f"interrupted: {answered} of {len(result.results)} models had answered; "
+                  "every request still in flight was cancelled", file=sys.stderr, flush=True)
+        if kind == "widgets":
+            self._show_final(result, stream_tab=req.stream)
+        elif kind == "text":
+            print(render.result_text(result), flush=True)
+        return result
+
+    def _check(self, args: argparse.Namespace, cell: str) -> tuple[Fanout, CellRequest]:
+        """Every argument checked and the prompt filled; raises UsageError before anything is sent."""
+        ns = self.shell.user_ns
+        models = split_models(args.models)
+        rerun: FanoutResult | None = None
+        if args.rerun is not None:
+            rerun = ns.get(args.rerun)
+            if not isinstance(rerun, FanoutResult):
+                found = "nothing" if args.rerun not in ns else type(rerun).__name__
+                raise UsageError(f"--rerun {args.rerun}: expected a FanoutResult in the notebook (from --out), found {found}")
+            if models or args.pool:
+                raise UsageError("--rerun resends the failed models of that result; leave out --models and --pool")
+            if cell.strip() and cell.strip() != rerun.prompt.strip():
+                raise UsageError("--rerun resends that result's own prompt; leave the cell body empty")
+        elif not models and not args.pool:
+            raise UsageError("no models: pass --models A B ... or --pool NAME (%%fanout? lists every option)")
+        if models and args.pool:
+            raise UsageError("pass --models or --pool, not both")
+        for flag, name in (("--out", args.out),):
+            if name is not None and not _IDENTIFIER.match(name):
+                raise UsageError(f"{flag} {name}: not a valid Python variable name")
+        prompt = rerun.prompt if rerun is not None else fill_prompt(cell.strip("\n"), ns)
+        if rerun is None and not prompt.strip():
+            raise UsageError("the cell is empty: its body is the prompt")
+        for f in args.file:
+            path = Path(f).expanduser()
+            if not path.is_file():
+                raise UsageError(f"--file {f}: no such file")
+            prompt += f"\n\n--- {path.name} ---\n" + path.read_text(encoding="utf-8", errors="replace")
+        for img in args.image:
+            if not img.startswith(("http://", "https://", "data:")) and not Path(img).expanduser().is_file():
+                raise UsageError(f"--image {img}: no such file (or pass an http(s) URL)")
+        with _clean_errors():
+            provider_rpm = _parse_provider_rpm(args.provider_rpm)
+        fx = self.fanout_for(args.config, provider_rpm or None, args.concurrency)
+        system = args.system or None
+        params: dict[str, Any] = {}
+        if args.max_tokens is not None:
+            params["max_tokens"] = args.max_tokens
+        if args.temperature is not None:
+            params["temperature"] = args.temperature
+        with _clean_errors():
+            if rerun is not None:
+                names = [r.requested for r in rerun.results if not r.ok]
+                for n in names:
+                    fx.config.model(n)
+            else:
+                names = list(dict.fromkeys(r.requested for r in fx.plan(prompt, models, pool=args.pool, system=system).rows))
+            if args.synthesize:
+                fx.config.model(args.synthesize)
+        return fx, CellRequest(
+            prompt=prompt, models=models, pool=args.pool, names=names, system=system, params=params,
+            images=list(args.image), stream=args.stream, timeout=args.timeout, synthesize=args.synthesize,
+            out=args.out, rerun=rerun, dry_run=args.dry_run, dashboard=not args.no_dashboard, background=args.background,
+        )
+
+    def _view_kind(self, req: CellRequest) -> str | None:
+        """"widgets" in a kernel with ipywidgets, "text" in plain IPython (or without ipywidgets), None if off."""
+        if not req.dashboard:
+            return None
+        if getattr(self.shell, "kernel", None) is None:
+            return "text"
+        from nbfanout.notebook.dashboard import import_widgets
+
+        try:
+            import_widgets()
+        except ImportError as exc:
+            print(f"{exc} (showing plain-text progress instead)", file=sys.stderr)
+            return "text"
+        return "widgets"
+
+    async def _drive(self, fx: Fanout, req: CellRequest, view: Any, kind: str | None, progress: _Progress) -> FanoutResult:
+        """The run, on the loop thread: subscribe the view, run (and synthesize), close the view."""
+        unsubscribe = fx.subscribe(view.on_event) if view is not None else None
+        cancelled = False
+        result: FanoutResult | None = None
+        try:
+            if req.rerun is not None:
+                result = await fx.rerun(req.rerun, timeout=req.timeout, **req.params)
+            else:
+                result = await fx.run(req.prompt, req.models, pool=req.pool, system=req.system, images=req.images,
+                                      stream=req.stream, timeout=req.timeout, **req.params)
+            progress.main = result
+            if req.synthesize and result.succeeded:
+                if view is not None:
+                    view.model.begin_synthesis(req.synthesize)
+                result = await fx.synthesize(result, req.synthesize, timeout=req.timeout, **req.params)
+            progress.final = result
+            return result
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+            if kind == "widgets":
+                answers = None if result is None else {r.requested: r.text for r in result.results if r.ok}
+                await view.aclose(cancelled=cancelled, answers=answers)
+                if req.background:
+                    await self._finish_background(req, progress, view, cancelled)
+            elif kind == "text":
+                view.close(cancelled=cancelled)
+                if req.background and progress.final is not None:
+                    print(render.result_text(progress.final), flush=True)
+            if req.background and req.out and progress.final is not None:
+                self.shell.user_ns[req.out] = progress.final
+
+    async def _finish_background(self, req: CellRequest, progress: _Progress, view: Any, cancelled: bool) -> None:
+        """A background run's final outputs go into its dashboard's Output widget (thread-safe appends)."""
+        result = progress.final or progress.main
+        if result is None or view.after is None:
+            return
+        from nbfanout.notebook.dashboard import Answers
+        from nbfanout.notebook.timeline import timeline_png
+
+        png = await asyncio.get_running_loop().run_in_executor(None, timeline_png, result)
+        view.after.append_display_data(_Bundle({"text/html": render.result_html(result), "text/plain": render.result_text(result)}))
+        view.after.append_display_data(Image(data=png, format="png"))
+        if not req.stream:
+            view.after.append_display_data(Answers(result))
+
+    def _partial(self, fx: Fanout, req: CellRequest, progress: _Progress, before: Any) -> FanoutResult:
+        """After an interrupt: what had finished (Fanout.last_result holds the cancelled run's partial batch)."""
+        if progress.main is not None:  # interrupted while synthesizing: the fan-out itself had finished
+            return progress.main
+        last = fx.last_result
+        part: FanoutResult | None = None
+        if last is not before:
+            part = last.rows[0] if isinstance(last, BatchResult) and last.rows else last if isinstance(last, FanoutResult) else None
+        cancelled = ErrorInfo(ErrorCategory.CANCELLED, False, "cancelled before an answer arrived")
+        if part is None:
+            part = FanoutResult(prompt=req.prompt, results=tuple(
+                ModelResult(requested=n, model=n, ok=False, error=cancelled) for n in req.names))
+        if req.rerun is not None:
+            fresh = {r.requested: r for r in part.results if r.category != "cancelled"}
+            part = replace(req.rerun, results=tuple(fresh.get(r.requested, r) for r in req.rerun.results))
+        return part
+
+    def _show_final(self, result: FanoutResult, *, stream_tab: bool) -> None:
+        """After the run, regular outputs a saved notebook keeps: the timeline PNG and the answers."""
+        from nbfanout.notebook.dashboard import Answers
+
+        try:
+            from nbfanout.notebook.timeline import timeline_png
+
+            display(Image(data=timeline_png(result), format="png"))
+        except ImportError as exc:
+            print(f"{exc} (no retry timeline)", file=sys.stderr)
+        if not stream_tab:
+            display(Answers(result))
+
+    def _dry_run(self, fx: Fanout, req: CellRequest) -> None:
+        with _clean_errors():
+            plan = fx.plan(req.prompt, req.models, pool=req.pool, system=req.system, max_tokens=req.params.get("max_tokens"))
+        display(_Bundle({"text/html": render.plan_html(plan), "text/plain": render.plan_text(plan)}))
+        if req.out:
+            self.shell.user_ns[req.out] = plan
+
+    # -- %fanout models | status | config -----------------------------------------------------------
+    @magic_arguments()
+    @argument("command", choices=["models", "status", "config"],
+              help="models: every model and whether it is usable; status: live budgets and cooldowns; config: the configuration")
+    @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict")
+    @line_magic("fanout")
+    def fanout_line(self, line: str) -> None:
+        """Show the models (``%fanout models``), live budgets (``%fanout status``) or configuration (``%fanout config``)."""
+        args = parse_argstring(self.fanout_line, line)
+        if args.command == "status":
+            self._status(args.config)
+            return
+        with _clean_errors():
+            fx = self.fanout_for(args.config)
+        if args.command == "models":
+            display(_Bundle({"text/html": render.models_html(fx.config), "text/plain": render.models_text(fx.config)}))
+        else:
+            text = render.config_text(fx.config)
+            display(_Bundle({"text/plain": text}))
+
+    def _status(self, ref: str | None) -> None:
+        """Budgets of every Fanout this session used (or of one), read on the loop thread that owns them."""
+        held = list(self._fanouts.values())
+        if ref is not None:
+            held = [(None, self.fanout_for(ref))]
+        sections = []
+        texts = []
+        for _, fx in held:
+            stats = call_in_loop(fx.statistics)
+            budgets = [s for s in stats if s.scope != "run"]
+            running = [j for j in self._jobs.values() if not j.done()]
+            title = f"{fx.config.source}" + (f" · {len(running)} background run(s) going" if running else "")
+            sections.append((title, budgets))
+            texts.append(f"{title}\n{render.budgets_text(budgets)}")
+        display(_Bundle({"text/html": render.status_html(sections),
+                         "text/plain": "\n\n".join(texts) or "nothing has run yet in this session"}))
+
+
+class _Bundle:
+    """A ready-made MIME bundle for display()."""
+
+    def __init__(self, data: dict[str, str]) -> None:
+        self.data = data
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
+        return self.data
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbfanout``: register ``%%fanout`` and ``%fanout``."""
+    ipython.register_magics(FanoutMagics)

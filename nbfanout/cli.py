@@ -213,7 +213,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
     with start_sandbox(args.scenario) as sandbox:
         fx = Fanout(sandbox.config, learn=False)
-        models = list(sandbox.models) if hasattr(sandbox, "models") else sorted(fx.config.models)
+        models = [f"{p.id}/{m.id}" for p in sandbox.scenario.providers for m in p.models if m.kind == "chat"]
         print(f"sandbox {args.scenario} at {sandbox.url}: fanning one prompt out to {len(models)} models\n", file=sys.stderr)
         fx.subscribe(TerminalProgress(models))
         result = await fx.run("Suggest three ways to make a README easier to follow for a newcomer.", models)

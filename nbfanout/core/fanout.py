@@ -543,12 +543,12 @@ class Fanout:
                 return result
             assert info is not None
             last_info = info
-            self._learn_from_failure(choice, info, req_id)
+            retry, wait, reason = self.retry.decide(attempt_no, info, self.clock.now() - t_start)
+            self._learn_from_failure(choice, info, req_id, wait)
             may_rotate = len(candidates) > 1 and info.category in _ROTATE_ON
             other_key = info.category in _KEY_FAULTS and any(
                 not self.router.key_budget(choice.provider, k).disabled for k in choice.provider.keys)
-            retry, wait, reason = self.retry.decide(attempt_no, info, self.clock.now() - t_start)
-            if (may_rotate or other_key) and attempt_no < self.retry.max_attempts and info.category != ErrorCategory.CANCELLED:
+            if (may_rotate or other_key) and attempt_no < self.retry.max_attempts:
                 retry, wait, reason = True, 0.0, "rotate"
             attempts.append(Attempt(model.name, choice.key_id, start - run.t0, end - run.t0, info.category.value,
                                     info.status, info.message, wait_s=wait if retry else 0.0, in_flight=in_flight))
@@ -559,7 +559,7 @@ class Fanout:
                 self._emit(RetryScheduled, request=req_id, model=model.name, attempt=attempt_no, wait_s=wait,
                            category=info.category.value, reason=reason)
                 if info.category not in (ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED):
-                    await self.clock.sleep(wait)  # rate limits and overloads wait through the cooldown instead
+                    await self.clock.sleep(wait)  # refusals wait through their budget's cooldown instead
 
     async def _send(self, run: _Run, req_id: str, choice: Choice, request: ChatRequest, stream: bool,
                     timeout: float | None) -> tuple[ChatResponse, bool]:
@@ -589,21 +589,23 @@ class Fanout:
             self.cache.put(choice.model.name, request, response)
         return response, False
 
-    def _learn_from_failure(self, choice: Choice, info: ErrorInfo, req_id: str) -> None:
+    def _learn_from_failure(self, choice: Choice, info: ErrorInfo, req_id: str, wait: float) -> None:
+        """Put what the failure says into the budgets: limits, cooldowns, keys out of use."""
         model_b, key_b, _provider_b = choice.budgets
         cat = info.category
         if cat == ErrorCategory.RATE_LIMIT:
             self._emit(RateLimited, request=req_id, model=choice.model.name, key_id=choice.key_id,
-                       retry_after_s=info.retry_after_s, message=info.message)
+                       retry_after_s=info.retry_after_s if info.retry_after_s is not None else wait, message=info.message)
             hint = info.limit_hint
-            target = model_b if hint is not None and hint.kind == "concurrency" else key_b
-            target.learn_from_429(info)
-            wait = info.retry_after_s if info.retry_after_s is not None else self.retry.backoff(1)
-            key_b.cool_down(wait)
-            if hint is None or hint.kind == "concurrency":
-                model_b.cool_down(wait)  # without a stated limit the model itself may be busy upstream
+            if hint is not None and hint.kind == "concurrency":
+                model_b.learn_from_429(info)
+            if "upstream" in info.message.lower() or (hint is not None and hint.kind == "concurrency"):
+                model_b.cool_down(wait)  # the model's upstream is busy; the key is fine for other models
+            else:
+                key_b.learn_from_429(info)
+                key_b.cool_down(wait)
         elif cat == ErrorCategory.OVERLOADED:
-            model_b.cool_down(info.retry_after_s if info.retry_after_s is not None else self.retry.backoff(2))
+            model_b.cool_down(wait)
         elif cat in _KEY_FAULTS:
             key_b.disabled = f"{cat.value}: {info.message[:120]}"
         elif cat == ErrorCategory.NOT_FOUND:

@@ -43,10 +43,18 @@ class RetryPolicy:
         return self.rng.uniform(0.0, ceiling) if self.jitter else ceiling
 
     def wait_after(self, attempt: int, info: ErrorInfo) -> tuple[float, str]:
-        """How long to wait after this failure, and why ("provider asked" or "backoff")."""
+        """How long to wait after this failure, and why ("provider asked" or "backoff").
+
+        A refusal (rate limit, overload) that names no wait means the capacity is in use right
+        now: waiting less than half the backoff would only hammer it, so those get equal jitter.
+        """
         if info.retry_after_s is not None and info.retry_after_s >= 0:
             return float(info.retry_after_s), "provider asked"
-        return self.backoff(attempt), "backoff"
+        wait = self.backoff(attempt)
+        if info.category in (ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED):
+            ceiling = min(self.max_backoff_s, self.base_s * 2 ** (attempt - 1))
+            wait = ceiling / 2 + wait / 2 if self.jitter else ceiling
+        return wait, "backoff"
 
     def retryable(self, info: ErrorInfo) -> bool:
         return info.category in self.on

@@ -19,10 +19,11 @@ from typing import Any, Generic, TypeVar
 
 from nbfanout.core.fanout import background_loop
 
-__all__ = ["CLEANUP_TIMEOUT_S", "LoopJob", "call_in_loop"]
+__all__ = ["CLEANUP_TIMEOUT_S", "POLL_S", "LoopJob", "call_in_loop"]
 
 T = TypeVar("T")
 CLEANUP_TIMEOUT_S = 15.0  # how long an interrupted cell waits for cancelled requests to wind down
+POLL_S = 0.05  # how often the waiting thread comes up for a pending Ctrl-C
 
 
 class LoopJob(Generic[T]):
@@ -69,8 +70,17 @@ class LoopJob(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> T:
         """The task's result; on KeyboardInterrupt cancel it, wait for its cleanup, then re-raise."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return self._finished.result(timeout)
+            while True:
+                # Short waits, not one long one: a SIGINT the OS hands to another thread of the kernel
+                # does not wake a blocked lock, but Python runs its handler as soon as we come back up.
+                step = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+                try:
+                    return self._finished.result(step)
+                except concurrent.futures.TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
         except KeyboardInterrupt:
             self.cancel_and_wait()
             raise
@@ -81,12 +91,13 @@ class LoopJob(Generic[T]):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self._finished.exception(max(0.0, deadline - time.monotonic()))
+                self._finished.exception(min(POLL_S, max(0.0, deadline - time.monotonic())))
                 return True
             except concurrent.futures.CancelledError:
                 return True
             except concurrent.futures.TimeoutError:
-                return False
+                if time.monotonic() >= deadline:
+                    return False
             except KeyboardInterrupt:  # a second Ctrl-C while requests are closing: keep waiting
                 continue
 

@@ -8,10 +8,11 @@ How failures map (each adapter goes through this module, so the three agree)::
         -> classify_error(provider, status, headers, body)
     2xx whose body holds an error envelope (OpenRouter's 200 + {"error": ...}, Gemini's
     [{"error": ...}], Anthropic's ``event: error``, an error event mid-stream)
-        -> classify_error(provider, 200, headers, envelope), which classifies by the code
-           inside the envelope
-    2xx whose body is not JSON, has no choices/candidates, or a stream that ends before
-    its final event
+        -> classify_error(provider, status, headers, envelope), which classifies a 2xx
+           by the code inside the envelope
+    a stream that closes cleanly before its final event (no finish reason, no [DONE])
+        -> classify_error(provider, None, None, "IncompleteStream: ...")  (network)
+    2xx whose body (or one event) is not JSON, or has no choices/candidates
         -> ErrorInfo(server_error, retryable) built here: classify_error sees a 2xx status
            and a body with no error in it, so it cannot tell these apart
     2xx with no text because the provider blocked it (content filter, refusal, safety)
@@ -329,7 +330,7 @@ class HTTPAdapter(Adapter):
     async def _events(self, endpoint: Endpoint, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
         """The response's SSE events; a JSON (not SSE) body is yielded as one event."""
         try:
-            if "event-stream" not in response.headers.get("content-type", "text/event-stream"):
+            if "json" in response.headers.get("content-type", ""):
                 # Some gateways answer a stream request with a plain JSON body (usually an
                 # error envelope): treat the whole body as one event so it is checked alike.
                 yield ServerSentEvent(data=(await response.aread()).decode("utf-8", "replace"))

@@ -19,8 +19,8 @@ Request rules:
 
 Usage: ``output_tokens`` is ``candidatesTokenCount`` + ``thoughtsTokenCount`` (thinking is
 billed as output). ``finish_reason`` is Gemini's ``finishReason`` as sent (``STOP``,
-``MAX_TOKENS``, ``SAFETY``, ``RECITATION``...), or the prompt's ``blockReason`` when
-the prompt itself was blocked.
+``MAX_TOKENS``, ``SAFETY``, ``RECITATION``...). A prompt blocked outright
+(``promptFeedback.blockReason``, no candidates) is a ``content_policy`` ProviderError.
 """
 
 from __future__ import annotations
@@ -64,11 +64,8 @@ class GeminiAdapter(HTTPAdapter):
     """Gemini models through generateContent, streamed (SSE) or not."""
 
     wire = "gemini"
-    # finishReason values for a filtered answer, and promptFeedback.blockReason values
-    # (https://ai.google.dev/api/generate-content#FinishReason, #BlockReason).
-    blocked_reasons = frozenset(
-        {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "OTHER"}
-    )
+    # finishReason values of a filtered answer (https://ai.google.dev/api/generate-content#FinishReason).
+    blocked_reasons = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 
     def headers(self, endpoint: Endpoint) -> dict[str, str]:
         return {"x-goog-api-key": endpoint.api_key}
@@ -102,11 +99,17 @@ class GeminiAdapter(HTTPAdapter):
     def find_error(self, payload: Any) -> Mapping[str, Any] | None:
         # {"error": {"code": 429, "message": ..., "status": "RESOURCE_EXHAUSTED"}}; without
         # alt=sse the stream body is a JSON array, so the error arrives as [{"error": ...}]
-        # (seen in https://github.com/google-gemini/gemini-cli/issues/6454).
+        # (https://github.com/google-gemini/gemini-cli/issues/14831).
         if isinstance(payload, list) and payload and isinstance(payload[0], Mapping):
             payload = payload[0]
-        if isinstance(payload, Mapping) and payload.get("error"):
+        if not isinstance(payload, Mapping):
+            return None
+        if payload.get("error"):
             return {"error": payload["error"]}
+        # A blocked prompt gets no candidates, only promptFeedback.blockReason
+        # (https://ai.google.dev/api/generate-content#PromptFeedback); classify_error reads it.
+        if not payload.get("candidates") and (payload.get("promptFeedback") or {}).get("blockReason"):
+            return payload
         return None
 
     def read_response(self, payload: Any, state: StreamState) -> None:
@@ -125,10 +128,6 @@ class GeminiAdapter(HTTPAdapter):
         if isinstance(usage, Mapping):
             state.input_tokens = int(usage.get("promptTokenCount") or 0)
             state.output_tokens = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
-        block = (payload.get("promptFeedback") or {}).get("blockReason")
-        if block:
-            state.finish_reason = block
-            state.complete = True
         candidates = payload.get("candidates") or []
         if not candidates or not isinstance(candidates[0], Mapping):
             return ()

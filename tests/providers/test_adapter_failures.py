@@ -107,13 +107,16 @@ async def test_filtered_answer_with_no_text_is_content_policy(make_client) -> No
     assert error.info.category is C.CONTENT_POLICY and not error.info.retryable
 
 
-async def test_gemini_blocked_prompt(make_client) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+async def test_gemini_blocked_prompt(make_client, stream: bool) -> None:
     # A blocked prompt has no candidates, only promptFeedback.blockReason
     # (https://ai.google.dev/api/generate-content#PromptFeedback).
     blocked = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12}, "modelVersion": "gemini-2.5-flash"}
-    client, _ = make_client(httpx.Response(200, json=blocked))
-    error = await fail(GeminiAdapter().complete(client, endpoint("gemini"), chat("gemini-2.5-flash")))
-    assert error.info.category is C.CONTENT_POLICY and error.info.provider_code == "PROHIBITED_CONTENT"
+    answer = httpx.Response(200, headers=SSE, content=sse_body(blocked)) if stream else httpx.Response(200, json=blocked)
+    client, _ = make_client(answer)
+    error = await fail(GeminiAdapter().complete(client, endpoint("gemini"), chat("gemini-2.5-flash"), stream=stream))
+    assert error.info.category is C.CONTENT_POLICY and not error.info.retryable
+    assert error.info.provider_code == "PROHIBITED_CONTENT"
 
 
 async def test_stream_that_ends_without_its_final_event(make_client) -> None:

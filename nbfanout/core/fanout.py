@@ -596,14 +596,15 @@ class Fanout:
         if cat == ErrorCategory.RATE_LIMIT:
             self._emit(RateLimited, request=req_id, model=choice.model.name, key_id=choice.key_id,
                        retry_after_s=info.retry_after_s if info.retry_after_s is not None else wait, message=info.message)
-            hint = info.limit_hint
-            if hint is not None and hint.kind == "concurrency":
-                model_b.learn_from_429(info)
-            if "upstream" in info.message.lower() or (hint is not None and hint.kind == "concurrency"):
-                model_b.cool_down(wait)  # the model's upstream is busy; the key is fine for other models
-            else:
-                key_b.learn_from_429(info)
-                key_b.cool_down(wait)
+            # Providers name the model when the limit is the model's ("Rate limit reached for gpt-4.1 in
+            # organization ...", OpenRouter's "... is temporarily rate-limited upstream"); then only that
+            # model waits and the key stays free for the others. Otherwise the key itself is limited.
+            text = info.message.lower()
+            per_model = choice.model.model_id.lower() in text or "upstream" in text or (
+                info.limit_hint is not None and info.limit_hint.kind == "concurrency")
+            target = model_b if per_model else key_b
+            target.learn_from_429(info)
+            target.cool_down(wait)
         elif cat == ErrorCategory.OVERLOADED:
             model_b.cool_down(wait)
         elif cat in _KEY_FAULTS:

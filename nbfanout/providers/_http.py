@@ -349,7 +349,8 @@ class HTTPAdapter(Adapter):
         except ValueError as exc:
             what = "the response body" if text is None else "a stream event"
             body = response.content if text is None else text
-            raise self._invalid(endpoint, response.status_code, f"{what} was not valid JSON: {_snippet(body)!r}") from exc
+            message = f"{what} was not valid JSON: {_snippet(body)!r}"
+            raise self._invalid(endpoint, response.status_code, message) from exc
 
     def _raise_for_body_error(self, endpoint: Endpoint, response: httpx.Response, payload: Any) -> None:
         envelope = self.find_error(payload)

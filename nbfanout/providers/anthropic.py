@@ -55,11 +55,11 @@ def _message(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": blocks}
 
 
+_INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
 def _input_tokens(usage: Mapping[str, Any]) -> int:
-    return sum(
-        int(usage.get(key) or 0)
-        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
+    return sum(int(usage.get(key) or 0) for key in _INPUT_KEYS)
 
 
 class AnthropicAdapter(HTTPAdapter):
@@ -95,7 +95,8 @@ class AnthropicAdapter(HTTPAdapter):
     def read_response(self, payload: Any, state: StreamState) -> None:
         if not isinstance(payload, Mapping) or not isinstance(payload.get("content"), list):
             return
-        state.parts += [b.get("text") or "" for b in payload["content"] if isinstance(b, Mapping) and b.get("type") == "text"]
+        blocks = [b for b in payload["content"] if isinstance(b, Mapping)]
+        state.parts += [b.get("text") or "" for b in blocks if b.get("type") == "text"]
         usage = payload.get("usage") or {}
         state.input_tokens = _input_tokens(usage)
         state.output_tokens = int(usage.get("output_tokens") or 0)
@@ -129,7 +130,7 @@ class AnthropicAdapter(HTTPAdapter):
             usage = payload.get("usage") or {}
             if usage.get("output_tokens") is not None:
                 state.output_tokens = int(usage["output_tokens"])
-            if any(usage.get(k) is not None for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")):
+            if any(usage.get(key) is not None for key in _INPUT_KEYS):
                 state.input_tokens = _input_tokens(usage)
             state.finish_reason = (payload.get("delta") or {}).get("stop_reason") or state.finish_reason
         elif kind == "message_stop":
@@ -142,9 +143,10 @@ class AnthropicAdapter(HTTPAdapter):
         """Model ids from ``GET {base}/models``, following ``has_more`` / ``last_id`` pages
         (https://docs.anthropic.com/en/api/models-list)."""
         ids: list[str] = []
+        url = join_url(endpoint.base_url, "models")
         params = {"limit": "1000"}
         while True:
-            payload = await self._get_json(client, endpoint, join_url(endpoint.base_url, "models"), params=params, timeout=timeout)
+            payload = await self._get_json(client, endpoint, url, params=params, timeout=timeout)
             data = payload.get("data") if isinstance(payload, Mapping) else None
             if not isinstance(data, list):
                 raise self._invalid(endpoint, 200, "the model list has no 'data' array")

@@ -127,7 +127,8 @@ class GeminiAdapter(HTTPAdapter):
         usage = payload.get("usageMetadata")
         if isinstance(usage, Mapping):
             state.input_tokens = int(usage.get("promptTokenCount") or 0)
-            state.output_tokens = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
+            answer, thoughts = usage.get("candidatesTokenCount"), usage.get("thoughtsTokenCount")
+            state.output_tokens = int(answer or 0) + int(thoughts or 0)
         candidates = payload.get("candidates") or []
         if not candidates or not isinstance(candidates[0], Mapping):
             return ()
@@ -146,13 +147,15 @@ class GeminiAdapter(HTTPAdapter):
         """Model ids (without ``models/``) from ``GET {base}/models``, following ``nextPageToken``
         (https://ai.google.dev/api/models#method:-models.list)."""
         ids: list[str] = []
+        url = join_url(endpoint.base_url, "models")
         params = {"pageSize": "1000"}
         while True:
-            payload = await self._get_json(client, endpoint, join_url(endpoint.base_url, "models"), params=params, timeout=timeout)
+            payload = await self._get_json(client, endpoint, url, params=params, timeout=timeout)
             models = payload.get("models") if isinstance(payload, Mapping) else None
             if not isinstance(models, list):
                 raise self._invalid(endpoint, 200, "the model list has no 'models' array")
-            ids += [m["name"].removeprefix("models/") for m in models if isinstance(m, Mapping) and isinstance(m.get("name"), str)]
+            names = [m.get("name") for m in models if isinstance(m, Mapping)]
+            ids += [name.removeprefix("models/") for name in names if isinstance(name, str)]
             if not payload.get("nextPageToken"):
                 return ids
             params = {"pageSize": "1000", "pageToken": str(payload["nextPageToken"])}

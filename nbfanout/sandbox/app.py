@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -387,17 +387,16 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
             return stop
         fault = state.faults.pick(provider, model, "post")
         if fault is not None and fault.kind != "slow":
-            delay = fault.delay_s if fault.delay_s is not None else model.latency.base_ms / 1000.0
-            if fault.kind == "malformed":
-                delay = fault.delay_s if fault.delay_s is not None else latency
-            await state.sleep(delay)
+            # A broken body arrives when the answer would have; a 500 or a drop after the first-token time.
+            default = latency if fault.kind == "malformed" else model.latency.base_ms / 1000.0
+            await state.sleep(fault.delay_s if fault.delay_s is not None else default)
             if fault.kind == "drop":
                 state.ledger.reject(c.entities, "drop", fault="drop")
                 return _Drop()
             if fault.kind == "malformed":
                 state.ledger.reject(c.entities, "malformed", fault="malformed")
                 headers = mod.rate_headers(ctx, c.views)
-                if call.stream:
+                if call.stream and stream_mode == "sse":
                     return Response(mod.malformed_stream(ctx, call), headers=headers, media_type="text/event-stream")
                 return Response(mod.malformed_body(ctx), headers=headers, media_type="application/json")
             return c.refuse(c.fault_denial(fault), fault=fault.kind)

@@ -7,8 +7,9 @@ pool) keeps::
     admitted          requests that passed the limits (they count against RPM/TPM/RPD)
     accepted          requests answered successfully (a "slow" answer included)
     rejected          {reason: count}: rpm, tpm, rpd, concurrency, auth, quota_exhausted,
-                      not_found, bad_request, or a fault kind (rate_limit_burst,
-                      server_error, unavailable, overloaded, drop, malformed, invalid_key)
+                      not_found, bad_request, a fault kind (rate_limit_burst,
+                      server_error, unavailable, overloaded, drop, malformed, invalid_key),
+                      or client_closed (a stream the client abandoned)
     faults            {kind: count} of injected faults (including "slow")
     in_flight, peak_concurrency
     tokens_admitted   estimated tokens counted at admission (input + max_tokens)
@@ -18,7 +19,11 @@ pool) keeps::
                       sets whose timestamps satisfy last - first < 60 s (the same
                       half-open window the limiter enforces)
 
-Keys appear only by their last four characters.
+Entities are keyed ``providers[id]``, ``keys["provider:…abcd"]``,
+``models["provider/model"]`` and ``pools[label]`` (e.g. ``"model:openai/gpt-4.1@…abcd"``,
+``"group:openrouter/free-models-per-min@…abcd"``). GET /_sandbox/stats adds ``limits``
+(each pool's configured limits and live in-flight count), ``scenario``, ``time_scale``
+and ``clock``. Keys appear only by their last four characters.
 """
 
 from __future__ import annotations

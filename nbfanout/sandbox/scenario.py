@@ -51,8 +51,9 @@ A fault rule is a table with ``kind`` and exactly one trigger:
   ``after_ms`` in the upstream's queue, and fails if any *other* request to one of the
   listed models is in flight then (a shared upstream that is busy).
 
-Kinds: ``rate_limit_burst`` (429 in the provider's own shape; ``retry_after_s``,
-``upstream = true`` for OpenRouter's "Provider returned error"), ``server_error`` (500),
+Kinds: ``rate_limit_burst`` (429 in the provider's own shape, quoting the tightest
+RPM that applies, or 60 when none is set; ``retry_after_s`` (default 1 s),
+``upstream = true`` for OpenRouter's "Provider returned error" without a wait), ``server_error`` (500),
 ``unavailable`` (503), ``overloaded`` (529 for Anthropic, 503 elsewhere), ``slow``
 (answers after ``delay_s``, to trip client timeouts), ``drop`` (connection closed without
 a response), ``malformed`` (200 with a broken JSON body), ``invalid_key`` (401),
@@ -719,8 +720,11 @@ def _keys(pr: _Problems, where: str, value: Any) -> tuple[KeySpec, ...]:
     out = []
     for i, raw in enumerate(value):
         w = f"{where}[{i}]"
-        if isinstance(raw, str) and raw:
-            out.append(KeySpec(raw))
+        if isinstance(raw, str):
+            if len(raw) < 8:
+                pr.add(w, "(hidden)", "a key string of at least 8 characters")
+            else:
+                out.append(KeySpec(raw))
             continue
         t = _table(pr, w, raw)
         if not t:

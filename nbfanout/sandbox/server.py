@@ -171,7 +171,8 @@ def run_server(
     url = _url(host, sock.getsockname()[1])
     print(f"nbfanout sandbox: scenario {sc.name!r} serving at {url}", flush=True)
     for pid, entry in sc.client_config(url)["providers"].items():
-        print(f"  {pid:<12} {entry['base_url']}  ({len(entry['models'])} models)", flush=True)
+        n = len(entry["models"])
+        print(f"  {pid:<12} {entry['base_url']}  ({n} model{'' if n == 1 else 's'})", flush=True)
     if write_config is not None:
         path = _write_toml(sc.client_config(url), write_config, comment=f"sandbox {sc.name!r} at {url}")
         print(f"  config written to {path}", flush=True)

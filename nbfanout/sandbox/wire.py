@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from nbfanout.sandbox.limits import WindowView
 from nbfanout.sandbox.scenario import ProviderSpec
 
 __all__ = [

@@ -187,7 +187,8 @@ data: {"type": "error", "error": {"type": "overloaded_error", "message": "Overlo
 """
 
 #: First (text shortened) and last chunk of a recorded gemini-2.5-flash
-#: ``streamGenerateContent?alt=sse`` response (github.com/junjihashimoto/louter, test-data/gemini/streaming_long/response.json).
+#: ``streamGenerateContent?alt=sse`` response
+#: (github.com/junjihashimoto/louter, test-data/gemini/streaming_long/response.json).
 GEMINI_STREAM = (
     b'data: {"candidates": [{"content": {"parts": [{"text": "Okay, let\'s create a Tetris game in Python for the console!"}],"role": "model"},"index": 0}],"usageMetadata": {"promptTokenCount": 4,"candidatesTokenCount": 49,"totalTokenCount": 2095,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 4}],"thoughtsTokenCount": 2042},"modelVersion": "gemini-2.5-flash","responseId": "IZI2acSKMoWl0-kPmYj2yQc"}\r\n\r\n'
     b'data: {"candidates": [{"content": {"parts": [{"text": ", hold functionality, sound, high scores, etc."}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 4,"candidatesTokenCount": 5947,"totalTokenCount": 7993,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 4}],"thoughtsTokenCount": 2042},"modelVersion": "gemini-2.5-flash","responseId": "IZI2acSKMoWl0-kPmYj2yQc"}\r\n\r\n'
@@ -243,7 +244,12 @@ OPENAI_MODELS = {
 }
 ANTHROPIC_MODELS = {
     "data": [
-        {"created_at": "2025-02-19T00:00:00Z", "display_name": "Claude 3.7 Sonnet", "id": "claude-3-7-sonnet-20250219", "type": "model"}
+        {
+            "created_at": "2025-02-19T00:00:00Z",
+            "display_name": "Claude 3.7 Sonnet",
+            "id": "claude-3-7-sonnet-20250219",
+            "type": "model",
+        }
     ],
     "first_id": "claude-3-7-sonnet-20250219",
     "has_more": False,

@@ -46,7 +46,8 @@ async def test_openrouter_error_in_200_body(make_client) -> None:
 
 async def test_openrouter_error_mid_stream_after_text(make_client) -> None:
     first_chunks = [c for c in OPENAI_STREAM[:2]]
-    client, _ = make_client(httpx.Response(200, headers=SSE, content=sse_body(*first_chunks, OPENROUTER_MIDSTREAM_ERROR)))
+    body = sse_body(*first_chunks, OPENROUTER_MIDSTREAM_ERROR)
+    client, _ = make_client(httpx.Response(200, headers=SSE, content=body))
     deltas: list[str] = []
     error = await fail(
         OpenAIAdapter().complete(client, endpoint("openrouter"), chat(), stream=True, on_delta=deltas.append)
@@ -111,8 +112,15 @@ async def test_filtered_answer_with_no_text_is_content_policy(make_client) -> No
 async def test_gemini_blocked_prompt(make_client, stream: bool) -> None:
     # A blocked prompt has no candidates, only promptFeedback.blockReason
     # (https://ai.google.dev/api/generate-content#PromptFeedback).
-    blocked = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12}, "modelVersion": "gemini-2.5-flash"}
-    answer = httpx.Response(200, headers=SSE, content=sse_body(blocked)) if stream else httpx.Response(200, json=blocked)
+    blocked = {
+        "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+        "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12},
+        "modelVersion": "gemini-2.5-flash",
+    }
+    if stream:
+        answer = httpx.Response(200, headers=SSE, content=sse_body(blocked))
+    else:
+        answer = httpx.Response(200, json=blocked)
     client, _ = make_client(answer)
     error = await fail(GeminiAdapter().complete(client, endpoint("gemini"), chat("gemini-2.5-flash"), stream=stream))
     assert error.info.category is C.CONTENT_POLICY and not error.info.retryable
@@ -149,7 +157,8 @@ async def test_connect_error(make_client) -> None:
 
 async def test_connection_dropped_mid_stream(make_client) -> None:
     chunks = [sse_body(OPENAI_STREAM[0]), sse_body(OPENAI_STREAM[1])]
-    body = ChunkStream(chunks, then=httpx.RemoteProtocolError("peer closed connection without sending complete message body"))
+    dropped = httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+    body = ChunkStream(chunks, then=dropped)
     client, _ = make_client(httpx.Response(200, headers=SSE, stream=body))
     deltas: list[str] = []
     error = await fail(OpenAIAdapter().complete(client, endpoint(), chat(), stream=True, on_delta=deltas.append))
@@ -201,7 +210,8 @@ async def test_callback_errors_propagate_untouched_and_close_the_stream(make_cli
 
 async def test_error_status_is_classified_with_headers(make_client) -> None:
     # Anthropic's 429 body (https://docs.anthropic.com/en/api/errors) with its retry-after header
-    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded your per-minute rate limit"}}
+    message = "Number of request tokens has exceeded your per-minute rate limit"
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
     client, _ = make_client(httpx.Response(429, json=body, headers={"retry-after": "17"}))
     error = await fail(AnthropicAdapter().complete(client, endpoint("anthropic"), chat("claude"), stream=True))
     assert error.info.category is C.RATE_LIMIT and error.info.status == 429
@@ -211,7 +221,14 @@ async def test_error_status_is_classified_with_headers(make_client) -> None:
 async def test_key_never_appears_in_errors(make_client) -> None:
     # OpenAI's invalid-key body (https://platform.openai.com/docs/guides/error-codes) masks the
     # key; an OpenAI-compatible server that echoes it whole must not leak it through us.
-    body = {"error": {"message": f"Incorrect API key provided: {KEY}.", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+    body = {
+        "error": {
+            "message": f"Incorrect API key provided: {KEY}.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
     client, _ = make_client(httpx.Response(401, json=body))
     ep = endpoint("local")
     error = await fail(OpenAIAdapter().complete(client, ep, chat()))

@@ -81,7 +81,13 @@ async def test_anthropic_message(make_client) -> None:
 
 async def test_anthropic_cache_tokens_count_as_input(make_client) -> None:
     # usage fields per https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching
-    cached = {**ANTHROPIC_MESSAGE, "usage": {"input_tokens": 21, "cache_creation_input_tokens": 188086, "cache_read_input_tokens": 0, "output_tokens": 393}}
+    usage = {
+        "input_tokens": 21,
+        "cache_creation_input_tokens": 188086,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 393,
+    }
+    cached = {**ANTHROPIC_MESSAGE, "usage": usage}
     client, _ = make_client(httpx.Response(200, json=cached))
     response = await AnthropicAdapter().complete(client, endpoint("anthropic"), chat("claude-sonnet-4"))
     assert response.usage == Usage(21 + 188086, 393)
@@ -127,7 +133,8 @@ async def test_gemini_stream(make_client) -> None:
 async def test_gemini_thought_parts_are_not_answer_text(make_client) -> None:
     # includeThoughts returns summaries as parts with "thought": true
     # (https://ai.google.dev/gemini-api/docs/thinking#summaries)
-    body = {**GEMINI_RESPONSE, "candidates": [{**GEMINI_RESPONSE["candidates"][0], "content": {"role": "model", "parts": [{"text": "**Planning**", "thought": True}, {"text": "Paris."}]}}]}
+    content = {"role": "model", "parts": [{"text": "**Planning**", "thought": True}, {"text": "Paris."}]}
+    body = {**GEMINI_RESPONSE, "candidates": [{**GEMINI_RESPONSE["candidates"][0], "content": content}]}
     client, _ = make_client(httpx.Response(200, json=body))
     response = await GeminiAdapter().complete(client, endpoint("gemini"), chat("gemini-2.5-pro"))
     assert response.text == "Paris."
@@ -135,13 +142,16 @@ async def test_gemini_thought_parts_are_not_answer_text(make_client) -> None:
 
 async def test_list_models(make_client) -> None:
     client, rec = make_client(
-        httpx.Response(200, json=OPENAI_MODELS), httpx.Response(200, json=ANTHROPIC_MODELS), httpx.Response(200, json=GEMINI_MODELS)
+        httpx.Response(200, json=OPENAI_MODELS),
+        httpx.Response(200, json=ANTHROPIC_MODELS),
+        httpx.Response(200, json=GEMINI_MODELS),
     )
     assert await OpenAIAdapter().list_models(client, endpoint()) == ["model-id-0", "model-id-1"]
     assert await AnthropicAdapter().list_models(client, endpoint("anthropic", "https://api.anthropic.com/v1")) == [
         "claude-3-7-sonnet-20250219"
     ]
-    assert await GeminiAdapter().list_models(client, endpoint("gemini", "https://generativelanguage.googleapis.com/v1beta")) == [
+    gemini = endpoint("gemini", "https://generativelanguage.googleapis.com/v1beta")
+    assert await GeminiAdapter().list_models(client, gemini) == [
         "gemini-2.5-flash",
         "gemini-2.5-pro",
     ]
@@ -166,7 +176,9 @@ async def test_list_models_follows_pages(make_client) -> None:
 
 async def test_transcription_multipart(make_client) -> None:
     client, rec = make_client(httpx.Response(200, json=OPENAI_TRANSCRIPTION))
-    audio = TranscriptionRequest(model="whisper-large-v3", filename="talk.mp3", data=b"ID3 fake mp3", language="en", prompt="nbfanout")
+    audio = TranscriptionRequest(
+        model="whisper-large-v3", filename="talk.mp3", data=b"ID3 fake mp3", language="en", prompt="nbfanout"
+    )
     response = await OpenAIAdapter().transcribe(client, endpoint("groq", "https://api.groq.com/openai/v1"), audio)
     assert response.text.startswith("Imagine the wildest idea")
     assert response.model == "whisper-large-v3" and response.status == 200 and response.duration_s is None
@@ -176,7 +188,8 @@ async def test_transcription_multipart(make_client) -> None:
     body = sent.content
     for field, value in [("model", b"whisper-large-v3"), ("language", b"en"), ("prompt", b"nbfanout")]:
         assert f'name="{field}"'.encode() + b"\r\n\r\n" + value in body
-    assert b'name="file"; filename="talk.mp3"' in body and b"Content-Type: audio/mpeg" in body and b"ID3 fake mp3" in body
+    assert b'name="file"; filename="talk.mp3"' in body
+    assert b"Content-Type: audio/mpeg" in body and b"ID3 fake mp3" in body
 
 
 async def test_transcription_not_offered_by_other_wires(make_client) -> None:

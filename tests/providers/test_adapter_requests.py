@@ -30,6 +30,9 @@ PNG = b"\x89PNG\r\n\x1a\n fake image bytes"
 PNG_B64 = base64.b64encode(PNG).decode()
 
 
+DOG = ImagePart(url="https://example.test/dog.jpg", mime_type="image/jpeg")
+
+
 def with_image(model: str) -> ChatRequest:
     return ChatRequest(
         model=model,
@@ -37,7 +40,7 @@ def with_image(model: str) -> ChatRequest:
         messages=(
             Message("user", "What is in this picture?", images=(ImagePart(data=PNG, mime_type="image/png"),)),
             Message("assistant", "A cat."),
-            Message("user", "And this one?", images=(ImagePart(url="https://example.test/dog.jpg", mime_type="image/jpeg"),)),
+            Message("user", "And this one?", images=(DOG,)),
         ),
     )
 
@@ -61,9 +64,8 @@ def test_public_names_are_sorted() -> None:
 
 async def test_openai_request_with_images(make_client) -> None:
     client, rec = make_client(httpx.Response(200, json=OPENAI_COMPLETION))
-    openrouter = Endpoint(
-        "openrouter", "https://openrouter.ai/api/v1", KEY, headers={"HTTP-Referer": "https://nbfanout.test", "X-Title": "nbfanout"}
-    )
+    attribution = {"HTTP-Referer": "https://nbfanout.test", "X-Title": "nbfanout"}
+    openrouter = Endpoint("openrouter", "https://openrouter.ai/api/v1", KEY, headers=attribution)
     await OpenAIAdapter().complete(client, openrouter, with_image("openai/gpt-4o"))
     request = rec.requests[0]
     assert request.method == "POST"
@@ -192,9 +194,8 @@ async def test_anthropic_request_with_images(make_client) -> None:
 async def test_anthropic_limits_and_extra(make_client) -> None:
     client, rec = make_client(httpx.Response(200, headers=SSE, content=ANTHROPIC_STREAM))
     thinking = {"thinking": {"type": "enabled", "budget_tokens": 2048}}
-    await AnthropicAdapter().complete(
-        client, endpoint("anthropic"), chat("claude-opus-4-1", max_tokens=8000, temperature=1.0, extra=thinking), stream=True
-    )
+    request = chat("claude-opus-4-1", max_tokens=8000, temperature=1.0, extra=thinking)
+    await AnthropicAdapter().complete(client, endpoint("anthropic"), request, stream=True)
     body = rec.last_json
     assert body["max_tokens"] == 8000 and body["temperature"] == 1.0 and body["stream"] is True
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
@@ -218,7 +219,10 @@ async def test_gemini_request_with_images(make_client) -> None:
         "contents": [
             {
                 "role": "user",
-                "parts": [{"inlineData": {"mimeType": "image/png", "data": PNG_B64}}, {"text": "What is in this picture?"}],
+                "parts": [
+                    {"inlineData": {"mimeType": "image/png", "data": PNG_B64}},
+                    {"text": "What is in this picture?"},
+                ],
             },
             {"role": "model", "parts": [{"text": "A cat."}]},
             {

@@ -192,7 +192,9 @@ async def test_storm_rate_limit_burst_and_server_error(storm_sandbox: Sandbox, c
     adapter, endpoint = target(storm_sandbox, "openai")
     model, burst = with_fault(storm_sandbox, "openai", "rate_limit_burst")
     assert with_fault(storm_sandbox, "openai", "server_error")[0] == model
-    seen = await failures_until({C.RATE_LIMIT, C.SERVER_ERROR}, lambda: adapter.complete(client, endpoint, ask(model)), 25)
+    seen = await failures_until(
+        {C.RATE_LIMIT, C.SERVER_ERROR}, lambda: adapter.complete(client, endpoint, ask(model)), 25
+    )
     assert seen.keys() == {C.RATE_LIMIT, C.SERVER_ERROR}
     assert seen[C.RATE_LIMIT].status == 429 and seen[C.RATE_LIMIT].retry_after_s == pytest.approx(burst.retry_after_s)
     assert seen[C.SERVER_ERROR].status == 500 and seen[C.SERVER_ERROR].retryable
@@ -274,7 +276,8 @@ async def test_storm_concurrency_limit_of_a_free_model(storm_sandbox: Sandbox, c
     storm_sandbox.reset()
     adapter, endpoint = target(storm_sandbox, "openrouter")
     model = next(m.id for m in provider_spec(storm_sandbox, "openrouter").models if m.limits.concurrency == 1)
-    results = await asyncio.gather(*(adapter.complete(client, endpoint, ask(model)) for _ in range(2)), return_exceptions=True)
+    calls = (adapter.complete(client, endpoint, ask(model)) for _ in range(2))
+    results = await asyncio.gather(*calls, return_exceptions=True)
     errors = [r for r in results if isinstance(r, ProviderError)]
     assert len(errors) == 1 and errors[0].info.category is C.RATE_LIMIT and errors[0].info.status == 429
 
@@ -293,7 +296,8 @@ async def test_storm_quota_overloaded_and_server_error_on_anthropic(storm_sandbo
     adapter, endpoint = target(storm_sandbox, "anthropic")
     model, quota_rule = with_fault(storm_sandbox, "anthropic", "quota_exhausted")
     assert quota_rule.first_n == 1
-    assert with_fault(storm_sandbox, "anthropic", "overloaded")[0] == with_fault(storm_sandbox, "anthropic", "server_error")[0] == model
+    for kind in ("overloaded", "server_error"):
+        assert with_fault(storm_sandbox, "anthropic", kind)[0] == model
     quota = await failure(adapter.complete(client, endpoint, ask(model)))
     assert quota.category is C.QUOTA_EXHAUSTED and not quota.retryable
     seen = await failures_until(

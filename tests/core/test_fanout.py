@@ -1,0 +1,200 @@
+"""Fanout end to end against the sandbox: in-process in virtual time (looptime), and over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from nbfanout import Fanout
+from nbfanout.core.errors import UnknownModelError, UsageError
+from nbfanout.core.events import Event
+
+LIMIT_REASONS = {"rpm", "tpm", "rpd", "concurrency"}
+SEED15 = [
+    "openai/gpt-4.1", "openai/o4-mini", "openai/o3", "gemini/gemini-2.5-pro", "gemini/gemini-2.5-flash",
+    *(f"openrouter/{m}" for m in (
+        "deepseek/deepseek-chat-v3-0324", "deepseek/deepseek-r1-0528", "deepseek/deepseek-chat-v3-0324:free",
+        "deepseek/deepseek-r1-0528:free", "meta-llama/llama-3.3-70b-instruct", "meta-llama/llama-4-maverick",
+        "meta-llama/llama-4-scout", "x-ai/grok-3-mini-beta", "x-ai/grok-3-beta", "google/gemma-3-27b-it")),
+]
+
+
+def virtual_sandbox(factory: Any, scenario: Any = "seed15", time_scale: float | None = None) -> Any:
+    """An in-process sandbox whose clock is the running loop's (virtual under looptime)."""
+    return factory(scenario, time_scale=time_scale, clock=lambda: asyncio.get_running_loop().time())
+
+
+def fanout_for(app: Any, timeout: float | None = None, **kwargs: Any) -> Fanout:
+    config = app.config
+    if timeout is not None:
+        config.setdefault("defaults", {})["timeout_s"] = timeout
+    return Fanout(config, transport=app.transport(), learn=False, **kwargs)
+
+
+def limit_refusals(stats: dict[str, Any]) -> dict[str, int]:
+    rejected = stats["totals"]["rejected"]
+    return {k: v for k, v in rejected.items() if k in LIMIT_REASONS}
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("run", range(5))
+async def test_seed15_all_fifteen_answer_without_a_single_limit_refusal(sandbox_app_factory, run):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(app)
+    result = await fx.run(f"Review this README, run {run}.", SEED15)
+    assert [r.requested for r in result] == SEED15
+    assert [r.requested for r in result.failed] == []
+    assert limit_refusals(app.stats()) == {}
+    free_r1 = result["openrouter/deepseek/deepseek-r1-0528:free"]
+    assert free_r1.text and free_r1.output_tokens > 0
+    # every refusal it met was the busy upstream, recorded with category, status and message
+    for attempt in free_r1.attempts[:-1]:
+        assert (attempt.outcome, attempt.status) == ("rate_limit", 429) and "upstream" in attempt.message
+
+
+async def test_seed15_over_real_http_answers_every_model(fresh_sandbox):
+    fx = Fanout(fresh_sandbox.config, learn=False)
+    result = await fx.run("Suggest three improvements to this README.", SEED15)
+    assert len(result.succeeded) == 15, [(r.requested, r.category, r.error) for r in result.failed]
+    stats = fresh_sandbox.stats()
+    assert limit_refusals(stats) == {}
+    assert stats["totals"]["in_flight"] == 0
+
+
+@pytest.mark.looptime
+async def test_missing_keys_are_reported_by_variable_and_the_rest_still_answer(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory)
+    config = app.config
+    config["providers"]["openai"].pop("api_key")
+    fx = Fanout(config, transport=app.transport(), learn=False, env={})
+    result = await fx.run("Hello", SEED15)
+    missing = {r.requested: r for r in result.failed}
+    assert set(missing) == {"openai/gpt-4.1", "openai/o4-mini", "openai/o3"}
+    for r in missing.values():
+        assert r.category == "missing_key" and "OPENAI_API_KEY" in r.error.message
+        assert r.attempts == ()  # nothing was sent
+    assert len(result.succeeded) == 12
+
+
+@pytest.mark.looptime
+async def test_storm_every_prompt_is_answered_and_every_failure_is_explained(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, "storm")
+    fx = fanout_for(app, timeout=5.0)
+    chat = [f"{p.id}/{m.id}" for p in app.state.scenario.providers for m in p.models if m.kind == "chat"]
+    batch = await fx.map([f"Storm prompt {i}." for i in range(8)], chat)
+    assert [(r.prompt_index, r.requested, r.category) for r in batch.results if not r.ok] == []
+    failed_attempts = [a for r in batch.results for a in r.attempts if a.outcome != "ok"]
+    for a in failed_attempts:
+        assert a.outcome and a.message
+        if a.outcome not in ("timeout", "network"):
+            assert a.status is not None
+    outcomes = {a.outcome for a in failed_attempts}
+    # every fault kind the storm plays shows up under its own category
+    assert {"rate_limit", "server_error", "overloaded", "auth", "quota_exhausted", "network", "timeout"} <= outcomes
+    disabled = {s.name: s.disabled for s in fx.statistics() if s.disabled}
+    assert disabled and all("storm" not in reason for reason in disabled.values())  # reasons never quote a key
+
+
+POOL_SCENARIO = {
+    "name": "pool",
+    "seed": 3,
+    "providers": {
+        "openai": {
+            "style": "openai",
+            "keys": ["sk-sbx-pool-aaaa"],
+            "models": {
+                "busy-model": {
+                    "latency": {"base_ms": 200},
+                    "output_tokens": [20, 30],
+                    "faults": [{"kind": "rate_limit_burst", "first_n": 1, "retry_after_s": 30}],
+                },
+                "spare-model": {"latency": {"base_ms": 200}, "output_tokens": [20, 30]},
+            },
+        }
+    },
+}
+
+
+@pytest.mark.looptime
+async def test_a_busy_model_rotates_to_the_next_in_its_pool_within_50ms(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, POOL_SCENARIO)
+    config = app.config
+    config["pools"] = {"fast": {"models": ["openai/busy-model", "openai/spare-model"]}}
+    fx = Fanout(config, transport=app.transport(), learn=False)
+    events: list[Event] = []
+    fx.subscribe(events.append)
+    result = await fx.run("Quick question", fallbacks={"openai/busy-model": ["openai/spare-model"]},
+                          models=["openai/busy-model"])
+    answer = result["openai/busy-model"]
+    assert answer.ok and answer.model == "openai/spare-model"
+    assert [a.outcome for a in answer.attempts] == ["rate_limit", "ok"]
+    rotation = next(e for e in events if e.kind == "model_rotation")
+    assert (rotation.from_model, rotation.to_model) == ("openai/busy-model", "openai/spare-model")
+    refused_at = answer.attempts[0].end_s
+    resent_at = next(e.t for e in events if e.kind == "request_started" and e.model == "openai/spare-model")
+    assert resent_at - refused_at < 0.05  # measured on the injected (virtual) clock
+
+
+@pytest.mark.looptime
+async def test_without_fallbacks_a_listed_model_is_never_substituted(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, POOL_SCENARIO)
+    fx = fanout_for(app)
+    result = await fx.run("Quick question", ["openai/busy-model"])
+    answer = result["openai/busy-model"]
+    assert answer.ok and answer.model == "openai/busy-model"
+    first, second = answer.attempts
+    assert first.outcome == "rate_limit" and second.start_s - first.end_s == pytest.approx(30, abs=0.5)
+
+
+@pytest.mark.looptime
+async def test_cancelling_a_run_cancels_every_request_and_keeps_what_finished(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(app)
+    task = asyncio.ensure_future(fx.run("Hello", SEED15))
+    await asyncio.sleep(2.0)  # the fast models have answered, the slow ones are in flight
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    partial = fx.last_result
+    states = {r.requested: (r.ok, r.category) for r in partial.rows[0]}
+    assert any(ok for ok, _ in states.values())
+    assert any(cat == "cancelled" for _, cat in states.values())
+    await asyncio.sleep(0.1)
+    assert app.stats()["totals"]["in_flight"] == 0
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()] == []
+
+
+@pytest.mark.looptime
+async def test_map_keeps_input_order_and_rerun_sends_only_failures(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(app)
+    prompts = [f"Question number {i}" for i in range(6)]
+    models = ["openai/gpt-4.1", "gemini/gemini-2.5-flash", "openrouter/meta-llama/llama-4-scout"]
+    batch = await fx.map(prompts, models, concurrency=4)
+    assert [row.prompt for row in batch] == prompts
+    assert all([r.requested for r in row] == models for row in batch)
+    assert all(r.ok and r.prompt_index == i for i, row in enumerate(batch) for r in row)
+    assert app.stats()["peak_concurrency"] <= 4 if "peak_concurrency" in app.stats() else True
+
+
+def test_bad_input_fails_before_sending(sandbox_app_factory):
+    app = sandbox_app_factory()
+    fx = fanout_for(app)
+    with pytest.raises(UnknownModelError, match="openai/gpt-4.1"):
+        fx.plan("x", ["openai/gpt-4.1x"])
+    with pytest.raises(UsageError, match="not both"):
+        fx.plan("x", ["openai/gpt-4.1"], pool="fast")
+
+
+def test_plan_says_which_key_what_is_missing_and_what_fits(sandbox_app_factory):
+    app = sandbox_app_factory()
+    config = app.config
+    config["providers"]["openai"].pop("api_key")
+    fx = Fanout(config, env={}, learn=False)
+    plan = fx.plan("word " * 2000, ["openai/gpt-4.1", "gemini/gemini-2.5-flash"], max_tokens=100)
+    rows = {r.model: r for r in plan.rows}
+    assert rows["openai/gpt-4.1"].key_id is None and "OPENAI_API_KEY" in rows["openai/gpt-4.1"].missing_key_vars
+    assert rows["gemini/gemini-2.5-flash"].key_id is not None
+    assert 1800 < rows["gemini/gemini-2.5-flash"].prompt_tokens < 2400

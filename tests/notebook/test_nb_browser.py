@@ -1,0 +1,132 @@
+"""JupyterLab in headless Chromium (Playwright, Debian's chromium by path): the dashboard renders as widgets.
+
+Skipped only when chromium is missing and NBFANOUT_REQUIRE_BROWSER is unset (CI sets it,
+so there a missing browser fails). Never runs ``playwright install``: it launches
+/usr/bin/chromium. A screenshot of the run cell is saved under tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+HERE = Path(__file__).parent
+ARTIFACTS = HERE.parent / "artifacts"
+NOTEBOOK = "nb_seed15_dashboard.ipynb"
+TOKEN = "nbfanout-browser-test"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+KERNEL_IDLE = """() => {
+    const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const kernel = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    return Boolean(kernel && kernel.status === "idle");
+}"""
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def chromium() -> str:
+    path = _chromium()
+    if path is None:
+        if os.environ.get("NBFANOUT_REQUIRE_BROWSER"):
+            pytest.fail("NBFANOUT_REQUIRE_BROWSER is set but chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium); set NBFANOUT_REQUIRE_BROWSER=1 to fail instead")
+    pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright: pip install playwright")
+    return path
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[str]:
+    """JupyterLab on loopback with a known token, serving a copy of the notebook; stopped with its kernels."""
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(HERE / NOTEBOOK, root / NOTEBOOK)
+    port = _free_port()
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115 - closed below, after the server stops
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/api/status", params={"token": TOKEN}, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url
+    finally:
+        try:
+            httpx.post(f"{url}/api/shutdown", params={"token": TOKEN}, timeout=5)
+            server.wait(timeout=20)
+        except (httpx.HTTPError, subprocess.TimeoutExpired):
+            server.terminate()
+            server.wait(timeout=10)
+        log.close()
+
+
+def test_dashboard_renders_as_widgets_in_jupyterlab(chromium: str, jupyterlab: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"{jupyterlab}/lab/tree/{NOTEBOOK}?token={TOKEN}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+            # the server keeps kernels across page loads: restart, then run every cell
+            page.evaluate("window.jupyterapp.commands.execute('notebook:restart-run-all')")
+            accept = page.locator(".jp-Dialog .jp-mod-accept")
+            accept.wait_for(timeout=30_000)
+            accept.click()
+            outputs = page.locator(".jp-OutputArea-output")
+            outputs.filter(has_text="results: 15").wait_for(timeout=120_000)
+
+            run_cell = page.locator(".jp-Cell").nth(2)
+            dashboard_rows = run_cell.locator(".jp-OutputArea-output .jupyter-widgets .nbf-row")
+            assert dashboard_rows.count() == 15, "one dashboard row per model, rendered inside a widget"
+            assert run_cell.locator(".jp-OutputArea-output .jupyter-widgets [role=progressbar]").count() >= 15
+            assert run_cell.locator(".jp-OutputArea-output .jupyter-widgets .lm-TabBar-tab").count() == 15, "one answer tab per model"
+            assert run_cell.locator(".jp-OutputArea-output img").count() >= 1, "the timeline image"
+            for text in ("Loading widget", "Error displaying widget", "nbfanout dashboard for 15 models", "VBox(", "Tab(children"):
+                assert outputs.filter(has_text=text).count() == 0, f"{text!r} shown instead of a rendered widget"
+            assert "results: 15 ok: 15" in outputs.filter(has_text="results: 15").inner_text()
+            run_cell.locator(".jp-OutputArea").screenshot(path=str(ARTIFACTS / "browser_dashboard.png"))
+            page.screenshot(path=str(ARTIFACTS / "browser_page.png"))
+        finally:
+            browser.close()

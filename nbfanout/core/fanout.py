@@ -162,6 +162,7 @@ class Fanout:
         cache_path = cache if isinstance(cache, (str, Path)) else d.cache_path
         self.cache = ResponseCache(Path(cache_path) if cache_path else None) if cache_on else None
         self._run: _Run | None = None
+        self._input_ratio: dict[str, float] = {}  # reported / estimated prompt tokens, per model
         self._partial: dict[tuple[int, str], ModelResult] = {}
         self.last_result: FanoutResult | BatchResult | None = None
 
@@ -393,30 +394,43 @@ class Fanout:
                     if pooled:
                         cands = names[names.index(name):] + names[:names.index(name)]
                     jobs.append((i, name, cands))
-            tasks = [
-                asyncio.ensure_future(self._answer(
-                    run, i, name, cands, prompts[i], system, parts, max_tokens, temperature, params, stream,
-                    timeout, run_budget, judge))
-                for i, name, cands in jobs
-            ]
+            results: list[Any] = [None] * len(jobs)
+
+            async def lane(queue: list[int]) -> None:
+                while queue:
+                    j = queue.pop(0)
+                    i, name, cands = jobs[j]
+                    results[j] = await self._answer(run, i, name, cands, prompts[i], system, parts, max_tokens,
+                                                    temperature, params, stream, timeout, run_budget, judge)
+
+            # One lane of workers per requested model, as wide as that model may run at once: a model
+            # that must wait for its limits never holds the workers that other models could use.
+            width = concurrency or self.concurrency
+            workers = []
+            for name in names:
+                queue = [j for j, job in enumerate(jobs) if job[1] == name]
+                cap = self.config.models[name].limits.concurrency or width
+                workers += [asyncio.ensure_future(lane(queue)) for _ in range(min(cap, width, len(queue)))]
             try:
-                done = await asyncio.gather(*tasks)
+                await asyncio.gather(*workers)
+                done = results
             except asyncio.CancelledError:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
                 self.last_result = self._collect(prompts, names, jobs, [
-                    t.result() if t.done() and not t.cancelled() and t.exception() is None
-                    else _cancelled_result(name, i) for t, (i, name, _) in zip(tasks, jobs)], run)
+                    r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0]) for j, r in enumerate(results)], run)
                 self._emit(RunCompleted, succeeded=0, failed=0, elapsed_s=self.clock.now() - run.t0, cancelled=True)
                 raise
             finally:
+                for w in workers:
+                    w.cancel()
                 ticker.cancel()
-                await asyncio.gather(ticker, return_exceptions=True)
+                await asyncio.gather(ticker, *workers, return_exceptions=True)
                 self._emit_utilization()
                 if self.learned is not None:
                     self.learned.save()
-            batch = self._collect(prompts, names, jobs, list(done), run)
+            batch = self._collect(prompts, names, jobs, done, run)
             ok = sum(1 for r in batch.results if r.ok)
             self._emit(RunCompleted, succeeded=ok, failed=len(batch.results) - ok, elapsed_s=batch.elapsed_s)
             return batch
@@ -467,6 +481,7 @@ class Fanout:
         last_info: ErrorInfo | None = None
         selected: str | None = None
         attempt_no = 0
+        announced = False
         deadline = self.retry.deadline_s
         while True:
             elapsed = self.clock.now() - t_start
@@ -477,6 +492,7 @@ class Fanout:
             spec0 = self.config.models[order[0]]
             out_budget = max_tokens or self._default_max_tokens(spec0)
             prompt_tokens, _ = estimate_request_tokens(messages, system=system, encoding=spec0.tokenizer)
+            prompt_tokens = math.ceil(prompt_tokens * self._input_ratio.get(spec0.name, 1.0))
             tokens = prompt_tokens + out_budget
             choice, wait = self.router.pick(order, tokens, prompt_tokens, needs)
             if choice is not None and not run_budget.has_capacity(0):
@@ -485,7 +501,9 @@ class Fanout:
                 if math.isinf(wait):
                     info = self._nothing_usable(candidates, prompt_tokens, needs, last_info)
                     return self._failed(req_id, requested, selected or requested, info, attempts, index, self.clock.now() - t_start)
-                self._emit(NoModelsAvailableEvent, request=req_id, candidates=tuple(order), wait_s=wait)
+                if not announced:  # once per wait, not on every wake-up
+                    self._emit(NoModelsAvailableEvent, request=req_id, candidates=tuple(order), wait_s=wait)
+                    announced = True
                 if deadline is not None:
                     wait = min(wait, max(0.0, deadline - (self.clock.now() - t_start)))
                 run.released.clear()
@@ -494,6 +512,7 @@ class Fanout:
                 except asyncio.TimeoutError:
                     pass
                 continue
+            announced = False
             model = choice.model
             if model.name != selected:
                 if selected is not None:
@@ -524,11 +543,11 @@ class Fanout:
                 run.released.set()
             end = self.clock.now()
             if response is not None:
-                key_budget = choice.budgets[1]
-                key_budget.learn_from_headers(response.rate)
+                self.router.model_key_budget(model, choice.key).learn_from_headers(response.rate)
                 for b in choice.budgets:
                     b.learn_from_success()
                     b.charge_extra(response.usage.input_tokens - prompt_tokens)
+                self._reconcile(model.name, prompt_tokens, response.usage.input_tokens)
                 attempts.append(Attempt(model.name, choice.key_id, start - run.t0, end - run.t0, "ok", response.status,
                                         in_flight=in_flight))
                 cost = model.cost(response.usage.input_tokens, response.usage.output_tokens)
@@ -589,9 +608,17 @@ class Fanout:
             self.cache.put(choice.model.name, request, response)
         return response, False
 
+    def _reconcile(self, model: str, estimated: int, reported: int) -> None:
+        """Move the model's estimate toward what the provider counts (EWMA of reported / estimated)."""
+        if estimated <= 0 or reported <= 0:
+            return
+        ratio = self._input_ratio.get(model, 1.0)
+        observed = min(4.0, max(0.25, reported / (estimated / ratio)))
+        self._input_ratio[model] = 0.7 * ratio + 0.3 * observed if model in self._input_ratio else observed
+
     def _learn_from_failure(self, choice: Choice, info: ErrorInfo, req_id: str, wait: float) -> None:
         """Put what the failure says into the budgets: limits, cooldowns, keys out of use."""
-        model_b, key_b, _provider_b = choice.budgets
+        model_b, key_b = choice.budgets[0], choice.budgets[1]
         cat = info.category
         if cat == ErrorCategory.RATE_LIMIT:
             self._emit(RateLimited, request=req_id, model=choice.model.name, key_id=choice.key_id,

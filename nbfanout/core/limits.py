@@ -129,6 +129,12 @@ class Budget:
             waits.append(self._tpm_bucket.wait(tokens))
         return max(waits)
 
+    @property
+    def recent_requests(self) -> int:
+        """Requests admitted in the last 60 s (how "used" a key is, for least-used-first)."""
+        self._trim(self.clock.now())
+        return len(self._requests)
+
     def has_capacity(self, tokens: float = 0) -> bool:
         """Non-blocking probe: would a request of ``tokens`` be admitted now?"""
         return self.wait_time(tokens) == 0.0

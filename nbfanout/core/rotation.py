@@ -86,6 +86,15 @@ class Router:
         """What one key may do: learned from its rate-limit headers and 429s (adaptive until then)."""
         return self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True)
 
+    def model_key_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
+        """One model on one key: what most providers' rate-limit headers describe (per model, per account).
+
+        OpenRouter's headers describe the key as a whole, so there the key budget learns them instead.
+        """
+        if model.provider == "openrouter":
+            return self.key_budget(self.config.providers[model.provider], key)
+        return self.budgets.budget("model-key", f"{model.name} {key.id}")
+
     def model_budget(self, model: ModelSpec) -> Budget:
         lim = model.limits
         return self.budgets.budget("model", model.name, rpm=lim.rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency)
@@ -93,7 +102,9 @@ class Router:
     def budgets_for(self, model: ModelSpec, key: ApiKey) -> tuple[Budget, ...]:
         provider = self.config.providers[model.provider]
         # narrowest first, so a busy model never holds provider-wide capacity while it waits
-        return (self.model_budget(model), self.key_budget(provider, key), self.provider_budget(provider))
+        budgets = (self.model_budget(model), self.key_budget(provider, key), self.provider_budget(provider))
+        header_budget = self.model_key_budget(model, key)
+        return budgets if header_budget in budgets else (*budgets, header_budget)
 
     # --- candidates ---------------------------------------------------------------------
     def unusable_reason(self, model: ModelSpec) -> str | None:
@@ -138,7 +149,7 @@ class Router:
             provider = self.config.providers[model.provider]
             keys = sorted(
                 (k for k in provider.keys if not self.key_budget(provider, k).disabled),
-                key=lambda k: (self.key_budget(provider, k).in_flight, self.key_budget(provider, k).statistics().rpm_used),
+                key=lambda k: (self.key_budget(provider, k).in_flight, self.key_budget(provider, k).recent_requests),
             )
             for key in keys:
                 budgets = self.budgets_for(model, key)

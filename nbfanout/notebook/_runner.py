@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
@@ -37,7 +38,10 @@ class LoopJob(Generic[T]):
         self._cancel_requested = False
         self._finished: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._finished.set_running_or_notify_cancel()
-        self.loop.call_soon_threadsafe(self._start, coro)
+        # A fresh context, not a copy of the cell's: ipykernel then tags the task's widget messages with
+        # whichever request is executing when they are sent (its fallback for threads), so a client that
+        # keeps messages per cell (nbclient, papermill) records a --background dashboard's final state.
+        self.loop.call_soon_threadsafe(self._start, coro, context=contextvars.Context())
 
     def _start(self, coro: Coroutine[Any, Any, T]) -> None:
         """Create the task on the loop thread; a cancel asked for before this point still wins."""

@@ -42,7 +42,17 @@ from nbfanout.notebook.display import dashboard_html, mask_key
 if TYPE_CHECKING:
     from nbfanout.core.results import FanoutResult, ModelResult
 
-__all__ = ["MIN_TICK_S", "Answers", "Dashboard", "DashboardModel", "Row", "TextProgress", "import_widgets", "markdown_output"]
+__all__ = [
+    "MIN_TICK_S",
+    "Answers",
+    "Dashboard",
+    "DashboardModel",
+    "Row",
+    "TextProgress",
+    "answer_markdown",
+    "import_widgets",
+    "markdown_output",
+]
 
 MIN_TICK_S = 0.1  # ten widget updates a second at most
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
@@ -258,7 +268,8 @@ class Dashboard:
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The widget view, with a plain-text line for viewers without a widget manager (not the widget's repr)."""
         bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = f"nbfanout dashboard for {len(self.model.rows)} models (a live view; the final state follows as HTML)"
+        bundle["text/plain"] = (f"nbfanout dashboard for {len(self.model.rows)} models "
+                                "(a live view; the final state follows as HTML)")
         return bundle
 
     def display(self) -> None:
@@ -317,7 +328,7 @@ class Dashboard:
         self._shown_chars[i] = len(row.text)
         self._sent_at[i] = self.ticks
 
-    async def aclose(self, *, cancelled: bool = False, answers: dict[str, str] | None = None) -> None:
+    async def aclose(self, *, cancelled: bool = False, result: FanoutResult | None = None) -> None:
         """Final state, still on the loop thread: wait out the tick interval, then one last update."""
         self.model.finish(cancelled=cancelled)
         if self._timer is not None:
@@ -330,12 +341,13 @@ class Dashboard:
         self._last_tick = loop.time()
         with self.html.hold_sync():
             self.html.value = dashboard_html(self.model)
-        if self.tab is not None and answers is not None:
-            # the run is over: each tab gets its final answer once (not a live update)
+        if self.tab is not None and result is not None:
+            # the run is over: each tab gets its final answer (or why there is none) once, not as a live update
+            final = {r.requested: r for r in result.results}
             for i, name in enumerate(self.model.rows):
-                if name in answers:
+                if name in final:
                     with self.tab.children[i].hold_sync():
-                        self.tab.children[i].outputs = (markdown_output(answers[name]),)
+                        self.tab.children[i].outputs = (markdown_output(answer_markdown(final[name])),)
 
     def __repr__(self) -> str:
         t = self.model.totals()
@@ -377,7 +389,8 @@ class TextProgress:
         return f"<TextProgress {t['done']}/{t['total']} done, {t['failed']} failed>"
 
 
-def _answer_markdown(r: ModelResult) -> str:
+def answer_markdown(r: ModelResult) -> str:
+    """An answer as markdown, or its failure in one line."""
     if r.ok:
         return r.text
     message = r.error.message if r.error else ""
@@ -397,13 +410,13 @@ class Answers:
         outputs = []
         for _, r in pairs:
             out = widgets.Output()
-            out.outputs = (markdown_output(_answer_markdown(r)),)
+            out.outputs = (markdown_output(answer_markdown(r)),)
             outputs.append(out)
         self.widget = widgets.Tab(children=outputs, titles=[title for title, _ in pairs])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The tabs, with every answer as markdown for viewers that cannot show widgets (GitHub, nbconvert)."""
         bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/markdown"] = "\n\n".join(f"#### {title}\n\n{_answer_markdown(r)}" for title, r in self.pairs)
+        bundle["text/markdown"] = "\n\n".join(f"#### {title}\n\n{answer_markdown(r)}" for title, r in self.pairs)
         bundle["text/plain"] = f"answers of {len(self.pairs)} models"
         return bundle

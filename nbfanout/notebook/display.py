@@ -50,7 +50,8 @@ _CSS = """<style>
 .nbf th,.nbf td{padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid var(--jp-border-color2,#e0e0e0)}
 .nbf td.num,.nbf th.num{text-align:right;font-variant-numeric:tabular-nums}
 .nbf .nbf-head{font-weight:600;margin:2px 0 6px 0}
-.nbf .nbf-bar{display:inline-block;width:120px;height:10px;background:var(--jp-layout-color3,#e6e6e6);border-radius:3px;overflow:hidden;vertical-align:middle}
+.nbf .nbf-bar{display:inline-block;width:120px;height:10px;background:var(--jp-layout-color3,#e6e6e6);border-radius:3px;
+  overflow:hidden;vertical-align:middle}
 .nbf .nbf-bar.small{width:80px;height:8px}
 .nbf .nbf-fill{height:100%}
 .nbf .nbf-state{white-space:nowrap}
@@ -136,9 +137,8 @@ def _failure(r: ModelResult) -> str:
 def _result_rows(results: Iterable[tuple[str, ModelResult]], with_prompt: bool, scores: dict[Any, Any] | None = None) -> str:
     out = []
     for label, r in results:
-        state = ('<span class="nbf-badge" style="background:%s">ok</span>' % GREEN if r.ok
-                 else '<span class="nbf-badge" style="background:%s">%s</span>' % (RED if r.category != "cancelled" else GREY,
-                                                                                  _e(r.category or "failed")))
+        badge = ("ok", GREEN) if r.ok else (r.category or "failed", GREY if r.category == "cancelled" else RED)
+        state = f'<span class="nbf-badge" style="background:{badge[1]}">{_e(badge[0])}</span>'
         via = f'<br><span class="nbf-muted">via {_e(r.model)}</span>' if r.model != r.requested else ""
         answer = _e(answer_preview(r.text)) if r.ok else f'<span class="nbf-msg">{_e(_failure(r))}</span>'
         prompt_cell = f'<td class="num">{r.prompt_index}</td>' if with_prompt else ""
@@ -212,7 +212,8 @@ def plan_html(plan: Plan) -> str:
     """What a dry run would send: model, key, tokens, whether it fits, projected cost."""
     rows = []
     for r in plan.rows:
-        key = _e(mask_key(r.key_id)) if r.key_id else f'<span style="color:{RED}">no key (set {_e(" or ".join(r.missing_key_vars))})</span>'
+        missing = _e(" or ".join(r.missing_key_vars))
+        key = _e(mask_key(r.key_id)) if r.key_id else f'<span style="color:{RED}">no key (set {missing})</span>'
         fits = "fits" if r.fits else f'<span style="color:{RED}">exceeds {_count(r.context_window)}</span>'
         cost = _cost(r.projected_cost) if r.projected_cost is not None else "?"
         rows.append(f'<tr><td>{_e(r.model)}</td><td>{key}</td><td class="num">{_count(r.prompt_tokens)}</td>'
@@ -231,7 +232,8 @@ def plan_text(plan: Plan) -> str:
         fit = "fits" if r.fits else f"DOES NOT FIT {r.context_window}"
         lines.append(f"{r.model}  key {key}  ~{r.prompt_tokens}+{r.max_output_tokens} tokens  {fit}  "
                      f"{_cost(r.projected_cost) if r.projected_cost is not None else '$?'}")
-    lines.append(f"dry run, nothing sent; at least {_seconds(plan.lower_bound_s)} by the known limits; ≈{_cost(plan.projected_cost)}")
+    lines.append(f"dry run, nothing sent; at least {_seconds(plan.lower_bound_s)} by the known limits; "
+                 f"≈{_cost(plan.projected_cost)}")
     return "\n".join(lines)
 
 
@@ -256,7 +258,8 @@ def models_html(config: Config) -> str:
     rows = models_rows(config)
     body = "".join(
         f'<tr><td>{"✓" if r["usable"] else "✗"}</td><td>{_e(r["model"])}</td><td>{_e(r["provider"])}</td>'
-        f'<td class="num">{_count(r["rpm"])}</td><td class="num">{_count(r["tpm"])}</td><td class="num">{_count(r["concurrency"])}</td>'
+        f'<td class="num">{_count(r["rpm"])}</td><td class="num">{_count(r["tpm"])}</td>'
+        f'<td class="num">{_count(r["concurrency"])}</td>'
         f'<td class="num">{_count(r["context_window"])}</td><td>{_e(r["pools"])}</td><td>{_e(r["keys"])}</td></tr>'
         for r in rows)
     usable = sum(1 for r in rows if r["usable"])
@@ -302,13 +305,15 @@ def _budget_cells(s: BudgetStats) -> str:
                                ("in flight", float(s.in_flight), s.concurrency_limit)):
         frac = None if not limit else used / limit
         text = f"{_count(used)} / {_count(limit) if limit else '?'}"
-        cells.append(f'<td>{_bar(frac if frac is not None else (1.0 if used else 0.0), _level_colour(frac), small=True, label=f"{label} {text}")} '
-                     f'<span class="nbf-muted">{text}</span></td>')
+        # an unknown limit gets an empty bar: a full grey one would read as "at the limit"
+        bar = _bar(frac or 0.0, _level_colour(frac), small=True, label=f"{label} {text}" + ("" if limit else " (limit unknown)"))
+        cells.append(f'<td>{bar} <span class="nbf-muted">{text}</span></td>')
     notes = []
     if s.cooldown_s > 0:
         notes.append(f'<span class="nbf-badge" style="background:{AMBER}">cooldown {s.cooldown_s:.1f} s</span>')
     if s.disabled:
-        notes.append(f'<span class="nbf-badge" style="background:{RED}">disabled</span> <span class="nbf-msg">{_e(s.disabled)}</span>')
+        notes.append(f'<span class="nbf-badge" style="background:{RED}">disabled</span> '
+                     f'<span class="nbf-msg">{_e(s.disabled)}</span>')
     return "".join(cells) + f"<td>{' '.join(notes)}</td>"
 
 
@@ -321,7 +326,8 @@ def budgets_html(budgets: Sequence[BudgetStats], title: str = "utilization") -> 
     rows = "".join(f'<tr data-scope="{_e(s.scope)}"><td>{_e(s.scope)}</td><td>{_e(_budget_label(s))}</td>{_budget_cells(s)}</tr>'
                    for s in shown + cooling)
     return (f'<div class="nbf-head">{_e(title)}</div><table class="nbf-util"><thead><tr><th></th><th>budget</th>'
-            "<th>requests / min</th><th>tokens / min</th><th>in flight</th><th></th></tr></thead><tbody>" + rows + "</tbody></table>")
+            "<th>requests / min</th><th>tokens / min</th><th>in flight</th><th></th></tr></thead><tbody>"
+            + rows + "</tbody></table>")
 
 
 def budgets_text(budgets: Sequence[BudgetStats]) -> str:
@@ -391,5 +397,5 @@ def status_html(sections: Sequence[tuple[str, Sequence[BudgetStats]]]) -> str:
     """``%fanout status``: the live budgets of every configuration used in this session."""
     if not sections:
         return _wrap('<div class="nbf-muted">nothing has run yet in this session</div>')
-    return _wrap("".join(budgets_html(b, title) or f'<div class="nbf-head">{_e(title)}</div><div class="nbf-muted">no budgets yet</div>'
-                         for title, b in sections))
+    empty = '<div class="nbf-head">{}</div><div class="nbf-muted">no budgets yet</div>'
+    return _wrap("".join(budgets_html(b, title) or empty.format(_e(title)) for title, b in sections))

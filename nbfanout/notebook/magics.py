@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import string
@@ -28,9 +29,9 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import Image, display
+from IPython.display import Image, Markdown, display
 
-from nbfanout.core.errors import ConfigError, ErrorCategory, ErrorInfo, FanoutError
+from nbfanout.core.errors import ConfigError, ErrorCategory, ErrorInfo
 from nbfanout.core.errors import UsageError as FanoutUsageError
 from nbfanout.core.fanout import Fanout
 from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
@@ -200,6 +201,12 @@ class FanoutMagics(Magics):
         self._fanouts: dict[tuple[Any, ...], tuple[Any, Fanout]] = {}
         self._jobs: dict[int, LoopJob[Any]] = {}
 
+    @property
+    def _ns(self) -> dict[str, Any]:
+        """The notebook's namespace (the shell is always set once IPython has registered the magics)."""
+        assert self.shell is not None
+        return self.shell.user_ns
+
     # -- Fanout per configuration ------------------------------------------------------------------
     def _config_source(self, ref: str | None) -> tuple[tuple[Any, ...], Any]:
         """(cache key, config) for ``--config``: a notebook variable (dict/Config, dotted ok) or a file path."""
@@ -208,6 +215,8 @@ class FanoutMagics(Magics):
             stamp = local.stat().st_mtime_ns if local.exists() else None
             return ("default", os.getcwd(), stamp), None
         obj = self._lookup(ref)
+        if isinstance(obj, Mapping):  # by content: sandbox.config builds a new, equal dict on every access
+            return ("dict", json.dumps(obj, sort_keys=True, default=str)), obj
         if obj is not None:
             return ("object", id(obj)), obj
         path = Path(ref).expanduser()
@@ -219,9 +228,9 @@ class FanoutMagics(Magics):
     def _lookup(self, ref: str) -> Any:
         """A notebook variable, optionally with attributes (``sb.config``); None when there is none."""
         parts = ref.split(".")
-        if not all(_IDENTIFIER.match(p) for p in parts) or parts[0] not in self.shell.user_ns:
+        if not all(_IDENTIFIER.match(p) for p in parts) or parts[0] not in self._ns:
             return None
-        obj = self.shell.user_ns[parts[0]]
+        obj = self._ns[parts[0]]
         for p in parts[1:]:
             if not hasattr(obj, p):
                 return None
@@ -245,7 +254,8 @@ class FanoutMagics(Magics):
     @magic_arguments()
     @argument("--models", "-m", nargs="+", metavar="MODEL",
               help="models to ask, space or comma separated (provider/model, e.g. openai/gpt-4.1)")
-    @argument("--pool", "-p", help="a pool instead of --models: fast, research, code, vision, audio, auto, or one from the config")
+    @argument("--pool", "-p",
+              help="a pool instead of --models: fast, research, code, vision, audio, auto, or one from the config")
     @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict (e.g. sandbox.config)")
     @argument("--system", "-s", help="system prompt; {name} is filled from the notebook as in the cell")
     @argument("--max-tokens", type=_positive_int, metavar="N", help="largest answer, in tokens")
@@ -257,12 +267,13 @@ class FanoutMagics(Magics):
     @argument("--image", "-i", action="append", default=[], metavar="PATH|URL", help="attach an image (repeatable)")
     @argument("--synthesize", metavar="MODEL", help="afterwards, have MODEL combine the answers into one")
     @argument("--out", "-o", metavar="NAME", help="store the FanoutResult in the notebook as NAME")
-    @argument("--rerun", metavar="NAME", help="send again only the models that failed in the FanoutResult NAME")
+    @argument("--rerun", metavar="NAME", help="send NAME's prompt again to only the models that failed in that FanoutResult")
     @argument("--stream", action="store_true", help="stream answers: each grows live in its tab")
     @argument("--dry-run", action="store_true", help="show the plan (models, keys, tokens, cost); send nothing")
     @argument("--no-dashboard", action="store_true", help="no live dashboard, timeline or answer tabs; just the result")
-    @argument("--background", action="store_true", help="return at once; the dashboard keeps updating and --out is stored when done")
-    @cell_magic("fanout")
+    @argument("--background", action="store_true",
+              help="return at once; the dashboard keeps updating and --out is stored when done")
+    @cell_magic("fanout")  # type: ignore[arg-type]  # IPython's decorator types reject methods
     @no_var_expand  # {name} is filled by fill_prompt, with its checks, in the line as in the body
     def fanout_cell(self, line: str, cell: str) -> Any:
         """Send the cell body to many LLMs at once and show a live dashboard.
@@ -272,7 +283,7 @@ class FanoutMagics(Magics):
         a handle whose ``result()`` waits for it). Interrupting the kernel cancels every request
         still in flight and returns what had finished.
         """
-        args = parse_argstring(self.fanout_cell, fill_prompt(line, self.shell.user_ns, join_lists=True))
+        args = parse_argstring(self.fanout_cell, fill_prompt(line, self._ns, join_lists=True))
         fx, req = self._check(args, cell)
         if req.dry_run:
             return self._dry_run(fx, req)
@@ -307,7 +318,7 @@ class FanoutMagics(Magics):
         except (FanoutUsageError, ConfigError) as exc:
             raise UsageError(str(exc)) from None
         if req.out:
-            self.shell.user_ns[req.out] = result
+            self._ns[req.out] = result
         if interrupted:
             answered = len(result.succeeded)
             print(f"interrupted: {answered} of {len(result.results)} models had answered; "
@@ -320,7 +331,7 @@ class FanoutMagics(Magics):
 
     def _check(self, args: argparse.Namespace, cell: str) -> tuple[Fanout, CellRequest]:
         """Every argument checked and the prompt filled; raises UsageError before anything is sent."""
-        ns = self.shell.user_ns
+        ns = self._ns
         models = split_models(args.models)
         rerun: FanoutResult | None = None
         if args.rerun is not None:
@@ -331,7 +342,8 @@ class FanoutMagics(Magics):
             if models or args.pool:
                 raise UsageError("--rerun resends the failed models of that result; leave out --models and --pool")
             if cell.strip() and cell.strip() != rerun.prompt.strip():
-                raise UsageError("--rerun resends that result's own prompt; leave the cell body empty")
+                # IPython refuses a cell magic without a body, so here the body is only a note
+                print(f"note: --rerun resends the prompt of {args.rerun}; this cell's text is not sent", file=sys.stderr)
         elif not models and not args.pool:
             raise UsageError("no models: pass --models A B ... or --pool NAME (%%fanout? lists every option)")
         if models and args.pool:
@@ -396,7 +408,8 @@ class FanoutMagics(Magics):
         result: FanoutResult | None = None
         try:
             if req.rerun is not None:
-                result = await fx.rerun(req.rerun, timeout=req.timeout, **req.params)
+                result = await fx.rerun(req.rerun, system=req.system, images=req.images, stream=req.stream,
+                                        timeout=req.timeout, **req.params)
             else:
                 result = await fx.run(req.prompt, req.models, pool=req.pool, system=req.system, images=req.images,
                                       stream=req.stream, timeout=req.timeout, **req.params)
@@ -410,22 +423,29 @@ class FanoutMagics(Magics):
         except asyncio.CancelledError:
             cancelled = True
             raise
+        except Exception as exc:
+            if req.background:  # nobody is waiting on this cell: say so where its outputs are
+                message = f"nbfanout: the background run failed: {type(exc).__name__}: {exc}\n"
+                if kind == "widgets" and view.after is not None:
+                    view.after.append_stderr(message)
+                else:
+                    print(message, end="", file=sys.stderr, flush=True)
+            raise
         finally:
             if unsubscribe is not None:
                 unsubscribe()
             if kind == "widgets":
-                answers = None if result is None else {r.requested: r.text for r in result.results if r.ok}
-                await view.aclose(cancelled=cancelled, answers=answers)
+                await view.aclose(cancelled=cancelled, result=progress.main)
                 if req.background:
-                    await self._finish_background(req, progress, view, cancelled)
+                    await self._finish_background(req, progress, view)
             elif kind == "text":
                 view.close(cancelled=cancelled)
                 if req.background and progress.final is not None:
                     print(render.result_text(progress.final), flush=True)
             if req.background and req.out and progress.final is not None:
-                self.shell.user_ns[req.out] = progress.final
+                self._ns[req.out] = progress.final
 
-    async def _finish_background(self, req: CellRequest, progress: _Progress, view: Any, cancelled: bool) -> None:
+    async def _finish_background(self, req: CellRequest, progress: _Progress, view: Any) -> None:
         """A background run's final outputs go into its dashboard's Output widget (thread-safe appends)."""
         result = progress.final or progress.main
         if result is None or view.after is None:
@@ -434,10 +454,13 @@ class FanoutMagics(Magics):
         from nbfanout.notebook.timeline import timeline_png
 
         png = await asyncio.get_running_loop().run_in_executor(None, timeline_png, result)
-        view.after.append_display_data(_Bundle({"text/html": render.result_html(result), "text/plain": render.result_text(result)}))
+        summary = {"text/html": render.result_html(result), "text/plain": render.result_text(result)}
+        view.after.append_display_data(_Bundle(summary))
         view.after.append_display_data(Image(data=png, format="png"))
         if not req.stream:
             view.after.append_display_data(Answers(result))
+        elif result.synthesis is not None:
+            view.after.append_display_data(_synthesis_markdown(result.synthesis))
 
     def _partial(self, fx: Fanout, req: CellRequest, progress: _Progress, before: Any) -> FanoutResult:
         """After an interrupt: what had finished (Fanout.last_result holds the cancelled run's partial batch)."""
@@ -446,7 +469,10 @@ class FanoutMagics(Magics):
         last = fx.last_result
         part: FanoutResult | None = None
         if last is not before:
-            part = last.rows[0] if isinstance(last, BatchResult) and last.rows else last if isinstance(last, FanoutResult) else None
+            if isinstance(last, BatchResult) and last.rows:
+                part = last.rows[0]
+            elif isinstance(last, FanoutResult):
+                part = last
         cancelled = ErrorInfo(ErrorCategory.CANCELLED, False, "cancelled before an answer arrived")
         if part is None:
             part = FanoutResult(prompt=req.prompt, results=tuple(
@@ -468,20 +494,22 @@ class FanoutMagics(Magics):
             print(f"{exc} (no retry timeline)", file=sys.stderr)
         if not stream_tab:
             display(Answers(result))
+        elif result.synthesis is not None:  # the stream tabs hold the models' answers, not the synthesis
+            display(_synthesis_markdown(result.synthesis))
 
     def _dry_run(self, fx: Fanout, req: CellRequest) -> None:
         with _clean_errors():
             plan = fx.plan(req.prompt, req.models, pool=req.pool, system=req.system, max_tokens=req.params.get("max_tokens"))
         display(_Bundle({"text/html": render.plan_html(plan), "text/plain": render.plan_text(plan)}))
         if req.out:
-            self.shell.user_ns[req.out] = plan
+            self._ns[req.out] = plan
 
     # -- %fanout models | status | config -----------------------------------------------------------
     @magic_arguments()
     @argument("command", choices=["models", "status", "config"],
               help="models: every model and whether it is usable; status: live budgets and cooldowns; config: the configuration")
     @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict")
-    @line_magic("fanout")
+    @line_magic("fanout")  # type: ignore[arg-type]
     def fanout_line(self, line: str) -> None:
         """Show the models (``%fanout models``), live budgets (``%fanout status``) or configuration (``%fanout config``)."""
         args = parse_argstring(self.fanout_line, line)
@@ -512,6 +540,12 @@ class FanoutMagics(Magics):
             texts.append(f"{title}\n{render.budgets_text(budgets)}")
         display(_Bundle({"text/html": render.status_html(sections),
                          "text/plain": "\n\n".join(texts) or "nothing has run yet in this session"}))
+
+
+def _synthesis_markdown(synthesis: ModelResult) -> Markdown:
+    from nbfanout.notebook.dashboard import answer_markdown
+
+    return Markdown(f"#### Synthesis ({synthesis.requested})\n\n{answer_markdown(synthesis)}")
 
 
 class _Bundle:

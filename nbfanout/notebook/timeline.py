@@ -68,7 +68,7 @@ def timeline_figure(result: FanoutResult, *, width: float = 10.0) -> Any:
     seen: set[str] = set()
     waits = rotations = queued = False
     end = max([result.elapsed_s] + [off + a.end_s + a.wait_s for _, r, off in lanes for a in r.attempts] + [0.1])
-    for y, (label, r, off) in enumerate(lanes):
+    for y, (_, r, off) in enumerate(lanes):
         attempts: tuple[Attempt, ...] = r.attempts
         if not attempts:
             note = "cancelled" if r.category == "cancelled" else (r.category or "no attempt")
@@ -104,7 +104,8 @@ def timeline_figure(result: FanoutResult, *, width: float = 10.0) -> Any:
     ax.set_axisbelow(True)
     ok = len(result.succeeded)
     ax.set_title(f"retry timeline · {ok}/{len(result.results)} succeeded in {result.elapsed_s:.2f} s", fontsize=10, loc="left")
-    handles = [Patch(color=OUTCOME_COLOURS.get(k, OTHER_COLOUR), label=k) for k in sorted(seen, key=lambda k: (k != "ok", k))]
+    outcomes = sorted(seen, key=lambda k: (k != "ok", k))
+    handles: list[Any] = [Patch(color=OUTCOME_COLOURS.get(k, OTHER_COLOUR), label=k) for k in outcomes]
     if waits:
         handles.append(Patch(facecolor="none", edgecolor=WAIT_COLOUR, hatch="///", label="wait"))
     from matplotlib.lines import Line2D

@@ -130,8 +130,9 @@ class AnthropicAdapter(HTTPAdapter):
             usage = payload.get("usage") or {}
             if usage.get("output_tokens") is not None:
                 state.output_tokens = int(usage["output_tokens"])
-            if any(usage.get(key) is not None for key in _INPUT_KEYS):
-                state.input_tokens = _input_tokens(usage)
+            # Newer responses repeat the (cumulative) input counts here, sometimes without the
+            # cache fields message_start had: keep the larger total.
+            state.input_tokens = max(state.input_tokens, _input_tokens(usage))
             state.finish_reason = (payload.get("delta") or {}).get("stop_reason") or state.finish_reason
         elif kind == "message_stop":
             state.complete = state.done = True

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def many_models_scenario(n: int, *, base_ms: int = 150, per_token_ms: float = 1.5, tokens: tuple[int, int] = (200, 300)) -> dict[str, Any]:
+def many_models_scenario(n: int, *, base_ms: int = 150, per_token_ms: float = 1.5,
+                         tokens: tuple[int, int] = (200, 300)) -> dict[str, Any]:
     """A scenario dict with ``n`` unlimited models on one OpenAI-style provider."""
     return {
         "name": f"many{n}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,17 +19,17 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 
 class RecordingComm(BaseComm):
-    """A comm that keeps every message the kernel side would send: (monotonic time, msg_type, data)."""
+    """A comm that keeps every message the kernel side would send: (monotonic time, msg_type, data, thread name)."""
 
-    sent: list[tuple[float, str, dict[str, Any]]] = []
+    sent: list[tuple[float, str, dict[str, Any], str]] = []
 
     def publish_msg(self, msg_type: str, data: dict[str, Any] | None = None, metadata: Any = None,
                     buffers: Any = None, **keys: Any) -> None:
-        RecordingComm.sent.append((time.monotonic(), msg_type, data or {}))
+        RecordingComm.sent.append((time.monotonic(), msg_type, data or {}, threading.current_thread().name))
 
 
 @pytest.fixture
-def recording_comm() -> Iterator[list[tuple[float, str, dict[str, Any]]]]:
+def recording_comm() -> Iterator[list[tuple[float, str, dict[str, Any], str]]]:
     """Route ipywidgets' comms to RecordingComm (``comm.create_comm`` is meant to be replaced) and yield the log."""
     original = comm.create_comm
     RecordingComm.sent = []

@@ -66,8 +66,12 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
     root.mkdir()
     shutil.copy(HERE / NOTEBOOK, root / NOTEBOOK)
     port = _free_port()
+    settings = tmp_path / "settings"
+    news = settings / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no "news?" toast over the page
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True"]
@@ -110,7 +114,8 @@ def test_dashboard_renders_as_widgets_in_jupyterlab(chromium: str, jupyterlab: s
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)
             # the server keeps kernels across page loads: restart, then run every cell
-            page.evaluate("window.jupyterapp.commands.execute('notebook:restart-run-all')")
+            # not awaited: the command's promise settles only after its confirmation dialog
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
             accept = page.locator(".jp-Dialog .jp-mod-accept")
             accept.wait_for(timeout=30_000)
             accept.click()
@@ -121,12 +126,15 @@ def test_dashboard_renders_as_widgets_in_jupyterlab(chromium: str, jupyterlab: s
             dashboard_rows = run_cell.locator(".jp-OutputArea-output .jupyter-widgets .nbf-row")
             assert dashboard_rows.count() == 15, "one dashboard row per model, rendered inside a widget"
             assert run_cell.locator(".jp-OutputArea-output .jupyter-widgets [role=progressbar]").count() >= 15
-            assert run_cell.locator(".jp-OutputArea-output .jupyter-widgets .lm-TabBar-tab").count() == 15, "one answer tab per model"
+            tabs = run_cell.locator(".jp-OutputArea-output .jupyter-widgets .lm-TabBar-tab")
+            assert tabs.count() == 15, "one answer tab per model"
             assert run_cell.locator(".jp-OutputArea-output img").count() >= 1, "the timeline image"
-            for text in ("Loading widget", "Error displaying widget", "nbfanout dashboard for 15 models", "VBox(", "Tab(children"):
+            not_rendered = ("Loading widget", "Error displaying widget", "nbfanout dashboard for 15 models", "VBox(",
+                            "Tab(children")
+            for text in not_rendered:
                 assert outputs.filter(has_text=text).count() == 0, f"{text!r} shown instead of a rendered widget"
             assert "results: 15 ok: 15" in outputs.filter(has_text="results: 15").inner_text()
-            run_cell.locator(".jp-OutputArea").screenshot(path=str(ARTIFACTS / "browser_dashboard.png"))
+            run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_dashboard.png"))
             page.screenshot(path=str(ARTIFACTS / "browser_page.png"))
         finally:
             browser.close()

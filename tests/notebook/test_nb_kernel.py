@@ -64,9 +64,9 @@ def test_seed15_notebook_shows_widgets_results_and_timeline(tmp_path: Path) -> N
     assert set(states) <= {"done", "failed"} and len(states) == 15
 
 
-def test_kernel_interrupt_cancels_in_flight_and_keeps_what_finished(tmp_path: Path) -> None:
+def test_kernel_interrupt_then_a_background_run(tmp_path: Path) -> None:
     # nbclient interrupts the kernel when the tagged cell exceeds its timeout
-    nb = _execute("nb_interrupt.ipynb", tmp_path, interrupt_on_timeout=True, shell_timeout_interval=1,
+    nb = _execute("nb_interrupt_background.ipynb", tmp_path, interrupt_on_timeout=True, shell_timeout_interval=1,
                   timeout_func=lambda cell: 3 if "interrupt" in cell.metadata.get("tags", []) else 120)
     run = nb.cells[2]
     outputs = _outputs(run)
@@ -77,9 +77,17 @@ def test_kernel_interrupt_cancels_in_flight_and_keeps_what_finished(tmp_path: Pa
     assert "answered: ['openai/quick-a', 'openai/quick-b']" in report
     assert "cancelled: ['openai/slow-a', 'openai/slow-b']" in report
     assert "sandbox in flight: 0 accepted: 2 requests: 4" in report
-    (final,) = _dashboard_html(nb)
-    assert final.count('data-state="cancelled"') == 2
-    assert final.count('data-state="done"') == 2
+    interrupted, background = _dashboard_html(nb)
+    assert interrupted.count('data-state="cancelled"') == 2
+    assert interrupted.count('data-state="done"') == 2
+    # --background: the cell returned at once, the dashboard kept updating, the result arrived in rb
+    assert "BackgroundRun 2 models, running in the background; stored as 'rb' when done" in _text(nb.cells[4])
+    assert "background: 2 of 2" in _text(nb.cells[5])
+    assert background.count('data-state="done"') == 2
+    state = nb.metadata["widgets"][WIDGET_STATE]["state"]
+    finals = [m for m in state.values() if m.get("model_name") == "OutputModel"
+              and any("image/png" in o.get("data", {}) for o in m["state"].get("outputs", []))]
+    assert len(finals) == 1, "the background run's timeline was not appended to its dashboard"
 
 
 @pytest.fixture(autouse=True)

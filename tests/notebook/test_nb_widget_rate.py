@@ -42,7 +42,9 @@ def test_fifty_streaming_models_stay_under_ten_updates_a_second(sandbox_factory:
     result = LoopJob(drive()).wait(timeout=120)
     assert len(result.succeeded) == 50
     assert len(events) >= 2000, f"only {len(events)} events: the test needs a high event rate"
-    updates = [t for t, kind, data in recording_comm[opened:] if kind == "comm_msg" and data.get("method") == "update"]
+    updates = [t for t, kind, data, _ in recording_comm[opened:] if kind == "comm_msg" and data.get("method") == "update"]
+    threads = {thread for _, kind, _, thread in recording_comm[opened:] if kind == "comm_msg"}
+    assert threads == {"nbfanout-loop"}, f"widget values were set from {threads}, not only from nbfanout's loop thread"
     per_second = _max_per_second(updates)
     assert per_second <= 10, f"{per_second} widget messages in one second"
     duration = max(updates) - min(updates)

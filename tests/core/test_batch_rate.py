@@ -1,0 +1,78 @@
+"""A long batch (500 prompts × 5 models) under tight RPM and TPM, in virtual time.
+
+It must reach at least 95 % of the aggregate rate the limits allow and never be refused
+for a known limit: the sandbox ledger's 60-second-window maxima stay within every limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from nbfanout import Fanout
+
+N_PROMPTS = int(os.environ.get("NBFANOUT_BATCH_PROMPTS", "500"))
+PROMPT_TOKENS = 12  # the sandbox counts ceil(chars / 4) of the 52-character prompts below
+MAX_TOKENS = 40
+LIMITS = {  # model: (rpm, tpm) — two bound by requests, two by tokens, one by both
+    "rpm-a": (60, None),
+    "rpm-b": (90, None),
+    "tpm-a": (None, 2600),
+    "tpm-b": (None, 3500),
+    "both": (50, 2600),
+}
+SCENARIO = {
+    "name": "tight",
+    "seed": 11,
+    "providers": {
+        "bench": {
+            "style": "openai",
+            "keys": ["sk-sbx-bench-0001"],
+            "models": {
+                name: {
+                    "limits": {k: v for k, v in (("rpm", rpm), ("tpm", tpm)) if v},
+                    "latency": {"base_ms": 300, "per_output_token_ms": 2, "jitter": 0.2},
+                    "output_tokens": [20, 40],
+                }
+                for name, (rpm, tpm) in LIMITS.items()
+            },
+        }
+    },
+}
+
+
+def allowed_per_minute(rpm: int | None, tpm: int | None) -> float:
+    by_tokens = tpm / (PROMPT_TOKENS + MAX_TOKENS) if tpm else float("inf")
+    return min(rpm or float("inf"), by_tokens)
+
+
+@pytest.mark.looptime
+async def test_500_prompts_by_5_models_run_at_95_percent_of_the_limits_without_refusals(sandbox_app_factory):
+    app = sandbox_app_factory(SCENARIO, time_scale=None, clock=lambda: asyncio.get_running_loop().time())
+    fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=64)
+    prompts = [f"Question {i:03d}: what is the square of {i:04d} then?" for i in range(N_PROMPTS)]
+    assert {len(p) // 4 + (len(p) % 4 > 0) for p in prompts} == {PROMPT_TOKENS}
+    loop = asyncio.get_running_loop()
+    starts: dict[str, list[float]] = {m: [] for m in LIMITS}
+    fx.subscribe(lambda e: starts[e.model.split("/", 1)[1]].append(loop.time()) if e.kind == "request_started" else None)
+    batch = await fx.map(prompts, [f"bench/{m}" for m in LIMITS], max_tokens=MAX_TOKENS)
+    assert all(r.ok for r in batch.results)
+
+    stats = app.stats()
+    refused = {k: v for k, v in stats["totals"]["rejected"].items() if k in {"rpm", "tpm", "rpd", "concurrency"}}
+    assert refused == {}
+    report = []
+    for name, (rpm, tpm) in LIMITS.items():
+        ledger = stats["models"][f"bench/{name}"]
+        if rpm:
+            assert ledger["max_requests_60s"] <= rpm
+        if tpm:
+            assert ledger["max_tokens_60s"] <= tpm
+        times = starts[name]
+        span_min = (times[-1] - times[0]) / 60
+        achieved = (len(times) - 1) / span_min
+        share = achieved / allowed_per_minute(rpm, tpm)
+        report.append((name, round(achieved, 1), round(share, 3)))
+        assert share >= 0.95, report

@@ -10,7 +10,6 @@ precise category. Every attempt is recorded; every step is an event.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import math
 import re
@@ -119,7 +118,8 @@ class _Run:
     client: httpx.AsyncClient
     in_flight: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
-    counter: Iterable[int] = field(default_factory=lambda: itertools.count(1))
+    # provider id -> one future per request in flight there, done when that request ends
+    busy: dict[str, set[asyncio.Future[None]]] = field(default_factory=dict)
 
 
 class Fanout:
@@ -532,11 +532,17 @@ class Fanout:
             response: ChatResponse | None = None
             info: ErrorInfo | None = None
             cached = False
+            finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            busy = run.busy.setdefault(choice.provider.id, set())
+            others = set(busy)
+            busy.add(finished)
             try:
                 response, cached = await self._send(run, req_id, choice, request, stream, timeout)
             except ProviderError as exc:
                 info = exc.info
             finally:
+                busy.discard(finished)
+                finished.set_result(None)
                 for b in budgets:
                     b.release()
                 run.in_flight -= 1
@@ -563,7 +569,14 @@ class Fanout:
             assert info is not None
             last_info = info
             retry, wait, reason = self.retry.decide(attempt_no, info, self.clock.now() - t_start)
-            self._learn_from_failure(choice, info, req_id, wait)
+            # A refusal with no stated wait while other requests to the provider were running means
+            # they hold the capacity (the seeds' free R1 behind a shared upstream): wait for those to
+            # finish, up to the backoff cap, rather than guessing a time and hammering.
+            drain = {f for f in others if not f.done()} if (
+                info.category == ErrorCategory.RATE_LIMIT and info.retry_after_s is None and retry) else set()
+            if drain:
+                wait, reason = self.retry.max_backoff_s, "until the provider's busy requests finish"
+            self._learn_from_failure(choice, info, req_id, 0.0 if drain else wait)
             may_rotate = len(candidates) > 1 and info.category in _ROTATE_ON
             other_key = info.category in _KEY_FAULTS and any(
                 not self.router.key_budget(choice.provider, k).disabled for k in choice.provider.keys)
@@ -577,7 +590,9 @@ class Fanout:
             if reason != "rotate":
                 self._emit(RetryScheduled, request=req_id, model=model.name, attempt=attempt_no, wait_s=wait,
                            category=info.category.value, reason=reason)
-                if info.category not in (ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED):
+                if drain:
+                    await asyncio.wait(drain, timeout=wait)
+                elif info.category not in (ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED):
                     await self.clock.sleep(wait)  # refusals wait through their budget's cooldown instead
 
     async def _send(self, run: _Run, req_id: str, choice: Choice, request: ChatRequest, stream: bool,

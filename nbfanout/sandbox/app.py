@@ -47,6 +47,7 @@ from nbfanout.sandbox.limits import Limiter, Pool, WindowView
 from nbfanout.sandbox.scenario import Fault, KeySpec, ModelSpec, ProviderSpec, Scenario, load_scenario, mask_key
 from nbfanout.sandbox.text import (
     answer_text,
+    judge_verdict,
     chunk_text,
     estimate_tokens,
     jitter_draw,
@@ -371,6 +372,9 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
     if call.max_tokens is not None and n_out > call.max_tokens:
         n_out, finish = call.max_tokens, "length"
     text = answer_text(seed, model.id, call.prompt, n_out)
+    verdict = judge_verdict(seed, model.id, call.prompt)
+    if verdict is not None:
+        text, n_out = verdict, estimate_tokens(verdict)
     input_tokens = estimate_tokens(call.prompt)
     usage = Usage(input_tokens, n_out, finish)
     latency = model.latency.seconds(n_out, state.jitter(provider.id, model.id, call.prompt))
@@ -386,6 +390,9 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
         if stop is not None:
             return stop
         fault = state.faults.pick(provider, model, "post")
+        if fault is not None and fault.kind == "empty_answer":
+            state.ledger.fault(c.entities, "empty_answer")
+            text, usage, fault = "", Usage(input_tokens, 0, "stop"), None
         if fault is not None and fault.kind != "slow":
             # A broken body arrives when the answer would have; a 500 or a drop after the first-token time.
             default = latency if fault.kind == "malformed" else model.latency.base_ms / 1000.0
@@ -501,6 +508,9 @@ async def openai_transcriptions(request: Request) -> Response:
         if stop is not None:
             return stop
         fault = state.faults.pick(provider, model, "post")
+        if fault is not None and fault.kind == "empty_answer":
+            state.ledger.fault(c.entities, "empty_answer")
+            text, usage, fault = "", Usage(input_tokens, 0, "stop"), None
         if fault is not None and fault.kind != "slow":
             await state.sleep(fault.delay_s if fault.delay_s is not None else latency)
             if fault.kind == "drop":

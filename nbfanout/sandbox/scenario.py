@@ -57,7 +57,8 @@ RPM that applies, or 60 when none is set; ``retry_after_s`` (default 1 s),
 ``unavailable`` (503), ``overloaded`` (529 for Anthropic, 503 elsewhere), ``slow``
 (answers after ``delay_s``, to trip client timeouts), ``drop`` (connection closed without
 a response), ``malformed`` (200 with a broken JSON body), ``invalid_key`` (401),
-``quota_exhausted`` (OpenAI ``insufficient_quota`` 429, OpenRouter 402, Anthropic credit
+``empty_answer`` (200 with no text at all, as models sometimes answer; a judge client
+must ask again), ``quota_exhausted`` (OpenAI ``insufficient_quota`` 429, OpenRouter 402, Anthropic credit
 balance 400, Gemini quota 429). Rejections (rate limits, overload, auth, quota) happen
 before admission and use no quota; ``server_error``, ``slow``, ``drop`` and ``malformed``
 happen after admission, take time (``delay_s``, default the model's base latency) and
@@ -127,13 +128,14 @@ FAULT_KINDS: tuple[str, ...] = (
     "slow",
     "drop",
     "malformed",
+    "empty_answer",
     "invalid_key",
     "quota_exhausted",
 )
 #: Faults decided before admission: they use no quota and answer at once.
 PRE_ADMISSION = frozenset({"rate_limit_burst", "unavailable", "overloaded", "invalid_key", "quota_exhausted"})
 #: Faults decided after admission: they take time and count against the limits.
-POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed"})
+POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed", "empty_answer"})
 
 BUILTIN_SCENARIOS: tuple[str, ...] = ("fast", "seed15", "storm")
 

@@ -82,3 +82,14 @@ def chunk_text(text: str, words_per_chunk: int = 4) -> list[str]:
     if not pieces:
         return [text] if text else []
     return ["".join(pieces[i : i + words_per_chunk]) for i in range(0, len(pieces), words_per_chunk)]
+
+
+_JUDGE = re.compile(r"reply with json only", re.IGNORECASE)
+
+
+def judge_verdict(seed: int, model: str, prompt: str) -> str | None:
+    """A grading prompt ("Reply with JSON only ... score") gets a seeded JSON verdict; others None."""
+    if not _JUDGE.search(prompt) or '"score"' not in prompt:
+        return None
+    r = rng(seed, "judge", model, prompt)
+    return '{"score": %d, "reason": "%s"}' % (r.randint(3, 10), " ".join(r.choice(_VOCAB) for _ in range(6)))

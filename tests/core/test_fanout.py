@@ -198,3 +198,39 @@ def test_plan_says_which_key_what_is_missing_and_what_fits(sandbox_app_factory):
     assert rows["openai/gpt-4.1"].key_id is None and "OPENAI_API_KEY" in rows["openai/gpt-4.1"].missing_key_vars
     assert rows["gemini/gemini-2.5-flash"].key_id is not None
     assert 1800 < rows["gemini/gemini-2.5-flash"].prompt_tokens < 2400
+
+
+JUDGE_SCENARIO = {
+    "name": "judged",
+    "seed": 5,
+    "providers": {
+        "openai": {
+            "style": "openai",
+            "keys": ["sk-sbx-judge-aaaa"],
+            "models": {
+                "answerer-a": {"latency": {"base_ms": 100}, "output_tokens": [30, 60]},
+                "answerer-b": {"latency": {"base_ms": 150}, "output_tokens": [30, 60]},
+                # the judge's first verdict comes back empty, as models sometimes do
+                "judge": {"latency": {"base_ms": 50}, "output_tokens": [10, 20],
+                          "faults": [{"kind": "empty_answer", "first_n": 1}]},
+            },
+        }
+    },
+}
+
+
+@pytest.mark.looptime
+async def test_map_with_a_judge_scores_every_answer_and_asks_again_after_an_empty_verdict(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, JUDGE_SCENARIO)
+    fx = fanout_for(app)
+    events: list[Event] = []
+    fx.subscribe(events.append)
+    prompts = ["What is 2 + 2?", "Name a prime number.", "Spell 'cat' backwards."]
+    batch = await fx.map(prompts, ["openai/answerer-a", "openai/answerer-b"], judge="openai/judge")
+    assert len(batch.scores) == 6
+    assert all(3 <= s.score <= 10 and s.judge == "openai/judge" for s in batch.scores.values())
+    judge_calls = [e for e in events if e.kind == "model_completed" and e.model == "openai/judge"]
+    assert len(judge_calls) == 7  # one verdict was empty and was asked for again
+    records = batch.to_records()
+    assert [r["prompt"] for r in records] == [p for p in prompts for _ in range(2)]
+    assert all(r["score"] is not None for r in records)

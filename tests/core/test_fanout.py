@@ -234,3 +234,95 @@ async def test_map_with_a_judge_scores_every_answer_and_asks_again_after_an_empt
     records = batch.to_records()
     assert [r["prompt"] for r in records] == [p for p in prompts for _ in range(2)]
     assert all(r["score"] is not None for r in records)
+
+
+@pytest.mark.looptime
+async def test_keys_of_a_provider_are_used_together_least_used_first(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(app)
+    openai_models = ["openai/gpt-4.1", "openai/o4-mini", "openai/o3"]
+    result = await fx.run("Hello", openai_models)
+    used = [r.attempts[-1].key_id for r in result]
+    assert len(set(used)) == 2  # seed15 gives OpenAI two keys: both carry traffic
+    assert all(k.startswith("…") and len(k) == 5 for k in used)
+
+
+@pytest.mark.looptime
+async def test_synthesis_combines_the_answers_as_a_second_step(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(app)
+    result = await fx.run("Name three sorting algorithms.", ["openai/gpt-4.1", "gemini/gemini-2.5-flash"])
+    merged = await fx.synthesize(result, "openai/o4-mini")
+    assert merged.synthesis is not None and merged.synthesis.ok and merged.synthesis.requested == "openai/o4-mini"
+    assert [r.requested for r in merged] == ["openai/gpt-4.1", "gemini/gemini-2.5-flash"]
+
+
+@pytest.mark.looptime
+async def test_utilization_snapshots_come_at_most_ten_times_a_second(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(app)
+    times: list[float] = []
+    fx.subscribe(lambda e: times.append(e.t) if e.kind == "utilization" else None)
+    result = await fx.run("Hello", SEED15)
+    assert len(times) <= 10 * result.elapsed_s + 2
+    assert len(times) >= 5 * result.elapsed_s  # and they keep coming while it runs
+
+
+@pytest.mark.looptime
+async def test_the_response_cache_answers_an_identical_request_without_a_call(sandbox_app_factory, tmp_path):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = Fanout(app.config, transport=app.transport(), learn=False, cache=tmp_path / "cache.sqlite")
+    first = await fx.run("Cache me", ["openai/gpt-4.1"])
+    accepted = app.stats()["totals"]["accepted"]
+    second = await fx.run("Cache me", ["openai/gpt-4.1"])
+    assert app.stats()["totals"]["accepted"] == accepted
+    assert second[0].cached and second[0].text == first[0].text
+
+
+def _wav(seconds: float = 0.2, size: int | None = None) -> bytes:
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        frames = int(8000 * seconds) if size is None else size // 2
+        w.writeframes(b"\x00\x01" * frames)
+    return buf.getvalue()
+
+
+AUDIO_SCENARIO = {
+    "name": "audio",
+    "seed": 9,
+    "providers": {
+        p: {"style": p if p != "together" else "together", "keys": [f"sk-sbx-audio-{p}-{n}" for n in ("0001",)],
+            "models": {m: {"kind": "transcription", "latency": {"base_ms": 100}}}}
+        for p, m in (("groq", "whisper-large-v3"), ("openai", "whisper-1"), ("together", "openai/whisper-large-v3"))
+    },
+}
+
+
+@pytest.mark.looptime
+async def test_transcribe_prefers_groq_then_round_robins_and_skips_files_over_a_limit(sandbox_app_factory, tmp_path):
+    app = virtual_sandbox(sandbox_app_factory, AUDIO_SCENARIO)
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(_wav())
+    models = ["groq/whisper-large-v3", "openai/whisper-1", "together/openai/whisper-large-v3"]
+    fx = fanout_for(app)
+    first = await fx.transcribe(clip, models=models)
+    assert first.ok and first.model == "groq/whisper-large-v3" and "clip.wav" in first.text
+
+    config = app.config
+    config["providers"]["groq"].pop("api_key")
+    no_groq = Fanout(config, transport=app.transport(), learn=False, env={})
+    picks = [(await no_groq.transcribe(clip, models=models)).model for _ in range(4)]
+    assert picks == ["openai/whisper-1", "together/openai/whisper-large-v3"] * 2
+
+    big = tmp_path / "long.wav"
+    big.write_bytes(_wav(size=26 * 1024 * 1024))  # over OpenAI's 25 MB upload limit
+    only_openai = Fanout({**config, "providers": {**config["providers"], "together": {**config["providers"]["together"], "api_key": []}}},
+                         transport=app.transport(), learn=False, env={})
+    refused = await only_openai.transcribe(big, models=models)
+    assert not refused.ok and "25 MB" in refused.error.message and "GROQ_API_KEY" in refused.error.message

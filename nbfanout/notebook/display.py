@@ -43,6 +43,7 @@ STATE_COLOURS = {
     "done": GREEN, "failed": RED, "cancelled": GREY,
 }
 MAX_TABLE_ROWS = 300  # a batch of thousands still renders quickly; the rest is counted
+MAX_MODEL_BUDGETS = 6  # model budgets shown besides providers and keys: the fullest ones
 
 _CSS = """<style>
 .nbf{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:12px;color:var(--jp-ui-font-color1,#222)}
@@ -80,11 +81,18 @@ def mask_key(key_id: str | None) -> str:
 
 
 def _budget_label(stats: BudgetStats) -> str:
-    """A budget's name with any key masked (key budgets are named ``provider <key id>``)."""
-    if stats.scope == "key":
-        provider, _, key = stats.name.partition(" ")
-        return f"{provider} {mask_key(key)}" if key else provider
+    """A budget's name with any key masked (``provider <key id>``, ``provider/model <key id>``)."""
+    if stats.scope in ("key", "model-key"):
+        owner, _, key = stats.name.rpartition(" ")
+        return f"{owner} {mask_key(key)}" if owner else stats.name
     return stats.name
+
+
+def _fullest(stats: BudgetStats) -> float | None:
+    """How close a budget is to its nearest known limit (0..1+), None when no limit is known."""
+    known = [used / limit for used, limit in ((stats.rpm_used, stats.rpm_limit), (stats.tpm_used, stats.tpm_limit),
+                                              (float(stats.in_flight), stats.concurrency_limit)) if limit]
+    return max(known) if known else None
 
 
 def _seconds(value: float | None) -> str:
@@ -318,13 +326,19 @@ def _budget_cells(s: BudgetStats) -> str:
 
 
 def budgets_html(budgets: Sequence[BudgetStats], title: str = "utilization") -> str:
-    """Bars for RPM, TPM and in-flight against their limits, per provider and per key, with cooldowns."""
+    """Bars for RPM, TPM and in-flight against their limits, per provider and per key, with cooldowns.
+
+    Model budgets (often where the tight limits are) follow: those cooling down or disabled,
+    and the few nearest their limits, so fifty models do not bury the panel.
+    """
     shown = [s for s in budgets if s.scope in ("provider", "key")]
-    cooling = [s for s in budgets if s.scope == "model" and (s.cooldown_s > 0 or s.disabled)]
-    if not shown and not cooling:
+    models = [s for s in budgets if s.scope in ("model", "model-key")]
+    hot = sorted((s for s in models if (_fullest(s) or 0.0) > 0), key=lambda s: -(_fullest(s) or 0.0))[:MAX_MODEL_BUDGETS]
+    shown += hot + [s for s in models if (s.cooldown_s > 0 or s.disabled) and s not in hot]
+    if not shown:
         return ""
     rows = "".join(f'<tr data-scope="{_e(s.scope)}"><td>{_e(s.scope)}</td><td>{_e(_budget_label(s))}</td>{_budget_cells(s)}</tr>'
-                   for s in shown + cooling)
+                   for s in shown)
     return (f'<div class="nbf-head">{_e(title)}</div><table class="nbf-util"><thead><tr><th></th><th>budget</th>'
             "<th>requests / min</th><th>tokens / min</th><th>in flight</th><th></th></tr></thead><tbody>"
             + rows + "</tbody></table>")
@@ -333,9 +347,9 @@ def budgets_html(budgets: Sequence[BudgetStats], title: str = "utilization") -> 
 def budgets_text(budgets: Sequence[BudgetStats]) -> str:
     lines = []
     for s in budgets:
-        if s.scope not in ("provider", "key", "model"):
+        if s.scope not in ("provider", "key", "model", "model-key"):
             continue
-        if s.scope == "model" and not (s.in_flight or s.rpm_used or s.cooldown_s or s.disabled):
+        if s.scope in ("model", "model-key") and not (s.in_flight or s.rpm_used or s.cooldown_s or s.disabled):
             continue
         parts = [f"rpm {_count(s.rpm_used)}/{_count(s.rpm_limit) if s.rpm_limit else '?'}",
                  f"tpm {_count(s.tpm_used)}/{_count(s.tpm_limit) if s.tpm_limit else '?'}",

@@ -67,7 +67,7 @@ def timeline_figure(result: FanoutResult, *, width: float = 10.0) -> Any:
     ax = fig.add_subplot()
     seen: set[str] = set()
     waits = rotations = queued = False
-    end = max([result.elapsed_s] + [off + a.end_s + a.wait_s for _, r, off in lanes for a in r.attempts] + [0.1])
+    end = max([result.elapsed_s] + [off + a.end_s for _, r, off in lanes for a in r.attempts] + [0.1])
     for y, (_, r, off) in enumerate(lanes):
         attempts: tuple[Attempt, ...] = r.attempts
         if not attempts:
@@ -87,9 +87,11 @@ def timeline_figure(result: FanoutResult, *, width: float = 10.0) -> Any:
             seen.add(a.outcome)
             ax.barh(y, max(a.end_s - a.start_s, end * 0.002), left=off + a.start_s, height=0.6, color=colour,
                     edgecolor="white", linewidth=0.5)
-            if a.wait_s > 0:
+            # the wait the core planned, cut at the next attempt (it may resume early, e.g. once capacity frees up)
+            waited = min(a.wait_s, (later if later is not None else end - off) - a.end_s)
+            if waited > 0:
                 waits = True
-                ax.barh(y, a.wait_s, left=off + a.end_s, height=0.3, color="none", edgecolor=WAIT_COLOUR, hatch="///",
+                ax.barh(y, waited, left=off + a.end_s, height=0.3, color="none", edgecolor=WAIT_COLOUR, hatch="///",
                         linewidth=0.5)
             if a.model != previous:
                 rotations = True

@@ -83,7 +83,20 @@ def test_keys_are_masked_to_four_characters() -> None:
     assert render.mask_key("…k1a7") == "…k1a7"
     assert render.mask_key("sk-live-secret-9f2c") == "…9f2c"
     stats = BudgetStats("key", "openai sk-live-secret-9f2c", 500, 10, None, 0, None, 0, None, 0, 0.0)
-    assert "secret" not in render.budgets_html([stats]) and "…9f2c" in render.budgets_html([stats])
+    per_model = BudgetStats("model-key", "openai/gpt-4.1 sk-live-secret-9f2c", 500, 10, None, 0, None, 0, None, 0, 0.0)
+    page = render.budgets_html([stats, per_model])
+    assert "secret" not in page and "openai …9f2c" in page and "openai/gpt-4.1 …9f2c" in page
+
+
+def test_model_budgets_shown_are_the_fullest_and_the_cooling() -> None:
+    def model(name: str, used: float, cooldown: float = 0.0) -> BudgetStats:
+        return BudgetStats("model", name, 10, used, None, 0, None, 0, None, 0, cooldown)
+
+    budgets = [model(f"p/m{i}", i) for i in range(10)] + [model("p/idle", 0, cooldown=5.0)]
+    page = render.budgets_html(budgets)
+    shown = sorted((page.index(f"p/m{i}<"), i) for i in range(10) if f"p/m{i}<" in page)
+    assert [i for _, i in shown] == list(range(9, 9 - render.MAX_MODEL_BUDGETS, -1))  # fullest first
+    assert "p/idle" in page and "cooldown 5.0 s" in page
 
 
 def test_utilization_bars_turn_amber_then_red_near_a_limit_and_show_cooldowns() -> None:

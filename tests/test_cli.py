@@ -1,0 +1,77 @@
+"""The nbfanout command against a real sandbox over loopback, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+MODELS = "openai/gpt-4.1,gemini/gemini-2.5-flash,openrouter/meta-llama/llama-4-scout"
+
+
+def nbfanout(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "NBFANOUT_STATE": os.devnull}
+    return subprocess.run([sys.executable, "-m", "nbfanout", *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def config_file(sandbox, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "nbfanout.toml"
+    sandbox.write_config(path)
+    return path
+
+
+def test_run_json_reports_every_model_with_status_tokens_and_attempts(config_file):
+    out = nbfanout("run", "--config", str(config_file), "--models", MODELS, "--prompt", "Say hi", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [m["requested"] for m in doc["models"]] == MODELS.split(",")
+    for m in doc["models"]:
+        assert m["status"] == "ok" and m["output_tokens"] > 0 and m["attempts"] == 1 and m["error_category"] is None
+
+
+def test_dry_run_sends_nothing_and_names_missing_keys(config_file, sandbox, tmp_path):
+    without_gemini_key = re.sub(r'api_key = "AIza[^"]*"', 'api_key_env = "NO_SUCH_VAR"', config_file.read_text())
+    path = tmp_path / "nbfanout.toml"
+    path.write_text(without_gemini_key)
+    sandbox.reset()
+    out = nbfanout("run", "--config", str(path), "--models", MODELS, "--prompt", "hi", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
+    assert "NO KEY (set NO_SUCH_VAR" in lines["gemini/gemini-2.5-flash"]
+    assert "key …" in lines["openai/gpt-4.1"]
+    assert "lower bound by limits" in out.stdout
+    assert sandbox.stats()["totals"]["requests"] == 0
+
+
+def test_a_model_without_a_key_fails_alone_and_partial_success_sets_the_exit_status(config_file, tmp_path):
+    path = tmp_path / "nbfanout.toml"
+    path.write_text(re.sub(r'api_key = "AIza[^"]*"', 'api_key_env = "NO_SUCH_VAR"', config_file.read_text()))
+    args = ("run", "--config", str(path), "--models", MODELS, "--prompt", "hi", "--json")
+    strict = nbfanout(*args)
+    assert strict.returncode == 1
+    doc = {m["requested"]: m for m in json.loads(strict.stdout)["models"]}
+    assert doc["gemini/gemini-2.5-flash"]["error_category"] == "missing_key"
+    assert "NO_SUCH_VAR" in doc["gemini/gemini-2.5-flash"]["provider_message"]
+    assert doc["openai/gpt-4.1"]["status"] == "ok"
+    assert nbfanout(*args, "--partial-success-ok").returncode == 0
+
+
+def test_unknown_model_fails_before_anything_is_sent(config_file):
+    out = nbfanout("run", "--config", str(config_file), "--models", MODELS + ",openai/gpt-4.1-nope", "--prompt", "x")
+    assert out.returncode == 2 and "openai/gpt-4.1" in out.stderr and "nbfanout models" in out.stderr
+
+
+def test_models_lists_usability_and_the_variable_to_set():
+    out = nbfanout("models", "--json", env={"OPENAI_API_KEY": "sk-test-abcd1234"})
+    rows = {r["model"]: r for r in json.loads(out.stdout)}
+    assert rows["openai/gpt-4.1"]["usable"] and "…1234" in rows["openai/gpt-4.1"]["why"]
+    assert "sk-test-abcd1234" not in out.stdout
+    assert not rows["gemini/gemini-2.5-flash"]["usable"] if "gemini/gemini-2.5-flash" in rows else True
+    anthropic = next(r for name, r in rows.items() if name.startswith("anthropic/"))
+    assert not anthropic["usable"] and "ANTHROPIC_API_KEY" in anthropic["why"]

@@ -296,8 +296,8 @@ class FanoutMagics(Magics):
         if kind == "widgets":
             from nbfanout.notebook.dashboard import Dashboard
 
-            view = Dashboard(req.names, stream=req.stream, expected_chars=4 * req.params["max_tokens"]
-                             if "max_tokens" in req.params else None, background=req.background)
+            expected = 4 * req.params["max_tokens"] if "max_tokens" in req.params else None  # ~4 characters a token
+            view = Dashboard(req.names, stream=req.stream, expected_chars=expected, background=req.background)
             view.display()
         elif kind == "text":
             from nbfanout.notebook.dashboard import TextProgress

@@ -152,6 +152,10 @@ class Adapter(abc.ABC):
     ) -> ChatResponse:
         """Send one chat request; with ``stream=True`` read SSE and call ``on_delta`` per fragment."""
 
+    @abc.abstractmethod
+    async def list_models(self, client: httpx.AsyncClient, endpoint: Endpoint) -> list[str]:
+        """The model ids the key can use: the cheap call ``nbfanout doctor`` validates keys with."""
+
     async def transcribe(
         self,
         client: httpx.AsyncClient,

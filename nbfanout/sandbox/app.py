@@ -29,7 +29,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -44,7 +44,16 @@ from nbfanout.sandbox import wire_anthropic, wire_gemini, wire_openai
 from nbfanout.sandbox.faults import FaultBook
 from nbfanout.sandbox.ledger import Ledger
 from nbfanout.sandbox.limits import Limiter, Pool, WindowView
-from nbfanout.sandbox.scenario import Fault, KeySpec, ModelSpec, ProviderSpec, Scenario, load_scenario, mask_key
+from nbfanout.sandbox.scenario import (
+    Fault,
+    KeySpec,
+    ModelSpec,
+    ProviderSpec,
+    Scenario,
+    load_scenario,
+    mask_key,
+    parse_scenario,
+)
 from nbfanout.sandbox.text import (
     answer_text,
     judge_verdict,
@@ -575,18 +584,21 @@ async def sandbox_health(request: Request) -> Response:
 
 
 def create_app(
-    scenario: Scenario | str = "seed15",
+    scenario: Scenario | str | Mapping[str, Any] = "seed15",
     *,
     clock: Callable[[], float] | None = None,
     time_scale: float | None = None,
     wall: Callable[[], float] | None = None,
 ) -> Starlette:
-    """The sandbox ASGI app for ``scenario`` (a Scenario, built-in name or TOML path).
+    """The sandbox ASGI app for ``scenario`` (a Scenario, built-in name, TOML path or schema dict).
 
     ``app.state.sandbox`` is its SandboxState. ``clock`` replaces ``time.monotonic`` for
     limit windows and the ledger; ``time_scale`` overrides the scenario's (0: no sleeping).
     """
-    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    if isinstance(scenario, Mapping):
+        sc = parse_scenario(scenario, source="<dict scenario>")
+    else:
+        sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     routes = [
         Route("/_sandbox/stats", sandbox_stats, methods=["GET"]),
         Route("/_sandbox/reset", sandbox_reset, methods=["POST"]),

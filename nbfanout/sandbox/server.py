@@ -119,7 +119,7 @@ class Sandbox:
 
 
 def start_sandbox(
-    scenario: Scenario | str = "seed15",
+    scenario: Scenario | str | Mapping[str, Any] = "seed15",
     *,
     host: str = "127.0.0.1",
     port: int = 0,

@@ -100,7 +100,7 @@ def expected(style: str, kind: str) -> tuple[int, Callable[[httpx.Response], boo
 
 
 @pytest.mark.parametrize("style", STYLES)
-@pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k not in ("slow", "drop", "malformed")])
+@pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k not in ("slow", "drop", "malformed", "empty_answer")])
 async def test_refusing_fault_has_the_providers_status_and_body(
     sandbox_app_factory: Callable[..., Any], style: str, kind: str
 ) -> None:
@@ -164,6 +164,20 @@ def test_slow_over_real_http_trips_a_client_timeout(storm_sandbox: Sandbox) -> N
     with pytest.raises(httpx.ReadTimeout):
         httpx.request(**req, timeout=0.5)
     assert httpx.request(**req, timeout=10).status_code == 200  # the retry is answered normally
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_empty_answer_is_a_200_with_no_text(sandbox_app_factory: Callable[..., Any], style: str) -> None:
+    sbx = sandbox_app_factory(fault_scenario(), time_scale=0.0)
+    name = f"{style}/m-empty_answer"
+    async with sbx.client() as c:
+        request = chat_request(sbx.config, name, key=KEYS[style])
+        first = await c.request(**request)
+        second = await c.request(**request)
+    wire = {"anthropic": "anthropic", "gemini": "gemini"}.get(style, "openai")
+    assert first.status_code == second.status_code == 200
+    assert answer_of(wire, first.json()) == ""
+    assert answer_of(wire, second.json()) != ""  # first_n = 1: only the first comes back empty
 
 
 def test_storm_has_every_fault_kind_on_every_wire() -> None:

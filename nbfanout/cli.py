@@ -12,24 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import FanoutError, UsageError
 
 __all__ = ["main"]
-
-
-def _parse_provider_rpm(text: str | None) -> dict[str, float]:
-    """``openai:1000,gemini:60`` → {"openai": 1000.0, "gemini": 60.0}."""
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        provider, sep, value = part.partition(":")
-        try:
-            rpm = float(value)
-            if not sep or not provider or rpm <= 0:
-                raise ValueError
-        except ValueError:
-            raise UsageError(f"--provider-rpm: expected provider:N pairs like openai:500,gemini:60, found {part!r}") from None
-        out[provider] = rpm
-    return out
 
 
 class TerminalProgress:
@@ -113,7 +99,7 @@ async def _run(args: argparse.Namespace) -> int:
     for f in args.file or []:
         prompt += f"\n\n--- {f} ---\n" + Path(f).read_text(encoding="utf-8", errors="replace")
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
-    fx = Fanout(args.config, provider_rpm=_parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
+    fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
     if args.dry_run:
         plan = fx.plan(prompt, models, pool=args.pool, max_tokens=args.max_tokens)
         for row in plan.rows:

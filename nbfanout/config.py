@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nbfanout.catalog import CAPABILITIES, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
-from nbfanout.core.errors import ConfigError, UnknownModelError
+from nbfanout.core.errors import ConfigError, UnknownModelError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +31,7 @@ __all__ = [
     "Defaults",
     "ProviderConfig",
     "load_config",
+    "parse_provider_rpm",
 ]
 
 DEFAULT_FILE = "nbfanout.toml"
@@ -416,3 +417,18 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
         pools={k: tuple(v) for k, v in pools.items()},
         source=where,
     )
+
+
+def parse_provider_rpm(text: str | None) -> dict[str, float]:
+    """``openai:1000,gemini:60`` → {"openai": 1000.0, "gemini": 60.0}."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        provider, sep, value = part.partition(":")
+        try:
+            rpm = float(value)
+            if not sep or not provider or rpm <= 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--provider-rpm: expected provider:N pairs like openai:500,gemini:60, found {part!r}") from None
+        out[provider] = rpm
+    return out

@@ -169,6 +169,11 @@ class FanoutResult:
         (out / "results.json").write_text(self.to_json(), encoding="utf-8")
         return out
 
+    def _repr_html_(self) -> str:
+        from nbfanout.notebook.display import result_html  # lazy: the core never imports UI code
+
+        return result_html(self)
+
     def __repr__(self) -> str:
         return (
             f"<FanoutResult {len(self.succeeded)}/{len(self.results)} ok in {self.elapsed_s:.2f}s, "
@@ -222,6 +227,11 @@ class BatchResult:
 
     def to_dataframe(self) -> Any:
         return _records_to_dataframe(self.to_records())
+
+    def _repr_html_(self) -> str:
+        from nbfanout.notebook.display import batch_html  # lazy: the core never imports UI code
+
+        return batch_html(self)
 
     def __repr__(self) -> str:
         ok = sum(1 for r in self.results if r.ok)

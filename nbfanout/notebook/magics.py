@@ -31,6 +31,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import Image, Markdown, display
 
+from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import ConfigError, ErrorCategory, ErrorInfo
 from nbfanout.core.errors import UsageError as FanoutUsageError
 from nbfanout.core.fanout import Fanout
@@ -118,13 +119,6 @@ def fill_prompt(template: str, namespace: Mapping[str, Any], *, join_lists: bool
         return filler.vformat(template, (), namespace)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"could not fill {{...}} from the notebook: {type(exc).__name__}: {exc}") from None
-
-
-def _parse_provider_rpm(text: str | None) -> dict[str, float]:
-    """``openai:500,gemini:60`` → {"openai": 500.0, "gemini": 60.0} (the CLI's syntax)."""
-    from nbfanout.cli import _parse_provider_rpm as parse
-
-    return parse(text)
 
 
 @contextmanager
@@ -363,7 +357,7 @@ class FanoutMagics(Magics):
             if not img.startswith(("http://", "https://", "data:")) and not Path(img).expanduser().is_file():
                 raise UsageError(f"--image {img}: no such file (or pass an http(s) URL)")
         with _clean_errors():
-            provider_rpm = _parse_provider_rpm(args.provider_rpm)
+            provider_rpm = parse_provider_rpm(args.provider_rpm)
         fx = self.fanout_for(args.config, provider_rpm or None, args.concurrency)
         system = args.system or None
         params: dict[str, Any] = {}

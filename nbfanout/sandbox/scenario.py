@@ -339,7 +339,8 @@ class Scenario:
                 adv = m.limits.advertised()
                 if adv:
                     models[f"{p.id}/{m.id}"] = adv
-        return {"providers": providers, "models": models}
+        # Limits learned from a simulated provider must not be saved where real runs would read them.
+        return {"defaults": {"learn_limits": False}, "providers": providers, "models": models}
 
     def public_dict(self) -> dict[str, Any]:
         """The scenario as plain data with every key masked to its last four characters."""

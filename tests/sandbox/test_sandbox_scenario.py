@@ -94,7 +94,8 @@ def test_more_validation() -> None:
 
 def test_client_config_has_nbfanouts_shape_and_only_advertised_limits() -> None:
     cfg = load_scenario("storm").client_config("http://127.0.0.1:9/")
-    assert set(cfg) == {"providers", "models"}
+    assert set(cfg) == {"defaults", "providers", "models"}
+    assert cfg["defaults"] == {"learn_limits": False}  # sandbox limits never reach the real state file
     openai = cfg["providers"]["openai"]
     assert openai["kind"] == "openai" and openai["base_url"] == "http://127.0.0.1:9/openai/v1"
     assert openai["api_key"][0] == "sk-sbx-storm-openai-oa01" and len(openai["api_key"]) == 4

@@ -10,12 +10,12 @@ precise category. Every attempt is recorded; every step is an event.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import math
 import re
-import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +56,7 @@ from nbfanout.core.limits import Budget, BudgetSet, LearnedLimits
 from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResult, Score
 from nbfanout.core.retry import RetryPolicy
 from nbfanout.core.rotation import Choice, Router, auto_pool
+from nbfanout.core.sync import run_coroutine_sync
 from nbfanout.core.tokens import estimate_request_tokens
 from nbfanout.providers import adapter_for
 from nbfanout.providers.base import ChatRequest, ChatResponse, ImagePart, Message, TranscriptionRequest
@@ -120,6 +121,12 @@ class _Run:
     released: asyncio.Event = field(default_factory=asyncio.Event)
     # provider id -> one future per request in flight there, done when that request ends
     busy: dict[str, set[asyncio.Future[None]]] = field(default_factory=dict)
+    # request id -> its attempts so far, so a cancelled request still shows what it did
+    attempts: dict[str, list[Attempt]] = field(default_factory=dict)
+
+
+#: The run the current task belongs to: tasks inherit it, so several runs on one Fanout never mix.
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("nbfanout_run", default=None)
 
 
 class Fanout:
@@ -161,7 +168,6 @@ class Fanout:
         cache_on = d.cache if cache is None else bool(cache)
         cache_path = cache if isinstance(cache, (str, Path)) else d.cache_path
         self.cache = ResponseCache(Path(cache_path) if cache_path else None) if cache_on else None
-        self._run: _Run | None = None
         self._input_ratio: dict[str, float] = {}  # reported / estimated prompt tokens, per model
         self._partial: dict[tuple[int, str], ModelResult] = {}
         self.last_result: FanoutResult | BatchResult | None = None
@@ -189,8 +195,13 @@ class Fanout:
         **params: Any,
     ) -> FanoutResult:
         """Send ``prompt`` to every model at once; one ModelResult per requested model, in order."""
-        batch = await self._batch([prompt], models, pool=pool, system=system, images=images, fallbacks=fallbacks,
-                                  stream=stream, timeout=timeout, concurrency=None, judge=None, params=params)
+        try:
+            batch = await self._batch([prompt], models, pool=pool, system=system, images=images, fallbacks=fallbacks,
+                                      stream=stream, timeout=timeout, concurrency=None, judge=None, params=params)
+        except asyncio.CancelledError:
+            if isinstance(self.last_result, BatchResult):
+                self.last_result = self.last_result.rows[0]  # what had finished, the rest marked cancelled
+            raise
         result = batch.rows[0]
         result = replace(result, elapsed_s=batch.elapsed_s)
         self.last_result = result
@@ -383,7 +394,7 @@ class Fanout:
         run_budget = self.budgets.budget("run", f"run-{uuid.uuid4().hex[:6]}", concurrency=concurrency or self.concurrency)
         async with self._client() as client:
             run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), client=client)
-            self._run = run
+            token = _RUN.set(run)
             self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
             ticker = asyncio.ensure_future(self._utilization_ticker(run))
             # with a pool, each request may be answered by any model of the pool; with models, only by itself
@@ -418,9 +429,12 @@ class Fanout:
                 for w in workers:
                     w.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
-                self.last_result = self._collect(prompts, names, jobs, [
-                    r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0]) for j, r in enumerate(results)], run)
-                self._emit(RunCompleted, succeeded=0, failed=0, elapsed_s=self.clock.now() - run.t0, cancelled=True)
+                partial = self._collect(prompts, names, jobs, [
+                    r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0], run) for j, r in enumerate(results)], run)
+                self.last_result = partial
+                ok = sum(1 for r in partial.results if r.ok)
+                self._emit(RunCompleted, succeeded=ok, failed=len(partial.results) - ok,
+                           elapsed_s=self.clock.now() - run.t0, cancelled=True)
                 raise
             finally:
                 for w in workers:
@@ -430,9 +444,10 @@ class Fanout:
                 self._emit_utilization()
                 if self.learned is not None:
                     self.learned.save()
+                _RUN.reset(token)
             batch = self._collect(prompts, names, jobs, done, run)
             ok = sum(1 for r in batch.results if r.ok)
-            self._emit(RunCompleted, succeeded=ok, failed=len(batch.results) - ok, elapsed_s=batch.elapsed_s)
+            self._emit(RunCompleted, run, succeeded=ok, failed=len(batch.results) - ok, elapsed_s=batch.elapsed_s)
             return batch
 
     def _collect(self, prompts: list[str], names: list[str], jobs: list[tuple[int, str, list[str]]],
@@ -465,7 +480,7 @@ class Fanout:
                        run_budget: Budget, tag: str = "") -> ModelResult:
         req_id = f"{index}:{requested}{tag}"
         self._emit(ModelQueued, request=req_id, model=requested, prompt_index=index)
-        attempts: list[Attempt] = []
+        attempts = run.attempts.setdefault(req_id, [])
         messages = (Message("user", prompt, images),)
         needs = frozenset({"vision"}) if images else frozenset()
         first = self.config.models[candidates[0]]
@@ -540,6 +555,11 @@ class Fanout:
                 response, cached = await self._send(run, req_id, choice, request, stream, timeout)
             except ProviderError as exc:
                 info = exc.info
+            except asyncio.CancelledError:
+                attempts.append(Attempt(model.name, choice.key_id, start - run.t0, self.clock.now() - run.t0,
+                                        ErrorCategory.CANCELLED.value, message="cancelled while in flight",
+                                        in_flight=in_flight))
+                raise
             finally:
                 busy.discard(finished)
                 finished.set_result(None)
@@ -591,7 +611,9 @@ class Fanout:
                 self._emit(RetryScheduled, request=req_id, model=model.name, attempt=attempt_no, wait_s=wait,
                            category=info.category.value, reason=reason)
                 if drain:
+                    began = self.clock.now()
                     await asyncio.wait(drain, timeout=wait)
+                    attempts[-1] = replace(attempts[-1], wait_s=self.clock.now() - began)  # the wait it really took
                 elif info.category not in (ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED):
                     await self.clock.sleep(wait)  # refusals wait through their budget's cooldown instead
 
@@ -711,8 +733,8 @@ class Fanout:
         limits = httpx.Limits(max_connections=max(64, self.concurrency * 2), max_keepalive_connections=32)
         return httpx.AsyncClient(transport=self._transport, limits=limits, timeout=httpx.Timeout(self.retry.timeout_s))
 
-    def _emit(self, cls: type[Event], **fields: Any) -> None:
-        run = self._run
+    def _emit(self, cls: type[Event], run: _Run | None = None, **fields: Any) -> None:
+        run = run or _RUN.get()
         t = self.clock.now() - run.t0 if run else 0.0
         self.events.emit(cls(t=t, run_id=run.id if run else "", **fields))
 
@@ -773,41 +795,8 @@ def _image_part(image: str | Path | bytes | ImagePart) -> ImagePart:
     return ImagePart(data=path.read_bytes(), mime_type=mime)
 
 
-def _cancelled_result(name: str, index: int) -> ModelResult:
-    return ModelResult(requested=name, model=name, ok=False, prompt_index=index,
+def _cancelled_result(name: str, index: int, run: _Run) -> ModelResult:
+    attempts = tuple(run.attempts.get(f"{index}:{name}", ()))
+    return ModelResult(requested=name, model=attempts[-1].model if attempts else name, ok=False, prompt_index=index,
+                       attempts=attempts,
                        error=ErrorInfo(ErrorCategory.CANCELLED, False, "cancelled before an answer arrived"))
-
-
-# --- the one sync edge --------------------------------------------------------------------------
-_loop_thread: threading.Thread | None = None
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def background_loop() -> asyncio.AbstractEventLoop:
-    """nbfanout's own event loop on a daemon thread (used when the caller's thread already runs a loop)."""
-    global _loop, _loop_thread
-    with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            _loop = asyncio.new_event_loop()
-            _loop_thread = threading.Thread(target=_loop.run_forever, name="nbfanout-loop", daemon=True)
-            _loop_thread.start()
-        return _loop
-
-
-def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from sync code; Ctrl-C cancels it cleanly and re-raises KeyboardInterrupt."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    future = asyncio.run_coroutine_threadsafe(coro, background_loop())
-    try:
-        return future.result()
-    except KeyboardInterrupt:
-        future.cancel()
-        try:
-            future.result(timeout=10)
-        except BaseException:  # noqa: BLE001 - the cancellation itself is expected here
-            pass
-        raise

@@ -420,13 +420,14 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
             state.ledger.fault(c.entities, "slow")
             latency = max(latency, fault.delay_s or 0.0)
         headers = mod.rate_headers(ctx, c.views)
-        if not call.stream:
-            await state.sleep(latency)
+        if not call.stream or (route_wire == "gemini" and stream_mode == "array"):
+            if not await _sleep_unless_client_leaves(request, state, latency):
+                state.ledger.reject(c.entities, "client_closed")
+                return Response(status_code=499)  # nobody is listening; the lease is released below
             c.accept()
+        if not call.stream:
             return _json(mod.render_success(ctx, text, usage), headers=headers)
         if route_wire == "gemini" and stream_mode == "array":
-            await state.sleep(latency)
-            c.accept()
             body_text = wire_gemini.array_body(ctx, chunk_text(text), usage)
             return Response(body_text, headers=headers, media_type="application/json")
         first, per_token = _latency_split(model, n_out, latency)
@@ -465,6 +466,24 @@ async def _stream(
         if not finished:
             state.ledger.reject(c.entities, "client_closed")
         lease.release()
+
+
+async def _sleep_unless_client_leaves(request: Request, state: SandboxState, seconds: float) -> bool:
+    """Wait out a simulated latency; False as soon as the client disconnects (a cancelled request)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    sleeper = asyncio.ensure_future(state.sleep(seconds))
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, watcher):
+            task.cancel()
+        await asyncio.gather(sleeper, watcher, return_exceptions=True)
+    return sleeper in done
 
 
 async def openai_chat(request: Request) -> Response:

@@ -152,15 +152,22 @@ async def test_without_fallbacks_a_listed_model_is_never_substituted(sandbox_app
 async def test_cancelling_a_run_cancels_every_request_and_keeps_what_finished(sandbox_app_factory):
     app = virtual_sandbox(sandbox_app_factory)
     fx = fanout_for(app)
+    events: list[Event] = []
+    fx.subscribe(events.append)
     task = asyncio.ensure_future(fx.run("Hello", SEED15))
     await asyncio.sleep(2.0)  # the fast models have answered, the slow ones are in flight
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     partial = fx.last_result
-    states = {r.requested: (r.ok, r.category) for r in partial.rows[0]}
+    states = {r.requested: (r.ok, r.category) for r in partial}
     assert any(ok for ok, _ in states.values())
-    assert any(cat == "cancelled" for _, cat in states.values())
+    cancelled = [r for r in partial if r.category == "cancelled"]
+    assert cancelled
+    # a request cancelled in flight keeps its attempt, so timelines can draw it
+    assert any(r.attempts and r.attempts[-1].outcome == "cancelled" for r in cancelled)
+    completed = [e for e in events if e.kind == "run_completed"]
+    assert completed[-1].cancelled and completed[-1].succeeded == sum(ok for ok, _ in states.values())
     await asyncio.sleep(0.1)
     assert app.stats()["totals"]["in_flight"] == 0
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()] == []
@@ -326,3 +333,19 @@ async def test_transcribe_prefers_groq_then_round_robins_and_skips_files_over_a_
                          transport=app.transport(), learn=False, env={})
     refused = await only_openai.transcribe(big, models=models)
     assert not refused.ok and "25 MB" in refused.error.message and "GROQ_API_KEY" in refused.error.message
+
+
+@pytest.mark.looptime
+async def test_two_runs_on_one_fanout_at_once_keep_their_events_apart(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(app)
+    events: list[Event] = []
+    fx.subscribe(events.append)
+    first, second = await asyncio.gather(fx.run("one", ["openai/gpt-4.1"]), fx.run("two", ["gemini/gemini-2.5-flash"]))
+    assert first[0].ok and second[0].ok
+    runs = {e.run_id for e in events if e.kind == "run_started"}
+    assert len(runs) == 2
+    for e in events:
+        if e.kind == "model_completed":
+            started = next(s for s in events if s.kind == "run_started" and s.run_id == e.run_id)
+            assert e.requested in started.models

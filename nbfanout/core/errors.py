@@ -17,9 +17,7 @@ failure (or no response at all: ``status=None``) into a category from ``ErrorCat
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 __all__ = [
     "ConfigError",

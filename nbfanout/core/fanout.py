@@ -15,7 +15,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +30,6 @@ from nbfanout.core.errors import (
     ErrorCategory,
     ErrorInfo,
     ProviderError,
-    UnknownModelError,
     UsageError,
     classify_error,
 )

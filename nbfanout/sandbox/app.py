@@ -538,7 +538,8 @@ async def openai_transcriptions(request: Request) -> Response:
         fault = state.faults.pick(provider, model, "post")
         if fault is not None and fault.kind == "empty_answer":
             state.ledger.fault(c.entities, "empty_answer")
-            text, usage, fault = "", Usage(input_tokens, 0, "stop"), None
+            body, media = wire_openai.transcription_reply(fields, "", duration_s=len(fields["file"]) / 16000.0)
+            fault = None
         if fault is not None and fault.kind != "slow":
             await state.sleep(fault.delay_s if fault.delay_s is not None else latency)
             if fault.kind == "drop":

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import pytest
 import pytest_asyncio
 
 from _provider_replay import Recorder

@@ -39,7 +39,7 @@ def limit_refusals(stats: dict[str, Any]) -> dict[str, int]:
 
 
 @pytest.mark.looptime
-@pytest.mark.parametrize("run", range(5))
+@pytest.mark.parametrize("run", range(20))
 async def test_seed15_all_fifteen_answer_without_a_single_limit_refusal(sandbox_app_factory, run):
     app = virtual_sandbox(sandbox_app_factory)
     fx = fanout_for(app)

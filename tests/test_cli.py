@@ -75,3 +75,15 @@ def test_models_lists_usability_and_the_variable_to_set():
     assert not rows["gemini/gemini-2.5-flash"]["usable"] if "gemini/gemini-2.5-flash" in rows else True
     anthropic = next(r for name, r in rows.items() if name.startswith("anthropic/"))
     assert not anthropic["usable"] and "ANTHROPIC_API_KEY" in anthropic["why"]
+
+
+def test_doctor_validates_every_key_with_a_cheap_call_and_names_the_bad_ones(storm_sandbox, tmp_path):
+    path = storm_sandbox.write_config(tmp_path / "nbfanout.toml")
+    out = nbfanout("doctor", "--config", str(path))
+    assert out.returncode == 1  # storm has revoked and exhausted keys
+    lines = out.stdout.splitlines()
+    revoked = [line for line in lines if "…oa03" in line]
+    assert revoked and "✗" in revoked[0] and "auth" in revoked[0]
+    good = [line for line in lines if "…oa01" in line]
+    assert good and "✓" in good[0] and "valid" in good[0]
+    assert "sk-sbx-storm-openai-revoked" not in out.stdout  # only the last four characters are shown

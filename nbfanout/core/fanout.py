@@ -168,7 +168,6 @@ class Fanout:
         cache_path = cache if isinstance(cache, (str, Path)) else d.cache_path
         self.cache = ResponseCache(Path(cache_path) if cache_path else None) if cache_on else None
         self._input_ratio: dict[str, float] = {}  # reported / estimated prompt tokens, per model
-        self._partial: dict[tuple[int, str], ModelResult] = {}
         self.last_result: FanoutResult | BatchResult | None = None
 
     # --- public API -------------------------------------------------------------------------
@@ -390,20 +389,21 @@ class Fanout:
                 self.config.model(a)
         max_tokens = params.pop("max_tokens", None)
         temperature = params.pop("temperature", None)
-        run_budget = self.budgets.budget("run", f"run-{uuid.uuid4().hex[:6]}", concurrency=concurrency or self.concurrency)
+        # the run's own in-flight cap; not registered with the budget set, so it ends with the run
+        run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock)
         async with self._client() as client:
             run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), client=client)
             token = _RUN.set(run)
             self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
             ticker = asyncio.ensure_future(self._utilization_ticker(run))
             # with a pool, each request may be answered by any model of the pool; with models, only by itself
-            jobs: list[tuple[int, str, list[str]]] = []
-            for i in range(len(prompts)):
-                for name in names:
-                    cands = list(names) if pooled else [name, *fallbacks.get(name, [])]
-                    if pooled:
-                        cands = names[names.index(name):] + names[:names.index(name)]
-                    jobs.append((i, name, cands))
+            jobs = [
+                (i, name, names[k:] + names[:k] if pooled else [name, *fallbacks.get(name, [])])
+                for i in range(len(prompts))
+                for k, name in enumerate(names)
+            ]
+            for i, name, _ in jobs:
+                self._emit(ModelQueued, request=f"{i}:{name}", model=name, prompt_index=i)
             results: list[Any] = [None] * len(jobs)
 
             async def lane(queue: list[int]) -> None:
@@ -478,7 +478,8 @@ class Fanout:
                        temperature: float | None, params: dict[str, Any], stream: bool, timeout: float | None,
                        run_budget: Budget, tag: str = "") -> ModelResult:
         req_id = f"{index}:{requested}{tag}"
-        self._emit(ModelQueued, request=req_id, model=requested, prompt_index=index)
+        if tag:  # batch jobs were announced when the batch was queued; extra requests (judging) now
+            self._emit(ModelQueued, request=req_id, model=requested, prompt_index=index)
         attempts = run.attempts.setdefault(req_id, [])
         messages = (Message("user", prompt, images),)
         needs = frozenset({"vision"}) if images else frozenset()

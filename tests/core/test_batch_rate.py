@@ -75,4 +75,5 @@ async def test_500_prompts_by_5_models_run_at_95_percent_of_the_limits_without_r
         achieved = (len(times) - 1) / span_min
         share = achieved / allowed_per_minute(rpm, tpm)
         report.append((name, round(achieved, 1), round(share, 3)))
-        assert share >= 0.95, report
+    print("\nachieved requests/minute and share of what the limits allow:", report)  # shown with -s
+    assert all(share >= 0.95 for _, _, share in report), report

@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra
+	$(VENV)/bin/python -m pytest -q -ra --nbmake notebooks/
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts

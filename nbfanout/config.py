@@ -287,6 +287,8 @@ def _gather_keys(
     )
     variables = explicit_vars + [v for v in conventional + [f"{prefix}_API_KEY"] if v not in explicit_vars]
     keys: list[ApiKey] = [ApiKey(k, "config") for k in _listify(raw.get("api_key")) if k]
+    if keys:  # keys written into the config pin the endpoint to them (a local server, the sandbox)
+        return tuple(keys), tuple(explicit_vars or variables[:1])
     for var in variables + numbered:
         value = env.get(var, "").strip()
         if value and all(value != k.value for k in keys):

@@ -119,3 +119,9 @@ def test_explicit_pool_keeps_the_users_order():
     order = ["openai/gpt-4o", "openai/gpt-4.1"]
     config = load_config({"pools": {"research": {"models": order}}}, env={})
     assert list(config.pools["research"]) == order
+
+
+def test_keys_written_in_the_config_pin_the_provider_to_them():
+    env = {"OPENAI_API_KEY": "sk-real-key-9999"}
+    config = load_config({"providers": {"openai": {"api_key": ["sk-sbx-aaaa", "sk-sbx-bbbb"]}}}, env=env)
+    assert [k.id for k in config.providers["openai"].keys] == ["…aaaa", "…bbbb"]  # the real key is not sent there

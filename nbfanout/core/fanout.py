@@ -496,6 +496,9 @@ class Fanout:
         last_info: ErrorInfo | None = None
         selected: str | None = None
         attempt_no = 0
+        rotations = 0
+        tried: set[str] = set()
+        explored = False  # max_rotations reached: only models already tried remain candidates
         announced = False
         deadline = self.retry.deadline_s
         while True:
@@ -504,6 +507,9 @@ class Fanout:
                 info = last_info or ErrorInfo(ErrorCategory.TIMEOUT, False, f"deadline of {deadline:g}s passed before an answer")
                 return self._failed(req_id, requested, selected or requested, info, attempts, index, elapsed)
             order = self.router.circular(candidates, last_failed)
+            if explored:
+                # rotated enough: stop exploring and wait for the earliest of the models already tried
+                order = [m for m in order if m in tried]
             spec0 = self.config.models[order[0]]
             out_budget = max_tokens or self._default_max_tokens(spec0)
             prompt_tokens, _ = estimate_request_tokens(messages, system=system, encoding=spec0.tokenizer)
@@ -529,6 +535,7 @@ class Fanout:
                 continue
             announced = False
             model = choice.model
+            tried.add(model.name)
             if model.name != selected:
                 if selected is not None:
                     self._emit(ModelRotation, request=req_id, from_model=selected, to_model=model.name,
@@ -597,7 +604,10 @@ class Fanout:
             if drain:
                 wait, reason = self.retry.max_backoff_s, "until the provider's busy requests finish"
             self._learn_from_failure(choice, info, req_id, 0.0 if drain else wait)
-            may_rotate = len(candidates) > 1 and info.category in _ROTATE_ON
+            may_rotate = (len(candidates) > 1 and info.category in _ROTATE_ON
+                          and rotations < self.config.defaults.max_rotations)
+            rotations += may_rotate
+            explored = explored or (len(candidates) > 1 and not may_rotate and info.category in _ROTATE_ON)
             other_key = info.category in _KEY_FAULTS and any(
                 not self.router.key_budget(choice.provider, k).disabled for k in choice.provider.keys)
             if (may_rotate or other_key) and attempt_no < self.retry.max_attempts:

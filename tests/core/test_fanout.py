@@ -349,3 +349,39 @@ async def test_two_runs_on_one_fanout_at_once_keep_their_events_apart(sandbox_ap
         if e.kind == "model_completed":
             started = next(s for s in events if s.kind == "run_started" and s.run_id == e.run_id)
             assert e.requested in started.models
+
+
+ROTATION_LIMIT_SCENARIO = {
+    "name": "rotation-limit",
+    "seed": 4,
+    "providers": {
+        "openai": {
+            "style": "openai",
+            "keys": ["sk-sbx-rot-0001"],
+            "models": {
+                name: {"latency": {"base_ms": 100}, "output_tokens": [10, 20],
+                       "faults": [{"kind": "rate_limit_burst", "first_n": 1, "retry_after_s": 5}]}
+                for name in ("m1", "m2", "m3", "m4")
+            },
+        }
+    },
+}
+
+
+@pytest.mark.looptime
+async def test_after_max_rotations_it_waits_for_the_earliest_model_instead_of_failing(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, ROTATION_LIMIT_SCENARIO)
+    config = app.config
+    config["defaults"] = {"max_rotations": 2, "max_attempts": 6}
+    fx = Fanout(config, transport=app.transport(), learn=False)
+    events: list[Event] = []
+    fx.subscribe(events.append)
+    result = await fx.run("x", ["openai/m1"], fallbacks={"openai/m1": ["openai/m2", "openai/m3", "openai/m4"]})
+    answer = result[0]
+    assert answer.ok
+    moves = [(e.from_model, e.to_model) for e in events if e.kind == "model_rotation"]
+    # two rotations (m1→m2→m3), each refused; then it waited for the earliest cooldown (m1's 5 s)
+    # instead of trying m4 as well
+    assert moves == [("openai/m1", "openai/m2"), ("openai/m2", "openai/m3"), ("openai/m3", "openai/m1")]
+    assert [a.model for a in answer.attempts] == ["openai/m1", "openai/m2", "openai/m3", "openai/m1"]
+    assert answer.attempts[-1].start_s >= 5.0

@@ -203,9 +203,12 @@ async def _demo(args: argparse.Namespace) -> int:
         fx.subscribe(TerminalProgress(models))
         result = await fx.run("Suggest three ways to make a README easier to follow for a newcomer.", models)
         _summary_table(result, sys.stdout)
-        stats = sandbox.stats()
-        refused = stats.get("totals", {}).get("rejected", {}) if isinstance(stats, dict) else {}
-        print(f"sandbox ledger: refused {refused or 'nothing'}")
+        refused = sandbox.stats()["totals"]["rejected"]
+        limits = ("rpm", "tpm", "rpd", "concurrency")
+        for_limits = sum(v for k, v in refused.items() if k in limits)
+        faults = ", ".join(f"{v} {k}" for k, v in refused.items() if k not in limits)
+        print(f"sandbox ledger: {for_limits} requests refused for a rate limit"
+              + (f"; refused by the scenario's simulated faults: {faults}" if faults else ""))
         return 0 if result.succeeded else 1
 
 

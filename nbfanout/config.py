@@ -108,13 +108,6 @@ class Config:
         except KeyError:
             raise UnknownModelError(name, suggest(name, self.models)) from None
 
-    def provider_of(self, model: str) -> ProviderConfig:
-        return self.providers[self.model(model).provider]
-
-    def limits_for(self, model: str) -> Limits:
-        """The model's own limits (catalog, then config override); provider limits live on the provider."""
-        return self.model(model).limits
-
     def __repr__(self) -> str:
         keyed = sum(1 for p in self.providers.values() if p.has_key)
         return (

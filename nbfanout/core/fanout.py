@@ -749,7 +749,7 @@ class Fanout:
         self.events.emit(cls(t=t, run_id=run.id if run else "", **fields))
 
     def _emit_utilization(self) -> None:
-        self._emit(Utilization, budgets=tuple(s for s in self.budgets.statistics() if s.scope != "run"))
+        self._emit(Utilization, budgets=self.budgets.statistics())
 
     async def _utilization_ticker(self, run: _Run) -> None:
         while True:

@@ -296,9 +296,6 @@ class BudgetSet:
     def statistics(self) -> tuple[BudgetStats, ...]:
         return tuple(b.statistics() for b in self._budgets.values())
 
-    def __iter__(self):
-        return iter(self._budgets.values())
-
     def __repr__(self) -> str:
         return f"<BudgetSet {len(self._budgets)} budgets>"
 

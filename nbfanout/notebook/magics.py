@@ -526,8 +526,7 @@ class FanoutMagics(Magics):
         sections = []
         texts = []
         for _, fx in held:
-            stats = call_in_loop(fx.statistics)
-            budgets = [s for s in stats if s.scope != "run"]
+            budgets = list(call_in_loop(fx.statistics))
             running = [j for j in self._jobs.values() if not j.done()]
             title = f"{fx.config.source}" + (f" · {len(running)} background run(s) going" if running else "")
             sections.append((title, budgets))

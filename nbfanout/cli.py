@@ -115,8 +115,10 @@ async def _run(args: argparse.Namespace) -> int:
     if args.max_tokens:
         params["max_tokens"] = args.max_tokens
     result = await fx.run(prompt, models, pool=args.pool, timeout=args.timeout, **params)
-    if args.synthesize:
+    if args.synthesize and result.succeeded:
         result = await fx.synthesize(result, args.synthesize)
+    elif args.synthesize:
+        print(f"nbfanout: no model answered, so nothing was synthesized by {args.synthesize}", file=sys.stderr)
     if args.out:
         result.save(args.out)
     if args.json:

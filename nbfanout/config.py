@@ -9,6 +9,7 @@ what was expected. API keys come from the config (``api_key``), the variables na
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 from nbfanout.catalog import CAPABILITIES, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
 from nbfanout.core.errors import ConfigError, UnknownModelError, UsageError
+from nbfanout.core._classify import redact_keys  # after errors: _classify needs its types
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,6 +66,7 @@ class Defaults:
     deadline_s: float | None = None
     max_rotations: int = 8
     max_backoff_s: float = 30.0
+    max_wait_s: float = 600.0
     base_backoff_s: float = 0.5
     provider_order: tuple[str, ...] = ()
     cache: bool = False
@@ -151,10 +154,12 @@ class _Problems:
 
 
 def _shown(value: Any) -> str:
+    """A found value for an error message; anything that could be a secret is described, not shown."""
     if isinstance(value, bool):
         return f"{str(value).lower()} (boolean)"
     if isinstance(value, str):
-        return f"{value!r} (string)" if len(value) < 40 else f"a {len(value)}-character string"
+        secret_like = len(value) >= 20 or redact_keys(value) != value
+        return f"a {len(value)}-character string" if secret_like else f"{value!r} (string)"
     if isinstance(value, Mapping):
         return "a table"
     if isinstance(value, list):
@@ -185,7 +190,16 @@ def _is(kind: type) -> Any:
 
 
 def _positive(v: Any) -> bool:
-    return isinstance(v, _NUM) and not isinstance(v, bool) and v > 0
+    return isinstance(v, _NUM) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _at_least_one(v: Any) -> bool:
+    return _positive(v) and v >= 1
+
+
+def _env_names(v: Any) -> bool:
+    names = [v] if isinstance(v, str) else v
+    return isinstance(names, list) and all(isinstance(n, str) and re.fullmatch(r"[A-Z_][A-Z0-9_]*", n) for n in names)
 
 
 def _positive_int(v: Any) -> bool:
@@ -205,9 +219,9 @@ def _url(v: Any) -> bool:
 
 
 _LIMIT_SPEC: dict[str, tuple[Any, str]] = {
-    "rpm": (_positive, "a positive number (requests per minute)"),
-    "tpm": (_positive, "a positive number (tokens per minute)"),
-    "rpd": (_positive, "a positive number (requests per day)"),
+    "rpm": (_at_least_one, "a finite number ≥ 1 (requests per minute)"),
+    "tpm": (_at_least_one, "a finite number ≥ 1 (tokens per minute)"),
+    "rpd": (_at_least_one, "a finite number ≥ 1 (requests per day)"),
     "concurrency": (_positive_int, "a positive integer (requests in flight)"),
 }
 
@@ -218,6 +232,7 @@ _DEFAULTS_SPEC: dict[str, tuple[Any, str]] = {
     "deadline_s": (_positive, "a positive number of seconds"),
     "max_rotations": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
     "max_backoff_s": (_positive, "a positive number of seconds"),
+    "max_wait_s": (_positive, "a positive number of seconds (longest provider-requested wait to honour)"),
     "base_backoff_s": (_positive, "a positive number of seconds"),
     "provider_order": (_str_list, "a list of provider ids"),
     "cache": (_is(bool), "true or false"),
@@ -228,11 +243,11 @@ _DEFAULTS_SPEC: dict[str, tuple[Any, str]] = {
 
 _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {
     **_LIMIT_SPEC,
-    "kind": (lambda v: v in WIRES, f"one of {sorted(WIRES)} (the wire format)"),
+    "kind": (lambda v: isinstance(v, str) and v in WIRES, f"one of {sorted(WIRES)} (the wire format)"),
     "name": (_is(str), "a display name"),
     "base_url": (_url, "an http(s) URL such as 'http://127.0.0.1:8765/v1'"),
     "api_key": (_str_or_list, "a key string or a list of key strings"),
-    "api_key_env": (_str_or_list, "an environment variable name or a list of them"),
+    "api_key_env": (_env_names, "the NAME of an environment variable such as OPENAI_API_KEY (not the key itself), or a list of names"),
     "models": (_str_list, "a list of model ids served by this provider"),
     "headers": (lambda v: isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "a table of strings"),
     "max_audio_mb": (_positive, "a positive number of megabytes"),
@@ -421,7 +436,7 @@ def parse_provider_rpm(text: str | None) -> dict[str, float]:
         provider, sep, value = part.partition(":")
         try:
             rpm = float(value)
-            if not sep or not provider or rpm <= 0:
+            if not sep or not provider or not math.isfinite(rpm) or rpm < 1:
                 raise ValueError
         except ValueError:
             raise UsageError(f"--provider-rpm: expected provider:N pairs like openai:500,gemini:60, found {part!r}") from None

@@ -64,6 +64,7 @@ __all__ = ["Fanout", "Plan", "PlanRow", "Transcription"]
 
 T = TypeVar("T")
 UTILIZATION_INTERVAL_S = 0.1  # at most ten utilization snapshots a second
+DEFAULT_MAX_TOKENS = 4096
 _ROTATE_ON = frozenset(
     {ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED, ErrorCategory.QUOTA_EXHAUSTED, ErrorCategory.SERVER_ERROR,
      ErrorCategory.TIMEOUT, ErrorCategory.NETWORK, ErrorCategory.AUTH, ErrorCategory.PERMISSION, ErrorCategory.NOT_FOUND}
@@ -154,8 +155,13 @@ class Fanout:
         self.clock = clock or LoopClock()
         self.retry = retry or RetryPolicy(
             max_attempts=d.max_attempts, timeout_s=d.timeout_s, deadline_s=d.deadline_s,
-            base_s=d.base_backoff_s, max_backoff_s=d.max_backoff_s,
+            base_s=d.base_backoff_s, max_backoff_s=d.max_backoff_s, max_wait_s=d.max_wait_s,
         )
+        if concurrency is not None and concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, got {concurrency}")
+        unknown = sorted(set(provider_rpm or {}) - set(self.config.providers))
+        if unknown:
+            raise UsageError(f"--provider-rpm names unknown provider(s) {unknown}; known: {', '.join(sorted(self.config.providers))}")
         self.concurrency = concurrency or d.concurrency
         self.events = EventBus()
         self._transport = transport
@@ -371,13 +377,16 @@ class Fanout:
         return list(self.config.pools[pool])
 
     def _default_max_tokens(self, spec: ModelSpec) -> int:
-        return min(spec.max_output_tokens or 1024, 1024)
+        """The output budget when the caller names none; it is sent, so TPM charges match the provider's."""
+        return min(spec.max_output_tokens or DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS)
 
     async def _batch(self, prompts: list[str], models: Sequence[str] | None, *, pool: str | None, system: str | None,
                      images: Sequence[Any], fallbacks: Mapping[str, Sequence[str]] | None, stream: bool,
                      timeout: float | None, concurrency: int | None, judge: str | None, params: dict[str, Any]) -> BatchResult:
         if not prompts:
             raise UsageError("no prompts to send")
+        if concurrency is not None and concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         parts = tuple(_image_part(i) for i in images)
         pooled = models is None
         names = self._resolve(models, pool, prompts[0], has_images=bool(parts))
@@ -406,12 +415,16 @@ class Fanout:
                 self._emit(ModelQueued, request=f"{i}:{name}", model=name, prompt_index=i)
             results: list[Any] = [None] * len(jobs)
 
+            scores: dict[int, Score | None] = {}
+
             async def lane(queue: list[int]) -> None:
                 while queue:
                     j = queue.pop(0)
                     i, name, cands = jobs[j]
-                    results[j] = await self._answer(run, i, name, cands, prompts[i], system, parts, max_tokens,
-                                                    temperature, params, stream, timeout, run_budget, judge)
+                    results[j] = await self._request(run, i, name, cands, prompts[i], system, parts, max_tokens,
+                                                     temperature, params, stream, timeout, run_budget)
+                    if judge is not None and results[j].ok:  # the answer is kept even if judging is cancelled
+                        scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget)
 
             # One lane of workers per requested model, as wide as that model may run at once: a model
             # that must wait for its limits never holds the workers that other models could use.
@@ -429,7 +442,8 @@ class Fanout:
                     w.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
                 partial = self._collect(prompts, names, jobs, [
-                    r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0], run) for j, r in enumerate(results)], run)
+                    r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0], run) for j, r in enumerate(results)],
+                    run, scores)
                 self.last_result = partial
                 ok = sum(1 for r in partial.results if r.ok)
                 self._emit(RunCompleted, succeeded=ok, failed=len(partial.results) - ok,
@@ -444,34 +458,20 @@ class Fanout:
                 if self.learned is not None:
                     self.learned.save()
                 _RUN.reset(token)
-            batch = self._collect(prompts, names, jobs, done, run)
+            batch = self._collect(prompts, names, jobs, done, run, scores)
             ok = sum(1 for r in batch.results if r.ok)
             self._emit(RunCompleted, run, succeeded=ok, failed=len(batch.results) - ok, elapsed_s=batch.elapsed_s)
             return batch
 
     def _collect(self, prompts: list[str], names: list[str], jobs: list[tuple[int, str, list[str]]],
-                 results: list[Any], run: _Run) -> BatchResult:
+                 results: list[ModelResult], run: _Run, scores: dict[int, Score | None]) -> BatchResult:
         rows: list[list[ModelResult]] = [[] for _ in prompts]
-        scores: dict[tuple[int, str], Score] = {}
-        for (i, name, _), res in zip(jobs, results):
-            result, score = res if isinstance(res, tuple) else (res, None)
+        for (i, _, _), result in zip(jobs, results):
             rows[i].append(result)
-            if score is not None:
-                scores[(i, name)] = score
+        by_model = {(jobs[j][0], jobs[j][1]): score for j, score in scores.items() if score is not None}
         elapsed = self.clock.now() - run.t0
         fan = tuple(FanoutResult(prompt=p, results=tuple(r), elapsed_s=elapsed) for p, r in zip(prompts, rows))
-        return BatchResult(prompts=tuple(prompts), models=tuple(names), rows=fan, elapsed_s=elapsed, scores=scores)
-
-    async def _answer(self, run: _Run, index: int, requested: str, candidates: list[str], prompt: str,
-                      system: str | None, images: tuple[ImagePart, ...], max_tokens: int | None,
-                      temperature: float | None, params: dict[str, Any], stream: bool, timeout: float | None,
-                      run_budget: Budget, judge: str | None) -> ModelResult | tuple[ModelResult, Score | None]:
-        result = await self._request(run, index, requested, candidates, prompt, system, images, max_tokens,
-                                     temperature, params, stream, timeout, run_budget)
-        if judge is None:
-            return result
-        score = await self._judge(run, index, judge, prompt, result, run_budget) if result.ok else None
-        return result, score
+        return BatchResult(prompts=tuple(prompts), models=tuple(names), rows=fan, elapsed_s=elapsed, scores=by_model)
 
     async def _request(self, run: _Run, index: int, requested: str, candidates: list[str], prompt: str,
                        system: str | None, images: tuple[ImagePart, ...], max_tokens: int | None,
@@ -520,7 +520,7 @@ class Fanout:
                 choice, wait = None, run_budget.wait_time(0)
             if choice is None:
                 if math.isinf(wait):
-                    info = self._nothing_usable(candidates, prompt_tokens, needs, last_info)
+                    info = self._nothing_usable(candidates, prompt_tokens, tokens, needs, last_info)
                     return self._failed(req_id, requested, selected or requested, info, attempts, index, self.clock.now() - t_start)
                 if not announced:  # once per wait, not on every wake-up
                     self._emit(NoModelsAvailableEvent, request=req_id, candidates=tuple(order), wait_s=wait)
@@ -549,7 +549,7 @@ class Fanout:
             in_flight = run.in_flight
             start = self.clock.now()
             self._emit(RequestStarted, request=req_id, model=model.name, key_id=choice.key_id, attempt=attempt_no, in_flight=in_flight)
-            request = ChatRequest(model=model.model_id, messages=messages, system=system, max_tokens=max_tokens,
+            request = ChatRequest(model=model.model_id, messages=messages, system=system, max_tokens=out_budget,
                                   temperature=temperature, extra=dict(params))
             response: ChatResponse | None = None
             info: ErrorInfo | None = None
@@ -559,7 +559,9 @@ class Fanout:
             others = set(busy)
             busy.add(finished)
             try:
-                response, cached = await self._send(run, req_id, choice, request, stream, timeout)
+                left = None if deadline is None else max(0.001, deadline - (start - t_start))
+                limit = min(x for x in (timeout or self.retry.timeout_s, left) if x is not None)
+                response, cached = await self._send(run, req_id, choice, request, stream, limit)
             except ProviderError as exc:
                 info = exc.info
             except asyncio.CancelledError:
@@ -682,30 +684,44 @@ class Fanout:
         elif cat == ErrorCategory.OVERLOADED:
             model_b.cool_down(wait)
         elif cat in _KEY_FAULTS:
-            key_b.disabled = f"{cat.value}: {info.message[:120]}"
+            # a quota or permission that names the model is that model's on this key (Gemini's per-model
+            # quotas, a model the account may not use); otherwise the key itself is out
+            names_model = choice.model.model_id.lower() in info.message.lower()
+            target = self.router.model_key_budget(choice.model, choice.key) if names_model else key_b
+            if target is key_b and names_model:  # OpenRouter: model×key is the key budget; use the model's
+                target = model_b
+            target.disabled = f"{cat.value}: {info.message[:120]}"
         elif cat == ErrorCategory.NOT_FOUND:
             model_b.cool_down(3600.0)
 
-    def _nothing_usable(self, candidates: list[str], prompt_tokens: int, needs: frozenset[str], last: ErrorInfo | None) -> ErrorInfo:
+    def _nothing_usable(self, candidates: list[str], prompt_tokens: int, tokens: int, needs: frozenset[str],
+                        last: ErrorInfo | None) -> ErrorInfo:
+        """Why no candidate can ever take this request: no key, keys rejected, too big, or a missing capability."""
         if last is not None:
             return last
-        reasons = []
+        reasons: list[tuple[ErrorCategory, str]] = []
         for name in candidates:
             spec = self.config.models[name]
             provider = self.config.providers[spec.provider]
-            why = self.router.unusable_reason(spec)
-            if why == "missing_key":
-                reasons.append(f"{name}: no API key (set {' or '.join(provider.key_vars)})")
-            elif why == "auth":
-                reasons.append(f"{name}: every key was rejected")
+            budgets = [b for k in provider.keys for b in self.router.budgets_for(spec, k)]
+            disabled = next((b.disabled for b in budgets if b.disabled), None)
+            too_big = next((b for b in budgets if b.too_large(tokens)), None)
+            if not provider.keys:
+                reasons.append((ErrorCategory.MISSING_KEY, f"{name}: no API key (set {' or '.join(provider.key_vars)})"))
+            elif disabled is not None and all(any(b.disabled for b in self.router.budgets_for(spec, k)) for k in provider.keys):
+                reasons.append((ErrorCategory(disabled.split(":", 1)[0]), f"{name}: taken out of use after {disabled}"))
             elif spec.context_window is not None and prompt_tokens > spec.context_window:
-                reasons.append(f"{name}: prompt of ~{prompt_tokens} tokens exceeds its {spec.context_window}-token context window")
+                reasons.append((ErrorCategory.CONTEXT_LENGTH,
+                                f"{name}: prompt of ~{prompt_tokens} tokens exceeds its {spec.context_window}-token context window"))
+            elif too_big is not None:
+                reasons.append((ErrorCategory.CONTEXT_LENGTH,
+                                f"{name}: ~{tokens} tokens (prompt + max output) exceed the {too_big.tpm:g} tokens per "
+                                f"minute allowed for {too_big.scope} {too_big.name}; lower max_tokens or shorten the prompt"))
             else:
-                reasons.append(f"{name}: lacks {', '.join(sorted(needs - spec.capabilities))}")
-        keyless = all("no API key" in r for r in reasons)
-        too_long = all("context window" in r for r in reasons)
-        cat = ErrorCategory.MISSING_KEY if keyless else ErrorCategory.CONTEXT_LENGTH if too_long else ErrorCategory.BAD_REQUEST
-        return ErrorInfo(cat, False, "; ".join(reasons))
+                reasons.append((ErrorCategory.BAD_REQUEST, f"{name}: lacks {', '.join(sorted(needs - spec.capabilities))}"))
+        categories = {c for c, _ in reasons}
+        category = categories.pop() if len(categories) == 1 else ErrorCategory.BAD_REQUEST
+        return ErrorInfo(category, False, "; ".join(r for _, r in reasons))
 
     def _failed(self, req_id: str, requested: str, model: str, info: ErrorInfo, attempts: list[Attempt], index: int,
                 latency: float) -> ModelResult:

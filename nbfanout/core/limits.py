@@ -68,11 +68,15 @@ class _Rate:
     async def acquire(self, amount: float) -> None:
         await self.bucket.acquire(min(amount, self.burst))
 
-    def grown(self, amount: float) -> _Rate:
-        """A bucket whose burst holds ``amount`` (≤ limit), charged as if the old one were full."""
+    def grown(self, amount: float, used: float, now: float) -> _Rate:
+        """A bucket whose burst holds ``amount`` (≤ limit), starting as full as the last window was.
+
+        Carrying over what was admitted in the last 60 s (``used``) keeps the window bound: the new
+        bucket can only add ``burst + drain·60 − used`` on top of what is already in the window.
+        """
         new = _Rate(self.limit, self.period, burst=max(self.burst, min(amount, self.limit)))
-        new.bucket._level = self.burst  # noqa: SLF001 - conservative carry-over; aiolimiter has no setter
-        new.bucket._last_check = self.bucket._last_check  # noqa: SLF001
+        new.bucket._level = used  # noqa: SLF001 - aiolimiter has no setter for its level
+        new.bucket._last_check = now  # noqa: SLF001
         return new
 
 
@@ -124,10 +128,17 @@ class Budget:
         if self._rpm_bucket is not None:
             waits.append(self._rpm_bucket.wait(1))
         if self._tpm_bucket is not None and tokens:
+            if tokens > self._tpm_bucket.limit:
+                return math.inf  # can never fit: see too_large()
             if not self._tpm_bucket.fits(tokens):
-                self._tpm_bucket = self._tpm_bucket.grown(tokens)
+                used = sum(a for _, a in self._tokens)
+                self._tpm_bucket = self._tpm_bucket.grown(tokens, used, now)
             waits.append(self._tpm_bucket.wait(tokens))
         return max(waits)
+
+    def too_large(self, tokens: float) -> bool:
+        """True when one request of ``tokens`` exceeds this budget's whole per-minute token limit."""
+        return self.tpm is not None and tokens > self.tpm
 
     @property
     def recent_requests(self) -> int:
@@ -179,8 +190,10 @@ class Budget:
         if tokens <= 0:
             return
         self._tokens.append((self.clock.now(), float(tokens)))
-        if self._tpm_bucket is not None and self._tpm_bucket.has_capacity(tokens):
-            self._tpm_bucket.bucket._level += min(tokens, self._tpm_bucket.burst)  # noqa: SLF001
+        if self._tpm_bucket is not None:
+            # may overfill the bucket: later requests then simply wait longer for it to drain
+            self._tpm_bucket.bucket.has_capacity(0)  # drains up to now first
+            self._tpm_bucket.bucket._level += tokens  # noqa: SLF001
 
     # --- learning -----------------------------------------------------------------------
     def set_limit(self, metric: str, value: float | None, source: str) -> None:

@@ -28,6 +28,7 @@ class RetryPolicy:
     deadline_s: float | None = None  # for the whole request, all attempts and waits included
     base_s: float = 0.5
     max_backoff_s: float = 30.0
+    max_wait_s: float = 600.0  # a provider asking for longer (a daily quota) ends the request instead
     jitter: bool = True
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
@@ -66,6 +67,8 @@ class RetryPolicy:
         if attempt >= self.max_attempts:
             return False, 0.0, f"gave up after {attempt} attempts"
         wait, reason = self.wait_after(attempt, info)
+        if wait > self.max_wait_s:
+            return False, wait, f"the provider asks to wait {wait:.0f}s, longer than max_wait_s={self.max_wait_s:.0f}s"
         if self.deadline_s is not None and elapsed_s + wait >= self.deadline_s:
             return False, wait, f"waiting {wait:.1f}s would pass the {self.deadline_s:.0f}s deadline"
         return True, wait, reason

@@ -147,7 +147,12 @@ def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code: ``asyncio.run`` when no loop runs in this thread,
     else on nbfanout's own loop thread. Ctrl-C cancels it and returns only after its cleanup."""
     try:
-        asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
+    if running is _loop:  # blocking nbfanout's own loop thread on itself would deadlock it for good
+        coro.close()
+        from nbfanout.core.errors import UsageError
+
+        raise UsageError("run_sync was called from nbfanout's own event loop: use `await fx.run(...)` there")
     return LoopJob(coro, name="nbfanout-run-sync").wait()

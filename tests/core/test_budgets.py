@@ -124,3 +124,38 @@ async def test_statistics_are_a_frozen_snapshot_with_live_numbers():
     with pytest.raises(AttributeError):
         stats.in_flight = 0  # type: ignore[misc]
     assert "rpm 1/10" in repr(budget)
+
+
+async def test_a_request_larger_than_the_whole_tpm_limit_is_never_admitted():
+    budget = Budget("model", "groq/small", tpm=1000)
+    assert budget.too_large(3850) and budget.wait_time(3850) == float("inf")
+    assert not budget.too_large(900)
+
+
+async def test_reconciled_usage_counts_even_when_the_bucket_is_full():
+    budget = Budget("key", "k", tpm=1000)
+    bs, loop = BudgetSet(), asyncio.get_running_loop()
+    times, amounts, start = [], [], loop.time()
+    for _ in range(40):  # each request estimated at 100 tokens, really 300
+        while (wait := bs.wait_time([budget], 100)) > 0:
+            await asyncio.sleep(wait)
+        await bs.take([budget], 100)
+        budget.release()
+        budget.charge_extra(200)
+        times.append(loop.time() - start)
+        amounts.append(300)
+    assert _max_in_window(times, amounts) <= 1000 + 200  # at most one reconciliation arrives after its window filled
+
+
+async def test_growing_the_burst_for_a_big_request_keeps_the_window_bound():
+    budget = Budget("key", "k", tpm=1000)
+    bs, loop = BudgetSet(), asyncio.get_running_loop()
+    times, amounts, start = [], [], loop.time()
+    for size in [10] * 40 + [900, 10, 10, 900]:
+        while (wait := bs.wait_time([budget], size)) > 0:
+            await asyncio.sleep(wait)
+        await bs.take([budget], size)
+        budget.release()
+        times.append(loop.time() - start)
+        amounts.append(size)
+    assert _max_in_window(times, amounts) <= 1000

@@ -87,3 +87,13 @@ def test_doctor_validates_every_key_with_a_cheap_call_and_names_the_bad_ones(sto
     good = [line for line in lines if "…oa01" in line]
     assert good and "✓" in good[0] and "valid" in good[0]
     assert "sk-sbx-storm-openai-revoked" not in out.stdout  # only the last four characters are shown
+
+
+def test_synthesize_without_any_answer_still_prints_every_result(config_file, tmp_path):
+    path = tmp_path / "nbfanout.toml"
+    path.write_text(re.sub(r'api_key = "AIza[^"]*"', 'api_key_env = "NO_SUCH_VAR"', config_file.read_text()))
+    out = nbfanout("run", "--config", str(path), "--models", "gemini/gemini-2.5-flash", "--prompt", "hi",
+                   "--synthesize", "gemini/gemini-2.5-pro", "--json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["models"][0]["error_category"] == "missing_key"
+    assert "nothing was synthesized" in out.stderr

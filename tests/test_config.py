@@ -125,3 +125,18 @@ def test_keys_written_in_the_config_pin_the_provider_to_them():
     env = {"OPENAI_API_KEY": "sk-real-key-9999"}
     config = load_config({"providers": {"openai": {"api_key": ["sk-sbx-aaaa", "sk-sbx-bbbb"]}}}, env=env)
     assert [k.id for k in config.providers["openai"].keys] == ["…aaaa", "…bbbb"]  # the real key is not sent there
+
+
+def test_secret_like_values_are_described_not_echoed_in_config_errors():
+    key = "AIzaSyD-abcdefghijklmnopqrstuvwxyz12345"
+    with pytest.raises(ConfigError) as caught:
+        load_config({"providers": {"gemini": {"apikey": key, "api_key_env": key}}}, env={})
+    text = str(caught.value)
+    assert key not in text and "39-character string" in text
+    assert "NAME of an environment variable" in text
+
+
+@pytest.mark.parametrize("bad", [{"rpm": float("inf")}, {"rpm": 0.5}, {"tpm": float("nan")}, {"kind": ["openai"]}])
+def test_limits_must_be_finite_and_kinds_strings(bad):
+    with pytest.raises(ConfigError):
+        load_config({"providers": {"local": {"base_url": "http://127.0.0.1:1/v1", **bad}}}, env={})

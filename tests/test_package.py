@@ -47,3 +47,39 @@ def test_unknown_model_on_the_command_line_suggests_close_names():
     )
     assert out.returncode == 2
     assert "openai/gpt-4.1-mini" in out.stderr
+
+
+def test_run_sync_from_nbfanouts_own_loop_refuses_instead_of_deadlocking():
+    import asyncio
+
+    import pytest
+
+    from nbfanout.core.errors import UsageError
+    from nbfanout.core.sync import LoopJob, run_coroutine_sync
+
+    async def noop() -> int:
+        return 1
+
+    async def nested() -> None:
+        run_coroutine_sync(noop())
+
+    with pytest.raises(UsageError, match="await fx.run"):
+        LoopJob(nested()).wait(timeout=5)
+    assert LoopJob(noop()).wait(timeout=5) == 1  # the loop is still alive
+    assert asyncio.run(noop()) == 1
+
+
+def test_provider_rpm_rejects_unknown_providers_and_non_finite_values():
+    import pytest
+
+    from nbfanout import Fanout
+    from nbfanout.config import parse_provider_rpm
+    from nbfanout.core.errors import UsageError
+
+    for text in ("openai:nan", "openai:inf", "openai:0.5"):
+        with pytest.raises(UsageError):
+            parse_provider_rpm(text)
+    with pytest.raises(UsageError, match="opnai"):
+        Fanout({}, env={}, provider_rpm={"opnai": 10})
+    with pytest.raises(UsageError, match="at least 1"):
+        Fanout({}, env={}, concurrency=-1)

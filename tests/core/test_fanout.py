@@ -385,3 +385,71 @@ async def test_after_max_rotations_it_waits_for_the_earliest_model_instead_of_fa
     assert moves == [("openai/m1", "openai/m2"), ("openai/m2", "openai/m3"), ("openai/m3", "openai/m1")]
     assert [a.model for a in answer.attempts] == ["openai/m1", "openai/m2", "openai/m3", "openai/m1"]
     assert answer.attempts[-1].start_s >= 5.0
+
+
+def small_scenario(models: dict[str, dict], style: str = "openai", provider: str = "openai") -> dict:
+    return {"name": "small", "seed": 8, "providers": {provider: {"style": style, "keys": ["sk-sbx-small-0001"], "models": models}}}
+
+
+@pytest.mark.looptime
+async def test_a_request_larger_than_the_tpm_limit_fails_at_once_and_says_why(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, small_scenario({"tiny": {"limits": {"tpm": 1000}}}))
+    result = await fanout_for(app).run("word " * 3000, ["openai/tiny"], max_tokens=100)
+    answer = result[0]
+    assert answer.category == "context_length" and answer.attempts == ()
+    assert "1000 tokens per minute" in answer.error.message and "max_tokens" in answer.error.message
+    assert app.stats()["totals"]["requests"] == 0
+
+
+@pytest.mark.looptime
+async def test_without_max_tokens_the_budgeted_output_is_sent_so_tpm_is_never_exceeded(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, small_scenario(
+        {"long": {"limits": {"tpm": 20000}, "output_tokens": [3000, 4000], "latency": {"base_ms": 100}}}))
+    batch = await fanout_for(app).map([f"Essay {i}" for i in range(12)], ["openai/long"])
+    assert all(r.ok for r in batch.results)
+    assert limit_refusals(app.stats()) == {}
+
+
+@pytest.mark.looptime
+async def test_a_quota_error_naming_one_model_leaves_the_key_to_the_others(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, small_scenario({
+        "pro": {"faults": [{"kind": "quota_exhausted", "first_n": 1}]},
+        "flash": {},
+    }, style="gemini", provider="gemini"))
+    fx = fanout_for(app)
+    first = await fx.run("hi", ["gemini/pro"])
+    assert first[0].category == "quota_exhausted"
+    second = await fx.run("hi", ["gemini/flash"])
+    assert second[0].ok, second[0].error
+
+
+@pytest.mark.looptime
+async def test_the_deadline_bounds_each_attempt_and_long_provider_waits_end_the_request(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, small_scenario({
+        "slow": {"faults": [{"kind": "slow", "probability": 1.0, "delay_s": 100}]},
+        "daily": {"faults": [{"kind": "rate_limit_burst", "probability": 1.0, "retry_after_s": 86400}]},
+    }))
+    config = app.config
+    config["defaults"] = {"deadline_s": 10, "timeout_s": 120}
+    fx = Fanout(config, transport=app.transport(), learn=False)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    slow = await fx.run("hi", ["openai/slow"])
+    assert not slow[0].ok and loop.time() - t0 <= 11.5
+    config["defaults"] = {"max_wait_s": 60}
+    daily = await Fanout(config, transport=app.transport(), learn=False).run("hi", ["openai/daily"])
+    assert daily[0].category == "rate_limit" and len(daily[0].attempts) == 1
+
+
+@pytest.mark.looptime
+async def test_cancelling_while_answers_are_judged_keeps_the_answers(sandbox_app_factory):
+    scenario = {**JUDGE_SCENARIO, "providers": {"openai": {**JUDGE_SCENARIO["providers"]["openai"], "models": {
+        **JUDGE_SCENARIO["providers"]["openai"]["models"], "judge": {"latency": {"base_ms": 5000}}}}}}
+    app = virtual_sandbox(sandbox_app_factory, scenario)
+    fx = fanout_for(app)
+    task = asyncio.ensure_future(fx.map(["q"], ["openai/answerer-a", "openai/answerer-b"], judge="openai/judge"))
+    await asyncio.sleep(2.0)  # answers are in, verdicts are not
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert all(r.ok and r.text for r in fx.last_result.results)

@@ -160,3 +160,13 @@ def sse_event(event: str, obj: Any) -> bytes:
     """One named SSE event (Anthropic framing: ``event:`` line, then ``data:``)."""
     return f"event: {event}\ndata: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
 
+
+def text_of_parts(content: Any, invalid: BadRequest) -> str:
+    """A message's text: a string, or the ``type: text`` parts of a content list; ``invalid`` otherwise."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    raise invalid

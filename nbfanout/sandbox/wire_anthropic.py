@@ -30,6 +30,7 @@ from typing import Any
 from nbfanout.sandbox.limits import WindowView
 from nbfanout.sandbox.scenario import ProviderSpec
 from nbfanout.sandbox.wire import (
+    text_of_parts,
     BadRequest,
     CallContext,
     ChatCall,
@@ -73,13 +74,7 @@ def check_version(headers: Mapping[str, str]) -> None:
 
 
 def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-    raise BadRequest("messages.0.content: Input should be a valid list")
+    return text_of_parts(content, BadRequest("messages.0.content: Input should be a valid list"))
 
 
 def parse_chat(body: Any) -> ChatCall:

@@ -38,6 +38,7 @@ from typing import Any
 from nbfanout.sandbox.limits import WindowView
 from nbfanout.sandbox.scenario import ProviderSpec, mask_key
 from nbfanout.sandbox.wire import (
+    text_of_parts,
     BadRequest,
     CallContext,
     ChatCall,
@@ -82,13 +83,10 @@ def extract_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | N
 
 
 def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise BadRequest("Invalid type for 'messages[].content': expected a string or an array of content parts.", "messages")
+    invalid = BadRequest(
+        "Invalid type for 'messages[].content': expected a string or an array of content parts.", "messages"
+    )
+    return text_of_parts(content, invalid)
 
 
 def parse_chat(body: Any) -> ChatCall:

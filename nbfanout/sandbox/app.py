@@ -305,6 +305,18 @@ class _Call:
         self.views = Limiter.views(self.pools, now)
         return _Lease(self.state, self.pools, self.entities)
 
+    async def after_admission(self) -> tuple[Response | None, Fault | None, bool]:
+        """The busy-upstream check, then the post-admission fault: (refusal, fault, answer comes back empty)."""
+        stop = await self.busy_upstream()
+        if stop is not None:
+            return stop, None, False
+        assert self.model is not None
+        fault = self.state.faults.pick(self.provider, self.model, "post")
+        if fault is not None and fault.kind == "empty_answer":
+            self.state.ledger.fault(self.entities, "empty_answer")
+            return None, None, True
+        return None, fault, False
+
     async def busy_upstream(self) -> Response | None:
         """``while_busy`` rules: after the upstream queue time, fail if another listed request runs."""
         assert self.model is not None
@@ -395,13 +407,11 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
     lease = admitted
     handed_off = False
     try:
-        stop = await c.busy_upstream()
+        stop, fault, empty = await c.after_admission()
         if stop is not None:
             return stop
-        fault = state.faults.pick(provider, model, "post")
-        if fault is not None and fault.kind == "empty_answer":
-            state.ledger.fault(c.entities, "empty_answer")
-            text, usage, fault = "", Usage(input_tokens, 0, "stop"), None
+        if empty:
+            text, usage = "", Usage(input_tokens, 0, "stop")
         if fault is not None and fault.kind != "slow":
             # A broken body arrives when the answer would have; a 500 or a drop after the first-token time.
             default = latency if fault.kind == "malformed" else model.latency.base_ms / 1000.0
@@ -532,14 +542,11 @@ async def openai_transcriptions(request: Request) -> Response:
         return admitted
     lease = admitted
     try:
-        stop = await c.busy_upstream()
+        stop, fault, empty = await c.after_admission()
         if stop is not None:
             return stop
-        fault = state.faults.pick(provider, model, "post")
-        if fault is not None and fault.kind == "empty_answer":
-            state.ledger.fault(c.entities, "empty_answer")
+        if empty:
             body, media = wire_openai.transcription_reply(fields, "", duration_s=len(fields["file"]) / 16000.0)
-            fault = None
         if fault is not None and fault.kind != "slow":
             await state.sleep(fault.delay_s if fault.delay_s is not None else latency)
             if fault.kind == "drop":

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nbfanout.catalog import CAPABILITIES, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
+from nbfanout.catalog import CAPABILITIES, LIMITERS, TOKENS_COUNTED, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
 from nbfanout.core.errors import ConfigError, UnknownModelError, UsageError
 from nbfanout.core._classify import redact_keys  # after errors: _classify needs its types
 
@@ -223,6 +223,9 @@ _LIMIT_SPEC: dict[str, tuple[Any, str]] = {
     "tpm": (_at_least_one, "a finite number ≥ 1 (tokens per minute)"),
     "rpd": (_at_least_one, "a finite number ≥ 1 (requests per day)"),
     "concurrency": (_positive_int, "a positive integer (requests in flight)"),
+    "limiter": (lambda v: isinstance(v, str) and v in LIMITERS, f"one of {list(LIMITERS)} (how the provider counts the limit)"),
+    "tokens_counted": (lambda v: isinstance(v, str) and v in TOKENS_COUNTED,
+                       f"one of {list(TOKENS_COUNTED)} (what the provider charges against TPM)"),
 }
 
 _DEFAULTS_SPEC: dict[str, tuple[Any, str]] = {
@@ -251,6 +254,7 @@ _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {
     "models": (_str_list, "a list of model ids served by this provider"),
     "headers": (lambda v: isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "a table of strings"),
     "max_audio_mb": (_positive, "a positive number of megabytes"),
+    "published_limits": (_is(bool), "true or false (false: ignore the catalog's published limits for this provider)"),
 }
 
 _MODEL_SPEC: dict[str, tuple[Any, str]] = {
@@ -360,7 +364,12 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             p.add(f"{key}.base_url", None, "a base_url for a provider the catalog does not know")
             continue
         keys, key_vars = _gather_keys(pid, raw, spec, env)
-        base_limits = spec.limits if spec else Limits()
+        published = raw.get("published_limits", True)
+        base_limits = spec.limits if spec and published else Limits()
+        if not published:  # a simulated or private endpoint: only the limits written here apply
+            for name, model in list(models.items()):
+                if model.provider == pid:
+                    models[name] = replace(model, limits=Limits())
         overrides = Limits(**{k: raw[k] for k in _LIMIT_SPEC if k in raw}, source=where if any(k in raw for k in _LIMIT_SPEC) else None)
         providers[pid] = ProviderConfig(
             id=pid,

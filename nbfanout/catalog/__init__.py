@@ -20,6 +20,9 @@ else:  # pragma: no cover
 
 __all__ = ["Catalog", "Limits", "ModelSpec", "ProviderSpec", "load_catalog", "parse_catalog"]
 
+#: Limiter shapes (defined in nbfanout/core/shapes.py) and how output tokens are counted.
+LIMITERS = ("token_bucket", "sliding_window", "fixed_window", "per_second")
+TOKENS_COUNTED = ("max_tokens", "usage")
 CAPABILITIES = frozenset({"tools", "parallel_tools", "vision", "transcription", "reasoning", "streaming"})
 WIRES = frozenset({"openai", "anthropic", "gemini"})
 
@@ -32,6 +35,8 @@ class Limits:
     tpm: float | None = None
     rpd: float | None = None
     concurrency: int | None = None
+    limiter: str | None = None  # token_bucket | sliding_window | fixed_window | per_second (core/shapes.py)
+    tokens_counted: str | None = None  # "max_tokens" (charged at admission) or "usage" (settled to real use)
     source: str | None = None
     read_on: str | None = None
     note: str | None = None
@@ -46,6 +51,8 @@ class Limits:
             tpm=pick(self.tpm, override.tpm),
             rpd=pick(self.rpd, override.rpd),
             concurrency=pick(self.concurrency, override.concurrency),
+            limiter=pick(self.limiter, override.limiter),
+            tokens_counted=pick(self.tokens_counted, override.tokens_counted),
             source=pick(self.source, override.source),
             read_on=pick(self.read_on, override.read_on),
             note=pick(self.note, override.note),
@@ -104,9 +111,13 @@ def _limits(raw: Any, where: str) -> Limits:
         return Limits()
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where}: expected a table of limits, found {type(raw).__name__}")
-    unknown = set(raw) - {"rpm", "tpm", "rpd", "concurrency", "source", "read_on", "note"}
+    unknown = set(raw) - {"rpm", "tpm", "rpd", "concurrency", "limiter", "tokens_counted", "source", "read_on", "note"}
     if unknown:
         raise ValueError(f"{where}: unknown limit keys {sorted(unknown)}")
+    if raw.get("limiter") is not None and raw["limiter"] not in LIMITERS:
+        raise ValueError(f"{where}.limiter: expected one of {list(LIMITERS)}, found {raw['limiter']!r}")
+    if raw.get("tokens_counted") is not None and raw["tokens_counted"] not in TOKENS_COUNTED:
+        raise ValueError(f"{where}.tokens_counted: expected one of {list(TOKENS_COUNTED)}, found {raw['tokens_counted']!r}")
     return Limits(**dict(raw))
 
 

@@ -9,6 +9,7 @@ run in virtual time, deterministically and without really sleeping.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Clock", "LoopClock"]
@@ -19,6 +20,8 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.TimerHandle: ...
+
 
 class LoopClock:
     """Seconds on the running loop's monotonic clock; sleeping is ``asyncio.sleep``."""
@@ -28,6 +31,10 @@ class LoopClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        """Run ``callback`` after ``delay`` seconds of this clock (how waiters wake exactly on time)."""
+        return asyncio.get_running_loop().call_later(max(0.0, delay), callback)
 
     def __repr__(self) -> str:
         return "LoopClock()"

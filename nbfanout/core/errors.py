@@ -16,6 +16,8 @@ failure (or no response at all: ``status=None``) into a category from ``ErrorCat
 
 from __future__ import annotations
 
+from typing import Any
+
 import enum
 from dataclasses import dataclass
 
@@ -139,8 +141,9 @@ class MissingKeyError(FanoutError):
 class ProviderError(FanoutError):
     """A provider call failed; ``info`` says how (category, status, provider message)."""
 
-    def __init__(self, info: ErrorInfo) -> None:
+    def __init__(self, info: ErrorInfo, rate: Any = None) -> None:
         self.info = info
+        self.rate = rate  # the RateSnapshot of the refusing response's headers, when there was one
         where = f"HTTP {info.status}" if info.status is not None else "no response"
         super().__init__(f"{info.category.value} ({where}): {info.message}")
 

@@ -1,144 +1,167 @@
-"""Rate budgets: RPM, TPM, RPD and concurrency per provider, per key and per model.
+"""Rate budgets and admission: RPM, TPM, RPD and concurrency per provider, key and model.
 
-A request is admitted only when every budget that applies to it (its provider, its key,
-its model) has room, so the provider never has to refuse it. Request and token rates are
-aiolimiter leaky buckets sized so that no 60-second window ever holds more than the limit:
-a bucket of capacity ``b`` draining at ``r`` per second admits at most ``b + 60·r`` in any
-60 s, so we drain at ``(limit - b) / 60``, with ``b`` a small burst (2 % of the limit, at
-least one request, and at least the largest request seen for tokens). That holds against
-providers that count in sliding windows as well as those that refill token buckets.
+A request is admitted only when every budget that applies to it (its model, model × key,
+key, provider, and the run) has room at once, so a provider is never asked for what it
+would refuse. Each rate is counted in its provider's shape (``core/shapes.py``), exactly:
+a full allowance is usable at once where the shape allows it, and never sooner.
 
-Budgets learn: rate-limit headers (remaining / reset) put a budget on cooldown until the
-reset; limits stated in headers or 429 bodies replace configured ones; and a budget with
-no known limit adapts on its own: a 429 halves its request rate (from what it actually
-achieved), successes raise it slowly. Learned limits persist in a JSON state file.
+Admission (``BudgetSet.reserve``) is event-driven:
+
+* A waiter whose only obstacle is one budget *claims* it: claimants of a budget are served
+  first come, first served, so a large request is not starved by small ones, while a waiter
+  blocked elsewhere never holds up others on a budget it could not use anyway.
+* Only a claimant at the head of a budget's queue sleeps on a timer, set to the moment the
+  shape will have room; the others wait for the head to leave (the baton). Waiters blocked
+  by concurrency are woken when a request they wait on finishes. No interval is guessed.
+* Every path out of a wait (admitted, cancelled, gave up) passes the baton, so no wake-up
+  is lost.
+
+A reservation charges one request and an estimate of tokens (input estimate + max output)
+and settles to the real usage afterwards: extra input is charged, and where the provider
+counts output as used (``tokens_counted = "usage"``, Anthropic) unused output is given back.
+A refused request gives everything back: providers do not count what they refused.
+
+Learning: rate-limit headers are the provider's own accounting, so they set unknown limits
+and correct each shape's count on every response; a budget that has never seen a response
+sends one request first, so the first headers arrive before a burst. Limits a 429 body
+states are adopted; where no limit is known at all the rate adapts (AIMD) from what was
+achieved. Learned limits persist in a JSON state file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import json
 import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from aiolimiter import AsyncLimiter
+from types import TracebackType
 
 from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.errors import ErrorCategory, ErrorInfo
 from nbfanout.core.events import BudgetStats
 from nbfanout.core.headers import RateSnapshot
+from nbfanout.core.shapes import DEFAULT_LIMITER, Shape, make_shape
 
-__all__ = ["Budget", "BudgetSet", "LearnedLimits", "default_state_path"]
+__all__ = ["Budget", "BudgetSet", "CapacityError", "LearnedLimits", "Reservation", "default_state_path"]
 
 WINDOW_S = 60.0
 DAY_S = 86_400.0
-BURST_FRACTION = 0.02
+RATE_KINDS = ("rpm", "tpm", "rpd")
+#: Where no limit is known, a refusal cuts the achieved rate to this fraction (multiplicative decrease).
+AIMD_CUT = 0.5
+
+LearnedCallback = Callable[[str, str, "float | None", "float | None", str], None]
 
 
-class _Rate:
-    """One leaky bucket bounded so any 60 s window stays within ``limit`` (see module docstring)."""
+class CapacityError(Exception):
+    """No option can be admitted within the wait allowed: ``wait_s`` (inf: never) and why."""
 
-    def __init__(self, limit: float, period: float = WINDOW_S, burst: float | None = None) -> None:
-        self.limit = float(limit)
-        self.period = period
-        self.burst = min(self.limit, max(1.0, burst if burst is not None else math.floor(self.limit * BURST_FRACTION)))
-        drain = (self.limit - self.burst) / period if self.limit > self.burst else self.limit / (period * 1.001)
-        # AsyncLimiter(max_rate, time_period): capacity max_rate, draining max_rate/time_period per second
-        self.bucket = AsyncLimiter(self.burst, self.burst / drain)
-
-    def fits(self, amount: float) -> bool:
-        return amount <= self.burst
-
-    def has_capacity(self, amount: float) -> bool:
-        return self.bucket.has_capacity(min(amount, self.burst))
-
-    def wait(self, amount: float) -> float:
-        """Seconds until ``amount`` fits (0 when it fits now)."""
-        amount = min(amount, self.burst)
-        if self.bucket.has_capacity(amount):
-            return 0.0
-        # aiolimiter exposes no time-to-capacity; its level and drain rate give it exactly
-        excess = self.bucket._level + amount - self.bucket.max_rate  # noqa: SLF001
-        return max(1e-3, excess / self.bucket._rate_per_sec)  # noqa: SLF001
-
-    async def acquire(self, amount: float) -> None:
-        await self.bucket.acquire(min(amount, self.burst))
-
-    def grown(self, amount: float, used: float, now: float) -> _Rate:
-        """A bucket whose burst holds ``amount`` (≤ limit), starting as full as the last window was.
-
-        Carrying over what was admitted in the last 60 s (``used``) keeps the window bound: the new
-        bucket can only add ``burst + drain·60 − used`` on top of what is already in the window.
-        """
-        new = _Rate(self.limit, self.period, burst=max(self.burst, min(amount, self.limit)))
-        new.bucket._level = used  # noqa: SLF001 - aiolimiter has no setter for its level
-        new.bucket._last_check = now  # noqa: SLF001
-        return new
+    def __init__(self, wait_s: float, reason: str, budget: Budget | None = None) -> None:
+        super().__init__(reason)
+        self.wait_s = wait_s
+        self.reason = reason
+        self.budget = budget
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """Why one budget cannot admit a request now: until a time, on a release, or never."""
+
+    budget: Budget
+    until: float | None  # absolute time; None: when a request finishes or the head moves on
+    why: str
+
+
+@dataclass(eq=False)
 class Budget:
-    """The limits of one scope (a provider, a key or a model) and what has been used of them."""
+    """The limits of one scope (model, model-key, key, provider or run) and their live counts."""
 
-    scope: str  # "provider", "key" or "model"
+    scope: str
     name: str
     rpm: float | None = None
     tpm: float | None = None
     rpd: float | None = None
     concurrency: int | None = None
+    limiter: str = DEFAULT_LIMITER
+    tokens_counted: str = "max_tokens"
     clock: Clock = field(default_factory=LoopClock, repr=False)
-    adaptive: bool = False  # no published limit: learn one from 429s (AIMD)
-    on_learned: Callable[[str, str, float | None, float | None, str], None] | None = field(default=None, repr=False)
+    adaptive: bool = False  # no known request limit: learn one from refusals (AIMD)
+    probe: bool = False  # send one request and read its headers before any burst
+    on_learned: LearnedCallback | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight = 0
         self.cooldown_until = 0.0
-        self.disabled: str | None = None
-        self._requests: deque[float] = deque()
-        self._tokens: deque[tuple[float, float]] = deque()
-        self._day: deque[float] = deque()
-        self._rpm_bucket = _Rate(self.rpm) if self.rpm else None
-        self._tpm_bucket = _Rate(self.tpm) if self.tpm else None
-        self._successes_since_cut = 0
+        self.cooldown_reason = ""
+        self.disabled: tuple[ErrorCategory, str] | None = None
+        self._shapes: dict[str, Shape] = {}
+        self._requests: deque[float] = deque()  # admission times in the last 60 s, for statistics
+        self._taken = {"rpm": 0.0, "tpm": 0.0, "rpd": 0.0}  # running totals, for "sent after" in observe()
+        self._claims: list[tuple[int, _Waiter]] = []  # heap of (seq, waiter)
+        self._watchers: set[_Waiter] = set()
+        for kind in RATE_KINDS:
+            if getattr(self, kind):
+                self._shapes[kind] = make_shape(self.limiter, kind, getattr(self, kind), self._now())
 
-    # --- reading ------------------------------------------------------------------------
-    def _trim(self, now: float) -> None:
-        while self._requests and self._requests[0] <= now - WINDOW_S:
-            self._requests.popleft()
-        while self._tokens and self._tokens[0][0] <= now - WINDOW_S:
-            self._tokens.popleft()
-        while self._day and self._day[0] <= now - DAY_S:
-            self._day.popleft()
+    def _now(self) -> float:
+        try:
+            return self.clock.now()
+        except RuntimeError:  # created outside a loop (config inspection): shapes start "now" = 0
+            return 0.0
 
-    def wait_time(self, tokens: float) -> float:
-        """0 when a request of ``tokens`` could be admitted now, else a lower bound on the wait."""
-        now = self.clock.now()
-        self._trim(now)
-        if self.disabled:
-            return math.inf
-        waits = [max(0.0, self.cooldown_until - now)]
+    # --- reading --------------------------------------------------------------------------
+    def _amount(self, kind: str, tokens: float) -> float:
+        return tokens if kind == "tpm" else 1.0
+
+    def block(self, tokens: float, now: float) -> _Block | None:
+        """None when a request of ``tokens`` fits this budget now; else what it waits for."""
+        if self.disabled is not None:
+            return _Block(self, math.inf, f"{self.disabled[0].value}: {self.disabled[1]}")
+        if self.cooldown_until > now:
+            return _Block(self, self.cooldown_until, self.cooldown_reason or "cooling down")
         if self.concurrency is not None and self.in_flight >= self.concurrency:
-            waits.append(0.05)  # frees when a request finishes; re-checked on release
-        if self.rpd is not None and len(self._day) >= self.rpd:
-            waits.append(self._day[0] + DAY_S - now)
-        if self._rpm_bucket is not None:
-            waits.append(self._rpm_bucket.wait(1))
-        if self._tpm_bucket is not None and tokens:
-            if tokens > self._tpm_bucket.limit:
-                return math.inf  # can never fit: see too_large()
-            if not self._tpm_bucket.fits(tokens):
-                used = sum(a for _, a in self._tokens)
-                self._tpm_bucket = self._tpm_bucket.grown(tokens, used, now)
-            waits.append(self._tpm_bucket.wait(tokens))
-        return max(waits)
+            return _Block(self, None, f"{self.in_flight}/{self.concurrency} in flight")
+        if self.probe and self.in_flight >= 1:
+            return _Block(self, None, "waiting for the first response's rate-limit headers")
+        latest: _Block | None = None
+        for kind, shape in self._shapes.items():
+            if kind == "tpm" and not tokens:
+                continue
+            wait = shape.wait(self._amount(kind, tokens), now)
+            if wait > 0 and (latest is None or (latest.until or 0) < now + wait):
+                latest = _Block(self, now + wait, self._limit_text(kind, tokens, wait))
+        return latest
+
+    def _limit_text(self, kind: str, tokens: float, wait: float) -> str:
+        limit = getattr(self, kind)
+        if math.isinf(wait):
+            return (f"~{tokens:.0f} tokens (prompt + max output) exceed the {limit:g} tokens per minute allowed for "
+                    f"{self.scope} {self.name}; lower max_tokens or shorten the prompt")
+        return f"{kind} {limit:g} ({self.limiter}) full for {wait:.1f}s"
+
+    def wait_time(self, tokens: float = 0) -> float:
+        """Seconds until a request of ``tokens`` fits (0 now; ``inf`` never; 0.0 is never a guess)."""
+        now = self.clock.now()
+        b = self.block(tokens, now)
+        if b is None:
+            return 0.0
+        return math.inf if b.until is None or math.isinf(b.until) else max(0.0, b.until - now)
+
+    def has_capacity(self, tokens: float = 0) -> bool:
+        """Non-blocking probe: would a request of ``tokens`` be admitted now (ignoring queued waiters)?"""
+        return self.block(tokens, self.clock.now()) is None
 
     def too_large(self, tokens: float) -> bool:
-        """True when one request of ``tokens`` exceeds this budget's whole per-minute token limit."""
-        return self.tpm is not None and tokens > self.tpm
+        """True when one request of ``tokens`` can never fit this budget's token limit."""
+        shape = self._shapes.get("tpm")
+        return shape is not None and tokens > shape.capacity
 
     @property
     def recent_requests(self) -> int:
@@ -146,114 +169,166 @@ class Budget:
         self._trim(self.clock.now())
         return len(self._requests)
 
-    def has_capacity(self, tokens: float = 0) -> bool:
-        """Non-blocking probe: would a request of ``tokens`` be admitted now?"""
-        return self.wait_time(tokens) == 0.0
+    def _trim(self, now: float) -> None:
+        while self._requests and self._requests[0] <= now - WINDOW_S:
+            self._requests.popleft()
 
     def statistics(self) -> BudgetStats:
         now = self.clock.now()
         self._trim(now)
+
+        def used(kind: str, fallback: float) -> float:
+            shape = self._shapes.get(kind)
+            return max(0.0, shape.used(now)) if shape is not None else fallback
+
         return BudgetStats(
             scope=self.scope,
             name=self.name,
             rpm_limit=self.rpm,
-            rpm_used=float(len(self._requests)),
+            rpm_used=used("rpm", float(len(self._requests))),
             tpm_limit=self.tpm,
-            tpm_used=float(sum(a for _, a in self._tokens)),
+            tpm_used=used("tpm", 0.0),
             rpd_limit=self.rpd,
-            rpd_used=len(self._day),
+            rpd_used=int(round(used("rpd", 0.0))),
             concurrency_limit=self.concurrency,
             in_flight=self.in_flight,
             cooldown_s=max(0.0, self.cooldown_until - now),
-            disabled=self.disabled,
+            disabled=f"{self.disabled[0].value}: {self.disabled[1]}" if self.disabled else None,
         )
 
-    # --- admitting ----------------------------------------------------------------------
-    async def take(self, tokens: float) -> None:
-        """Charge one request of ``tokens``; call only after ``has_capacity`` said yes (no waiting then)."""
-        now = self.clock.now()
-        if self._rpm_bucket is not None:
-            await self._rpm_bucket.acquire(1)
-        if self._tpm_bucket is not None and tokens:
-            await self._tpm_bucket.acquire(tokens)
+    # --- charging (through a Reservation) -------------------------------------------------
+    def _take(self, tokens: float, now: float) -> dict[str, float]:
+        stamps = {}
+        for kind, shape in self._shapes.items():
+            amount = self._amount(kind, tokens)
+            if amount:
+                stamps[kind] = shape.take(amount, now)
+        for kind in self._taken:
+            self._taken[kind] += self._amount(kind, tokens)
         self._requests.append(now)
-        self._day.append(now)
-        if tokens:
-            self._tokens.append((now, float(tokens)))
         self.in_flight += 1
+        return stamps
 
-    def release(self) -> None:
+    def _give_back(self, kind: str, amount: float, stamp: float | None) -> None:
+        shape = self._shapes.get(kind)
+        if shape is not None and amount > 0 and stamp is not None:
+            shape.give_back(amount, stamp, self.clock.now())
+            self.changed()
+
+    def _charge(self, kind: str, amount: float, stamp: float | None) -> None:
+        shape = self._shapes.get(kind)
+        self._taken[kind] += amount
+        if shape is not None and amount > 0:
+            shape.charge(amount, stamp if stamp is not None else self.clock.now(), self.clock.now())
+
+    def _release(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
+        self.changed()
 
-    def charge_extra(self, tokens: float) -> None:
-        """Reconcile: the response used more tokens than estimated; count the difference."""
-        if tokens <= 0:
-            return
-        self._tokens.append((self.clock.now(), float(tokens)))
-        if self._tpm_bucket is not None:
-            # may overfill the bucket: later requests then simply wait longer for it to drain
-            self._tpm_bucket.bucket.has_capacity(0)  # drains up to now first
-            self._tpm_bucket.bucket._level += tokens  # noqa: SLF001
+    # --- waking ---------------------------------------------------------------------------
+    def changed(self) -> None:
+        """Capacity may exist now: wake the head claimant and every watcher."""
+        head = self._head()
+        if head is not None:
+            head.wake()
+        for w in list(self._watchers):
+            w.wake()
 
-    # --- learning -----------------------------------------------------------------------
+    def _head(self) -> _Waiter | None:
+        claims = self._claims
+        while claims and not claims[0][1].claims_budget(self):
+            heapq.heappop(claims)
+        return claims[0][1] if claims else None
+
+    # --- learning -------------------------------------------------------------------------
     def set_limit(self, metric: str, value: float | None, source: str) -> None:
+        """Adopt a limit (from headers, a 429 body or adaptation); the count so far carries over."""
         old = getattr(self, metric)
-        if value is None or value == old or value <= 0:
+        if value is None or value <= 0 or value == old:
             return
         setattr(self, metric, int(value) if metric == "concurrency" else float(value))
-        if metric == "rpm":
-            self._rpm_bucket = _Rate(value)
-            self._rpm_bucket.bucket._level = self._rpm_bucket.burst  # noqa: SLF001 - start full: we just learned we were over
-            self._rpm_bucket.bucket._last_check = self.clock.now()  # noqa: SLF001
-        elif metric == "tpm":
-            self._tpm_bucket = _Rate(value)
+        if metric in RATE_KINDS:
+            now = self.clock.now()
+            prior = self._shapes.get(metric)
+            shape = make_shape(self.limiter, metric, value, now)
+            if prior is not None:
+                used = prior.used(now)
+                if used > 0:
+                    shape.observe(max(0.0, float(value) - used), None, 0.0, now)
+            self._shapes[metric] = shape
+        if source != "adaptive":
+            self.adaptive = False
         if self.on_learned:
             self.on_learned(f"{self.scope}:{self.name}", metric, old, value, source)
+        self.changed()
 
-    def cool_down(self, seconds: float) -> None:
-        self.cooldown_until = max(self.cooldown_until, self.clock.now() + max(0.0, seconds))
+    def cool_down(self, seconds: float, reason: str = "") -> None:
+        until = self.clock.now() + max(0.0, seconds)
+        if until > self.cooldown_until:
+            self.cooldown_until = until
+            self.cooldown_reason = reason or f"cooling down {seconds:.1f}s"
 
-    def learn_from_headers(self, snap: RateSnapshot) -> None:
-        """Headers are the provider's own accounting: adopt its limits, pause when it says 0 remain."""
-        if snap.limit_requests and (self.rpm is None or snap.limit_requests < self.rpm):
-            self.set_limit("rpm", snap.limit_requests, "headers")
-        if snap.limit_tokens and (self.tpm is None or snap.limit_tokens < self.tpm):
-            self.set_limit("tpm", snap.limit_tokens, "headers")
-        if snap.remaining_requests == 0 and snap.reset_requests_s:
-            self.cool_down(snap.reset_requests_s)
-        if snap.remaining_tokens == 0 and snap.reset_tokens_s:
-            self.cool_down(snap.reset_tokens_s)
+    def clear_cooldown(self) -> None:
+        self.cooldown_until = 0.0
+        self.changed()
 
-    def learn_from_429(self, info: ErrorInfo) -> None:
-        """A refusal: take any limit the body states; without one, cut the rate (multiplicative decrease)."""
+    def disable(self, category: ErrorCategory, message: str) -> None:
+        self.disabled = (category, message[:160])
+        self.changed()
+
+    def observe(self, snap: RateSnapshot, sent_after: dict[str, float], *, requests_kind: str = "rpm") -> None:
+        """Headers are the provider's own count: set unknown limits, correct each shape's count.
+
+        ``sent_after`` is what this budget admitted after the request whose headers these are
+        (the provider may not have counted it yet). ``requests_kind`` is ``"rpd"`` for providers
+        whose request headers count per day (Groq).
+        """
+        now = self.clock.now()
+        self.probe = False
+        pairs = (
+            (requests_kind, snap.limit_requests, snap.remaining_requests, snap.reset_requests_s),
+            ("tpm", snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens_s),
+        )
+        for kind, limit, remaining, reset in pairs:
+            if limit and limit != getattr(self, kind):
+                self.set_limit(kind, limit, "headers")
+            shape = self._shapes.get(kind)
+            if remaining is None:
+                continue
+            if shape is not None:
+                shape.observe(float(remaining), reset, sent_after.get(kind, 0.0), now)
+            span = DAY_S if kind == "rpd" else WINDOW_S
+            if remaining == 0 and reset and (shape is None or reset > span):
+                # a reset no window of this kind can have: honour it as a wait (max_wait_s applies)
+                self.cool_down(reset, f"headers say 0 {kind} remain for {reset:.0f}s")
+        self.changed()
+
+    def learn_refusal(self, info: ErrorInfo) -> None:
+        """A 429 for this scope: adopt a limit the body states; with none known anywhere, cut (AIMD)."""
         hint = info.limit_hint
         if hint is not None and hint.limit and hint.kind in ("rpm", "tpm", "rpd", "concurrency"):
-            if getattr(self, hint.kind) is None or hint.limit < getattr(self, hint.kind):
+            if getattr(self, hint.kind) != hint.limit:
                 self.set_limit(hint.kind, hint.limit, "429 body")
+            shape = self._shapes.get(hint.kind)
+            if shape is not None and hint.used is not None:
+                shape.observe(max(0.0, hint.limit - hint.used), None, 0.0, self.clock.now())
             return
-        if self.adaptive and info.category == ErrorCategory.RATE_LIMIT:
+        if self.adaptive and info.retry_after_s is None and info.category == ErrorCategory.RATE_LIMIT:
             self._trim(self.clock.now())
             achieved = max(1.0, float(len(self._requests)))
-            target = max(1.0, math.floor(min(self.rpm or achieved, achieved) * 0.5))
-            self._successes_since_cut = 0
-            self.set_limit("rpm", target, "adaptive")
+            self.set_limit("rpm", max(1.0, math.floor(min(self.rpm or achieved, achieved) * AIMD_CUT)), "adaptive")
+            self.adaptive = True
 
-    def learn_from_success(self) -> None:
-        """Additive increase for adaptive budgets: +1 RPM after each ``rpm`` successes."""
-        if not self.adaptive or self.rpm is None:
-            return
-        self._successes_since_cut += 1
-        if self._successes_since_cut >= self.rpm:
-            self._successes_since_cut = 0
+    def learn_success(self) -> None:
+        """Additive increase in proportion: an adapted RPM grows by one per success (doubles per minute)."""
+        if self.adaptive and self.rpm is not None:
             old = self.rpm
-            self.rpm = old + 1
-            self._rpm_bucket = _Rate(self.rpm)
-            if self.on_learned:
-                self.on_learned(f"{self.scope}:{self.name}", "rpm", old, self.rpm, "adaptive")
+            self.set_limit("rpm", old + 1, "adaptive")
+            self.adaptive = True
 
     def __repr__(self) -> str:
         s = self.statistics()
-        parts = [f"{self.scope} {self.name!r}"]
+        parts = [f"{self.scope} {self.name!r}", self.limiter]
         if self.rpm:
             parts.append(f"rpm {s.rpm_used:.0f}/{self.rpm:g}")
         if self.tpm:
@@ -264,31 +339,144 @@ class Budget:
         if s.cooldown_s:
             parts.append(f"cooldown {s.cooldown_s:.1f}s")
         if self.disabled:
-            parts.append(f"disabled: {self.disabled}")
+            parts.append(f"disabled: {s.disabled}")
+        waiting = sum(1 for _, w in self._claims if w.claims_budget(self))
+        if waiting:
+            parts.append(f"{waiting} queued")
         return f"<Budget {', '.join(parts)}>"
 
 
+class _Waiter:
+    """One request waiting for any of its options; its claims and the future that wakes it."""
+
+    __slots__ = ("seq", "claims", "watching", "future")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.claims: set[Budget] = set()
+        self.watching: set[Budget] = set()
+        self.future: asyncio.Future[None] | None = None
+
+    def claims_budget(self, budget: Budget) -> bool:
+        return budget in self.claims
+
+    def wake(self) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One way to send a request: the budgets that must admit it and its tokens there."""
+
+    budgets: tuple[Budget, ...]
+    tokens: float
+
+
+class Reservation:
+    """What one admitted request holds: a request and tokens in each budget, until it ends.
+
+    ``settle`` corrects the token charge to the real usage; ``refund`` gives everything back
+    (the provider refused it); leaving the context releases the concurrency slots.
+    """
+
+    def __init__(self, budgets: BudgetSet, option: Option, index: int) -> None:
+        self._set = budgets
+        self.option = option
+        self.index = index
+        self.tokens = option.tokens
+        self._stamps: dict[Budget, dict[str, float]] = {}
+        self._marks: dict[Budget, dict[str, float]] = {}
+        self._open = False
+        self.waited_s = 0.0
+
+    def _take(self, now: float) -> None:
+        for b in self.option.budgets:
+            self._stamps[b] = b._take(self.tokens, now)
+            self._marks[b] = dict(b._taken)
+        self._open = True
+
+    def sent_after(self, budget: Budget) -> dict[str, float]:
+        """What ``budget`` admitted after this request (for reading this request's headers)."""
+        mark = self._marks.get(budget, {})
+        return {k: max(0.0, v - mark.get(k, v)) for k, v in budget._taken.items()}
+
+    def settle(self, input_tokens: int, output_tokens: int, max_output: int, estimated_input: int) -> None:
+        """Count the real usage: extra input always; unused output back where the provider counts usage."""
+        for b, stamps in self._stamps.items():
+            extra = max(0, input_tokens - estimated_input)
+            if b.tokens_counted == "usage":
+                extra -= max(0, max_output - output_tokens)
+            if extra > 0:
+                b._charge("tpm", extra, stamps.get("tpm"))
+            elif extra < 0:
+                b._give_back("tpm", -extra, stamps.get("tpm"))
+
+    def refund(self) -> None:
+        """The provider refused the request: it counted none of it, so neither do we."""
+        for b, stamps in self._stamps.items():
+            b._give_back("rpm", 1.0, stamps.get("rpm"))
+            b._give_back("rpd", 1.0, stamps.get("rpd"))
+            b._give_back("tpm", self.tokens, stamps.get("tpm"))
+            if b._requests:
+                b._requests.pop()
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            for b in self.option.budgets:
+                b._release()
+
+    async def __aenter__(self) -> Reservation:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.release()
+
+
+class _Reserve:
+    """``async with budgets.reserve(options) as r``: waits for admission, releases on exit."""
+
+    def __init__(self, budgets: BudgetSet, options: Sequence[Option], max_wait_s: float,
+                 on_wait: Callable[[float, str], None] | None) -> None:
+        self._args = (options, max_wait_s, on_wait)
+        self._budgets = budgets
+        self._reservation: Reservation | None = None
+
+    async def __aenter__(self) -> Reservation:
+        self._reservation = await self._budgets.acquire(*self._args)
+        return self._reservation
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._reservation is not None:
+            self._reservation.release()
+
+
 class BudgetSet:
-    """All budgets of a run; admits a request only when all of its budgets have room at once."""
+    """All budgets of a Fanout; admits a request only when all budgets of one option have room."""
 
     def __init__(self, clock: Clock | None = None, learned: LearnedLimits | None = None) -> None:
         self.clock = clock or LoopClock()
         self.learned = learned
         self._budgets: dict[tuple[str, str], Budget] = {}
-        self.listeners: list[Callable[[str, str, float | None, float | None, str], None]] = []
+        self._seq = itertools.count()
+        self.listeners: list[LearnedCallback] = []
 
-    def budget(self, scope: str, name: str, **limits: float | int | None) -> Budget:
-        """The budget for (scope, name), created on first use with ``limits`` (learned ones win)."""
+    def budget(self, scope: str, name: str, *, limiter: str | None = None, tokens_counted: str | None = None,
+               adaptive: bool = False, probe: bool = False, **limits: float | int | None) -> Budget:
+        """The budget for (scope, name), created on first use with ``limits`` (learned ones fill gaps)."""
         key = (scope, name)
         if key not in self._budgets:
             known = {k: v for k, v in limits.items() if k in ("rpm", "tpm", "rpd", "concurrency") and v is not None}
             if self.learned is not None:
                 for metric, value in self.learned.get(f"{scope}:{name}").items():
-                    if metric not in known or value < known[metric]:
-                        known[metric] = value
-            adaptive = bool(limits.get("adaptive")) and "rpm" not in known
+                    known.setdefault(metric, value)
             self._budgets[key] = Budget(
-                scope, name, clock=self.clock, adaptive=adaptive, on_learned=self._learned, **known  # type: ignore[arg-type]
+                scope, name, clock=self.clock, limiter=limiter or DEFAULT_LIMITER,
+                tokens_counted=tokens_counted or "max_tokens", adaptive=adaptive and "rpm" not in known,
+                probe=probe and not known, on_learned=self._learned, **known,  # type: ignore[arg-type]
             )
         return self._budgets[key]
 
@@ -298,16 +486,129 @@ class BudgetSet:
         for listener in self.listeners:
             listener(scope, metric, old, new, source)
 
-    def wait_time(self, budgets: Iterable[Budget], tokens: float) -> float:
-        return max((b.wait_time(tokens) for b in budgets), default=0.0)
+    def reserve(self, options: Sequence[Option], *, max_wait_s: float = math.inf,
+                on_wait: Callable[[float, str], None] | None = None) -> _Reserve:
+        """``async with budgets.reserve(options) as r``: the first option all of whose budgets admit it.
 
-    async def take(self, budgets: Iterable[Budget], tokens: float) -> None:
-        """Charge every budget; the caller has just checked ``wait_time(...) == 0`` without awaiting."""
-        for b in budgets:
-            await b.take(tokens)
+        Raises CapacityError when no option can ever fit, or only after longer than ``max_wait_s``.
+        ``on_wait(seconds, why)`` is called once, when the request first has to wait.
+        """
+        return _Reserve(self, options, max_wait_s, on_wait)
+
+    async def acquire(self, options: Sequence[Option], max_wait_s: float = math.inf,
+                      on_wait: Callable[[float, str], None] | None = None) -> Reservation:
+        """Wait until one option fits, charge it, and return its Reservation (see ``reserve``)."""
+        if not options:
+            raise CapacityError(math.inf, "no option to send the request to")
+        waiter = _Waiter(next(self._seq))
+        started = self.clock.now()
+        announced = False
+        try:
+            while True:
+                now = self.clock.now()
+                reservation, wake_at, why, blocker, woken_by_others = self._evaluate(waiter, options, now)
+                if reservation is not None:
+                    reservation.waited_s = now - started
+                    return reservation
+                if not woken_by_others and math.isinf(wake_at):
+                    raise CapacityError(math.inf, why, blocker)
+                if not woken_by_others and wake_at - now > max_wait_s:
+                    raise CapacityError(wake_at - now, why, blocker)
+                if not announced and on_wait is not None:
+                    on_wait(max(0.0, wake_at - now), why)
+                announced = True
+                waiter.future = asyncio.get_running_loop().create_future()
+                timer = self.clock.call_later(wake_at - now, waiter.wake) if math.isfinite(wake_at) else None
+                try:
+                    await waiter.future
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                    waiter.future = None
+        finally:
+            self._leave(waiter)
+
+    def _evaluate(self, waiter: _Waiter, options: Sequence[Option], now: float
+                  ) -> tuple[Reservation | None, float, str, Budget | None, bool]:
+        """Admit the first option that fits now, or update claims and watches and say when to look again.
+
+        Returns (the reservation, or None and: the time worth waking at (inf: none), why, the
+        budget that blocks, and whether a release or a budget's queue moving on will wake it).
+        """
+        wake_at, why, blocker, woken_by_others = math.inf, "", None, False
+        claims: set[Budget] = set()
+        watching: set[Budget] = set()
+        for index, option in enumerate(options):
+            blocks: list[_Block] = []
+            for b in option.budgets:
+                blk = b.block(option.tokens, now)
+                if blk is None:
+                    head = b._head()
+                    if head is not None and head is not waiter and head.seq < waiter.seq:
+                        blk = _Block(b, None, f"queued behind earlier requests for {b.scope} {b.name}")
+                if blk is not None:
+                    blocks.append(blk)
+            if not blocks:
+                reservation = Reservation(self, option, index)
+                reservation._take(now)
+                self._leave(waiter)
+                for b in option.budgets:  # the baton: the next claimant may fit what is left
+                    if b._claims:
+                        b.changed()
+                return reservation, math.inf, "", None, False
+            never = next((blk for blk in blocks if blk.until is not None and math.isinf(blk.until)), None)
+            if never is not None:
+                if blocker is None:
+                    why, blocker = never.why, never.budget
+                continue
+            timed = [blk for blk in blocks if blk.until is not None]
+            latest = max(timed, key=lambda blk: blk.until or 0.0) if timed else None
+            sole = blocks[0].budget if len(blocks) == 1 else None
+            if sole is not None:
+                claims.add(sole)  # first come, first served on the one budget in the way
+            if latest is not None:
+                # nothing frees this option before its latest time; only a head claimant keeps a timer
+                head = sole._head() if sole is not None else None
+                if head is not None and head is not waiter and head.seq < waiter.seq:
+                    woken_by_others = True
+                elif latest.until is not None and latest.until < wake_at:
+                    wake_at, why, blocker = latest.until, latest.why, latest.budget
+            else:
+                woken_by_others = True
+                if sole is None:
+                    watching.update(blk.budget for blk in blocks)
+                if blocker is None or math.isinf(wake_at):
+                    why, blocker = blocks[0].why, blocks[0].budget
+        self._update(waiter, claims, watching)
+        return None, wake_at, why, blocker, woken_by_others
+
+    def _update(self, waiter: _Waiter, claims: set[Budget], watching: set[Budget]) -> None:
+        for b in waiter.claims - claims:
+            waiter.claims.discard(b)
+            b.changed()  # it was perhaps the head: the next claimant looks now
+        for b in claims - waiter.claims:
+            waiter.claims.add(b)
+            heapq.heappush(b._claims, (waiter.seq, waiter))
+        for b in waiter.watching - watching:
+            b._watchers.discard(waiter)
+        for b in watching:
+            b._watchers.add(waiter)
+        waiter.watching = set(watching)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        claimed = waiter.claims
+        waiter.claims = set()
+        for b in waiter.watching:
+            b._watchers.discard(waiter)
+        waiter.watching = set()
+        for b in claimed:
+            b.changed()
 
     def statistics(self) -> tuple[BudgetStats, ...]:
         return tuple(b.statistics() for b in self._budgets.values())
+
+    def __iter__(self):  # noqa: ANN204 - the budgets, for status views and tests
+        return iter(list(self._budgets.values()))
 
     def __repr__(self) -> str:
         return f"<BudgetSet {len(self._budgets)} budgets>"

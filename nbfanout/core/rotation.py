@@ -15,12 +15,24 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nbfanout.catalog import ModelSpec
+from collections.abc import Callable
+from typing import Any
+
+from nbfanout.catalog import Limits, ModelSpec
 from nbfanout.config import ApiKey, Config, ProviderConfig
 from nbfanout.core.clock import Clock, LoopClock
-from nbfanout.core.limits import Budget, BudgetSet
+from nbfanout.core.errors import ErrorCategory, ErrorInfo
+from nbfanout.core.events import RateLimited
+from nbfanout.core.headers import RateSnapshot
+from nbfanout.core.limits import Budget, BudgetSet, CapacityError, Reservation
 
-__all__ = ["Choice", "Router", "auto_pool"]
+__all__ = ["KEY_FAULTS", "Choice", "Router", "auto_pool"]
+
+#: Failures that are the key's (or the model's on that key), not the request's: another key may work.
+KEY_FAULTS = frozenset({ErrorCategory.AUTH, ErrorCategory.PERMISSION, ErrorCategory.QUOTA_EXHAUSTED})
+#: Wire formats whose providers state limits in response headers (Gemini's do not), so a budget
+#: that knows no limit sends one request and reads them before a burst.
+_HEADER_WIRES = frozenset({"openai", "anthropic"})
 
 POOLS = ("fast", "research", "code", "vision", "audio")
 _CODE_WORDS = re.compile(
@@ -75,36 +87,48 @@ class Router:
         self.order = list(config.defaults.provider_order) + [p for p in config.providers if p not in config.defaults.provider_order]
 
     # --- budgets ------------------------------------------------------------------------
+    def _shape(self, *limits: Limits) -> dict[str, str | None]:
+        """The limiter shape and token counting that apply: the narrowest table that says wins."""
+        limiter = next((lim.limiter for lim in limits if lim.limiter), None)
+        counted = next((lim.tokens_counted for lim in limits if lim.tokens_counted), None)
+        return {"limiter": limiter, "tokens_counted": counted}
+
     def provider_budget(self, provider: ProviderConfig) -> Budget:
         """Limits configured or published for the provider, shared by all of its keys and models."""
         lim = provider.limits
         override = self.provider_rpm.get(provider.id)
         rpm = min(x for x in (lim.rpm, override) if x is not None) if (lim.rpm or override) else None
-        return self.budgets.budget("provider", provider.id, rpm=rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency)
+        return self.budgets.budget("provider", provider.id, rpm=rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency,
+                                   **self._shape(lim))
 
     def key_budget(self, provider: ProviderConfig, key: ApiKey) -> Budget:
         """What one key may do: learned from its rate-limit headers and 429s (adaptive until then)."""
-        return self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True)
+        return self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True, **self._shape(provider.limits))
 
     def model_key_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
-        """One model on one key: what most providers' rate-limit headers describe (per model, per account).
+        """One model on one key: what most providers' limits and rate-limit headers describe (per model, per org)."""
+        provider = self.config.providers[model.provider]
+        limits_known = any((lim.rpm, lim.tpm) != (None, None) for lim in (model.limits, provider.limits))
+        return self.budgets.budget("model-key", f"{model.name} {key.id}", **self._shape(model.limits, provider.limits),
+                                   probe=not limits_known and provider.wire in _HEADER_WIRES)
 
-        OpenRouter's headers describe the key as a whole, so there the key budget learns them instead.
-        """
+    def header_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
+        """The budget a response's rate-limit headers describe: OpenRouter's describe the key as a whole."""
         if model.provider == "openrouter":
             return self.key_budget(self.config.providers[model.provider], key)
-        return self.budgets.budget("model-key", f"{model.name} {key.id}")
+        return self.model_key_budget(model, key)
 
     def model_budget(self, model: ModelSpec) -> Budget:
         lim = model.limits
-        return self.budgets.budget("model", model.name, rpm=lim.rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency)
+        provider = self.config.providers[model.provider]
+        return self.budgets.budget("model", model.name, rpm=lim.rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency,
+                                   **self._shape(lim, provider.limits))
 
     def budgets_for(self, model: ModelSpec, key: ApiKey) -> tuple[Budget, ...]:
+        """Every budget a request to ``model`` with ``key`` counts against, narrowest first."""
         provider = self.config.providers[model.provider]
-        # narrowest first, so a busy model never holds provider-wide capacity while it waits
-        budgets = (self.model_budget(model), self.key_budget(provider, key), self.provider_budget(provider))
-        header_budget = self.model_key_budget(model, key)
-        return budgets if header_budget in budgets else (*budgets, header_budget)
+        return (self.model_budget(model), self.model_key_budget(model, key), self.key_budget(provider, key),
+                self.provider_budget(provider))
 
     # --- candidates ---------------------------------------------------------------------
     def unusable_reason(self, model: ModelSpec) -> str | None:
@@ -139,22 +163,113 @@ class Router:
         )
         return same + others + [after]
 
-    def pick(self, candidates: Sequence[str], tokens: float, prompt_tokens: int, needs: frozenset[str]) -> tuple[Choice | None, float]:
-        """The first candidate with a free key now, or (None, shortest wait until one frees)."""
-        best_wait = math.inf
+    def choices(self, candidates: Sequence[str], needs: frozenset[str]) -> list[Choice]:
+        """Every usable (model, key) of ``candidates`` in order; a provider's keys least used first."""
+        out = []
         for name in candidates:
             model = self.config.models[name]
-            if self.unusable_reason(model) or not self.fits(model, prompt_tokens, needs):
+            if self.unusable_reason(model) or (needs - model.capabilities and model.capabilities):
                 continue
             provider = self.config.providers[model.provider]
             keys = sorted(
                 (k for k in provider.keys if not self.key_budget(provider, k).disabled),
                 key=lambda k: (self.key_budget(provider, k).in_flight, self.key_budget(provider, k).recent_requests),
             )
-            for key in keys:
+            out.extend(Choice(model, provider, key, self.budgets_for(model, key)) for key in keys)
+        return out
+
+    def has_other_key(self, choice: Choice) -> bool:
+        return any(k is not choice.key and not self.key_budget(choice.provider, k).disabled for k in choice.provider.keys)
+
+    # --- learning -----------------------------------------------------------------------
+    def learn_headers(self, choice: Choice, rate: RateSnapshot, reservation: Reservation) -> None:
+        """Put a response's rate-limit headers into the budget they describe."""
+        target = self.header_budget(choice.model, choice.key)
+        if rate.empty:
+            target.probe = False  # no headers will come: stop waiting for them
+            target.changed()
+            return
+        kind = "rpd" if choice.provider.id == "groq" else "rpm"  # Groq's request headers count per day
+        target.observe(rate, reservation.sent_after(target), requests_kind=kind)
+
+    def learn_success(self, choice: Choice) -> None:
+        for b in choice.budgets:
+            b.learn_success()
+
+    def learn_failure(self, choice: Choice, info: ErrorInfo, reservation: Reservation, wait: float,
+                      emit: Callable[..., None], req_id: str) -> None:
+        """Put what a failure says into the scope it names: limits, cooldowns, keys out of use."""
+        model_b, model_key_b, key_b = choice.budgets[0], choice.budgets[1], choice.budgets[2]
+        cat = info.category
+        text = info.message.lower()
+        names_model = choice.model.model_id.lower() in text
+        if cat == ErrorCategory.RATE_LIMIT:
+            reservation.refund()  # a refused request is not counted by the provider
+            emit(RateLimited, request=req_id, model=choice.model.name, key_id=choice.key_id,
+                 retry_after_s=info.retry_after_s if info.retry_after_s is not None else wait, message=info.message)
+            # OpenRouter's "temporarily rate-limited upstream" is the model's, whatever the key; a
+            # message naming the model ("Rate limit reached for gpt-4.1 in organization ...") or a
+            # concurrency limit is that model on this key; otherwise the key itself is limited.
+            hint_kind = info.limit_hint.kind if info.limit_hint is not None else None
+            if "upstream" in text:
+                target = model_b
+            elif names_model or hint_kind == "concurrency":
+                target = model_key_b
+            else:
+                target = key_b
+            target.learn_refusal(info)
+            target.cool_down(wait, f"rate limited: retry in {wait:.1f}s")
+        elif cat == ErrorCategory.OVERLOADED:
+            model_b.cool_down(wait, f"overloaded: retry in {wait:.1f}s")
+        elif cat in KEY_FAULTS:
+            # a quota or permission that names the model is that model's on this key (Gemini's per-model
+            # quotas, a model the account may not use); otherwise the key itself is out
+            (model_key_b if names_model else key_b).disable(cat, info.message)
+        elif cat == ErrorCategory.NOT_FOUND:
+            model_b.disable(cat, info.message)
+
+    def explain(self, candidates: Sequence[str], spec: Any, last: ErrorInfo | None, exc: CapacityError,
+                tokens_for: Callable[[Choice, Any], tuple[int, int]]) -> ErrorInfo:
+        """Why no candidate can take the request: every reason, per model, with its category."""
+        if math.isfinite(exc.wait_s):
+            return ErrorInfo(ErrorCategory.RATE_LIMIT, False,
+                             f"no candidate has capacity within max_wait_s: the soonest waits {exc.wait_s:.0f}s "
+                             f"({exc.reason})" + (f"; last error: {last.message}" if last else ""),
+                             retry_after_s=exc.wait_s)
+        if last is not None and len(candidates) == 1:
+            return last
+        reasons: list[tuple[ErrorCategory, str]] = []
+        for name in candidates:
+            model = self.config.models[name]
+            provider = self.config.providers[model.provider]
+            if not provider.keys:
+                reasons.append((ErrorCategory.MISSING_KEY, f"{name}: no API key (set {' or '.join(provider.key_vars)})"))
+                continue
+            if spec.needs - model.capabilities and model.capabilities:
+                reasons.append((ErrorCategory.BAD_REQUEST, f"{name}: lacks {', '.join(sorted(spec.needs - model.capabilities))}"))
+                continue
+            why: tuple[ErrorCategory, str] | None = None
+            for key in provider.keys:
                 budgets = self.budgets_for(model, key)
-                wait = self.budgets.wait_time(budgets, tokens)
-                if wait == 0.0:
-                    return Choice(model, provider, key, budgets), 0.0
-                best_wait = min(best_wait, wait)
-        return None, best_wait
+                choice = Choice(model, provider, key, budgets)
+                prompt_tokens, tokens = tokens_for(choice, spec)
+                disabled = next((b.disabled for b in budgets if b.disabled), None)
+                too_big = next((b for b in budgets if b.too_large(tokens)), None)
+                if disabled is not None:
+                    why = (disabled[0], f"{name}: taken out of use after {disabled[0].value}: {disabled[1]}")
+                elif model.context_window is not None and prompt_tokens > model.context_window:
+                    why = (ErrorCategory.CONTEXT_LENGTH,
+                           f"{name}: prompt of ~{prompt_tokens} tokens exceeds its {model.context_window}-token context window")
+                elif too_big is not None:
+                    why = (ErrorCategory.CONTEXT_LENGTH,
+                           f"{name}: ~{tokens} tokens (prompt + max output) exceed the {too_big.tpm:g} tokens per "
+                           f"minute allowed for {too_big.scope} {too_big.name}; lower max_tokens or shorten the prompt")
+                else:
+                    why = None
+                    break
+            reasons.append(why or (ErrorCategory.BAD_REQUEST, f"{name}: {exc.reason}"))
+        if last is not None and all(c == ErrorCategory.BAD_REQUEST for c, _ in reasons):
+            return last
+        categories = {c for c, _ in reasons}
+        category = categories.pop() if len(categories) == 1 else ErrorCategory.BAD_REQUEST
+        return ErrorInfo(category, False, "; ".join(r for _, r in reasons))

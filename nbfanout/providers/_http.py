@@ -361,15 +361,17 @@ class HTTPAdapter(Adapter):
 
     # ---- ProviderError builders -----------------------------------------------------------
 
-    def _safe(self, endpoint: Endpoint, info: ErrorInfo) -> ProviderError:
+    def _safe(self, endpoint: Endpoint, info: ErrorInfo, rate: RateSnapshot | None = None) -> ProviderError:
         return ProviderError(
             dataclasses.replace(
                 info, message=redact(info.message, endpoint.api_key), provider=info.provider or endpoint.provider
-            )
+            ),
+            rate,
         )
 
     def _status_error(self, endpoint: Endpoint, response: httpx.Response, body: bytes) -> ProviderError:
-        return self._safe(endpoint, classify_error(endpoint.provider, response.status_code, response.headers, body))
+        info = classify_error(endpoint.provider, response.status_code, response.headers, body)
+        return self._safe(endpoint, info, parse_rate_headers(endpoint.provider, response.headers))
 
     def _transport_error(self, endpoint: Endpoint, exc: httpx.TransportError) -> ProviderError:
         return self._no_response(endpoint, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,345 @@
+"""The per-request pipeline: RequestSpec → wait_for_capacity → send_once → decide → Decision.
+
+One request (a prompt for one requested model, possibly answered by a fallback or a pool
+member) runs as named steps: the router lists the options (model × key) that could take
+it, ``wait_for_capacity`` reserves one in every budget it needs, ``send_once`` sends it,
+the router learns from the outcome, and ``decide`` says what follows: done, retry after a
+wait, rotate, or fail with a precise category. Every attempt is recorded with the wait that
+really happened; every step is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError, classify_error
+from nbfanout.core.events import (
+    ModelCompleted,
+    ModelFailed,
+    ModelQueued,
+    ModelRotation,
+    ModelSelected,
+    NoModelsAvailableEvent,
+    RetryScheduled,
+    RequestStarted,
+    TextDelta,
+)
+from nbfanout.core.limits import Budget, CapacityError, Option, Reservation
+from nbfanout.core.results import Attempt, ModelResult
+from nbfanout.core.retry import RetryPolicy
+from nbfanout.core.rotation import KEY_FAULTS, Choice
+from nbfanout.core.tokens import estimate_request_tokens
+from nbfanout.providers import adapter_for
+from nbfanout.providers.base import ChatRequest, ChatResponse, Endpoint, ImagePart, Message
+
+if TYPE_CHECKING:
+    from nbfanout.core.fanout import Fanout, _Run
+
+__all__ = ["Decision", "RequestSpec", "decide"]
+
+DEFAULT_MAX_TOKENS = 4096
+ROTATE_ON = frozenset(
+    {ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED, ErrorCategory.QUOTA_EXHAUSTED, ErrorCategory.SERVER_ERROR,
+     ErrorCategory.TIMEOUT, ErrorCategory.NETWORK, ErrorCategory.AUTH, ErrorCategory.PERMISSION, ErrorCategory.NOT_FOUND}
+)
+#: Refusals wait in admission (their scope's cooldown), not in a sleep of their own.
+_WAIT_IN_ADMISSION = frozenset({ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """What to send, independent of where: prompt, system, images, output budget and parameters."""
+
+    prompt: str
+    system: str | None = None
+    images: tuple[ImagePart, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    timeout: float | None = None
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        return (Message("user", self.prompt, self.images),)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({"vision"}) if self.images else frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What follows a failed attempt: ``action`` is "retry", "rotate" or "fail"; the wait and why."""
+
+    action: str
+    wait_s: float
+    reason: str
+
+
+def decide(policy: RetryPolicy, attempt: int, info: ErrorInfo, elapsed_s: float, *, may_rotate: bool,
+           other_key: bool) -> Decision:
+    """The next step after failed attempt ``attempt``: rotate when another model or key can take it,
+    else retry after the provider's wait (or our backoff) within attempts and deadline, else fail."""
+    retry, wait, reason = policy.decide(attempt, info, elapsed_s)
+    if (may_rotate or other_key) and attempt < policy.max_attempts:
+        return Decision("rotate", 0.0, "another model or key can take it now")
+    return Decision("retry" if retry else "fail", wait, reason)
+
+
+def default_max_tokens(max_output: int | None) -> int:
+    """The output budget when the caller names none; it is sent, so TPM charges match the provider's."""
+    return min(max_output or DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS)
+
+
+class RequestPipeline:
+    """Runs one request through its steps for a Fanout (its config, router, budgets, clock, events)."""
+
+    def __init__(self, fx: Fanout) -> None:
+        self.fx = fx
+        self.router = fx.router
+        self.clock = fx.clock
+        self.policy = fx.retry
+        self._input_ratio: dict[str, float] = {}  # reported / estimated prompt tokens, per model
+
+    # --- the steps ---------------------------------------------------------------------------
+    def options(self, order: list[str], spec: RequestSpec, run_budget: Budget) -> list[tuple[Choice, int, int]]:
+        """Every (model, key) that could take the request, in search order, with its tokens."""
+        out = []
+        for choice in self.router.choices(order, spec.needs):
+            prompt_tokens = self.prompt_tokens(choice, spec)
+            tokens = prompt_tokens + (spec.max_tokens or default_max_tokens(choice.model.max_output_tokens))
+            if choice.model.context_window is not None and prompt_tokens > choice.model.context_window:
+                continue
+            out.append((replace(choice, budgets=(*choice.budgets, run_budget)), prompt_tokens, tokens))
+        return out
+
+    def prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
+        estimate, _ = estimate_request_tokens(spec.messages, system=spec.system, encoding=choice.model.tokenizer)
+        return math.ceil(estimate * self._input_ratio.get(choice.model.name, 1.0))
+
+    async def wait_for_capacity(self, options: list[tuple[Choice, int, int]], on_wait: Callable[[float, str], None],
+                                max_wait_s: float) -> tuple[Reservation, Choice, int]:
+        """Reserve the first option all of whose budgets admit it; raises CapacityError past ``max_wait_s``."""
+        reservation = await self.fx.budgets.acquire([Option(c.budgets, t) for c, _, t in options], max_wait_s, on_wait)
+        choice, prompt_tokens, _ = options[reservation.index]
+        return reservation, choice, prompt_tokens
+
+    async def send_once(self, run: _Run, req_id: str, choice: Choice, spec: RequestSpec, timeout: float
+                        ) -> tuple[ChatResponse, bool]:
+        """One call to the provider (or the cache); ProviderError on any failure."""
+        request = ChatRequest(model=choice.model.model_id, messages=spec.messages, system=spec.system,
+                              max_tokens=spec.max_tokens or default_max_tokens(choice.model.max_output_tokens),
+                              temperature=spec.temperature, extra=dict(spec.params))
+        cache = self.fx.cache
+        if cache is not None:
+            hit = cache.get(choice.model.name, request)
+            if hit is not None:
+                return hit, True
+        chars = 0
+
+        def on_delta(text: str) -> None:
+            nonlocal chars
+            chars += len(text)
+            self.fx._emit(TextDelta, request=req_id, model=choice.model.name, text=text, chars_so_far=chars)
+
+        endpoint = Endpoint(provider=choice.provider.id, base_url=choice.provider.base_url, api_key=choice.key.value,
+                            headers=dict(choice.provider.headers))
+        try:
+            response = await asyncio.wait_for(
+                adapter_for(choice.provider.wire).complete(run.client, endpoint, request, stream=spec.stream,
+                                                           on_delta=on_delta if spec.stream else None, timeout=timeout),
+                timeout=timeout + 1.0,
+            )
+        except asyncio.TimeoutError as exc:
+            raise ProviderError(classify_error(choice.provider.id, None, None,
+                                               f"ReadTimeout: no answer within {timeout:g}s")) from exc
+        if cache is not None:
+            cache.put(choice.model.name, request, response)
+        return response, False
+
+    # --- the request -------------------------------------------------------------------------
+    async def run(self, run: _Run, index: int, requested: str, candidates: list[str], spec: RequestSpec,
+                  run_budget: Budget, tag: str = "") -> ModelResult:
+        """Answer one request: wait, send, learn, decide, until done or failed."""
+        fx = self.fx
+        req_id = f"{index}:{requested}{tag}"
+        if tag:  # batch jobs were announced when the batch was queued; extra requests (judging) now
+            fx._emit(ModelQueued, request=req_id, model=requested, prompt_index=index)
+        attempts = run.attempts.setdefault(req_id, [])
+        first = fx.config.models[candidates[0]]
+        if len(candidates) == 1 and not fx.config.providers[first.provider].keys:
+            provider = fx.config.providers[first.provider]
+            info = ErrorInfo(ErrorCategory.MISSING_KEY, False,
+                             f"no API key for {provider.id}: set {' or '.join(provider.key_vars)} "
+                             f"(or api_key_env under [providers.{provider.id}] in nbfanout.toml)", provider=provider.id)
+            return self.failed(req_id, requested, requested, info, attempts, index, 0.0)
+        t_start = self.clock.now()
+        last_failed: str | None = None
+        last_info: ErrorInfo | None = None
+        selected: str | None = None
+        attempt_no = rotations = 0
+        tried: set[str] = set()
+        explored = False  # max_rotations reached: only models already tried remain candidates
+        deadline = self.policy.deadline_s
+        while True:
+            elapsed = self.clock.now() - t_start
+            if deadline is not None and elapsed >= deadline:
+                info = last_info or ErrorInfo(ErrorCategory.TIMEOUT, False, f"deadline of {deadline:g}s passed before an answer")
+                return self.failed(req_id, requested, selected or requested, info, attempts, index, elapsed)
+            order = self.router.circular(candidates, last_failed)
+            if explored:
+                order = [m for m in order if m in tried]
+            options = self.options(order, spec, run_budget)
+            announced = False
+
+            def on_wait(seconds: float, why: str) -> None:
+                nonlocal announced
+                if not announced:  # once per wait, not on every wake-up
+                    announced = True
+                    fx._emit(NoModelsAvailableEvent, request=req_id, candidates=tuple(order), wait_s=seconds)
+
+            max_wait = self.policy.max_wait_s
+            if deadline is not None:
+                max_wait = min(max_wait, max(0.0, deadline - elapsed))
+            try:
+                if not options:
+                    raise CapacityError(math.inf, "no candidate can take it")
+                reservation, choice, prompt_tokens = await self.wait_for_capacity(options, on_wait, max_wait)
+            except CapacityError as exc:
+                info = self.router.explain(candidates, spec, last_info, exc, self._tokens_for)
+                return self.failed(req_id, requested, selected or requested, info, attempts, index,
+                                   self.clock.now() - t_start)
+            if attempts and attempts[-1].outcome != "ok":  # the wait that really happened
+                attempts[-1] = replace(attempts[-1], wait_s=max(0.0, self.clock.now() - run.t0 - attempts[-1].end_s))
+            model = choice.model
+            tried.add(model.name)
+            if model.name != selected:
+                if selected is not None:
+                    fx._emit(ModelRotation, request=req_id, from_model=selected, to_model=model.name,
+                             reason=last_info.category.value if last_info else "busy")
+                selected = model.name
+                fx._emit(ModelSelected, request=req_id, requested=requested, model=model.name, key_id=choice.key_id)
+            attempt_no += 1
+            result, info, others = await self._attempt(run, req_id, requested, index, choice, spec, reservation,
+                                                       prompt_tokens, attempt_no, attempts, t_start, deadline)
+            if result is not None:
+                return result
+            assert info is not None
+            last_info = info
+            decision = decide(
+                self.policy, attempt_no, info, self.clock.now() - t_start,
+                may_rotate=len(candidates) > 1 and info.category in ROTATE_ON and rotations < fx.config.defaults.max_rotations,
+                other_key=info.category in KEY_FAULTS and self.router.has_other_key(choice),
+            )
+            # A refusal with no stated wait while other requests to the provider were running means
+            # they hold the capacity (the seeds' free R1 behind a shared upstream): wait for those to
+            # finish, up to the backoff cap, rather than guessing a time and hammering.
+            drain = {f for f in others if not f.done()} if (
+                info.category == ErrorCategory.RATE_LIMIT and info.retry_after_s is None
+                and decision.action == "retry") else set()
+            wait = self.policy.max_backoff_s if drain else decision.wait_s
+            self.router.learn_failure(choice, info, reservation, 0.0 if drain else wait, fx._emit, req_id)
+            if decision.action == "rotate":
+                rotations += len(candidates) > 1 and info.category in ROTATE_ON
+                last_failed = model.name if len(candidates) > 1 else None
+            else:
+                last_failed = None
+                explored = explored or (len(candidates) > 1 and info.category in ROTATE_ON)
+            attempts[-1] = replace(attempts[-1], wait_s=wait if decision.action == "retry" else 0.0)
+            if decision.action == "fail":
+                return self.failed(req_id, requested, model.name, info, attempts, index, self.clock.now() - t_start)
+            if decision.action == "retry":
+                fx._emit(RetryScheduled, request=req_id, model=model.name, attempt=attempt_no, wait_s=wait,
+                         category=info.category.value,
+                         reason="until the provider's busy requests finish" if drain else decision.reason)
+                if drain:
+                    await asyncio.wait(drain, timeout=wait)
+                elif info.category not in _WAIT_IN_ADMISSION:
+                    await self.clock.sleep(wait)
+
+    def _tokens_for(self, choice: Choice, spec: RequestSpec) -> tuple[int, int]:
+        prompt_tokens = self.prompt_tokens(choice, spec)
+        return prompt_tokens, prompt_tokens + (spec.max_tokens or default_max_tokens(choice.model.max_output_tokens))
+
+    async def _attempt(self, run: _Run, req_id: str, requested: str, index: int, choice: Choice, spec: RequestSpec,
+                       reservation: Reservation, prompt_tokens: int, attempt_no: int, attempts: list[Attempt],
+                       t_start: float, deadline: float | None
+                       ) -> tuple[ModelResult | None, ErrorInfo | None, set[asyncio.Future[None]]]:
+        """Send under the reservation; on success settle and return the result, else the error."""
+        fx = self.fx
+        model = choice.model
+        run.in_flight += 1
+        in_flight = run.in_flight
+        start = self.clock.now()
+        fx._emit(RequestStarted, request=req_id, model=model.name, key_id=choice.key_id, attempt=attempt_no,
+                 in_flight=in_flight)
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        busy = run.busy.setdefault(choice.provider.id, set())
+        others = set(busy)
+        busy.add(finished)
+        response: ChatResponse | None = None
+        info: ErrorInfo | None = None
+        rate = None
+        cached = False
+        async with reservation:
+            try:
+                left = None if deadline is None else max(0.001, deadline - (start - t_start))
+                limit = min(x for x in (spec.timeout or self.policy.timeout_s, left) if x is not None)
+                response, cached = await self.send_once(run, req_id, choice, spec, limit)
+                rate = response.rate
+            except ProviderError as exc:
+                info, rate = exc.info, exc.rate
+            except asyncio.CancelledError:
+                attempts.append(Attempt(model.name, choice.key_id, start - run.t0, self.clock.now() - run.t0,
+                                        ErrorCategory.CANCELLED.value, message="cancelled while in flight",
+                                        in_flight=in_flight))
+                raise
+            finally:
+                busy.discard(finished)
+                finished.set_result(None)
+                run.in_flight -= 1
+            if rate is not None and not cached:
+                self.router.learn_headers(choice, rate, reservation)
+            if response is not None:
+                max_output = spec.max_tokens or default_max_tokens(model.max_output_tokens)
+                reservation.settle(response.usage.input_tokens, response.usage.output_tokens, max_output, prompt_tokens)
+                self.router.learn_success(choice)
+                self._reconcile(model.name, prompt_tokens, response.usage.input_tokens)
+        end = self.clock.now()
+        if response is None:
+            assert info is not None
+            attempts.append(Attempt(model.name, choice.key_id, start - run.t0, end - run.t0, info.category.value,
+                                    info.status, info.message, in_flight=in_flight))
+            return None, info, others
+        attempts.append(Attempt(model.name, choice.key_id, start - run.t0, end - run.t0, "ok", response.status,
+                                in_flight=in_flight))
+        cost = model.cost(response.usage.input_tokens, response.usage.output_tokens)
+        result = ModelResult(
+            requested=requested, model=model.name, ok=True, text=response.text,
+            input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens, cost=cost,
+            latency_s=end - t_start, finish_reason=response.finish_reason, attempts=tuple(attempts),
+            prompt_index=index, cached=cached,
+        )
+        fx._emit(ModelCompleted, request=req_id, requested=requested, model=model.name, latency_s=end - t_start,
+                 input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost=cost, attempts=len(attempts))
+        return result, None, others
+
+    def _reconcile(self, model: str, estimated: int, reported: int) -> None:
+        """Move the model's estimate toward what the provider counts (EWMA of reported / estimated)."""
+        if estimated <= 0 or reported <= 0:
+            return
+        ratio = self._input_ratio.get(model, 1.0)
+        observed = min(4.0, max(0.25, reported / (estimated / ratio)))
+        self._input_ratio[model] = 0.7 * ratio + 0.3 * observed if model in self._input_ratio else observed
+
+    def failed(self, req_id: str, requested: str, model: str, info: ErrorInfo, attempts: list[Attempt], index: int,
+               latency: float) -> ModelResult:
+        self.fx._emit(ModelFailed, request=req_id, requested=requested, model=model, category=info.category.value,
+                      status=info.status, message=info.message, attempts=len(attempts))
+        return ModelResult(requested=requested, model=model, ok=False, latency_s=latency, attempts=tuple(attempts),
+                           error=info, prompt_index=index)

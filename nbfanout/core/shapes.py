@@ -1,0 +1,304 @@
+"""Limiter shapes: the ways providers count a per-minute (or per-day) limit, each exact.
+
+Every shape answers the same questions on the injected clock: how long until ``amount``
+fits (0 now, ``inf`` never), take it, give some back, charge more, and accept the
+provider's own count from its headers. Definitions (``L`` the limit, ``S`` its span:
+60 s for rpm / tpm, 86,400 s for rpd):
+
+* ``token_bucket``: capacity ``L``, starts full, refills continuously at ``L/S`` per second.
+  Anthropic documents its limits this way (platform.claude.com/docs/en/api/rate-limits:
+  "your capacity is continuously replenished up to your maximum limit"). It admits the
+  same sequences as ``aiolimiter.AsyncLimiter(L, S)``; the tests use that as the oracle.
+* ``sliding_window``: at most ``L`` in any ``S`` seconds: an amount taken at ``u`` counts
+  while ``now - u < S``.
+* ``fixed_window``: at most ``L`` per window ``[k·S, (k+1)·S)``; a provider's reset header
+  moves the window edges to where the provider has them.
+* ``per_second``: OpenAI's note that a per-minute limit "may be enforced over shorter
+  periods (e.g. 60,000 requests/minute may be enforced as 1,000 requests/second)"
+  (developers.openai.com/api/docs/guides/rate-limits): a token bucket holding one
+  second's worth, ``L/60``, refilled at ``L/60`` per second. Only rpm / tpm are quantized.
+
+Why ``sliding_window`` is the default for an endpoint whose shape is unknown: a sequence
+with at most ``L`` in every ``S``-second window is also accepted by a token bucket of
+capacity ``L`` (any interval of length ``T`` then holds at most ``L·ceil(T/S) ≤ L + L·T/S``)
+and by a fixed window of ``L`` (each window is one of the sliding windows). So it is exact
+for sliding-window providers and is never refused by token-bucket or fixed-window ones.
+Only a provider that quantizes per second needs to be told (``limiter = "per_second"``).
+
+Why not aiolimiter as the engine: ``AsyncLimiter`` is the token bucket, but admission
+here must reserve across several budgets at once, give unused tokens back, say how long
+until a request fits, serve waiters first come first served (aiolimiter serves the
+smallest waiting amount first) and run on an injected clock, none of which its public API
+offers; we use it as the reference the token bucket is tested against instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Protocol
+
+__all__ = ["DEFAULT_LIMITER", "LIMITERS", "Shape", "make_shape"]
+
+LIMITERS = ("token_bucket", "sliding_window", "fixed_window", "per_second")
+DEFAULT_LIMITER = "sliding_window"
+_EPS = 1e-9
+
+
+class Shape(Protocol):
+    """One counted limit (requests or tokens) in one shape."""
+
+    limit: float
+    span: float
+
+    @property
+    def capacity(self) -> float: ...  # the largest single amount that can ever fit
+
+    def wait(self, amount: float, now: float) -> float: ...
+
+    def take(self, amount: float, now: float) -> float: ...  # returns a handle: the time taken
+
+    def give_back(self, amount: float, taken_at: float, now: float) -> None: ...
+
+    def charge(self, amount: float, taken_at: float, now: float) -> None: ...
+
+    def used(self, now: float) -> float: ...
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None: ...
+
+
+class TokenBucket:
+    """Capacity ``capacity`` (default ``limit``), refilled at ``limit/span`` per second."""
+
+    __slots__ = ("limit", "span", "_capacity", "_rate", "_level", "_t")
+
+    def __init__(self, limit: float, span: float, now: float, capacity: float | None = None) -> None:
+        self.limit, self.span = float(limit), float(span)
+        self._capacity = float(capacity if capacity is not None else limit)
+        self._rate = self.limit / self.span
+        self._level = self._capacity  # tokens available; may go negative after a charge (debt)
+        self._t = now
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+    def _refill(self, now: float) -> None:
+        if now > self._t:
+            self._level = min(self._capacity, self._level + (now - self._t) * self._rate)
+            self._t = now
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self._level
+
+    def wait(self, amount: float, now: float) -> float:
+        if amount > self._capacity + _EPS:
+            return math.inf
+        deficit = amount - self.available(now)
+        return 0.0 if deficit <= _EPS else deficit / self._rate
+
+    def take(self, amount: float, now: float) -> float:
+        self._refill(now)
+        self._level -= amount
+        return now
+
+    def give_back(self, amount: float, taken_at: float, now: float) -> None:
+        self._refill(now)
+        self._level = min(self._capacity, self._level + amount)
+
+    def charge(self, amount: float, taken_at: float, now: float) -> None:
+        self._refill(now)
+        self._level -= amount
+
+    def used(self, now: float) -> float:
+        return self._capacity - self.available(now)
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
+        """The provider's ``remaining`` (minus what we sent after it counted) is what is available."""
+        self._refill(now)
+        self._level = min(self._capacity, remaining - newer)
+
+    def __repr__(self) -> str:
+        return f"<TokenBucket {self._level:.1f}/{self._capacity:g}, +{self._rate:g}/s>"
+
+
+class SlidingWindow:
+    """At most ``limit`` in any ``span`` seconds: a log of (time, amount)."""
+
+    __slots__ = ("limit", "span", "_log", "_total")
+
+    def __init__(self, limit: float, span: float, now: float) -> None:
+        self.limit, self.span = float(limit), float(span)
+        self._log: deque[list[float]] = deque()  # [time, amount], oldest first
+        self._total = 0.0
+
+    @property
+    def capacity(self) -> float:
+        return self.limit
+
+    def _prune(self, now: float) -> None:
+        log = self._log
+        while log and now - log[0][0] >= self.span:
+            self._total -= log.popleft()[1]
+
+    def wait(self, amount: float, now: float) -> float:
+        if amount > self.limit + _EPS:
+            return math.inf
+        self._prune(now)
+        need = self._total + amount - self.limit
+        if need <= _EPS:
+            return 0.0
+        freed = 0.0
+        for t, a in self._log:
+            freed += a
+            if freed >= need - _EPS:
+                return max(0.0, t + self.span - now)
+        return math.inf  # unreachable: the whole log frees more than ``need``
+
+    def take(self, amount: float, now: float) -> float:
+        self._prune(now)
+        if self._log and self._log[-1][0] > now:  # a synthetic entry from observe() is not "oldest"
+            self._insert(now, amount)
+        else:
+            self._log.append([now, amount])
+        self._total += amount
+        return now
+
+    def _insert(self, t: float, amount: float) -> None:
+        items = list(self._log)
+        i = next((k for k, e in enumerate(items) if e[0] > t), len(items))
+        items.insert(i, [t, amount])
+        self._log = deque(items)
+
+    def _entry(self, taken_at: float) -> list[float] | None:
+        for e in reversed(self._log):
+            if e[0] == taken_at:
+                return e
+        return None
+
+    def give_back(self, amount: float, taken_at: float, now: float) -> None:
+        self._prune(now)
+        e = self._entry(taken_at)
+        if e is not None:
+            back = min(amount, e[1])
+            e[1] -= back
+            self._total -= back
+
+    def charge(self, amount: float, taken_at: float, now: float) -> None:
+        self._prune(now)
+        e = self._entry(taken_at)
+        if e is None:  # already out of the window: the provider counts it now
+            self.take(amount, now)
+            return
+        e[1] += amount
+        self._total += amount
+
+    def used(self, now: float) -> float:
+        self._prune(now)
+        return self._total
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
+        """Make our count agree with the provider's: ``limit - remaining`` used, plus what we sent since.
+
+        Missing use is added as one entry that expires when the provider says the window resets
+        (the latest any of it can expire); surplus is removed from the oldest entries.
+        """
+        self._prune(now)
+        target = max(0.0, self.limit - remaining) + newer
+        diff = target - self._total
+        if diff > _EPS:
+            expires = now + (reset_s if reset_s is not None else self.span)
+            self._insert(min(now, expires - self.span) if reset_s is not None else now, diff)
+            self._total += diff
+        elif diff < -_EPS:
+            surplus = -diff
+            for e in self._log:
+                cut = min(surplus, e[1])
+                e[1] -= cut
+                surplus -= cut
+                if surplus <= _EPS:
+                    break
+            self._total = sum(e[1] for e in self._log)
+
+    def __repr__(self) -> str:
+        return f"<SlidingWindow {self._total:g}/{self.limit:g} per {self.span:g}s>"
+
+
+class FixedWindow:
+    """At most ``limit`` per window ``[k·span + phase, (k+1)·span + phase)``."""
+
+    __slots__ = ("limit", "span", "_phase", "_index", "_used")
+
+    def __init__(self, limit: float, span: float, now: float) -> None:
+        self.limit, self.span = float(limit), float(span)
+        self._phase = 0.0
+        self._index = math.floor(now / span)
+        self._used = 0.0
+
+    @property
+    def capacity(self) -> float:
+        return self.limit
+
+    def _roll(self, now: float) -> None:
+        index = math.floor((now - self._phase) / self.span)
+        if index != self._index:
+            self._index, self._used = index, 0.0
+
+    def _end(self) -> float:
+        return (self._index + 1) * self.span + self._phase
+
+    def wait(self, amount: float, now: float) -> float:
+        if amount > self.limit + _EPS:
+            return math.inf
+        self._roll(now)
+        return 0.0 if self._used + amount <= self.limit + _EPS else max(0.0, self._end() - now)
+
+    def take(self, amount: float, now: float) -> float:
+        self._roll(now)
+        self._used += amount
+        return now
+
+    def _same_window(self, taken_at: float) -> bool:
+        return math.floor((taken_at - self._phase) / self.span) == self._index
+
+    def give_back(self, amount: float, taken_at: float, now: float) -> None:
+        self._roll(now)
+        if self._same_window(taken_at):
+            self._used = max(0.0, self._used - amount)
+
+    def charge(self, amount: float, taken_at: float, now: float) -> None:
+        self._roll(now)
+        self._used += amount
+
+    def used(self, now: float) -> float:
+        self._roll(now)
+        return self._used
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
+        """Adopt the provider's window edge (from its reset) and its count."""
+        if reset_s is not None and 0 < reset_s <= self.span:
+            end = now + reset_s
+            self._phase = end - math.floor(end / self.span) * self.span
+            self._index = math.floor((now - self._phase) / self.span)
+        self._roll(now)
+        self._used = max(0.0, self.limit - remaining) + newer
+
+    def __repr__(self) -> str:
+        return f"<FixedWindow {self._used:g}/{self.limit:g} per {self.span:g}s>"
+
+
+def make_shape(limiter: str, kind: str, limit: float, now: float) -> Shape:
+    """The shape ``limiter`` for a limit of ``kind`` (rpm, tpm or rpd)."""
+    span = 86_400.0 if kind == "rpd" else 60.0
+    if limiter == "token_bucket":
+        return TokenBucket(limit, span, now)
+    if limiter == "per_second":
+        if kind == "rpd":
+            return TokenBucket(limit, span, now)
+        return TokenBucket(limit, span, now, capacity=limit / 60.0)
+    if limiter == "fixed_window":
+        return FixedWindow(limit, span, now)
+    if limiter == "sliding_window":
+        return SlidingWindow(limit, span, now)
+    raise ValueError(f"unknown limiter {limiter!r}; expected one of {', '.join(LIMITERS)}")

@@ -16,7 +16,8 @@ Routes (``{provider}`` is a scenario provider id; its wire format decides which 
 Every model call goes through one pipeline, in the order a provider checks things:
 key (401) -> request body (400) -> model (404) -> key out of credit -> rejecting faults
 -> limits (429, nothing counted) -> admission (counted in every window it touches,
-in flight) -> busy-upstream rules -> failing faults -> the answer after its latency.
+in flight) -> busy-upstream rules -> failing faults -> the answer after its latency
+-> settlement (``tokens_counted = "usage"``: the TPM charge shrinks to the real output).
 
 The clock is injectable (``clock``, default ``time.monotonic``) so enforcement can be
 tested with a fake clock; latencies are slept with ``asyncio.sleep`` times ``time_scale``
@@ -42,8 +43,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nbfanout.sandbox import wire_anthropic, wire_gemini, wire_openai
 from nbfanout.sandbox.faults import FaultBook
-from nbfanout.sandbox.ledger import Ledger
-from nbfanout.sandbox.limits import Limiter, Pool, WindowView
+from nbfanout.sandbox.ledger import Ledger, LedgerCharge
+from nbfanout.sandbox.limits import Charge, Limiter, Pool, Rejection, WindowView
 from nbfanout.sandbox.scenario import (
     Fault,
     KeySpec,
@@ -89,7 +90,7 @@ class SandboxState:
         self.wall = wall or time.time
         self.limiter = Limiter(self.scenario)
         self.ledger = Ledger()
-        self.faults = FaultBook(self.scenario)
+        self.faults = FaultBook(self.scenario, self.clock)
         self._ids = 0
         self._draws: Counter[tuple[str, str]] = Counter()
 
@@ -127,9 +128,13 @@ class SandboxState:
         out["time_scale"] = self.time_scale
         out["clock"] = self.clock()
         out["limits"] = {
-            pool.id.label: {"limits": dict(pool.limits.items()), "in_flight": pool.in_flight}
+            pool.id.label: {"limits": dict(pool.limits.items()), "limiter": pool.shape, "in_flight": pool.in_flight}
             for pool in self.limiter.pools.values()
         }
+        # Window maxima are the sliding window's bound; the shape says which bound applies.
+        for pool in self.limiter.pools.values():
+            if pool.id.label in out["pools"]:
+                out["pools"][pool.id.label]["limiter"] = pool.shape
         return out
 
 
@@ -214,6 +219,8 @@ class _Call:
         self.views: dict[str, WindowView] = {}
         self.entities: list[tuple[str, str]] = []
         self.ctx: CallContext | None = None
+        self.charge: Charge | None = None
+        self.ledger_charge: LedgerCharge | None = None
 
     def begin(self, model_id: str | None, max_tokens: int | None) -> None:
         """Record the request and build its context once the model id is known (or not)."""
@@ -260,10 +267,11 @@ class _Call:
 
     def fault_denial(self, fault: Fault) -> Denial:
         """A rejecting fault as a Denial; a burst quotes the tightest real RPM (else 60)."""
+        left = self.state.faults.period_left(fault)
         if fault.kind == "rate_limit_burst":
             rpm = self.views.get("rpm")
             limit = rpm.limit if rpm is not None else 60
-            wait = fault.retry_after_s if fault.retry_after_s is not None else (None if fault.upstream else 1.0)
+            wait = fault.retry_after_s if fault.retry_after_s is not None else (None if fault.upstream else left or 1.0)
             return Denial(
                 "rate_limit_burst",
                 kind="rpm",
@@ -274,7 +282,7 @@ class _Call:
                 upstream=fault.upstream,
                 message=fault.message,
             )
-        return Denial(fault.kind, retry_after_s=fault.retry_after_s, message=fault.message)
+        return Denial(fault.kind, retry_after_s=fault.retry_after_s if fault.retry_after_s is not None else left, message=fault.message)
 
     async def admit(self, tokens: int) -> Response | _Lease:
         """Rejecting faults, then the limits; on success the request is in flight (a lease)."""
@@ -287,7 +295,7 @@ class _Call:
                 await self.state.sleep(fault.delay_s)
             return self.refuse(self.fault_denial(fault), fault=fault.kind)
         rej = Limiter.try_admit(self.pools, now, tokens)
-        if rej is not None:
+        if isinstance(rej, Rejection):
             return self.refuse(
                 Denial(
                     rej.kind,
@@ -301,7 +309,8 @@ class _Call:
                     too_large=rej.too_large,
                 )
             )
-        self.state.ledger.admit(self.entities, now, tokens)
+        self.charge = rej
+        self.ledger_charge = self.state.ledger.admit(self.entities, now, tokens)
         self.views = Limiter.views(self.pools, now)
         return _Lease(self.state, self.pools, self.entities)
 
@@ -329,8 +338,13 @@ class _Call:
                 return self.refuse(self.fault_denial(rule), fault=rule.kind)
         return None
 
-    def accept(self) -> None:
+    def accept(self, charged_tokens: int | None = None) -> None:
+        """An answer completed; under ``tokens_counted = "usage"`` its TPM charge settles to ``charged_tokens``."""
         self.state.ledger.accept(self.entities)
+        if charged_tokens is not None and self.provider.counts_usage and self.charge is not None:
+            back = Limiter.settle(self.charge, charged_tokens, self.state.clock())
+            if self.ledger_charge is not None:
+                self.state.ledger.settle(self.ledger_charge, back)
 
 
 def _latency_split(model: ModelSpec, n_out: int, total: float) -> tuple[float, float]:
@@ -434,7 +448,7 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
             if not await _sleep_unless_client_leaves(request, state, latency):
                 state.ledger.reject(c.entities, "client_closed")
                 return Response(status_code=499)  # nobody is listening; the lease is released below
-            c.accept()
+            c.accept(usage.total_tokens)
         if not call.stream:
             return _json(mod.render_success(ctx, text, usage), headers=headers)
         if route_wire == "gemini" and stream_mode == "array":
@@ -471,7 +485,7 @@ async def _stream(
             yield mod.stream_delta(ctx, call, piece)
         yield mod.stream_tail(ctx, call, usage)
         finished = True
-        c.accept()
+        c.accept(usage.total_tokens)
     finally:
         if not finished:
             state.ledger.reject(c.entities, "client_closed")

@@ -13,17 +13,22 @@ pool) keeps::
     faults            {kind: count} of injected faults (including "slow")
     in_flight, peak_concurrency
     tokens_admitted   estimated tokens counted at admission (input + max_tokens)
+    tokens_charged    the same after settlement: with ``tokens_counted = "usage"`` each
+                      answered request's charge is reduced to input + actual output
     max_requests_60s, max_tokens_60s
-                      the most requests / tokens admitted in any 60-second window,
-                      computed exactly from admission timestamps: the largest count over
-                      sets whose timestamps satisfy last - first < 60 s (the same
-                      half-open window the limiter enforces)
+                      the most requests / tokens (as charged, after settlement) admitted
+                      in any 60-second window, computed exactly from admission
+                      timestamps: the largest count over sets whose timestamps satisfy
+                      last - first < 60 s (the sliding window's own half-open definition;
+                      other shapes allow more, e.g. a token bucket up to 2L in 60 s, so
+                      check those against their own definition)
 
 Entities are keyed ``providers[id]``, ``keys["provider:…abcd"]``,
 ``models["provider/model"]`` and ``pools[label]`` (e.g. ``"model:openai/gpt-4.1@…abcd"``,
 ``"group:openrouter/free-models-per-min@…abcd"``). GET /_sandbox/stats adds ``limits``
-(each pool's configured limits and live in-flight count), ``scenario``, ``time_scale``
-and ``clock``. Keys appear only by their last four characters.
+(each pool's configured limits, ``limiter`` shape and live in-flight count), a
+``limiter`` entry in each ``pools[label]`` account, ``scenario``, ``time_scale`` and
+``clock``. Keys appear only by their last four characters.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Ledger", "max_in_window"]
+__all__ = ["Ledger", "LedgerCharge", "max_in_window"]
 
 WINDOW_S = 60.0
 
@@ -48,6 +53,14 @@ def max_in_window(times: list[float], amounts: list[int] | None = None, span: fl
             lo += 1
         best = max(best, cur)
     return best
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCharge:
+    """Where one admission's tokens were recorded (account, index), in which ledger generation."""
+
+    generation: int
+    places: tuple[tuple[_Account, int], ...]
 
 
 @dataclass(slots=True)
@@ -76,6 +89,7 @@ class _Account:
             "in_flight": self.in_flight,
             "peak_concurrency": self.peak_concurrency,
             "tokens_admitted": self.tokens_admitted,
+            "tokens_charged": sum(self.amounts),
             "max_requests_60s": max_in_window(self.times),
             "max_tokens_60s": max_in_window(self.times, self.amounts),
         }
@@ -130,12 +144,23 @@ class Ledger:
         for a in self._all(entities):
             a.faults[kind] += 1
 
-    def admit(self, entities: list[tuple[str, str]], now: float, tokens: int) -> None:
+    def admit(self, entities: list[tuple[str, str]], now: float, tokens: int) -> LedgerCharge:
+        """Count an admission; the handle lets ``settle`` reduce its tokens later."""
+        places = []
         for a in self._all(entities):
             a.admitted += 1
             a.tokens_admitted += tokens
             a.times.append(now)
             a.amounts.append(tokens)
+            places.append((a, len(a.amounts) - 1))
+        return LedgerCharge(self.generation, tuple(places))
+
+    def settle(self, charge: LedgerCharge, back: int) -> None:
+        """Give ``back`` tokens of an admission back (tokens_counted = "usage"), unless a reset forgot it."""
+        if charge.generation != self.generation or back <= 0:
+            return
+        for acc, i in charge.places:
+            acc.amounts[i] -= min(back, acc.amounts[i])
 
     def enter(self, entities: list[tuple[str, str]]) -> None:
         for a in self._all(entities):

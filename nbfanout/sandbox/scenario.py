@@ -21,6 +21,7 @@ was expected. Schema::
             { key = "sk-sbx-...", limits = { rpm = 3 } }]    # this key's own limits
     limits = { rpm = 100, hidden = ["rpm"] }   # shared by every key and model of the provider
     key_limits = { rpm = 500, tpm = 90000 }    # applied to each key separately
+    tokens_counted = "max_tokens"   # or "usage": TPM settles to the real output when an answer ends
     faults = [ ... ]                # fault rules for every model of the provider (see below)
 
     [providers.<id>.groups.<name>]  # a limit several models share (OpenRouter's
@@ -35,8 +36,17 @@ was expected. Schema::
     output_tokens = [600, 800]      # inclusive range; the exact count is seeded per prompt
     faults = [ ... ]
 
+    [pools.<name>]                  # optional: a client-config pool, written as [pools.<name>]
+    models = ["<provider>/<model>", ...]
+
 Limits (``rpm``, ``tpm``, ``rpd``, ``concurrency``; all optional positive integers) are
-enforced exactly (see ``limits.py``). ``per_key = true`` gives every key its own copy
+enforced exactly (see ``limits.py``). Every limits table may name its ``limiter`` shape,
+``"sliding_window"`` (the default), ``"token_bucket"``, ``"fixed_window"`` or
+``"per_second"``; it applies to that table's rpm, tpm and rpd. A table that names none
+takes the provider ``limits`` table's ``limiter`` if that names one. ``tokens_counted``
+says what TPM charges: ``"max_tokens"`` (default; input + max_tokens at admission, never
+changed) or ``"usage"`` (the same at admission, reduced to input + actual output tokens
+when the answer completes, as Anthropic documents). ``per_key = true`` gives every key its own copy
 of a model's or group's limits (OpenAI's per-organisation model limits); otherwise one
 copy is shared by all keys (an upstream's capacity). Provider and model limits are
 *advertised* (written into the client config that ``Sandbox.config`` returns) unless
@@ -46,7 +56,11 @@ from rate-limit headers and 429 bodies, as with real providers.
 A fault rule is a table with ``kind`` and exactly one trigger:
 
 - ``probability = 0.1`` (seeded), ``every_nth = 4``, ``first_n = 2`` (counted per rule,
-  over requests to that model, or to the provider for provider-level rules), or
+  over requests to that model, or to the provider for provider-level rules),
+- ``during_s = [0, 30]``: every request arriving in that period of the sandbox's life
+  (seconds on its clock since it started or was last reset, half-open; not scaled by
+  ``time_scale``, like limit windows); a refusal without ``retry_after_s`` asks the
+  client to wait until the period ends, or
 - ``while_busy = ["model-a", ...]`` with ``after_ms``: the request is admitted, waits
   ``after_ms`` in the upstream's queue, and fails if any *other* request to one of the
   listed models is in flight then (a shared upstream that is busy).
@@ -64,7 +78,8 @@ before admission and use no quota; ``server_error``, ``slow``, ``drop`` and ``ma
 happen after admission, take time (``delay_s``, default the model's base latency) and
 count against the limits, as a real failed call does.
 
-``lower_bound(...)`` says how fast any client could possibly run a set of models once.
+``lower_bound(...)`` says how fast any client could possibly run a set of models once,
+or ``prompts`` times each.
 """
 
 from __future__ import annotations
@@ -72,7 +87,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -86,18 +101,21 @@ else:  # pragma: no cover
 
 __all__ = [
     "BUILTIN_SCENARIOS",
+    "DEFAULT_LIMITER",
     "FAULT_KINDS",
     "Fault",
     "GroupSpec",
     "KeySpec",
     "Latency",
     "Limits",
+    "LIMITERS",
     "LowerBound",
     "ModelSpec",
     "ProviderSpec",
     "STYLES",
     "Scenario",
     "ScenarioError",
+    "TOKENS_COUNTED",
     "load_scenario",
     "lower_bound_s",
     "mask_key",
@@ -105,6 +123,13 @@ __all__ = [
 ]
 
 LIMIT_KINDS: tuple[str, ...] = ("rpm", "tpm", "rpd", "concurrency")
+
+#: Limiter shapes a limits table may name; the first is the default (the sliding log).
+LIMITERS: tuple[str, ...] = ("sliding_window", "token_bucket", "fixed_window", "per_second")
+DEFAULT_LIMITER = "sliding_window"
+
+#: What a provider's TPM charges: ``max_tokens`` (default) or the answer's real ``usage``.
+TOKENS_COUNTED: tuple[str, ...] = ("max_tokens", "usage")
 
 #: style -> wire format it speaks.
 STYLES: Mapping[str, str] = {
@@ -137,7 +162,17 @@ PRE_ADMISSION = frozenset({"rate_limit_burst", "unavailable", "overloaded", "inv
 #: Faults decided after admission: they take time and count against the limits.
 POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed", "empty_answer"})
 
-BUILTIN_SCENARIOS: tuple[str, ...] = ("fast", "seed15", "storm")
+BUILTIN_SCENARIOS: tuple[str, ...] = (
+    "batch_fixed_window",
+    "batch_headers",
+    "batch_per_second",
+    "batch_sliding_window",
+    "batch_token_bucket",
+    "failover",
+    "fast",
+    "seed15",
+    "storm",
+)
 
 
 class ScenarioError(ConfigError):
@@ -153,7 +188,11 @@ def mask_key(key: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """RPM / TPM / RPD / concurrency for one scope; None means no limit of that kind."""
+    """RPM / TPM / RPD / concurrency for one scope; None means no limit of that kind.
+
+    ``limiter`` is the shape the scenario names for rpm / tpm / rpd (inherited from the
+    provider's table when this one names none); None means the default sliding window.
+    """
 
     rpm: int | None = None
     tpm: int | None = None
@@ -161,6 +200,12 @@ class Limits:
     concurrency: int | None = None
     hidden: frozenset[str] = frozenset()
     per_key: bool = False
+    limiter: str | None = None
+
+    @property
+    def shape(self) -> str:
+        """The limiter shape that enforces this table's windowed limits."""
+        return self.limiter or DEFAULT_LIMITER
 
     def items(self) -> list[tuple[str, int]]:
         """The limits that are set, as (kind, value) pairs in a fixed order."""
@@ -173,6 +218,14 @@ class Limits:
     @property
     def empty(self) -> bool:
         return not self.items()
+
+
+def _advertised(lim: Limits) -> dict[str, Any]:
+    """A client-config table's limits: the advertised ones, with the named shape next to them."""
+    adv: dict[str, Any] = dict(lim.advertised())
+    if adv and lim.limiter is not None:
+        adv["limiter"] = lim.limiter
+    return adv
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +254,7 @@ class Fault:
     every_nth: int | None = None
     first_n: int | None = None
     while_busy: tuple[str, ...] = ()
+    during_s: tuple[float, float] | None = None
     after_ms: float = 0.0
     retry_after_s: float | None = None
     delay_s: float | None = None
@@ -268,6 +322,12 @@ class ProviderSpec:
     groups: tuple[GroupSpec, ...] = ()
     faults: tuple[Fault, ...] = ()
     organization: str = "org-sandbox"
+    tokens_counted: str | None = None  # None: the default, "max_tokens"
+
+    @property
+    def counts_usage(self) -> bool:
+        """Whether TPM charges settle to the real output tokens when an answer completes."""
+        return self.tokens_counted == "usage"
 
     def model(self, model_id: str) -> ModelSpec | None:
         for m in self.models:
@@ -297,6 +357,8 @@ class Scenario:
     time_scale: float = 1.0
     description: str = ""
     source: str = "<memory>"
+    #: Client-config pools: (name, ("provider/model", ...)), written as [pools.<name>].
+    pools: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def provider(self, provider_id: str) -> ProviderSpec | None:
         for p in self.providers:
@@ -318,10 +380,16 @@ class Scenario:
         return p, m
 
     def with_time_scale(self, time_scale: float) -> Scenario:
-        return Scenario(self.name, self.providers, self.seed, time_scale, self.description, self.source)
+        return replace(self, time_scale=time_scale)
 
     def client_config(self, url: str) -> dict[str, Any]:
-        """nbfanout config (dict shape of nbfanout.toml) pointing every provider at ``url``."""
+        """nbfanout config (dict shape of nbfanout.toml) pointing every provider at ``url``.
+
+        Each provider and model table states its advertised limits, with ``limiter`` next
+        to them where the scenario names a shape; a provider table states
+        ``tokens_counted`` where set, and always ``published_limits = false``: a simulated
+        provider has only the limits written here, never the catalog's published ones.
+        """
         url = url.rstrip("/")
         providers: dict[str, Any] = {}
         models: dict[str, Any] = {}
@@ -333,14 +401,20 @@ class Scenario:
                 "api_key": keys[0] if len(keys) == 1 else keys,
                 "models": [m.id for m in p.models],
             }
-            entry.update(p.limits.advertised())
+            entry.update(_advertised(p.limits))
+            if p.tokens_counted is not None:
+                entry["tokens_counted"] = p.tokens_counted
+            entry["published_limits"] = False
             providers[p.id] = entry
             for m in p.models:
-                adv = m.limits.advertised()
+                adv = _advertised(m.limits)
                 if adv:
                     models[f"{p.id}/{m.id}"] = adv
         # Limits learned from a simulated provider must not be saved where real runs would read them.
-        return {"defaults": {"learn_limits": False}, "providers": providers, "models": models}
+        out: dict[str, Any] = {"defaults": {"learn_limits": False}, "providers": providers, "models": models}
+        if self.pools:
+            out["pools"] = {name: {"models": list(members)} for name, members in self.pools}
+        return out
 
     def public_dict(self) -> dict[str, Any]:
         """The scenario as plain data with every key masked to its last four characters."""
@@ -351,6 +425,8 @@ class Scenario:
                 d["hidden"] = sorted(lim.hidden)
             if lim.per_key:
                 d["per_key"] = True
+            if lim.limiter is not None:
+                d["limiter"] = lim.limiter
             return d
 
         def faults(fs: Iterable[Fault]) -> list[dict[str, Any]]:
@@ -358,6 +434,7 @@ class Scenario:
             for f in fs:
                 d = {k: getattr(f, k) for k in Fault.__slots__}  # type: ignore[attr-defined]
                 d["while_busy"] = list(f.while_busy)
+                d["during_s"] = list(f.during_s) if f.during_s is not None else None
                 out.append({k: v for k, v in d.items() if v not in (None, (), [], False) and not (k == "after_ms" and v == 0.0)})
             return out
 
@@ -366,11 +443,13 @@ class Scenario:
             "description": self.description,
             "seed": self.seed,
             "time_scale": self.time_scale,
+            "pools": {name: list(members) for name, members in self.pools},
             "providers": {
                 p.id: {
                     "wire": p.wire,
                     "style": p.style,
                     "organization": p.organization,
+                    "tokens_counted": p.tokens_counted or "max_tokens",
                     "keys": [
                         {"key": k.key_id, "invalid": k.invalid, "quota_exhausted": k.quota_exhausted, "limits": limits(k.limits)}
                         for k in p.keys
@@ -403,9 +482,12 @@ class Scenario:
         models: Sequence[str] | None = None,
         prompt_tokens: int = 1000,
         max_tokens: int | None = None,
+        *,
+        prompts: int = 1,
+        start: float | None = None,
     ) -> LowerBound:
         """See ``lower_bound_s``."""
-        return _lower_bound(self, models, prompt_tokens, max_tokens)
+        return _lower_bound(self, models, prompt_tokens, max_tokens, prompts, start)
 
 
 # --------------------------------------------------------------------------- lower bound
@@ -413,7 +495,7 @@ class Scenario:
 
 @dataclass(frozen=True, slots=True)
 class LowerBound:
-    """The least wall time in which any client could answer every model once.
+    """The least wall time in which any client could answer every model ``prompts`` times.
 
     ``seconds`` is the bound; ``per_model`` each model's own bound; ``critical`` the
     model or pool that sets it; ``serialized_s`` the bound when every ``while_busy``
@@ -433,61 +515,139 @@ def lower_bound_s(
     models: Sequence[str] | None = None,
     prompt_tokens: int = 1000,
     max_tokens: int | None = None,
+    *,
+    prompts: int = 1,
+    start: float | None = None,
 ) -> float:
-    """Seconds below which no client can answer each of ``models`` once (all if None).
+    """Seconds below which no client can answer each of ``models`` (all if None) ``prompts`` times.
 
-    How it follows from the scenario, per model: the fastest possible answer is its
-    latency at the smallest output length (capped by ``max_tokens``) with the jitter
-    at its minimum, times ``time_scale``, plus the ``after_ms`` queue of busy rules;
-    a model's ``first_n`` faults add that many attempts, and for failures the client
-    must wait for (server_error, drop, malformed) their delay too (a ``slow`` answer can
-    be abandoned at once; provider-wide ``first_n`` rules are not charged to any model).
+    Per model, the fastest possible answer is its latency at the smallest output length
+    (capped by ``max_tokens``) with the jitter at its minimum, times ``time_scale``, plus
+    the ``after_ms`` queue of busy rules. A model's ``first_n`` faults add that many
+    attempts; for failures the client must wait for (server_error, drop, malformed) their
+    delay too, ``ceil(first_n / prompts)`` times in a row (a ``slow`` answer can be
+    abandoned at once; provider-wide ``first_n`` and ``during_s`` rules are not charged).
+
     Per limit pool (provider, key, group, model; a per-key limit counts once per usable
-    key, since a client may spread its requests over all of them): ``n`` requests against ``rpm``/``rpd`` need
-    ``ceil(n / limit) - 1`` further 60 s / 86400 s windows; against ``tpm`` only
-    ``tpm // (prompt_tokens + max_tokens)`` requests fit in a window, so they need
-    ``ceil(n / that) - 1`` more minutes (without ``max_tokens``, the models' largest
-    outputs are pooled); after such a wait the shortest answer in the pool still takes
-    its time; and ``concurrency = c`` makes the pool last at least ``sum(latency) / c``.
+    key, as ``c`` copies, since a client may spread its requests over them), ``n`` is the
+    pool's requests (``prompts`` plus the fault attempts of each member) and ``a`` the
+    amount each takes: 1 for rpm / rpd, ``prompt_tokens + max_tokens`` for tpm (without
+    ``max_tokens`` each model's largest output; under ``tokens_counted = "usage"`` its
+    smallest, the least a request can end up charged). ``T = n·a`` summed over members.
+    The time until the pool's last admission, by the pool's shape (``S`` = 60 s for
+    rpm / tpm, 86400 s for rpd; ``L`` the limit times ``c``):
+
+    - ``token_bucket``: ``max(0, T - L) · S / L`` (the bucket starts full at ``L`` and
+      refills at ``L/S``); for unit requests ``max(0, n - L) · S / L``.
+    - ``per_second`` (rpm / tpm; its rpd is a token bucket): capacity ``L/60`` refilled at
+      ``L/60`` per second, so ``max(0, T - L/60) · 60 / L``; for unit requests and ``L`` a
+      multiple of 60 that is ``max(0, n - L/60) · 60 / L``.
+    - ``sliding_window``: ``(ceil(n / (L // a)) - 1) · S`` (a full window per batch of
+      ``L // a``); with differing amounts (no ``max_tokens``, or usage counted)
+      ``(ceil(T / L) - 1) · S``.
+    - ``fixed_window``: the same number ``k`` of further windows, but the first of them
+      opens when ``start``'s window ``[j·S, (j+1)·S)`` ends: ``r + (k - 1) · S`` for
+      ``k >= 1`` with ``r = (j+1)·S - start``; ``start = None`` takes the worst phase,
+      ``r = S``.
+
+    A request larger than a shape's capacity (``L``, or ``L/60`` for per_second) makes
+    the bound infinite. After the last admission the shortest answer in the pool still
+    takes its time; ``concurrency = c`` makes the pool last at least the sum of its
+    answers' latencies (``prompts`` each, plus failed attempts' delays) divided by ``c``.
     The bound is the maximum of all of these. Probabilistic faults are not counted (a
     lucky client meets none); ``while_busy`` conflicts are avoidable by sending the
     conflicted model first, so they appear only in ``LowerBound.serialized_s``.
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
-    return _lower_bound(sc, models, prompt_tokens, max_tokens).seconds
+    return _lower_bound(sc, models, prompt_tokens, max_tokens, prompts, start).seconds
+
+
+def _admission_wait(
+    shape: str,
+    limit: int,
+    span: float,
+    requests: Sequence[tuple[int, int]],
+    *,
+    copies: int,
+    batches: bool,
+    start: float | None,
+) -> float:
+    """Least time until the last of ``requests`` ((count, amount) pairs) is admitted under one limit.
+
+    ``batches``: every request takes the same amount, so a window holds ``limit // a`` of
+    them; otherwise amounts are pooled (a window holds ``limit`` tokens in total).
+    """
+    reqs = [(n, a) for n, a in requests if n > 0 and a > 0]
+    if not reqs:
+        return 0.0
+    if shape == "per_second" and span == 60.0:
+        capacity, rate = limit / 60.0, limit / 60.0
+    elif shape in ("token_bucket", "per_second"):
+        capacity, rate = float(limit), limit / span
+    else:
+        capacity, rate = float(limit), 0.0
+    if max(a for _, a in reqs) > capacity:
+        return math.inf
+    total = sum(n * a for n, a in reqs)
+    if rate:
+        return max(0.0, total - capacity * copies) / (rate * copies)
+    if batches:
+        windows = math.ceil(sum(n for n, _ in reqs) / (limit // reqs[0][1] * copies)) - 1
+    else:
+        windows = math.ceil(total / (limit * copies)) - 1
+    if windows <= 0:
+        return 0.0
+    if shape == "fixed_window":
+        first = span if start is None else (math.floor(start / span) + 1) * span - start
+        return first + (windows - 1) * span
+    return windows * span
 
 
 def _lower_bound(
-    sc: Scenario, models: Sequence[str] | None, prompt_tokens: int, max_tokens: int | None
+    sc: Scenario,
+    models: Sequence[str] | None,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    prompts: int = 1,
+    start: float | None = None,
 ) -> LowerBound:
+    if prompts < 1:
+        raise ValueError(f"prompts must be at least 1, not {prompts!r}")
     names = list(models) if models is not None else [n for n in sc.model_names()]
     scale = sc.time_scale
-    per_model: dict[str, float] = {}
-    attempts: dict[str, int] = {}
+    per_model: dict[str, float] = {}  # one answer, after the model's own failures
+    busy: dict[str, float] = {}  # the time all of its requests hold a concurrency slot
+    extra_attempts: dict[str, int] = {}
     notes: list[str] = []
     for name in names:
         p, m = sc.resolve(name)
         lo = m.output_tokens[0]
         n_out = min(lo, max_tokens) if max_tokens is not None else lo
         t = m.latency.min_seconds(n_out) * scale
-        extra = 0.0
-        n_attempts = 1
+        extra = held = 0.0
+        n_extra = 0
         for f in m.faults:
             if f.first_n:
-                n_attempts += f.first_n
+                n_extra += f.first_n
                 # A failure the client must wait for; a slow answer it may abandon at once.
                 if f.phase == "post" and f.kind != "slow":
-                    extra += f.first_n * (f.delay_s if f.delay_s is not None else m.latency.base_ms * (1 - m.latency.jitter) / 1000) * scale
+                    delay = (f.delay_s if f.delay_s is not None else m.latency.base_ms * (1 - m.latency.jitter) / 1000) * scale
+                    extra += math.ceil(f.first_n / prompts) * delay
+                    held += f.first_n * delay
                 notes.append(f"{name}: first {f.first_n} request(s) fail with {f.kind}")
+            if f.during_s is not None:
+                notes.append(f"{name}: {f.kind} during {f.during_s[0]:g}-{f.during_s[1]:g} s of the sandbox's life (not counted)")
         for f in m.faults:
             if f.while_busy:
                 t += f.after_ms / 1000 * scale
         per_model[name] = t + extra
-        attempts[name] = n_attempts
+        busy[name] = prompts * t + held
+        extra_attempts[name] = n_extra
 
     # Pools: which requested models share which limits.
     # A per-key limit exists once per usable key: a client may spread its requests over them.
     pools: dict[str, tuple[Limits, int, list[str]]] = {}
+    usage: dict[str, bool] = {}
     for name in names:
         p, m = sc.resolve(name)
         usable = sum(1 for k in p.keys if not (k.invalid or k.quota_exhausted))
@@ -503,34 +663,45 @@ def _lower_bound(
         for label, lim, copies in scopes:
             if not lim.empty:
                 pools.setdefault(label, (lim, max(1, copies), []))[2].append(name)
+                usage[label] = p.counts_usage
     bound = max(per_model.values(), default=0.0)
     critical = max(per_model, key=per_model.__getitem__) if per_model else ""
     for label, (lim, copies, members) in pools.items():
-        n = sum(attempts[x] for x in members)
-        windows = []
+        shape = lim.shape
+        unit_requests = [(prompts + extra_attempts[x], 1) for x in members]
+
+        def wait(limit: int, span: float, requests: list[tuple[int, int]], batches: bool) -> float:
+            return _admission_wait(shape, limit, span, requests, copies=copies, batches=batches, start=start)
+
+        waits = []
         if lim.rpm:
-            windows.append((math.ceil(n / (lim.rpm * copies)) - 1) * 60.0)
+            waits.append(wait(lim.rpm, 60.0, unit_requests, True))
         if lim.rpd:
-            windows.append((math.ceil(n / (lim.rpd * copies)) - 1) * 86400.0)
+            waits.append(wait(lim.rpd, 86400.0, unit_requests, True))
         if lim.tpm:
             if max_tokens is not None:
-                per_request = prompt_tokens + max_tokens
-                if per_request > lim.tpm:
-                    windows.append(math.inf)
-                    notes.append(f"{label}: one request ({per_request} tokens) exceeds its TPM ({lim.tpm})")
+                if usage[label]:
+                    outs = {x: min(sc.resolve(x)[1].output_tokens[0], max_tokens) for x in members}
                 else:
-                    windows.append((math.ceil(n / (lim.tpm // per_request * copies)) - 1) * 60.0)
+                    outs = {x: max_tokens for x in members}
+                token_requests = [(prompts + extra_attempts[x], prompt_tokens + outs[x]) for x in members]
             else:
-                tok = sum(prompt_tokens + sc.resolve(x)[1].output_tokens[1] for x in members)
-                windows.append((math.ceil(tok / (lim.tpm * copies)) - 1) * 60.0)
-        wait = max(windows, default=0.0)
-        # After waiting for a window, at least the shortest answer in the pool still has to come.
-        pool_bound = wait + min(per_model[x] for x in members) if wait > 0 else 0.0
+                # Without max_tokens, the models' longest outputs (shortest when usage is counted) are pooled.
+                end = 0 if usage[label] else 1
+                token_requests = [(prompts, prompt_tokens + sc.resolve(x)[1].output_tokens[end]) for x in members]
+            token_wait = wait(lim.tpm, 60.0, token_requests, max_tokens is not None and len({a for _, a in token_requests}) == 1)
+            if math.isinf(token_wait):
+                largest = max(a for _, a in token_requests)
+                notes.append(f"{label}: one request ({largest} tokens) exceeds its TPM ({lim.tpm}, {shape})")
+            waits.append(token_wait)
+        wait_s = max(waits, default=0.0)
+        # After the last admission, at least the shortest answer in the pool still has to come.
+        pool_bound = wait_s + min(per_model[x] for x in members) if wait_s > 0 else 0.0
         if lim.concurrency:
-            pool_bound = max(pool_bound, sum(per_model[x] for x in members) / (lim.concurrency * copies))
+            pool_bound = max(pool_bound, sum(busy[x] for x in members) / (lim.concurrency * copies))
         if pool_bound > bound:
             bound, critical = pool_bound, label
-            notes.append(f"{label} limits set the bound")
+            notes.append(f"{label} limits ({shape}) set the bound")
 
     serialized = bound
     for name in names:
@@ -627,10 +798,15 @@ def _str(pr: _Problems, where: str, value: Any, *, default: str) -> str:
     return value
 
 
-def _limits(pr: _Problems, where: str, value: Any, *, advertisable: bool) -> Limits:
+def _limits(pr: _Problems, where: str, value: Any, *, advertisable: bool, inherit: str | None = None) -> Limits:
+    """One limits table; ``inherit`` is the provider's ``limiter``, taken when this table names none."""
     t = _table(pr, where, value)
-    allowed = [*LIMIT_KINDS, "per_key"] + (["hidden"] if advertisable else [])
+    allowed = [*LIMIT_KINDS, "per_key", "limiter"] + (["hidden"] if advertisable else [])
     _check_keys(pr, where, t, allowed)
+    limiter = t.get("limiter", inherit)
+    if limiter is not None and limiter not in LIMITERS:
+        pr.add(f"{where}.limiter", limiter, f"one of {list(LIMITERS)}")
+        limiter = None
     vals = {k: _pos_int(pr, f"{where}.{k}", t.get(k)) for k in LIMIT_KINDS}
     hidden_raw = t.get("hidden", [])
     hidden: set[str] = set()
@@ -642,7 +818,7 @@ def _limits(pr: _Problems, where: str, value: Any, *, advertisable: bool) -> Lim
     if not isinstance(per_key, bool):
         pr.add(f"{where}.per_key", per_key, "true or false")
         per_key = False
-    return Limits(hidden=frozenset(hidden), per_key=per_key, **vals)
+    return Limits(hidden=frozenset(hidden), per_key=per_key, limiter=limiter, **vals)
 
 
 _FAULT_FIELDS = (
@@ -651,6 +827,7 @@ _FAULT_FIELDS = (
     "every_nth",
     "first_n",
     "while_busy",
+    "during_s",
     "after_ms",
     "retry_after_s",
     "delay_s",
@@ -676,10 +853,11 @@ def _faults(pr: _Problems, where: str, value: Any) -> tuple[Fault, ...]:
         if kind not in FAULT_KINDS:
             pr.add(f"{w}.kind", kind, f"one of {list(FAULT_KINDS)}")
             continue
-        triggers = [k for k in ("probability", "every_nth", "first_n", "while_busy") if k in t]
+        triggers = [k for k in ("probability", "every_nth", "first_n", "while_busy", "during_s") if k in t]
         if len(triggers) != 1:
-            pr.add(w, triggers, "exactly one trigger of probability, every_nth, first_n, while_busy")
+            pr.add(w, triggers, "exactly one trigger of probability, every_nth, first_n, while_busy, during_s")
             continue
+        during = _period(pr, f"{w}.during_s", t["during_s"]) if "during_s" in t else None
         prob = _number(pr, f"{w}.probability", t.get("probability"), default=0.0, hi=1.0) if "probability" in t else None
         busy_raw = t.get("while_busy", [])
         if not isinstance(busy_raw, list) or not all(isinstance(x, str) for x in busy_raw) or ("while_busy" in t and not busy_raw):
@@ -706,6 +884,7 @@ def _faults(pr: _Problems, where: str, value: Any) -> tuple[Fault, ...]:
                 every_nth=_pos_int(pr, f"{w}.every_nth", t.get("every_nth")),
                 first_n=_pos_int(pr, f"{w}.first_n", t.get("first_n")),
                 while_busy=tuple(busy_raw),
+                during_s=during,
                 after_ms=_number(pr, f"{w}.after_ms", t.get("after_ms"), default=0.0),
                 retry_after_s=None if retry_after < 0 else retry_after,
                 delay_s=None if delay < 0 else delay,
@@ -716,7 +895,20 @@ def _faults(pr: _Problems, where: str, value: Any) -> tuple[Fault, ...]:
     return tuple(out)
 
 
-def _keys(pr: _Problems, where: str, value: Any) -> tuple[KeySpec, ...]:
+def _period(pr: _Problems, where: str, value: Any) -> tuple[float, float] | None:
+    """``[start, end]`` seconds with 0 <= start < end (a ``during_s`` trigger)."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+        and 0 <= value[0] < value[1]
+    ):
+        return (float(value[0]), float(value[1]))
+    pr.add(where, value, "[start_s, end_s] with 0 <= start_s < end_s (seconds since the sandbox started)")
+    return None
+
+
+def _keys(pr: _Problems, where: str, value: Any, limiter: str | None = None) -> tuple[KeySpec, ...]:
     if not isinstance(value, list) or not value:
         pr.add(where, "(missing)" if value is None else value, "a non-empty list of keys (strings or tables)")
         return ()
@@ -744,14 +936,15 @@ def _keys(pr: _Problems, where: str, value: Any) -> tuple[KeySpec, ...]:
                 pr.add(f"{w}.{flag}", v, "true or false")
                 v = False
             flags[flag] = v
-        out.append(KeySpec(key, limits=_limits(pr, f"{w}.limits", t.get("limits"), advertisable=False), **flags))
+        limits = _limits(pr, f"{w}.limits", t.get("limits"), advertisable=False, inherit=limiter)
+        out.append(KeySpec(key, limits=limits, **flags))
     tails = [k.key[-4:] for k in out]
     for tail in {t for t in tails if tails.count(t) > 1}:
         pr.add(where, f"several keys ending in …{tail}", "keys whose last four characters differ (keys are shown only by those)")
     return tuple(out)
 
 
-def _model(pr: _Problems, where: str, model_id: str, value: Any) -> ModelSpec:
+def _model(pr: _Problems, where: str, model_id: str, value: Any, limiter: str | None = None) -> ModelSpec:
     t = _table(pr, where, value)
     _check_keys(pr, where, t, ("kind", "limits", "latency", "output_tokens", "faults"))
     kind = t.get("kind", "chat")
@@ -779,7 +972,7 @@ def _model(pr: _Problems, where: str, model_id: str, value: Any) -> ModelSpec:
     return ModelSpec(
         id=model_id,
         kind=kind,
-        limits=_limits(pr, f"{where}.limits", t.get("limits"), advertisable=True),
+        limits=_limits(pr, f"{where}.limits", t.get("limits"), advertisable=True, inherit=limiter),
         latency=latency,
         output_tokens=out,
         faults=_faults(pr, f"{where}.faults", t.get("faults")),
@@ -789,7 +982,7 @@ def _model(pr: _Problems, where: str, model_id: str, value: Any) -> ModelSpec:
 def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default_name: str = "scenario") -> Scenario:
     """Validate parsed TOML (a dict) into a Scenario; every problem is reported at once."""
     pr = _Problems(source)
-    _check_keys(pr, "", data, ("name", "description", "seed", "time_scale", "providers"))
+    _check_keys(pr, "", data, ("name", "description", "seed", "time_scale", "providers", "pools"))
     name = _str(pr, "name", data.get("name"), default=default_name)
     description = data.get("description", "")
     if not isinstance(description, str):
@@ -810,8 +1003,17 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
             pr.add(w, pid, "a provider id of letters, digits, '-' and '_' (it is a URL segment)")
         t = _table(pr, w, raw)
         _check_keys(
-            pr, w, t, ("wire", "style", "organization", "keys", "limits", "key_limits", "faults", "groups", "models")
+            pr,
+            w,
+            t,
+            ("wire", "style", "organization", "keys", "limits", "key_limits", "tokens_counted", "faults", "groups", "models"),
         )
+        limits = _limits(pr, f"{w}.limits", t.get("limits"), advertisable=True)
+        limiter = limits.limiter  # every other limits table of the provider inherits it
+        tokens_counted = t.get("tokens_counted")
+        if tokens_counted is not None and tokens_counted not in TOKENS_COUNTED:
+            pr.add(f"{w}.tokens_counted", tokens_counted, f"one of {list(TOKENS_COUNTED)}")
+            tokens_counted = None
         style = t.get("style", pid if pid in STYLES else "generic")
         if style not in STYLES:
             pr.add(f"{w}.style", style, f"one of {sorted(STYLES)}")
@@ -825,7 +1027,7 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
         models_t = _table(pr, f"{w}.models", t.get("models"))
         if not models_t:
             pr.add(f"{w}.models", t.get("models"), "at least one [providers.<id>.models.\"<model>\"] table")
-        models = tuple(_model(pr, f'{w}.models."{mid}"', mid, mraw) for mid, mraw in models_t.items())
+        models = tuple(_model(pr, f'{w}.models."{mid}"', mid, mraw, limiter) for mid, mraw in models_t.items())
         model_ids = {m.id for m in models}
         for m in models:
             if m.kind == "transcription" and wire != "openai":
@@ -843,24 +1045,27 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
             if not isinstance(gm, list) or not gm or not all(isinstance(x, str) and x in model_ids for x in gm):
                 pr.add(f"{gw}.models", gm, f"a non-empty list of models of provider {pid!r}")
                 gm = []
-            groups.append(GroupSpec(gname, tuple(gm), _limits(pr, f"{gw}.limits", gt.get("limits"), advertisable=False)))
+            glim = _limits(pr, f"{gw}.limits", gt.get("limits"), advertisable=False, inherit=limiter)
+            groups.append(GroupSpec(gname, tuple(gm), glim))
         providers.append(
             ProviderSpec(
                 id=pid,
                 wire=wire,
                 style=style,
-                keys=_keys(pr, f"{w}.keys", t.get("keys")),
+                keys=_keys(pr, f"{w}.keys", t.get("keys"), limiter),
                 models=models,
-                limits=_limits(pr, f"{w}.limits", t.get("limits"), advertisable=True),
-                key_limits=_limits(pr, f"{w}.key_limits", t.get("key_limits"), advertisable=False),
+                limits=limits,
+                key_limits=_limits(pr, f"{w}.key_limits", t.get("key_limits"), advertisable=False, inherit=limiter),
                 groups=tuple(groups),
                 faults=_faults(pr, f"{w}.faults", t.get("faults")),
                 organization=_str(pr, f"{w}.organization", t.get("organization"), default="org-sandbox"),
+                tokens_counted=tokens_counted,
             )
         )
         for i, f in enumerate(providers[-1].faults):
             if f.while_busy:
                 pr.add(f"{w}.faults[{i}].while_busy", list(f.while_busy), "while_busy only on model-level faults")
+    pools = _pools(pr, data.get("pools"), {f"{p.id}/{m.id}" for p in providers for m in p.models})
     if pr.items:
         head = f"Invalid sandbox scenario {source}: {len(pr.items)} problem(s)"
         raise ScenarioError(head + "\n  " + "\n  ".join(pr.items), problems=tuple(pr.items))
@@ -871,4 +1076,20 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
         time_scale=time_scale,
         description=description,
         source=source,
+        pools=pools,
     )
+
+
+def _pools(pr: _Problems, value: Any, known: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``[pools.<name>] models = [...]``: client-config pools of this scenario's models."""
+    out = []
+    for name, raw in _table(pr, "pools", value).items():
+        w = f"pools.{name}"
+        t = _table(pr, w, raw)
+        _check_keys(pr, w, t, ("models",))
+        members = t.get("models")
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) and m in known for m in members):
+            pr.add(f"{w}.models", members, "a non-empty list of this scenario's 'provider/model' names")
+            continue
+        out.append((name, tuple(members)))
+    return tuple(out)

@@ -103,7 +103,8 @@ def test_client_config_has_nbfanouts_shape_and_only_advertised_limits() -> None:
     assert cfg["providers"]["gemini"]["base_url"].endswith("/gemini/v1beta")
     assert cfg["providers"]["gemini"]["kind"] == "gemini"
     for entry in cfg["providers"].values():
-        assert set(entry) <= {"kind", "base_url", "api_key", "models", "rpm", "tpm", "rpd", "concurrency"}
+        assert set(entry) <= {"kind", "base_url", "api_key", "models", "rpm", "tpm", "rpd", "concurrency", "published_limits"}
+        assert entry["published_limits"] is False  # a simulated provider has only the limits written here
     assert cfg["models"]["openai/gpt-4o-mini"] == {"rpm": 30, "tpm": 60000}
     assert cfg["models"]["openrouter/meta-llama/llama-3.3-70b-instruct:free"] == {"concurrency": 1}
     assert "groq/llama-3.3-70b-versatile" not in cfg["models"]  # hidden

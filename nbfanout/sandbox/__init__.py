@@ -12,7 +12,11 @@ each provider's own status codes, headers and bodies, and keeps a ledger of what
         sb.stats()["models"]["openrouter/deepseek/deepseek-r1-0528:free"]
 
 Built-in scenarios: ``seed15`` (the 15-model run of the seeds, failure included),
-``storm`` (every fault kind, every wire) and ``fast`` (no limits, ~no latency).
+``storm`` (every fault kind, every wire), ``fast`` (no limits, ~no latency),
+``batch_token_bucket`` / ``batch_sliding_window`` / ``batch_fixed_window`` /
+``batch_per_second`` (500 prompts x 5 models against one limiter shape each),
+``batch_headers`` (the token-bucket batch with every limit hidden) and ``failover``
+(a pool whose first model refuses for the first 30 s).
 In-process use without a socket: ``httpx.ASGITransport(app=create_app(...))``.
 """
 

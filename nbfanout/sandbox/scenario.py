@@ -718,7 +718,7 @@ def _lower_bound(
 
 
 def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
-    """A built-in scenario by name (``seed15``, ``storm``, ``fast``) or a TOML file by path."""
+    """A built-in scenario by name (see ``BUILTIN_SCENARIOS``: ``seed15``, ``storm``, ``batch_token_bucket``, ...) or a TOML file by path."""
     if isinstance(name_or_path, Scenario):
         return name_or_path
     text: str

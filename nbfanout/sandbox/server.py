@@ -103,9 +103,16 @@ class Sandbox:
         httpx.post(f"{self.url}/_sandbox/reset", timeout=10).raise_for_status()
 
     def lower_bound(
-        self, models: Sequence[str] | None = None, prompt_tokens: int = 1000, max_tokens: int | None = None
+        self,
+        models: Sequence[str] | None = None,
+        prompt_tokens: int = 1000,
+        max_tokens: int | None = None,
+        *,
+        prompts: int = 1,
+        start: float | None = None,
     ) -> LowerBound:
-        return self.scenario.lower_bound(models, prompt_tokens, max_tokens)
+        """The scenario's lower bound (see ``lower_bound_s``); ``start=self.state.clock()`` gives fixed windows their phase."""
+        return self.scenario.lower_bound(models, prompt_tokens, max_tokens, prompts=prompts, start=start)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._server.should_exit = True

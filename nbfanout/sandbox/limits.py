@@ -22,7 +22,8 @@ wait helps. ``retry_after`` is the least time after which the request fits that 
 (computed in closed form, then nudged by float ulps until the shape's own test admits it
 at ``now + retry_after``). Headers show per limit ``remaining`` (the most that could be
 admitted now, floored) and ``reset`` (the time until the limit is whole again: until the
-newest entry leaves a sliding log, until the bucket is full, until a used fixed window ends).
+newest entry leaves a sliding log, until the bucket is full; for a fixed window, until the
+current window ends, which also tells a client where the window boundaries lie).
 
 Settlement (``tokens_counted = "usage"``): when an answer completes, the request's TPM
 charge is reduced to input + actual output tokens in every pool it was charged to: a
@@ -150,7 +151,7 @@ class Meter(Protocol):
 class _Entry:
     """One admission in a sliding log; its amount may shrink when the request settles."""
 
-    __slots__ = ("t", "amount")
+    __slots__ = ("amount", "t")
 
     def __init__(self, t: float, amount: int) -> None:
         self.t, self.amount = t, amount
@@ -159,7 +160,7 @@ class _Entry:
 class SlidingLog:
     """Admissions (time, amount) in the last ``span`` seconds; at most ``limit`` in any window."""
 
-    __slots__ = ("limit", "capacity", "span", "entries", "total")
+    __slots__ = ("capacity", "entries", "limit", "span", "total")
     shape = "sliding_window"
 
     def __init__(self, limit: int, span: float) -> None:
@@ -193,7 +194,7 @@ class SlidingLog:
             freed += e.amount
             if freed >= need:
                 t, span = e.t, self.span
-                return _exact_wait(now, max(0.0, t + span - now), lambda x: x - t >= span)
+                return _exact_wait(now, max(0.0, t + span - now), lambda x, t=t, span=span: x - t >= span)
         return math.inf
 
     def add(self, now: float, amount: int) -> object:
@@ -229,7 +230,7 @@ class TokenBucket:
     "does ``a`` fit at ``t``" is one pure function between charges.
     """
 
-    __slots__ = ("shape", "limit", "capacity", "rate", "_available", "_t")
+    __slots__ = ("_available", "_t", "capacity", "limit", "rate", "shape")
 
     def __init__(self, limit: int, capacity: float, rate: float, shape: str = "token_bucket") -> None:
         self.shape = shape
@@ -280,7 +281,7 @@ class TokenBucket:
 class FixedWindow:
     """At most ``limit`` per window ``[k*span, (k+1)*span)`` of the sandbox clock."""
 
-    __slots__ = ("limit", "capacity", "span", "_k", "_used")
+    __slots__ = ("_k", "_used", "capacity", "limit", "span")
     shape = "fixed_window"
 
     def __init__(self, limit: int, span: float) -> None:
@@ -328,8 +329,7 @@ class FixedWindow:
         return self.used_at(now)
 
     def reset_in(self, now: float) -> float:
-        if self.used_at(now) == 0:
-            return 0.0  # nothing used: already whole
+        # Until the window ends, used or not: the header tells a client where the boundaries are.
         return max(0.0, (self.window(now) + 1) * self.span - now)
 
 

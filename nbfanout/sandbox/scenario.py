@@ -88,6 +88,7 @@ import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,9 @@ __all__ = [
     "Fault",
     "GroupSpec",
     "KeySpec",
+    "LIMITERS",
     "Latency",
     "Limits",
-    "LIMITERS",
     "LowerBound",
     "ModelSpec",
     "ProviderSpec",
@@ -669,15 +670,12 @@ def _lower_bound(
     for label, (lim, copies, members) in pools.items():
         shape = lim.shape
         unit_requests = [(prompts + extra_attempts[x], 1) for x in members]
-
-        def wait(limit: int, span: float, requests: list[tuple[int, int]], batches: bool) -> float:
-            return _admission_wait(shape, limit, span, requests, copies=copies, batches=batches, start=start)
-
+        wait = partial(_admission_wait, shape, copies=copies, start=start)
         waits = []
         if lim.rpm:
-            waits.append(wait(lim.rpm, 60.0, unit_requests, True))
+            waits.append(wait(lim.rpm, 60.0, unit_requests, batches=True))
         if lim.rpd:
-            waits.append(wait(lim.rpd, 86400.0, unit_requests, True))
+            waits.append(wait(lim.rpd, 86400.0, unit_requests, batches=True))
         if lim.tpm:
             if max_tokens is not None:
                 if usage[label]:
@@ -689,7 +687,8 @@ def _lower_bound(
                 # Without max_tokens, the models' longest outputs (shortest when usage is counted) are pooled.
                 end = 0 if usage[label] else 1
                 token_requests = [(prompts, prompt_tokens + sc.resolve(x)[1].output_tokens[end]) for x in members]
-            token_wait = wait(lim.tpm, 60.0, token_requests, max_tokens is not None and len({a for _, a in token_requests}) == 1)
+            same = max_tokens is not None and len({a for _, a in token_requests}) == 1
+            token_wait = wait(lim.tpm, 60.0, token_requests, batches=same)
             if math.isinf(token_wait):
                 largest = max(a for _, a in token_requests)
                 notes.append(f"{label}: one request ({largest} tokens) exceeds its TPM ({lim.tpm}, {shape})")

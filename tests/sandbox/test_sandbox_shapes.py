@@ -53,14 +53,14 @@ class BucketOracle:
 
     def __init__(self, capacity: float, period: float, clock: Callable[[], float]) -> None:
         self.limiter = AsyncLimiter(capacity, period)
-        self.limiter._event_loop = _Loop(clock)  # type: ignore[attr-defined]  # noqa: SLF001
+        self.limiter._event_loop = _Loop(clock)  # type: ignore[attr-defined]
         self.clock = clock
         self.capacity = capacity
 
     def admit(self, amount: int) -> bool:
         if amount > self.capacity or not self.limiter.has_capacity(amount):
             return False
-        self.limiter._level += amount  # noqa: SLF001 - what acquire() does once it has capacity
+        self.limiter._level += amount  # what acquire() does once it has capacity
         return True
 
 
@@ -319,6 +319,7 @@ def test_settlement_only_touches_what_is_still_counted() -> None:
     log.refund(late, 300, 1080.0)  # exactly 60 s later: it has left the window, nothing to give back
     assert log.remaining(1080.0) == 1000
     fixed = FixedWindow(1000, 60.0)
+    assert fixed.reset_in(1000.0) == 20.0  # nothing used yet, but the header still shows the boundary
     h = fixed.add(1000.0, 400)
     fixed.refund(h, 100, 1019.0)
     assert fixed.remaining(1019.0) == 700

@@ -205,3 +205,12 @@ def test_tokens_counted_is_written_where_set() -> None:
     )
     assert sc.client_config("http://h")["providers"]["a"]["tokens_counted"] == "usage"
     assert sc.public_dict()["providers"]["a"]["tokens_counted"] == "usage"
+
+
+def test_a_running_sandbox_gives_the_bound_for_its_own_clock(sandbox_factory: Callable[..., Any]) -> None:
+    sb = sandbox_factory("batch_fixed_window", time_scale=0.0)
+    now = sb.state.clock()
+    lb = sb.lower_bound(prompt_tokens=12, max_tokens=40, prompts=500, start=now)
+    r = (now // 60 + 1) * 60 - now
+    assert lb.seconds == pytest.approx(max(r + 0.399, 12.46875))
+    assert sb.lower_bound(prompt_tokens=12, max_tokens=40, prompts=500).seconds == pytest.approx(60.399)

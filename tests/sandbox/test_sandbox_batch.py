@@ -208,7 +208,7 @@ def test_tokens_counted_is_written_where_set() -> None:
 
 
 def test_a_running_sandbox_gives_the_bound_for_its_own_clock(sandbox_factory: Callable[..., Any]) -> None:
-    sb = sandbox_factory("batch_fixed_window", time_scale=0.0)
+    sb = sandbox_factory("batch_fixed_window")
     now = sb.state.clock()
     lb = sb.lower_bound(prompt_tokens=12, max_tokens=40, prompts=500, start=now)
     r = (now // 60 + 1) * 60 - now

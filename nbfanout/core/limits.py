@@ -56,6 +56,7 @@ DAY_S = 86_400.0
 RATE_KINDS = ("rpm", "tpm", "rpd")
 #: Where no limit is known, a refusal cuts the achieved rate to this fraction (multiplicative decrease).
 AIMD_CUT = 0.5
+_WAKE_MARGIN_S = 1e-6
 
 LearnedCallback = Callable[[str, str, "float | None", "float | None", str], None]
 
@@ -424,7 +425,12 @@ class Reservation:
     def release(self) -> None:
         if self._open:
             self._open = False
+            now = self._set.clock.now()
             for b in self.option.budgets:
+                for kind, stamp in self._stamps.get(b, {}).items():
+                    shape = b._shapes.get(kind)
+                    if shape is not None:
+                        shape.restamp(stamp, now)
                 b._release()
 
     async def __aenter__(self) -> Reservation:
@@ -503,6 +509,7 @@ class BudgetSet:
         waiter = _Waiter(next(self._seq))
         started = self.clock.now()
         announced = False
+        last_wake, repeats = math.nan, 0
         try:
             while True:
                 now = self.clock.now()
@@ -518,7 +525,12 @@ class BudgetSet:
                     on_wait(max(0.0, wake_at - now), why)
                 announced = True
                 waiter.future = asyncio.get_running_loop().create_future()
-                timer = self.clock.call_later(wake_at - now, waiter.wake) if math.isfinite(wake_at) else None
+                # wake just after the moment, never just before: clocks round, and a provider
+                # counting in the same shape must see the time as passed
+                repeats = repeats + 1 if wake_at == last_wake else 0
+                last_wake = wake_at
+                margin = _WAKE_MARGIN_S * 2 ** min(repeats, 20)
+                timer = self.clock.call_later(wake_at - now + margin, waiter.wake) if math.isfinite(wake_at) else None
                 try:
                     await waiter.future
                 finally:

@@ -16,7 +16,8 @@ provider's own count from its headers. Definitions (``L`` the limit, ``S`` its s
 * ``per_second``: OpenAI's note that a per-minute limit "may be enforced over shorter
   periods (e.g. 60,000 requests/minute may be enforced as 1,000 requests/second)"
   (developers.openai.com/api/docs/guides/rate-limits): a token bucket holding one
-  second's worth, ``L/60``, refilled at ``L/60`` per second. Only rpm / tpm are quantized.
+  second's worth, ``L/60`` (for requests at least one), refilled at ``L/60`` per second.
+  Only rpm / tpm are quantized.
 
 Why ``sliding_window`` is the default for an endpoint whose shape is unknown: a sequence
 with at most ``L`` in every ``S``-second window is also accepted by a token bucket of
@@ -63,6 +64,8 @@ class Shape(Protocol):
     def charge(self, amount: float, taken_at: float, now: float) -> None: ...
 
     def used(self, now: float) -> float: ...
+
+    def restamp(self, taken_at: float, now: float) -> None: ...
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None: ...
 
@@ -113,6 +116,9 @@ class TokenBucket:
 
     def used(self, now: float) -> float:
         return self._capacity - self.available(now)
+
+    def restamp(self, taken_at: float, now: float) -> None:
+        """A bucket's refill does not depend on when the provider counted (a one-way trip's worth at most)."""
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """The provider's ``remaining`` (minus what we sent after it counted) is what is available."""
@@ -198,28 +204,38 @@ class SlidingWindow:
         self._prune(now)
         return self._total
 
+    def restamp(self, taken_at: float, now: float) -> None:
+        """Count the entry from when the answer came: the provider stamped it on arrival, after we sent it,
+        so an entry dated at sending would expire here before it expires there."""
+        e = self._entry(taken_at)
+        if e is not None and now > taken_at:
+            amount = e[1]
+            self._log.remove(e)
+            self._total -= amount
+            self._prune(now)
+            self._log.append([now, amount])
+            self._total += amount
+
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """Make our count agree with the provider's: ``limit - remaining`` used, plus what we sent since.
 
-        Missing use is added as one entry that expires when the provider says the window resets
-        (the latest any of it can expire); surplus is removed from the oldest entries.
+        Our entries are scaled to the provider's total, so each keeps its own expiry; use we never
+        saw is added as one entry that expires when the provider says the window resets.
         """
         self._prune(now)
         target = max(0.0, self.limit - remaining) + newer
-        diff = target - self._total
-        if diff > _EPS:
-            expires = now + (reset_s if reset_s is not None else self.span)
-            self._insert(min(now, expires - self.span) if reset_s is not None else now, diff)
-            self._total += diff
-        elif diff < -_EPS:
-            surplus = -diff
+        if abs(target - self._total) <= _EPS:
+            return
+        if self._total > _EPS:
+            # the same admissions, counted as the provider counts them: each keeps its own expiry
+            factor = target / self._total
             for e in self._log:
-                cut = min(surplus, e[1])
-                e[1] -= cut
-                surplus -= cut
-                if surplus <= _EPS:
-                    break
-            self._total = sum(e[1] for e in self._log)
+                e[1] *= factor
+            self._total = target
+        else:  # use we never saw (another client): it expires when the provider says the window resets
+            expires = now + (reset_s if reset_s is not None else self.span)
+            self._insert(min(now, expires - self.span), target)
+            self._total = target
 
     def __repr__(self) -> str:
         return f"<SlidingWindow {self._total:g}/{self.limit:g} per {self.span:g}s>"
@@ -275,6 +291,10 @@ class FixedWindow:
         self._roll(now)
         return self._used
 
+    def restamp(self, taken_at: float, now: float) -> None:
+        """Sent in one window and answered in the next, it may count in the next: headers will say."""
+        # the next response's headers (observe) carry the provider's count for the new window
+
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """Adopt the provider's window edge (from its reset) and its count."""
         if reset_s is not None and 0 < reset_s <= self.span:
@@ -296,7 +316,8 @@ def make_shape(limiter: str, kind: str, limit: float, now: float) -> Shape:
     if limiter == "per_second":
         if kind == "rpd":
             return TokenBucket(limit, span, now)
-        return TokenBucket(limit, span, now, capacity=limit / 60.0)
+        # one second's worth, but never less than one request: a 20 RPM limit admits one every 3 s
+        return TokenBucket(limit, span, now, capacity=max(limit / 60.0, 1.0) if kind == "rpm" else limit / 60.0)
     if limiter == "fixed_window":
         return FixedWindow(limit, span, now)
     if limiter == "sliding_window":

@@ -427,10 +427,12 @@ class Reservation:
             self._open = False
             now = self._set.clock.now()
             for b in self.option.budgets:
-                for kind, stamp in self._stamps.get(b, {}).items():
+                stamps = self._stamps.get(b, {})
+                for kind, stamp in stamps.items():
                     shape = b._shapes.get(kind)
                     if shape is not None:
                         shape.restamp(stamp, now)
+                        stamps[kind] = now  # a later refund or settlement finds the entry where it now is
                 b._release()
 
     async def __aenter__(self) -> Reservation:

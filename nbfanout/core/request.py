@@ -334,9 +334,7 @@ class RequestPipeline:
         if estimated <= 0 or reported <= 0:
             return
         ratio = self._input_ratio.get(model, 1.0)
-        # never below our own estimate: providers charge TPM by their estimate of the request, which a
-        # lower reported usage does not lower, so only an under-estimate is corrected
-        observed = min(4.0, max(1.0, reported / (estimated / ratio)))
+        observed = min(4.0, max(0.25, reported / (estimated / ratio)))
         self._input_ratio[model] = 0.7 * ratio + 0.3 * observed if model in self._input_ratio else observed
 
     def failed(self, req_id: str, requested: str, model: str, info: ErrorInfo, attempts: list[Attempt], index: int,

@@ -219,23 +219,29 @@ class SlidingWindow:
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """Make our count agree with the provider's: ``limit - remaining`` used, plus what we sent since.
 
-        Our entries are scaled to the provider's total, so each keeps its own expiry; use we never
-        saw is added as one entry that expires when the provider says the window resets.
+        A surplus is taken from our oldest entries (the provider lets go of those first); missing
+        use is added to our newest entry, or, with none, as one entry that expires when the
+        provider says the window resets.
         """
         self._prune(now)
         target = max(0.0, self.limit - remaining) + newer
         if abs(target - self._total) <= _EPS:
             return
-        if self._total > _EPS:
-            # the same admissions, counted as the provider counts them: each keeps its own expiry
-            factor = target / self._total
+        diff = target - self._total
+        if diff < 0:  # the provider has let go of what we still hold: the oldest entries first
+            surplus = -diff
             for e in self._log:
-                e[1] *= factor
-            self._total = target
+                cut = min(surplus, e[1])
+                e[1] -= cut
+                surplus -= cut
+                if surplus <= _EPS:
+                    break
+        elif self._log:  # it counts more than we sent: charge it with our newest entry
+            self._log[-1][1] += diff
         else:  # use we never saw (another client): it expires when the provider says the window resets
             expires = now + (reset_s if reset_s is not None else self.span)
-            self._insert(min(now, expires - self.span), target)
-            self._total = target
+            self._insert(min(now, expires - self.span), diff)
+        self._total = target
 
     def __repr__(self) -> str:
         return f"<SlidingWindow {self._total:g}/{self.limit:g} per {self.span:g}s>"

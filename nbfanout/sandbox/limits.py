@@ -11,7 +11,7 @@ rpd; ``t`` the sandbox clock in seconds)::
                     (exactly aiolimiter's AsyncLimiter(L, S); its level is L - available)
     fixed_window    windows [k*S, (k+1)*S), k = floor(t / S); admit a iff the amount used in
                     t's window + a <= L; counting restarts at every boundary
-    per_second      rpm / tpm only: a token bucket of capacity L/60 refilled at L/60 per
+    per_second      rpm / tpm only: a token bucket of capacity L/60 (rpm: at least 1) refilled at L/60 per
                     second (OpenAI: 60,000 a minute "may be enforced as 1,000 requests/second");
                     its rpd is token_bucket(L, 86400)
 
@@ -341,7 +341,9 @@ def make_meter(shape: str, kind: str, limit: int) -> Meter:
     if shape == "fixed_window":
         return FixedWindow(limit, span)
     if shape == "per_second" and span == 60.0:
-        return TokenBucket(limit, limit / 60.0, limit / 60.0, shape)
+        # one second's worth; for requests never less than one (20 RPM admits one every 3 s)
+        capacity = max(limit / 60.0, 1.0) if kind == "rpm" else limit / 60.0
+        return TokenBucket(limit, capacity, limit / 60.0, shape)
     if shape in ("token_bucket", "per_second"):
         return TokenBucket(limit, float(limit), limit / span, shape)
     raise ValueError(f"unknown limiter shape {shape!r}")

@@ -1,10 +1,11 @@
-# `make demo` and `make test` each build .venv from scratch when it is missing or stale
-# (older than pyproject.toml), then run.
+# `make demo`, `make test` and `make bench` each build .venv from scratch when it is missing
+# or stale (older than pyproject.toml), then run. `make bench` rewrites benchmarks/RESULTS.md
+# (about 20 minutes); BENCH_ARGS passes options to benchmarks/bench.py (see its --help).
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -21,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra
 	$(VENV)/bin/python -m pytest -q -ra --nbmake notebooks/
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts

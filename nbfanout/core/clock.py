@@ -1,8 +1,7 @@
 """The one clock that limits, retries and rotation read: the running event loop's time.
 
-aiolimiter's buckets read ``loop.time()``, so every other budget calculation must read the
-same clock or the two would disagree. Tests therefore inject time by running on a loop whose
-time is fast-forwarded (the ``looptime`` pytest plugin): budgets, retries and rotation then
+Waiting requests are woken by this clock's timers (``call_later``). Tests inject time by
+running on a loop whose time is fast-forwarded (the ``looptime`` pytest plugin): budgets, retries and rotation then
 run in virtual time, deterministically and without really sleeping.
 """
 

@@ -277,12 +277,14 @@ class Budget:
         self.disabled = (category, message[:160])
         self.changed()
 
-    def observe(self, snap: RateSnapshot, sent_after: dict[str, float], *, requests_kind: str = "rpm") -> None:
+    def observe(self, snap: RateSnapshot, sent_after: dict[str, float], *, requests_kind: str = "rpm",
+                refused: bool = False) -> None:
         """Headers are the provider's own count: set unknown limits, correct each shape's count.
 
         ``sent_after`` is what this budget admitted after the request whose headers these are
         (the provider may not have counted it yet). ``requests_kind`` is ``"rpd"`` for providers
-        whose request headers count per day (Groq).
+        whose request headers count per day (Groq). On a refusal (``refused``) the wait is the one the
+        refusal asks for, so an empty window's reset is not turned into a wait of its own.
         """
         now = self.clock.now()
         self.probe = False
@@ -299,7 +301,7 @@ class Budget:
             if shape is not None:
                 shape.observe(float(remaining), reset, sent_after.get(kind, 0.0), now)
             span = DAY_S if kind == "rpd" else WINDOW_S
-            if remaining == 0 and reset and (shape is None or reset > span):
+            if remaining == 0 and reset and not refused and (shape is None or reset > span):
                 # a reset no window of this kind can have: honour it as a wait (max_wait_s applies)
                 self.cool_down(reset, f"headers say 0 {kind} remain for {reset:.0f}s")
         self.changed()
@@ -311,7 +313,8 @@ class Budget:
             if getattr(self, hint.kind) != hint.limit:
                 self.set_limit(hint.kind, hint.limit, "429 body")
             shape = self._shapes.get(hint.kind)
-            if shape is not None and hint.used is not None:
+            if shape is not None and hint.used is not None and info.retry_after_s is None:
+                # a stated wait says when room returns more exactly than a count of unknown ages
                 shape.observe(max(0.0, hint.limit - hint.used), None, 0.0, self.clock.now())
             return
         if self.adaptive and info.retry_after_s is None and info.category == ErrorCategory.RATE_LIMIT:

@@ -87,7 +87,8 @@ def decide(policy: RetryPolicy, attempt: int, info: ErrorInfo, elapsed_s: float,
     else retry after the provider's wait (or our backoff) within attempts and deadline, else fail."""
     retry, wait, reason = policy.decide(attempt, info, elapsed_s)
     if (may_rotate or other_key) and attempt < policy.max_attempts:
-        return Decision("rotate", 0.0, "another model or key can take it now")
+        # the wait still cools the refusing scope down, so rotation comes back to it only after it
+        return Decision("rotate", wait, "another model or key can take it now")
     return Decision("retry" if retry else "fail", wait, reason)
 
 
@@ -304,7 +305,7 @@ class RequestPipeline:
                 finished.set_result(None)
                 run.in_flight -= 1
             if rate is not None and not cached:
-                self.router.learn_headers(choice, rate, reservation)
+                self.router.learn_headers(choice, rate, reservation, refused=info is not None)
             if response is not None:
                 max_output = spec.max_tokens or default_max_tokens(model.max_output_tokens)
                 reservation.settle(response.usage.input_tokens, response.usage.output_tokens, max_output, prompt_tokens)

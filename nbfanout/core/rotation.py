@@ -182,7 +182,7 @@ class Router:
         return any(k is not choice.key and not self.key_budget(choice.provider, k).disabled for k in choice.provider.keys)
 
     # --- learning -----------------------------------------------------------------------
-    def learn_headers(self, choice: Choice, rate: RateSnapshot, reservation: Reservation) -> None:
+    def learn_headers(self, choice: Choice, rate: RateSnapshot, reservation: Reservation, *, refused: bool = False) -> None:
         """Put a response's rate-limit headers into the budget they describe."""
         target = self.header_budget(choice.model, choice.key)
         if rate.empty:
@@ -190,7 +190,7 @@ class Router:
             target.changed()
             return
         kind = "rpd" if choice.provider.id == "groq" else "rpm"  # Groq's request headers count per day
-        target.observe(rate, reservation.sent_after(target), requests_kind=kind)
+        target.observe(rate, reservation.sent_after(target), requests_kind=kind, refused=refused)
 
     def learn_success(self, choice: Choice) -> None:
         for b in choice.budgets:

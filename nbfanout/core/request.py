@@ -120,8 +120,16 @@ class RequestPipeline:
         return out
 
     def prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
+        """The prompt's tokens as the provider will charge them against TPM.
+
+        Our estimate moves toward the usage the provider reports, but never below a quarter of
+        the characters: OpenAI charges TPM by "the estimated number of tokens based on the
+        character count of your request" (developers.openai.com/api/docs/guides/rate-limits),
+        whatever the tokenizer later reports.
+        """
         estimate, _ = estimate_request_tokens(spec.messages, system=spec.system, encoding=choice.model.tokenizer)
-        return math.ceil(estimate * self._input_ratio.get(choice.model.name, 1.0))
+        chars = len(spec.prompt) + len(spec.system or "")
+        return max(math.ceil(estimate * self._input_ratio.get(choice.model.name, 1.0)), math.ceil(chars / 4))
 
     async def wait_for_capacity(self, options: list[tuple[Choice, int, int]], on_wait: Callable[[float, str], None],
                                 max_wait_s: float) -> tuple[Reservation, Choice, int]:

@@ -48,12 +48,12 @@ def allowed_per_minute(rpm: int | None, tpm: int | None) -> float:
     return min(rpm or float("inf"), by_tokens)
 
 
-@pytest.mark.xfail(reason="issue 8, open: with exact shapes a few TPM refusals (2-3 of 2500) remain at the first "
-                   "window boundary of the sliding window; the cause is not yet found (see the issue note)", strict=False)
+
 @pytest.mark.looptime
 async def test_500_prompts_by_5_models_run_at_95_percent_of_the_limits_without_refusals(sandbox_app_factory):
     app = sandbox_app_factory(SCENARIO, time_scale=None, clock=lambda: asyncio.get_running_loop().time())
-    fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=64)
+    # 128 in flight: at a sliding window's edge every model bursts at once (rpm-b alone sends 90)
+    fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=128)
     prompts = [f"Question {i:03d}: what is the square of {i:04d} then?" for i in range(N_PROMPTS)]
     assert {len(p) // 4 + (len(p) % 4 > 0) for p in prompts} == {PROMPT_TOKENS}
     loop = asyncio.get_running_loop()

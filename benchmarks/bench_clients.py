@@ -488,6 +488,7 @@ def main(argv: list[str]) -> int:
         "off_loopback": OFF_LOOPBACK[:20],
         "off_loopback_count": len(OFF_LOOPBACK),
         "versions": _versions(job["client"]),
+        "nbfanout_file": getattr(sys.modules.get("nbfanout"), "__file__", None),
     })
     out_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0

@@ -371,10 +371,18 @@ class _Waiter:
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One way to send a request: the budgets that must admit it and its tokens there."""
+    """One way to send a request: the budgets that must admit it and its tokens there.
+
+    ``estimate``, when given, is asked again at every look, so a request that waited is charged
+    what is known when it goes (estimates improve as answers report their usage).
+    """
 
     budgets: tuple[Budget, ...]
     tokens: float
+    estimate: Callable[[], float] | None = field(default=None, compare=False)
+
+    def current(self) -> float:
+        return self.estimate() if self.estimate is not None else self.tokens
 
 
 class Reservation:
@@ -384,11 +392,11 @@ class Reservation:
     (the provider refused it); leaving the context releases the concurrency slots.
     """
 
-    def __init__(self, budgets: BudgetSet, option: Option, index: int) -> None:
+    def __init__(self, budgets: BudgetSet, option: Option, index: int, tokens: float) -> None:
         self._set = budgets
         self.option = option
         self.index = index
-        self.tokens = option.tokens
+        self.tokens = tokens
         self._stamps: dict[Budget, dict[str, float]] = {}
         self._marks: dict[Budget, dict[str, float]] = {}
         self._open = False
@@ -557,8 +565,9 @@ class BudgetSet:
         watching: set[Budget] = set()
         for index, option in enumerate(options):
             blocks: list[_Block] = []
+            tokens = option.current()
             for b in option.budgets:
-                blk = b.block(option.tokens, now)
+                blk = b.block(tokens, now)
                 if blk is None:
                     head = b._head()
                     if head is not None and head is not waiter and head.seq < waiter.seq:
@@ -566,7 +575,7 @@ class BudgetSet:
                 if blk is not None:
                     blocks.append(blk)
             if not blocks:
-                reservation = Reservation(self, option, index)
+                reservation = Reservation(self, option, index, tokens)
                 reservation._take(now)
                 self._leave(waiter)
                 for b in option.budgets:  # the baton: the next claimant may fit what is left

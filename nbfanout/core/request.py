@@ -131,12 +131,22 @@ class RequestPipeline:
         chars = len(spec.prompt) + len(spec.system or "")
         return max(math.ceil(estimate * self._input_ratio.get(choice.model.name, 1.0)), math.ceil(chars / 4))
 
-    async def wait_for_capacity(self, options: list[tuple[Choice, int, int]], on_wait: Callable[[float, str], None],
-                                max_wait_s: float) -> tuple[Reservation, Choice, int]:
-        """Reserve the first option all of whose budgets admit it; raises CapacityError past ``max_wait_s``."""
-        reservation = await self.fx.budgets.acquire([Option(c.budgets, t) for c, _, t in options], max_wait_s, on_wait)
-        choice, prompt_tokens, _ = options[reservation.index]
-        return reservation, choice, prompt_tokens
+    async def wait_for_capacity(self, options: list[tuple[Choice, int, int]], spec: RequestSpec,
+                                on_wait: Callable[[float, str], None], max_wait_s: float
+                                ) -> tuple[Reservation, Choice, int]:
+        """Reserve the first option all of whose budgets admit it; raises CapacityError past ``max_wait_s``.
+
+        Tokens are estimated again at every look, so a request that waited is charged with what
+        the answers so far taught about this model's token counts.
+        """
+        def estimate(choice: Choice) -> Callable[[], float]:
+            return lambda: float(self._tokens_for(choice, spec)[1])
+
+        reservation = await self.fx.budgets.acquire(
+            [Option(c.budgets, t, estimate(c)) for c, _, t in options], max_wait_s, on_wait)
+        choice = options[reservation.index][0]
+        max_output = spec.max_tokens or default_max_tokens(choice.model.max_output_tokens)
+        return reservation, choice, int(reservation.tokens) - max_output
 
     async def send_once(self, run: _Run, req_id: str, choice: Choice, spec: RequestSpec, timeout: float
                         ) -> tuple[ChatResponse, bool]:
@@ -206,11 +216,11 @@ class RequestPipeline:
             options = self.options(order, spec, run_budget)
             announced = False
 
-            def on_wait(seconds: float, why: str) -> None:
+            def on_wait(seconds: float, why: str, candidates: tuple[str, ...] = tuple(order)) -> None:
                 nonlocal announced
                 if not announced:  # once per wait, not on every wake-up
                     announced = True
-                    fx._emit(NoModelsAvailableEvent, request=req_id, candidates=tuple(order), wait_s=seconds)
+                    fx._emit(NoModelsAvailableEvent, request=req_id, candidates=candidates, wait_s=seconds)
 
             max_wait = self.policy.max_wait_s
             if deadline is not None:
@@ -218,7 +228,7 @@ class RequestPipeline:
             try:
                 if not options:
                     raise CapacityError(math.inf, "no candidate can take it")
-                reservation, choice, prompt_tokens = await self.wait_for_capacity(options, on_wait, max_wait)
+                reservation, choice, prompt_tokens = await self.wait_for_capacity(options, spec, on_wait, max_wait)
             except CapacityError as exc:
                 info = self.router.explain(candidates, spec, last_info, exc, self._tokens_for)
                 return self.failed(req_id, requested, selected or requested, info, attempts, index,

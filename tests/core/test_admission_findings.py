@@ -8,8 +8,11 @@ server has no limits, and one refusal with a stated wait costing only that wait.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import time
 from typing import Any
 
+import httpx
 import pytest
 
 from nbfanout import Fanout
@@ -103,3 +106,74 @@ async def test_one_refusal_with_retry_after_one_second_costs_about_one_second(sa
     assert elapsed < 3.0, elapsed
     retried = [a for r in batch.results for a in r.attempts if a.outcome == "rate_limit"]
     assert len(retried) == 1 and retried[0].wait_s == pytest.approx(1.0, abs=0.3)  # the wait that really happened
+
+
+async def test_storm_waits_what_the_provider_asks_and_no_more(sandbox_app_factory):
+    """Seen: a key's TPM from a 429 body applied to the whole model, refused tokens counted: 3 prompts took 520 s
+    where the provider had asked for 60."""
+    app = virtual(sandbox_app_factory, "storm")
+    config = app.config
+    config.setdefault("defaults", {})["timeout_s"] = 5.0
+    fx = Fanout(config, transport=app.transport(), learn=False)
+    chat = [f"{p.id}/{m.id}" for p in app.state.scenario.providers for m in p.models if m.kind == "chat"]
+    t0 = asyncio.get_running_loop().time()
+    batch = await fx.map([f"Storm prompt {i}." for i in range(3)], chat)
+    assert all(r.ok for r in batch.results)
+    assert asyncio.get_running_loop().time() - t0 < 65.0
+
+
+# --- a provider's own headers, from a one-route server in process (httpx.MockTransport) -------------------
+
+def completion(**headers: str) -> httpx.Response:
+    body = {"id": "c1", "object": "chat.completion", "model": "m", "created": 0,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    return httpx.Response(200, json=body, headers=headers)
+
+
+def generic(handler: Any, **defaults: Any) -> Fanout:
+    config = {"defaults": {"learn_limits": False, **defaults},
+              "providers": {"gen": {"kind": "openai", "base_url": "http://gen.local/v1", "api_key": "sk-gen-0001",
+                                    "models": ["m"]}}}
+    return Fanout(config, transport=httpx.MockTransport(handler), learn=False)
+
+
+async def test_a_retry_after_given_as_an_http_date_is_waited_exactly_once():
+    """Seen: a retry-after HTTP date 4 s ahead gave a 60-s wait (4 s recorded) and a learned 1 RPM."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            when = email.utils.formatdate(time.time() + 4, usegmt=True)
+            return httpx.Response(429, json={"error": {"message": "Too Many Requests", "type": "rate_limit"}},
+                                  headers={"retry-after": when})
+        return completion()
+
+    fx = generic(handler)
+    t0 = asyncio.get_running_loop().time()
+    result = await fx.run("hello", ["gen/m"])
+    elapsed = asyncio.get_running_loop().time() - t0
+    answer = result["gen/m"]
+    assert answer.ok and [a.outcome for a in answer.attempts] == ["rate_limit", "ok"]
+    assert 2.5 <= answer.attempts[0].wait_s <= 5.0 and elapsed < 6.0  # an HTTP date has whole seconds
+    assert all(s.rpm_limit is None for s in fx.statistics())  # a stated wait is waited, not learned as a limit
+
+
+async def test_a_reset_no_window_can_have_fails_fast_naming_the_wait():
+    """Seen: a 200 with remaining 0 and a reset of 99999999h put the model on a 7-day cooldown: the next
+    request simply waited, with no failure and no message."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return completion(**{"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "0",
+                             "x-ratelimit-reset-requests": "99999999h"})
+
+    fx = generic(handler, max_wait_s=600)
+    first = await fx.run("hello", ["gen/m"])
+    assert first["gen/m"].ok
+    t0 = asyncio.get_running_loop().time()
+    second = (await fx.run("hello again", ["gen/m"]))["gen/m"]
+    assert asyncio.get_running_loop().time() - t0 < 1.0
+    assert not second.ok and second.category == "rate_limit"
+    assert "max_wait_s" in second.error.message and "604800" in second.error.message  # the wait, clamped to a week

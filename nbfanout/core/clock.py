@@ -8,6 +8,7 @@ run in virtual time, deterministically and without really sleeping.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,7 +27,10 @@ class LoopClock:
     """Seconds on the running loop's monotonic clock; sleeping is ``asyncio.sleep``."""
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # read from sync code (statistics between runs): the loops' own clock
+            return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

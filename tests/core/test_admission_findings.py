@@ -177,3 +177,13 @@ async def test_a_reset_no_window_can_have_fails_fast_naming_the_wait():
     assert asyncio.get_running_loop().time() - t0 < 1.0
     assert not second.ok and second.category == "rate_limit"
     assert "max_wait_s" in second.error.message and "604800" in second.error.message  # the wait, clamped to a week
+
+
+def test_run_sync_can_be_called_again_and_again_without_loop_warnings(sandbox_app_factory, recwarn):
+    """Seen: a second run_sync in one script warned that an AsyncLimiter was re-used across event loops."""
+    app = sandbox_app_factory(one_model({"rpm": 100, "limiter": "sliding_window"}), time_scale=0.0)
+    fx = Fanout(app.config, transport=app.transport(), learn=False)
+    for i in range(3):
+        assert fx.run_sync(f"hello {i}", ["local/m"])["local/m"].ok
+    assert [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)] == []
+    assert next(s for s in fx.statistics() if s.scope == "model").rpm_used == 3

@@ -564,6 +564,8 @@ def _window_kind(text: str) -> str | None:
         return "rpm"
     if "per day" in t:
         return "tpd" if tokens else "rpd"
+    if re.search(r"concurren(t|cy)|in flight", t):
+        return "concurrency"
     return None
 
 

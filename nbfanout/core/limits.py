@@ -94,6 +94,7 @@ class Budget:
     tokens_counted: str = "max_tokens"
     clock: Clock = field(default_factory=LoopClock, repr=False)
     adaptive: bool = False  # no known request limit: learn one from refusals (AIMD)
+    shape_known: bool = True  # False: the limiter is the default, and headers may show the real shape
     probe: bool = False  # send one request and read its headers before any burst
     on_learned: LearnedCallback | None = field(default=None, repr=False)
 
@@ -287,6 +288,8 @@ class Budget:
         refusal asks for, so an empty window's reset is not turned into a wait of its own.
         """
         now = self.clock.now()
+        if not self.shape_known and not refused:
+            self._infer_shape(snap)
         self.probe = False
         pairs = (
             (requests_kind, snap.limit_requests, snap.remaining_requests, snap.reset_requests_s),
@@ -305,6 +308,33 @@ class Budget:
                 # a reset no window of this kind can have: honour it as a wait (max_wait_s applies)
                 self.cool_down(reset, f"headers say 0 {kind} remain for {reset:.0f}s")
         self.changed()
+
+    def _infer_shape(self, snap: RateSnapshot) -> None:
+        """Read the shape from the refill the headers imply: a token bucket resets in proportion to use.
+
+        After a few requests a token bucket is full again in ``used · 60 / limit`` seconds, a sliding
+        window only when its newest request is a minute old, a fixed window at its edge (which matches
+        ``used · 60 / limit`` only by a rare chance). Every limit the headers state must say so; then
+        the budget counts as a token bucket, and a full allowance refills continuously.
+        """
+        self.shape_known = True  # decided once, from the first response that carries the headers
+        votes = []
+        for limit, remaining, reset in ((snap.limit_requests, snap.remaining_requests, snap.reset_requests_s),
+                                        (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens_s)):
+            if not limit or remaining is None or reset is None or remaining >= limit:
+                continue
+            expected = (limit - remaining) * WINDOW_S / limit
+            votes.append(abs(reset - expected) <= 0.1 * expected + 0.05)
+        if votes and all(votes) and self.limiter != "token_bucket":
+            self.limiter = "token_bucket"
+            now = self.clock.now()
+            for kind, shape in list(self._shapes.items()):
+                used = shape.used(now)
+                fresh = make_shape("token_bucket", kind, shape.limit, now)
+                fresh.observe(max(0.0, shape.limit - used), None, 0.0, now)
+                self._shapes[kind] = fresh
+            if self.on_learned:
+                self.on_learned(f"{self.scope}:{self.name}", "limiter", None, None, "headers: token_bucket")
 
     def learn_refusal(self, info: ErrorInfo) -> None:
         """A 429 for this scope: adopt a limit the body states; with none known anywhere, cut (AIMD)."""
@@ -495,6 +525,7 @@ class BudgetSet:
             self._budgets[key] = Budget(
                 scope, name, clock=self.clock, limiter=limiter or DEFAULT_LIMITER,
                 tokens_counted=tokens_counted or "max_tokens", adaptive=adaptive and "rpm" not in known,
+                shape_known=limiter is not None,
                 probe=probe and not known, on_learned=self._learned, **known,  # type: ignore[arg-type]
             )
         return self._budgets[key]

@@ -112,24 +112,27 @@ class RequestPipeline:
         """Every (model, key) that could take the request, in search order, with its tokens."""
         out = []
         for choice in self.router.choices(order, spec.needs):
-            prompt_tokens = self.prompt_tokens(choice, spec)
-            tokens = prompt_tokens + (spec.max_tokens or default_max_tokens(choice.model.max_output_tokens))
+            prompt_tokens, tokens = self._tokens_for(choice, spec)
             if choice.model.context_window is not None and prompt_tokens > choice.model.context_window:
                 continue
             out.append((replace(choice, budgets=(*choice.budgets, run_budget)), prompt_tokens, tokens))
         return out
 
     def prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
-        """The prompt's tokens as the provider will charge them against TPM.
-
-        Our estimate moves toward the usage the provider reports, but never below a quarter of
-        the characters: OpenAI charges TPM by "the estimated number of tokens based on the
-        character count of your request" (developers.openai.com/api/docs/guides/rate-limits),
-        whatever the tokenizer later reports.
-        """
+        """The prompt's tokens: our estimate, moved toward the usage the provider reports."""
         estimate, _ = estimate_request_tokens(spec.messages, system=spec.system, encoding=choice.model.tokenizer)
-        chars = len(spec.prompt) + len(spec.system or "")
-        return max(math.ceil(estimate * self._input_ratio.get(choice.model.name, 1.0)), math.ceil(chars / 4))
+        return math.ceil(estimate * self._input_ratio.get(choice.model.name, 1.0))
+
+    def charged_prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
+        """The prompt's tokens as the provider charges them against TPM at admission.
+
+        OpenAI-compatible providers charge "the estimated number of tokens based on the character
+        count of your request" (developers.openai.com/api/docs/guides/rate-limits), whatever the
+        tokenizer later reports: a quarter of the characters. Others charge the tokens themselves.
+        """
+        if choice.provider.wire == "openai":
+            return math.ceil((len(spec.prompt) + len(spec.system or "")) / 4)
+        return self.prompt_tokens(choice, spec)
 
     async def wait_for_capacity(self, options: list[tuple[Choice, int, int]], spec: RequestSpec,
                                 on_wait: Callable[[float, str], None], max_wait_s: float
@@ -282,8 +285,9 @@ class RequestPipeline:
                     await self.clock.sleep(wait)
 
     def _tokens_for(self, choice: Choice, spec: RequestSpec) -> tuple[int, int]:
-        prompt_tokens = self.prompt_tokens(choice, spec)
-        return prompt_tokens, prompt_tokens + (spec.max_tokens or default_max_tokens(choice.model.max_output_tokens))
+        """(prompt tokens, for the context window; the TPM charge: charged prompt + max output)."""
+        max_output = spec.max_tokens or default_max_tokens(choice.model.max_output_tokens)
+        return self.prompt_tokens(choice, spec), self.charged_prompt_tokens(choice, spec) + max_output
 
     async def _attempt(self, run: _Run, req_id: str, requested: str, index: int, choice: Choice, spec: RequestSpec,
                        reservation: Reservation, prompt_tokens: int, attempt_no: int, attempts: list[Attempt],
@@ -326,9 +330,11 @@ class RequestPipeline:
                 self.router.learn_headers(choice, rate, reservation, refused=info is not None)
             if response is not None:
                 max_output = spec.max_tokens or default_max_tokens(model.max_output_tokens)
-                reservation.settle(response.usage.input_tokens, response.usage.output_tokens, max_output, prompt_tokens)
+                # what the provider charged at admission is what it counts, except where it counts usage
+                charged_input = response.usage.input_tokens if choice.provider.wire != "openai" else prompt_tokens
+                reservation.settle(charged_input, response.usage.output_tokens, max_output, prompt_tokens)
                 self.router.learn_success(choice)
-                self._reconcile(model.name, prompt_tokens, response.usage.input_tokens)
+                self._reconcile(model.name, self.prompt_tokens(choice, spec), response.usage.input_tokens)
         end = self.clock.now()
         if response is None:
             assert info is not None

@@ -218,7 +218,11 @@ class Router:
             else:
                 target = key_b
             target.learn_refusal(info)
-            target.cool_down(wait, f"rate limited: retry in {wait:.1f}s")
+            if hint_kind == "concurrency" and (info.limit_hint is None or not info.limit_hint.limit):
+                # refused for concurrency with no number: what we had in flight there is the most it takes
+                target.set_limit("concurrency", max(1, target.in_flight), "429 (requests in flight)")
+            if hint_kind != "concurrency":  # a concurrency refusal frees when a request ends, not at a time
+                target.cool_down(wait, f"rate limited: retry in {wait:.1f}s")
         elif cat == ErrorCategory.OVERLOADED:
             model_b.cool_down(wait, f"overloaded: retry in {wait:.1f}s")
         elif cat in KEY_FAULTS:

@@ -272,3 +272,20 @@ async def test_budgets_work_on_every_new_event_loop_without_warnings():
         warnings.simplefilter("error")
         loop = asyncio.get_running_loop()
         assert len(await loop.run_in_executor(None, in_a_new_loop)) == 1
+
+
+async def test_headers_that_refill_in_proportion_to_use_reveal_a_token_bucket():
+    bs = BudgetSet()
+    bucket = bs.budget("model-key", "tb k", probe=True)
+    window = bs.budget("model-key", "sw k", probe=True)
+    for b in (bucket, window):
+        async with bs.reserve([Option((b,), 52)]) as r:
+            sent = r.sent_after(b)
+        reset = 60 / 360 if b is bucket else 60.0  # a bucket is full again after 1/360 of a minute
+        b.observe(RateSnapshot(limit_requests=360, remaining_requests=359, reset_requests_s=reset), sent)
+    assert (bucket.limiter, window.limiter) == ("token_bucket", "sliding_window")
+    # the bucket's full allowance is usable at once; the window's too, but it refills only a minute later
+    assert await admit_all(bs, (bucket,), [0.0] * 359) == [0.0] * 359
+    configured = bs.budget("model-key", "fixed k", limiter="fixed_window", probe=True)
+    configured.observe(RateSnapshot(limit_requests=360, remaining_requests=359, reset_requests_s=60 / 360), {})
+    assert configured.limiter == "fixed_window"  # a configured shape is never second-guessed

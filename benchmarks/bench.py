@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,8 +55,8 @@ from nbfanout.sandbox.text import estimate_tokens
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CLIENT_SCRIPT = HERE / "bench_clients.py"
-SERVE_SCRIPT = HERE / "bench_serve.py"
+#: The client and sandbox scripts; main() points them at copies taken when the run starts.
+SCRIPTS = {"client": HERE / "bench_clients.py", "serve": HERE / "bench_serve.py"}
 READY = "bench-client-ready"  # bench_clients.READY (not imported: that module is a client process)
 MAX_TOKENS = 40
 CONCURRENCY = 64
@@ -67,6 +68,7 @@ T0 = time.monotonic()
 #: nbfanout/ taken when the run started, so one run measures one version of the code even
 #: while the checkout changes under it.
 SNAPSHOT_ENV: dict[str, str] = {}
+RUNNER_CPU_AT = [0.0]  # the runner's own CPU-seconds when the current wave's timed part began
 
 
 def log(msg: str) -> None:
@@ -241,7 +243,7 @@ class SandboxProc:
 
     def __init__(self, serve_arg: str, log_path: Path) -> None:
         self.log = open(log_path, "w", encoding="utf-8")
-        self.proc = subprocess.Popen([sys.executable, str(SERVE_SCRIPT), serve_arg], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, str(SCRIPTS["serve"]), serve_arg], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT,
                                      env=dict(os.environ, **SNAPSHOT_ENV))
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -288,7 +290,7 @@ class ClientProc:
         self.job_path.write_text(json.dumps(job), encoding="utf-8")
         self.err = open(self.err_path, "w", encoding="utf-8")
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1", **SNAPSHOT_ENV)
-        self.proc = subprocess.Popen([sys.executable, str(CLIENT_SCRIPT), str(self.job_path), str(self.out_path)],
+        self.proc = subprocess.Popen([sys.executable, str(SCRIPTS["client"]), str(self.job_path), str(self.out_path)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
                                      cwd=ROOT, env=env)
         self.ready = threading.Event()
@@ -417,6 +419,35 @@ def busy_since(mark: tuple[int, int]) -> float | None:
     return None if total <= 0 else 1 - (now[1] - mark[1]) / total
 
 
+def busy_seconds_since(mark: tuple[int, int]) -> float:
+    """CPU-seconds the whole machine spent busy since ``mark`` (all CPUs added up)."""
+    now = cpu_ticks()
+    return ((now[0] - mark[0]) - (now[1] - mark[1])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU-seconds of a running process so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def outside_cpu(mark: tuple[int, int], sandboxes: dict[int, float], units: list[Unit]) -> float:
+    """CPU-seconds spent by processes that are not part of this run, since ``mark``.
+
+    The machine's busy time less the clients' timed CPU, the sandboxes' CPU and the
+    runner's own: what other programs on the machine (another test run, say) took.
+    """
+    ours = sum(u.result.get("cpu_s", 0.0) for u in units)
+    ours += sum(process_cpu_s(pid) - before for pid, before in sandboxes.items())
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    ours += ru.ru_utime + ru.ru_stime - RUNNER_CPU_AT[0]
+    return max(0.0, busy_seconds_since(mark) - ours)
+
+
 def _go(units: list[Unit]) -> None:
     for u in units:
         assert u.proc is not None
@@ -432,6 +463,14 @@ def _go(units: list[Unit]) -> None:
         u.proc.go()
 
 
+def _mark(units: list[Unit]) -> tuple[tuple[int, int], dict[int, float]]:
+    """The machine's and every sandbox's CPU counters as the timed part begins."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    RUNNER_CPU_AT[0] = ru.ru_utime + ru.ru_stime
+    pids = {u.sandbox.proc.pid for u in units if u.sandbox is not None}
+    return cpu_ticks(), {pid: process_cpu_s(pid) for pid in pids}
+
+
 def run_wave(specs: list[Resolved], rep: int, tmp: Path) -> list[Unit]:
     """Every client of every scenario at once, each against its own sandbox."""
     units: list[Unit] = []
@@ -443,15 +482,15 @@ def run_wave(specs: list[Resolved], rep: int, tmp: Path) -> list[Unit]:
             u.sandbox = SandboxProc(u.r.serve_arg, tmp / f"sandbox-{u.r.spec.key}-{u.client}-{rep}.log")
         _launch(units, tmp)
         _go(units)
-        mark = cpu_ticks()
+        mark, sandboxes = _mark(units)
         for u in units:
             assert u.proc is not None
             u.result = u.proc.wait(deadline(u.r) + 120)
-        busy = busy_since(mark)
+        busy, outside = busy_since(mark), outside_cpu(mark, sandboxes, units)
         for u in units:
             assert u.sandbox is not None
             _finish(u, u.sandbox.stats())
-            u.result["machine_busy"] = busy
+            u.result["machine_busy"], u.result["outside_cpu_s"] = busy, outside
     finally:
         for u in units:
             if u.proc is not None and u.proc.proc.poll() is None:
@@ -470,12 +509,12 @@ def run_serial(r: Resolved, rep: int, tmp: Path) -> list[Unit]:
             u.sandbox = sandbox
             _launch([u], tmp)
             _go([u])
-            mark = cpu_ticks()
+            mark, sandboxes = _mark([u])
             assert u.proc is not None
             u.result = u.proc.wait(deadline(r) + 120)
-            busy = busy_since(mark)
+            busy, outside = busy_since(mark), outside_cpu(mark, sandboxes, [u])
             _finish(u, sandbox.stats())
-            u.result["machine_busy"] = busy
+            u.result["machine_busy"], u.result["outside_cpu_s"] = busy, outside
             log(f"  {r.spec.key} rep {rep + 1}: {summary(u)}")
     finally:
         sandbox.stop()
@@ -493,9 +532,9 @@ def summary(u: Unit) -> str:
         return f"{u.client}: FAILED ({res['error'][:200]})"
     ratio = f"{res['ratio']:.2f}x" if res.get("ratio") else "-"
     cut = " CUT AT DEADLINE" if res.get("cut_by_deadline") else ""
-    refused = sum(res.get("rejected", {}).values())
     return (f"{u.client}: {res['wall_s']:.1f} s ({ratio} the bound {res['bound_s']:.1f} s), "
-            f"{res['answered']}/{res['asked']} answered, {res['requests']} requests, {refused} refused{cut}")
+            f"{res['answered']}/{res['asked']} answered, {res['requests']} requests, "
+            f"{_limit_refusals(res)} refused for a limit{cut}")
 
 
 # --------------------------------------------------------------------------- report
@@ -538,11 +577,16 @@ def _range(values: list[Any], fmt: Any = str) -> str:
     return fmt(lo) if lo == hi else f"{fmt(lo)}–{fmt(hi)}"
 
 
+def _limit_refusals(x: dict[str, Any]) -> int:
+    return sum(n for why, n in x.get("rejected", {}).items() if why in LIMIT_REASONS)
+
+
 def scenario_table(key: str, units: list[Unit]) -> list[str]:
     r = units[0].r
     failover = r.spec.mode == "failover"
     head = ["client", "wall s (median; min–max)", "bound s", "wall / bound", "answered / asked", "requests sent",
-            "refusals (median; by reason, all runs)", "client CPU µs / request", "peak RSS MB"]
+            "limit refusals: median (all runs, by limit)", "other refusals and faults, all runs",
+            "client CPU µs / request", "peak RSS MB"]
     if failover:
         head += ["429 → other member's answer, median / p95 ms"]
     if key == "fast":
@@ -557,11 +601,15 @@ def scenario_table(key: str, units: list[Unit]) -> list[str]:
         walls = [x["wall_s"] for x in good]
         bounds = [x["bound_s"] for x in good]
         ratios = [x["ratio"] for x in good if x.get("ratio") is not None]
-        reasons: Counter[str] = Counter()
+        limits: Counter[str] = Counter()
+        others: Counter[str] = Counter()
         for x in good:
-            reasons.update(x.get("rejected", {}))
-        refusals = statistics.median(sum(x.get("rejected", {}).values()) for x in good)
-        by_reason = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
+            for why, n in x.get("rejected", {}).items():
+                # client_closed: the client hung up before the answer (a run cut at its deadline)
+                (limits if why in LIMIT_REASONS else others)["abandoned" if why == "client_closed" else why] += n
+        refusals = statistics.median(_limit_refusals(x) for x in good)
+        by_limit = ", ".join(f"{k} {v}" for k, v in sorted(limits.items())) or "none"
+        by_other = ", ".join(f"{k} {v}" for k, v in sorted(others.items())) or "none"
         cpu = [x["cpu_us_per_request"] for x in good if x.get("cpu_us_per_request") is not None]
         cut = sum(1 for x in good if x.get("cut_by_deadline"))
         answered = _range([x["answered"] for x in good]) + f" / {good[0]['asked']}"
@@ -571,7 +619,7 @@ def scenario_table(key: str, units: list[Unit]) -> list[str]:
             answered += f" ({len(runs) - len(good)} runs failed)"
         row = [client, f"{statistics.median(walls):.2f} ({_range(walls, lambda v: f'{v:.2f}')})",
                _range(bounds, _fmt_s), f"{statistics.median(ratios):.2f}" if ratios else "—", answered,
-               f"{statistics.median(x['requests'] for x in good):.0f}", f"{refusals:g} ({by_reason})",
+               f"{statistics.median(x['requests'] for x in good):.0f}", f"{refusals:g} ({by_limit})", by_other,
                f"{statistics.median(cpu):.0f}" if cpu else "—", f"{max(x['maxrss_kb'] for x in good) / 1024:.0f}"]
         if failover:
             lat = [s for x in good for s in x.get("failover_s", [])]
@@ -626,11 +674,13 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
         "## How it was measured",
         "",
         f"- {reps} repetitions of every scenario with every client; the clients' order rotates between repetitions "
-        "(each client goes first once in three).",
+        "(each client goes first once in three; in a wave that runs them at once, the order in which they are "
+        "told to start, milliseconds apart).",
         "- Each client runs in its own process against a sandbox in another process. Wall time is the client's "
         "fan-out call, from the moment its sandbox was reset to the last answer (imports and client construction "
         "are not timed). CPU is the client process's user + system time over that interval divided by the requests "
-        "it sent; peak RSS is the client process's, imports included.",
+        "it sent (one-time work on a client's first call, such as loading a tokenizer's vocabulary, included: it "
+        "dominates where there are few requests); peak RSS is the client process's, imports included.",
         "- Scenarios bound by rate-limit windows take a minute or more whatever the client does, so their clients "
         "run at the same time, each against a sandbox of its own, and several such scenarios share a wave: "
         + "; ".join(" + ".join(w) for w in WAVES if any(k in by_key for k in w) and w != ["fast"])
@@ -674,7 +724,8 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
                   f"{r.spec.prompts * n_models} requests asked; models: {', '.join(f'`{m}`' for m in r.models)}. "
                   f"{r.scenario.description}", ""]
         lines += scenario_table(key, us)
-        crit = sorted({u.result.get("bound_critical", "") for u in us if u.result.get("bound_critical")})
+        crit = sorted({u.result.get("bound_critical", "") for u in us
+                       if u.result.get("bound_critical") and u.result.get("bound_s")})
         if crit:
             lines += ["", f"The bound is set by: {', '.join(crit)}."]
         serial = [u.result["bound_serialized_s"] for u in us if u.result.get("bound_serialized_s")]
@@ -687,8 +738,11 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
         if busy:
             where = ("while each client ran alone" if not r.spec.parallel else
                      "while these runs' waves ran (every client of the wave at once, sandboxes included)")
+            outside = [u.result["outside_cpu_s"] for u in us if u.result.get("outside_cpu_s") is not None]
             lines += ["", f"Machine CPU busy {where}: {_range([round(100 * b) for b in busy])} % of "
-                      f"{os.cpu_count()} CPUs."]
+                      f"{os.cpu_count()} CPUs"
+                      + (f"; of that, programs outside this benchmark took {_range([round(x) for x in outside])} "
+                         "CPU-seconds per wave." if outside else ".")]
         if r.spec.mode == "failover":
             by: Counter[str] = Counter()
             for u in us:
@@ -705,7 +759,8 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
             lines += ["", "Requests a client gave up on, summed over the runs: "
                       + "; ".join(f"{c}: {why} × {n}" for (c, why), n in sorted(fails.items())) + "."]
         lines += [""]
-    lines += ["## Every run", "", "| scenario | rep | order | client | wall s | bound s | answered | requests | refusals | "
+    lines += ["## Every run", "", "| scenario | rep | order | client | wall s | bound s | answered | requests | "
+              "limit refusals | "
               "CPU µs / req | peak RSS MB | setup s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for u in units:
         x = u.result
@@ -714,13 +769,16 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
             continue
         lines.append(f"| {u.r.spec.key} | {u.rep + 1} | {u.position} | {u.client} | {x['wall_s']:.2f}"
                      f"{' (cut)' if x.get('cut_by_deadline') else ''} | {_fmt_s(x['bound_s'])} | {x['answered']}/{x['asked']} | "
-                     f"{x['requests']} | {sum(x.get('rejected', {}).values())} | "
+                     f"{x['requests']} | {_limit_refusals(x)} | "
                      f"{x['cpu_us_per_request']:.0f} | {x['maxrss_kb'] / 1024:.0f} | {x['setup_s']:.1f} |")
     lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
     raw = [{k: v for k, v in u.result.items()} | {"client": u.client} for u in units]
-    out.with_suffix(".json").write_text(json.dumps({"versions": v, "runs": raw}, indent=1, default=str), encoding="utf-8")
+    meta = {"command": cmd, "started_utc": started.isoformat(), "took_s": took_s, "reps": reps,
+            "git": getattr(args, "git_at_start", None), "cpus": os.cpu_count(), "platform": platform.platform()}
+    out.with_suffix(".json").write_text(json.dumps({"run": meta, "versions": v, "runs": raw}, indent=1, default=str),
+                                        encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- main
@@ -763,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
                         ignore=shutil.ignore_patterns("__pycache__"))
         SNAPSHOT_ENV["PYTHONPATH"] = os.pathsep.join(
             [str(tmp / "snapshot"), *filter(None, [os.environ.get("PYTHONPATH")])])
+        for role, script in list(SCRIPTS.items()):
+            SCRIPTS[role] = Path(shutil.copy2(script, tmp / "snapshot" / script.name))
         args.git_at_start = git_at_start
         resolved = {s.key: resolve(s, tmp) for s in specs}
         for r in resolved.values():

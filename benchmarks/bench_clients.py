@@ -216,8 +216,9 @@ def _litellm_deployments(job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def run_litellm(job: dict[str, Any], tally: Tally) -> Go:
-    # Offline: the price map ships inside the package; never fetched (docs.litellm.ai/docs/
-    # completion/token_usage, "LITELLM_LOCAL_MODEL_COST_MAP"). The audit hook above enforces it.
+    # Offline: use the price map that ships inside the package instead of fetching one at
+    # import ("export LITELLM_LOCAL_MODEL_COST_MAP=True", litellm/litellm_core_utils/
+    # get_model_cost_map.py). The audit hook above refuses any fetch regardless.
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     import litellm
     from litellm import Router

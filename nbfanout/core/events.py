@@ -208,6 +208,11 @@ class EventBus:
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
+    @property
+    def listening(self) -> bool:
+        """Whether anyone subscribes: events that cost work to build are skipped when no one does."""
+        return bool(self._subscribers)
+
     def emit(self, event: Event) -> None:
         for callback in tuple(self._subscribers):
             try:

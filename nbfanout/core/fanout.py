@@ -359,7 +359,8 @@ class Fanout:
 
     async def _utilization_ticker(self, run: _Run) -> None:
         while True:
-            self._emit_utilization()
+            if self.events.listening:  # a snapshot of every budget, ten times a second, only for a viewer
+                self._emit_utilization()
             await self.clock.sleep(UTILIZATION_INTERVAL_S)
 
     def _on_learned(self, scope: str, metric: str, old: float | None, new: float | None, source: str) -> None:

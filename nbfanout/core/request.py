@@ -11,6 +11,7 @@ really happened; every step is an event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -92,6 +93,20 @@ def decide(policy: RetryPolicy, attempt: int, info: ErrorInfo, elapsed_s: float,
     return Decision("retry" if retry else "fail", wait, reason)
 
 
+@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
+def _estimate_messages(messages: tuple[Message, ...], system: str | None, encoding: str | None) -> int:
+    """Tokens of a request's messages (cached: a waiting request is looked at again and again)."""
+    return estimate_request_tokens(messages, system=system, encoding=encoding)[0]
+
+
+def _estimate(spec: RequestSpec, encoding: str | None) -> int:
+    try:
+        return _estimate_messages(spec.messages, spec.system, encoding)
+    except TypeError:  # a part that cannot be hashed: count it without the cache
+        return estimate_request_tokens(spec.messages, system=spec.system, encoding=encoding)[0]
+
+
 def default_max_tokens(max_output: int | None) -> int:
     """The output budget when the caller names none; it is sent, so TPM charges match the provider's."""
     return min(max_output or DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS)
@@ -120,8 +135,7 @@ class RequestPipeline:
 
     def prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
         """The prompt's tokens: our estimate, moved toward the usage the provider reports."""
-        estimate, _ = estimate_request_tokens(spec.messages, system=spec.system, encoding=choice.model.tokenizer)
-        return math.ceil(estimate * self._input_ratio.get(choice.model.name, 1.0))
+        return math.ceil(_estimate(spec, choice.model.tokenizer) * self._input_ratio.get(choice.model.name, 1.0))
 
     def charged_prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
         """The prompt's tokens as the provider charges them against TPM at admission.

@@ -1,8 +1,8 @@
 """Token estimates before a call, so TPM budgets can admit a request before it would be refused.
 
-An exact BPE tokenizer is used when one is available for the model's encoding: ``tiktoken``
-(if its vocabulary can be loaded) or ``bpe_openai`` (the same vocabularies, shipped inside
-the package, so it works offline). Otherwise a heuristic calibrated against o200k/cl100k on
+An exact BPE tokenizer is used when one is available for the model's encoding: ``bpe_openai``
+(the vocabularies shipped inside the package, so it works offline) or ``tiktoken`` (if its
+vocabulary can be loaded). Otherwise a heuristic calibrated against o200k/cl100k on
 English prose and code (within ±20 %; tests/core/test_tokens.py measures it).
 """
 
@@ -32,17 +32,19 @@ class _Encoder(Protocol):
 @functools.lru_cache(maxsize=8)
 def exact_encoder(encoding: str) -> _Encoder | None:
     """A real BPE encoder for ``encoding`` (e.g. "o200k_base"), or None when none can be loaded."""
+    # bpe_openai first: it ships its vocabularies, where tiktoken may try to download them (and an
+    # offline machine then waits for DNS before the first request goes out)
+    try:
+        import bpe_openai
+
+        return bpe_openai.get_encoding(encoding)
+    except Exception:  # not installed or unknown encoding
+        pass
     try:
         import tiktoken
 
         return tiktoken.get_encoding(encoding)
     except Exception:  # not installed, unknown encoding, or its vocabulary cannot be downloaded
-        pass
-    try:
-        import bpe_openai
-
-        return bpe_openai.get_encoding(encoding)
-    except Exception:
         return None
 
 

@@ -121,7 +121,10 @@ class TokenBucket:
         """A bucket's refill does not depend on when the provider counted (a one-way trip's worth at most)."""
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
-        """The provider's ``remaining`` (minus what we sent after it counted) is what is available."""
+        """The provider's ``remaining``, less what we sent since (it may not have counted that yet).
+
+        A level is set, not added to, so reading headers while requests are in flight never
+        accumulates: the next response sets it again."""
         self._refill(now)
         self._level = min(self._capacity, remaining - newer)
 
@@ -217,31 +220,33 @@ class SlidingWindow:
             self._total += amount
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
-        """Make our count agree with the provider's: ``limit - remaining`` used, plus what we sent since.
+        """Keep our count between the provider's (``limit - remaining``) and that plus what we sent since.
 
-        A surplus is taken from our oldest entries (the provider lets go of those first); missing
-        use is added to our newest entry, or, with none, as one entry that expires when the
-        provider says the window resets.
+        Headers are read while later requests are in flight, which the provider may or may not have
+        counted yet; moving only when our count leaves that range never counts one twice.
+
+        A surplus is taken from our oldest entries (the provider lets go of those first).
         """
         self._prune(now)
-        target = max(0.0, self.limit - remaining) + newer
-        if abs(target - self._total) <= _EPS:
-            return
-        diff = target - self._total
-        if diff < 0:  # the provider has let go of what we still hold: the oldest entries first
-            surplus = -diff
+        low = max(0.0, self.limit - remaining)  # what it counts, if it has counted all we sent since
+        high = low + newer  # ... and if it has counted none of that yet
+        if self._total > high + _EPS:  # it has let go of what we still hold: the oldest entries first
+            surplus = self._total - high
             for e in self._log:
                 cut = min(surplus, e[1])
                 e[1] -= cut
                 surplus -= cut
                 if surplus <= _EPS:
                     break
-        elif self._log:  # it counts more than we sent: charge it with our newest entry
-            self._log[-1][1] += diff
-        else:  # use we never saw (another client): it expires when the provider says the window resets
+            self._total = high
+        elif self._total < low - _EPS and not self._log:
+            # use we never saw (another client, or requests sent before this limit was known): it
+            # expires when the provider says the window resets. With entries of our own we add
+            # nothing: entries re-stamped at the answer already outlast the provider's, and piling
+            # a difference onto one entry would hold it for a whole extra window.
             expires = now + (reset_s if reset_s is not None else self.span)
-            self._insert(min(now, expires - self.span), diff)
-        self._total = target
+            self._insert(min(now, expires - self.span), low - self._total)
+            self._total = low
 
     def __repr__(self) -> str:
         return f"<SlidingWindow {self._total:g}/{self.limit:g} per {self.span:g}s>"
@@ -308,7 +313,8 @@ class FixedWindow:
             self._phase = end - math.floor(end / self.span) * self.span
             self._index = math.floor((now - self._phase) / self.span)
         self._roll(now)
-        self._used = max(0.0, self.limit - remaining) + newer
+        low = max(0.0, self.limit - remaining)
+        self._used = min(self._used, low + newer) if self._used else low
 
     def __repr__(self) -> str:
         return f"<FixedWindow {self._used:g}/{self.limit:g} per {self.span:g}s>"

@@ -71,6 +71,12 @@ class CapacityError(Exception):
         self.budget = budget
 
 
+def _families(snap: RateSnapshot) -> tuple[tuple[int | None, int | None, float | None], ...]:
+    """(limit, remaining, reset) for requests, then tokens, as the headers stated them."""
+    return ((snap.limit_requests, snap.remaining_requests, snap.reset_requests_s),
+            (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens_s))
+
+
 @dataclass(frozen=True, slots=True)
 class _Block:
     """Why one budget cannot admit a request now: until a time, on a release, or never."""
@@ -291,11 +297,7 @@ class Budget:
         if not self.shape_known and not refused:
             self._infer_shape(snap)
         self.probe = False
-        pairs = (
-            (requests_kind, snap.limit_requests, snap.remaining_requests, snap.reset_requests_s),
-            ("tpm", snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens_s),
-        )
-        for kind, limit, remaining, reset in pairs:
+        for kind, (limit, remaining, reset) in zip((requests_kind, "tpm"), _families(snap)):
             if limit and limit != getattr(self, kind):
                 self.set_limit(kind, limit, "headers")
             shape = self._shapes.get(kind)
@@ -319,8 +321,7 @@ class Budget:
         """
         self.shape_known = True  # decided once, from the first response that carries the headers
         votes = []
-        for limit, remaining, reset in ((snap.limit_requests, snap.remaining_requests, snap.reset_requests_s),
-                                        (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens_s)):
+        for limit, remaining, reset in _families(snap):
             if not limit or remaining is None or reset is None or remaining >= limit:
                 continue
             expected = (limit - remaining) * WINDOW_S / limit

@@ -68,6 +68,10 @@ class RequestSpec:
     def messages(self) -> tuple[Message, ...]:
         return (Message("user", self.prompt, self.images),)
 
+    def max_output(self, max_output_tokens: int | None) -> int:
+        """The output budget sent (and reserved) for a model whose own cap is ``max_output_tokens``."""
+        return self.max_tokens or default_max_tokens(max_output_tokens)
+
     @property
     def needs(self) -> frozenset[str]:
         return frozenset({"vision"}) if self.images else frozenset()
@@ -93,7 +97,6 @@ def decide(policy: RetryPolicy, attempt: int, info: ErrorInfo, elapsed_s: float,
     return Decision("retry" if retry else "fail", wait, reason)
 
 
-@functools.lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=4096)
 def _estimate_messages(messages: tuple[Message, ...], system: str | None, encoding: str | None) -> int:
     """Tokens of a request's messages (cached: a waiting request is looked at again and again)."""
@@ -162,14 +165,13 @@ class RequestPipeline:
         reservation = await self.fx.budgets.acquire(
             [Option(c.budgets, t, estimate(c)) for c, _, t in options], max_wait_s, on_wait)
         choice = options[reservation.index][0]
-        max_output = spec.max_tokens or default_max_tokens(choice.model.max_output_tokens)
-        return reservation, choice, int(reservation.tokens) - max_output
+        return reservation, choice, int(reservation.tokens) - spec.max_output(choice.model.max_output_tokens)
 
     async def send_once(self, run: _Run, req_id: str, choice: Choice, spec: RequestSpec, timeout: float
                         ) -> tuple[ChatResponse, bool]:
         """One call to the provider (or the cache); ProviderError on any failure."""
         request = ChatRequest(model=choice.model.model_id, messages=spec.messages, system=spec.system,
-                              max_tokens=spec.max_tokens or default_max_tokens(choice.model.max_output_tokens),
+                              max_tokens=spec.max_output(choice.model.max_output_tokens),
                               temperature=spec.temperature, extra=dict(spec.params))
         cache = self.fx.cache
         if cache is not None:
@@ -300,8 +302,8 @@ class RequestPipeline:
 
     def _tokens_for(self, choice: Choice, spec: RequestSpec) -> tuple[int, int]:
         """(prompt tokens, for the context window; the TPM charge: charged prompt + max output)."""
-        max_output = spec.max_tokens or default_max_tokens(choice.model.max_output_tokens)
-        return self.prompt_tokens(choice, spec), self.charged_prompt_tokens(choice, spec) + max_output
+        return (self.prompt_tokens(choice, spec),
+                self.charged_prompt_tokens(choice, spec) + spec.max_output(choice.model.max_output_tokens))
 
     async def _attempt(self, run: _Run, req_id: str, requested: str, index: int, choice: Choice, spec: RequestSpec,
                        reservation: Reservation, prompt_tokens: int, attempt_no: int, attempts: list[Attempt],
@@ -343,7 +345,7 @@ class RequestPipeline:
             if rate is not None and not cached:
                 self.router.learn_headers(choice, rate, reservation, refused=info is not None)
             if response is not None:
-                max_output = spec.max_tokens or default_max_tokens(model.max_output_tokens)
+                max_output = spec.max_output(model.max_output_tokens)
                 # what the provider charged at admission is what it counts, except where it counts usage
                 charged_input = response.usage.input_tokens if choice.provider.wire != "openai" else prompt_tokens
                 reservation.settle(charged_input, response.usage.output_tokens, max_output, prompt_tokens)

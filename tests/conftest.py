@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from nbfanout.sandbox import Sandbox, Scenario, create_app, load_scenario, parse_scenario, start_sandbox
+from nbfanout.core.tokens import exact_encoder
 from nbfanout.sandbox.app import SandboxState
 
 IN_PROCESS_URL = "http://sandbox.local"
@@ -51,6 +52,13 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self.now})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tokenizers_loaded() -> None:
+    """Load the catalog's tokenizer before any test: requests sent while it loads in the
+    background are counted with a byte bound, and which test met that would depend on order."""
+    exact_encoder("o200k_base")
 
 
 def as_scenario(scenario: Scenario | str | Mapping[str, Any]) -> Scenario:

@@ -55,30 +55,30 @@ class Transcriber:
             return Transcription("", "", (), info)
         attempts: list[Attempt] = []
         clock = self.fx.clock
-        async with self.fx._client() as client:
-            t0 = clock.now()
-            last: ErrorInfo | None = None
-            for name in order:
-                spec = config.models[name]
-                provider = config.providers[spec.provider]
-                for key in provider.keys:
-                    start = clock.now() - t0
-                    endpoint = Endpoint(provider=provider.id, base_url=provider.base_url, api_key=key.value,
-                                        headers=dict(provider.headers))
-                    try:
-                        resp = await adapter_for(provider.wire).transcribe(
-                            client, endpoint, TranscriptionRequest(spec.model_id, Path(path).name, data, language, prompt),
-                            timeout=self.fx.retry.timeout_s)
-                    except ProviderError as exc:
-                        last = exc.info
-                        attempts.append(Attempt(name, key.id, start, clock.now() - t0, exc.info.category.value,
-                                                exc.info.status, exc.info.message))
-                        if exc.info.category in KEY_FAULTS:
-                            continue
-                        break
-                    attempts.append(Attempt(name, key.id, start, clock.now() - t0, "ok", resp.status))
-                    self._turn += 1
-                    return Transcription(resp.text, name, tuple(attempts))
+        client = self.fx._client()
+        t0 = clock.now()
+        last: ErrorInfo | None = None
+        for name in order:
+            spec = config.models[name]
+            provider = config.providers[spec.provider]
+            for key in provider.keys:
+                start = clock.now() - t0
+                endpoint = Endpoint(provider=provider.id, base_url=provider.base_url, api_key=key.value,
+                                    headers=dict(provider.headers))
+                try:
+                    resp = await adapter_for(provider.wire).transcribe(
+                        client, endpoint, TranscriptionRequest(spec.model_id, Path(path).name, data, language, prompt),
+                        timeout=self.fx.retry.timeout_s)
+                except ProviderError as exc:
+                    last = exc.info
+                    attempts.append(Attempt(name, key.id, start, clock.now() - t0, exc.info.category.value,
+                                            exc.info.status, exc.info.message))
+                    if exc.info.category in KEY_FAULTS:
+                        continue
+                    break
+                attempts.append(Attempt(name, key.id, start, clock.now() - t0, "ok", resp.status))
+                self._turn += 1
+                return Transcription(resp.text, name, tuple(attempts))
         return Transcription("", order[-1], tuple(attempts), last)
 
     def _why_not(self, name: str) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import re
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,6 +98,11 @@ class Fanout:
         self.concurrency = concurrency or d.concurrency
         self.events = EventBus()
         self._transport = transport
+        # one HTTP client per event loop, kept across runs: a client costs milliseconds of CPU to
+        # build (an SSL context) and its pooled connections save a TCP handshake per request
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+        self._active: list[_Run] = []  # runs in progress, oldest first; the utilization ticker serves them all
+        self._ticker: asyncio.Future[None] | None = None
         learn = d.learn_limits if learn is None else learn
         self.learned = LearnedLimits(Path(state_path or d.state_path) if (state_path or d.state_path) else None) if learn else None
         self.budgets = BudgetSet(self.clock, self.learned)
@@ -117,6 +123,18 @@ class Fanout:
     def statistics(self) -> tuple[Any, ...]:
         """A frozen snapshot of every budget (provider, key, model)."""
         return self.budgets.statistics()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections this Fanout keeps on the running loop (it stays usable)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> Fanout:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def run(
         self,
@@ -255,68 +273,67 @@ class Fanout:
         temperature = params.pop("temperature", None)
         # the run's own in-flight cap; not registered with the budget set, so it ends with the run
         run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock)
-        async with self._client() as client:
-            run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), client=client)
-            token = _RUN.set(run)
-            self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
-            ticker = asyncio.ensure_future(self._utilization_ticker(run))
-            # with a pool, each request may be answered by any model of the pool; with models, only by itself
-            jobs = [
-                (i, name, names[k:] + names[:k] if pooled else [name, *fallbacks.get(name, [])])
-                for i in range(len(prompts))
-                for k, name in enumerate(names)
-            ]
-            for i, name, _ in jobs:
-                self._emit(ModelQueued, request=f"{i}:{name}", model=name, prompt_index=i)
-            results: list[Any] = [None] * len(jobs)
+        run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), client=self._client())
+        token = _RUN.set(run)
+        self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
+        self._start_ticker(run)
+        # with a pool, each request may be answered by any model of the pool; with models, only by itself
+        jobs = [
+            (i, name, names[k:] + names[:k] if pooled else [name, *fallbacks.get(name, [])])
+            for i in range(len(prompts))
+            for k, name in enumerate(names)
+        ]
+        for i, name, _ in jobs:
+            self._emit(ModelQueued, request=f"{i}:{name}", model=name, prompt_index=i)
+        results: list[Any] = [None] * len(jobs)
 
-            scores: dict[int, Score | None] = {}
+        scores: dict[int, Score | None] = {}
 
-            async def lane(queue: list[int]) -> None:
-                while queue:
-                    j = queue.pop(0)
-                    i, name, cands = jobs[j]
-                    spec = RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout)
-                    results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget)
-                    if judge is not None and results[j].ok:  # the answer is kept even if judging is cancelled
-                        scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget)
+        async def lane(queue: list[int]) -> None:
+            while queue:
+                j = queue.pop(0)
+                i, name, cands = jobs[j]
+                spec = RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout)
+                results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget)
+                if judge is not None and results[j].ok:  # the answer is kept even if judging is cancelled
+                    scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget)
 
-            # One lane of workers per requested model, as wide as that model may run at once: a model
-            # that must wait for its limits never holds the workers that other models could use.
-            width = concurrency or self.concurrency
-            workers = []
-            for name in names:
-                queue = [j for j, job in enumerate(jobs) if job[1] == name]
-                cap = self.config.models[name].limits.concurrency or width
-                workers += [asyncio.ensure_future(lane(queue)) for _ in range(min(cap, width, len(queue)))]
-            try:
-                await asyncio.gather(*workers)
-                done = results
-            except asyncio.CancelledError:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                partial = self._collect(prompts, names, jobs, [
-                    r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0], run) for j, r in enumerate(results)],
-                    run, scores)
-                self.last_result = partial
-                ok = sum(1 for r in partial.results if r.ok)
-                self._emit(RunCompleted, succeeded=ok, failed=len(partial.results) - ok,
-                           elapsed_s=self.clock.now() - run.t0, cancelled=True)
-                raise
-            finally:
-                for w in workers:
-                    w.cancel()
-                ticker.cancel()
-                await asyncio.gather(ticker, *workers, return_exceptions=True)
-                self._emit_utilization()
-                if self.learned is not None:
-                    self.learned.save()
-                _RUN.reset(token)
-            batch = self._collect(prompts, names, jobs, done, run, scores)
-            ok = sum(1 for r in batch.results if r.ok)
-            self._emit(RunCompleted, run, succeeded=ok, failed=len(batch.results) - ok, elapsed_s=batch.elapsed_s)
-            return batch
+        # One lane of workers per requested model, as wide as that model may run at once: a model
+        # that must wait for its limits never holds the workers that other models could use.
+        width = concurrency or self.concurrency
+        workers = []
+        for name in names:
+            queue = [j for j, job in enumerate(jobs) if job[1] == name]
+            cap = self.config.models[name].limits.concurrency or width
+            workers += [asyncio.ensure_future(lane(queue)) for _ in range(min(cap, width, len(queue)))]
+        try:
+            await asyncio.gather(*workers)
+            done = results
+        except asyncio.CancelledError:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            partial = self._collect(prompts, names, jobs, [
+                r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0], run) for j, r in enumerate(results)],
+                run, scores)
+            self.last_result = partial
+            ok = sum(1 for r in partial.results if r.ok)
+            self._emit(RunCompleted, succeeded=ok, failed=len(partial.results) - ok,
+                       elapsed_s=self.clock.now() - run.t0, cancelled=True)
+            raise
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._stop_ticker(run)
+            self._emit_utilization()
+            if self.learned is not None:
+                self.learned.save()
+            _RUN.reset(token)
+        batch = self._collect(prompts, names, jobs, done, run, scores)
+        ok = sum(1 for r in batch.results if r.ok)
+        self._emit(RunCompleted, run, succeeded=ok, failed=len(batch.results) - ok, elapsed_s=batch.elapsed_s)
+        return batch
 
     def _collect(self, prompts: list[str], names: list[str], jobs: list[tuple[int, str, list[str]]],
                  results: list[ModelResult], run: _Run, scores: dict[int, Score | None]) -> BatchResult:
@@ -346,8 +363,17 @@ class Fanout:
 
     # --- plumbing -------------------------------------------------------------------------
     def _client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=max(64, self.concurrency * 2), max_keepalive_connections=32)
-        return httpx.AsyncClient(transport=self._transport, limits=limits, timeout=httpx.Timeout(self.retry.timeout_s))
+        """The running loop's HTTP client, built on first use (connections belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            # every connection a full run opens stays pooled: a pool smaller than the requests in
+            # flight closes a connection per answer and opens a new one for the next request
+            width = max(64, self.concurrency * 2)
+            limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+            client = httpx.AsyncClient(transport=self._transport, limits=limits, timeout=httpx.Timeout(self.retry.timeout_s))
+            self._clients[loop] = client
+        return client
 
     def _emit(self, cls: type[Event], run: _Run | None = None, **fields: Any) -> None:
         run = run or _RUN.get()
@@ -357,10 +383,24 @@ class Fanout:
     def _emit_utilization(self) -> None:
         self._emit(Utilization, budgets=self.budgets.statistics())
 
-    async def _utilization_ticker(self, run: _Run) -> None:
-        while True:
+    def _start_ticker(self, run: _Run) -> None:
+        """One utilization ticker per Fanout, however many runs share it (200 concurrent ``run``s
+        would otherwise wake 2,000 times a second to send the same snapshot)."""
+        self._active.append(run)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.ensure_future(self._utilization_ticker())
+
+    async def _stop_ticker(self, run: _Run) -> None:
+        self._active.remove(run)
+        if not self._active and self._ticker is not None:
+            ticker, self._ticker = self._ticker, None
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+
+    async def _utilization_ticker(self) -> None:
+        while self._active:
             if self.events.listening:  # a snapshot of every budget, ten times a second, only for a viewer
-                self._emit_utilization()
+                self._emit(Utilization, self._active[0], budgets=self.budgets.statistics())
             await self.clock.sleep(UTILIZATION_INTERVAL_S)
 
     def _on_learned(self, scope: str, metric: str, old: float | None, new: float | None, source: str) -> None:

@@ -445,11 +445,12 @@ class Reservation:
         return {k: max(0.0, v - mark.get(k, v)) for k, v in budget._taken.items()}
 
     def settle(self, input_tokens: int, output_tokens: int, max_output: int, estimated_input: int) -> None:
-        """Count the real usage: extra input always; unused output back where the provider counts usage."""
+        """Count the real usage: extra input always; where the provider counts usage, unused input and output back."""
         for b, stamps in self._stamps.items():
-            extra = max(0, input_tokens - estimated_input)
-            if b.tokens_counted == "usage":
-                extra -= max(0, max_output - output_tokens)
+            if b.tokens_counted == "usage":  # the provider counts what was used: both ways
+                extra = input_tokens - estimated_input - max(0, max_output - output_tokens)
+            else:  # it counted its own estimate at admission; only input beyond ours adds to it
+                extra = max(0, input_tokens - estimated_input)
             if extra > 0:
                 b._charge("tpm", extra, stamps.get("tpm"))
             elif extra < 0:

@@ -33,7 +33,7 @@ from nbfanout.core.limits import Budget, CapacityError, Option, Reservation
 from nbfanout.core.results import Attempt, ModelResult
 from nbfanout.core.retry import RetryPolicy
 from nbfanout.core.rotation import KEY_FAULTS, Choice
-from nbfanout.core.tokens import estimate_request_tokens
+from nbfanout.core.tokens import encoder_ready, estimate_request_tokens, request_tokens_bound
 from nbfanout.providers import adapter_for
 from nbfanout.providers.base import ChatRequest, ChatResponse, Endpoint, ImagePart, Message
 
@@ -137,8 +137,17 @@ class RequestPipeline:
         return out
 
     def prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
-        """The prompt's tokens: our estimate, moved toward the usage the provider reports."""
+        """The prompt's tokens: our estimate, moved toward the usage the provider reports.
+
+        While the model's tokenizer is still loading, a bound that never counts less.
+        """
+        if not self._counts_exactly(choice):
+            return request_tokens_bound(spec.messages, system=spec.system)
         return math.ceil(_estimate(spec, choice.model.tokenizer) * self._input_ratio.get(choice.model.name, 1.0))
+
+    @staticmethod
+    def _counts_exactly(choice: Choice) -> bool:
+        return choice.model.tokenizer is None or encoder_ready(choice.model.tokenizer)
 
     def charged_prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
         """The prompt's tokens as the provider charges them against TPM at admission.
@@ -350,7 +359,8 @@ class RequestPipeline:
                 charged_input = response.usage.input_tokens if choice.provider.wire != "openai" else prompt_tokens
                 reservation.settle(charged_input, response.usage.output_tokens, max_output, prompt_tokens)
                 self.router.learn_success(choice)
-                self._reconcile(model.name, self.prompt_tokens(choice, spec), response.usage.input_tokens)
+                if self._counts_exactly(choice):  # a bound says nothing about how our counts compare
+                    self._reconcile(model.name, self.prompt_tokens(choice, spec), response.usage.input_tokens)
         end = self.clock.now()
         if response is None:
             assert info is not None

@@ -8,14 +8,15 @@ English prose and code (within ±20 %; tests/core/test_tokens.py measures it).
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import struct
+import threading
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-__all__ = ["estimate_image_tokens", "estimate_request_tokens", "estimate_text_tokens", "exact_encoder"]
+__all__ = ["encoder_ready", "estimate_image_tokens", "estimate_request_tokens", "estimate_text_tokens", "exact_encoder",
+           "request_tokens_bound"]
 
 # Chat formats add a few tokens per message for role markers and separators
 # (OpenAI's cookbook "How to count tokens with tiktoken": 3 per message, 3 to prime the reply).
@@ -29,9 +30,38 @@ class _Encoder(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
-@functools.lru_cache(maxsize=8)
+_encoders: dict[str, _Encoder | None] = {}
+_loading: dict[str, threading.Thread] = {}
+_lock = threading.Lock()
+
+
 def exact_encoder(encoding: str) -> _Encoder | None:
     """A real BPE encoder for ``encoding`` (e.g. "o200k_base"), or None when none can be loaded."""
+    if encoding not in _encoders:
+        enc = _load(encoding)
+        with _lock:
+            _encoders.setdefault(encoding, enc)
+    return _encoders[encoding]
+
+
+def encoder_ready(encoding: str) -> bool:
+    """Whether ``encoding``'s encoder is loaded (or known to be missing); if not, it starts loading.
+
+    Loading bpe_openai's vocabularies costs about a second of CPU. A request need not wait for
+    it: until it is ready the caller can count with ``request_tokens_bound``, which never
+    counts less than any byte-level BPE does.
+    """
+    if encoding in _encoders:
+        return True
+    with _lock:
+        if encoding not in _loading:
+            _loading[encoding] = threading.Thread(target=exact_encoder, args=(encoding,), daemon=True,
+                                                  name=f"nbfanout-tokenizer-{encoding}")
+            _loading[encoding].start()
+    return False
+
+
+def _load(encoding: str) -> _Encoder | None:
     # bpe_openai first: it ships its vocabularies, where tiktoken may try to download them (and an
     # offline machine then waits for DNS before the first request goes out)
     try:
@@ -130,3 +160,16 @@ def estimate_request_tokens(
         for image in getattr(m, "images", ()) or ():
             prompt += estimate_image_tokens(getattr(image, "data", None))
     return prompt, int(max_output_tokens or 0)
+
+
+def request_tokens_bound(messages: Iterable[Any], *, system: str | None = None) -> int:
+    """At least as many prompt tokens as any byte-level BPE counts: each token is one byte or more."""
+    def size(text: str | None) -> int:
+        return len(text.encode("utf-8", "surrogatepass")) if text else 0
+
+    prompt = REPLY_PRIMER_TOKENS + (PER_MESSAGE_TOKENS + size(system) if system else 0)
+    for m in messages:
+        prompt += PER_MESSAGE_TOKENS + size(getattr(m, "content", "") or "")
+        for image in getattr(m, "images", ()) or ():
+            prompt += estimate_image_tokens(getattr(image, "data", None))
+    return prompt

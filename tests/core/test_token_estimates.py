@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,7 +14,13 @@ import pytest
 
 import nbfanout.config
 import nbfanout.core.limits
-from nbfanout.core.tokens import _heuristic, estimate_image_tokens, estimate_request_tokens, exact_encoder
+from nbfanout.core.tokens import (
+    _heuristic,
+    estimate_image_tokens,
+    estimate_request_tokens,
+    exact_encoder,
+    request_tokens_bound,
+)
 from nbfanout.providers.base import ImagePart, Message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,3 +67,37 @@ def test_request_estimate_counts_system_messages_images_and_output_budget():
     text_only, _ = estimate_request_tokens([Message("user", PROSE)], encoding="o200k_base")
     assert prompt > text_only + 255 - 1  # one 512² tile: 85 + 170
     assert out == 300
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_the_bound_used_while_a_tokenizer_loads_never_counts_less_than_it(name, encoding):
+    text = SAMPLES[name] + " Grüße, 東京, 🙂 and \udcff"  # multibyte characters and a lone surrogate
+    exact, _ = estimate_request_tokens([Message("user", text)], system="Be brief.", encoding=encoding)
+    bound = request_tokens_bound([Message("user", text)], system="Be brief.")
+    assert exact <= bound <= 4 * len(text.encode("utf-8", "surrogatepass")) + 20
+
+
+FIRST_REQUEST = r"""
+import asyncio, json, sys
+import httpx
+from nbfanout import Fanout
+from nbfanout.core import tokens
+from nbfanout.sandbox import create_app, load_scenario
+
+app = create_app(load_scenario("fast"), time_scale=0.0)
+config = load_scenario("fast").client_config("http://sandbox")
+fx = Fanout(config, transport=httpx.ASGITransport(app=app), learn=False)
+seen = []
+fx.subscribe(lambda e: seen.append("o200k_base" in tokens._encoders) if e.kind == "request_started" else None)
+result = asyncio.run(fx.run("Hello there", ["openai/gpt-4o-mini"], max_tokens=20))
+print(json.dumps({"ok": result[0].ok, "loaded_at_first_request": seen[0],
+                  "model_tokenizer": fx.config.model("openai/gpt-4o-mini").tokenizer}))
+"""
+
+
+def test_the_first_request_is_sent_before_the_tokenizer_has_loaded():
+    # a fresh interpreter: in this one the vocabularies are loaded already
+    out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"ok": True, "loaded_at_first_request": False, "model_tokenizer": "o200k_base"}

@@ -185,9 +185,11 @@ class Router:
     def learn_headers(self, choice: Choice, rate: RateSnapshot, reservation: Reservation, *, refused: bool = False) -> None:
         """Put a response's rate-limit headers into the budget they describe."""
         target = self.header_budget(choice.model, choice.key)
+        probing = self.model_key_budget(choice.model, choice.key)  # where the probe waits (see model_key_budget)
+        if probing.probe:  # headers or none, the first answer is in: the rest may go
+            probing.probe = False
+            probing.changed()
         if rate.empty:
-            target.probe = False  # no headers will come: stop waiting for them
-            target.changed()
             return
         kind = "rpd" if choice.provider.id == "groq" else "rpm"  # Groq's request headers count per day
         target.observe(rate, reservation.sent_after(target), requests_kind=kind, refused=refused)

@@ -70,13 +70,15 @@ async def test_limits_stated_only_in_headers_cost_at_most_one_refusal_per_kind(s
     assert learned == {"model-key": (30, 3000)}
 
 
-async def test_a_server_without_limits_is_not_paced_by_the_catalog(sandbox_app_factory):
-    """Seen: the `fast` scenario's written config carried tier-1 limits: 10 in flight of 64, 190 waits."""
+@pytest.mark.parametrize("provider, model_id", [("openai", "gpt-4o-mini"), ("openrouter", "meta-llama/llama-3.3-70b-instruct")])
+async def test_a_server_without_limits_is_not_paced_by_the_catalog(sandbox_app_factory, provider, model_id):
+    """Seen: the `fast` scenario's written config carried tier-1 limits: 10 in flight of 64, 190 waits.
+    And: an OpenRouter model stayed at one request in flight after its first answer had no headers."""
     # gpt-4o-mini has published tier-1 limits in the catalog; this server enforces none
-    scenario = {"name": "nolimits", "seed": 2, "providers": {"openai": {"style": "openai", "keys": ["sk-sbx-free-0001"],
-                "models": {"gpt-4o-mini": {"latency": {"base_ms": 200}, "output_tokens": [5, 10]}}}}}
+    scenario = {"name": "nolimits", "seed": 2, "providers": {provider: {"style": "openai", "keys": ["sk-sbx-free-0001"],
+                "models": {model_id: {"latency": {"base_ms": 200}, "output_tokens": [5, 10]}}}}}
     app = virtual(sandbox_app_factory, scenario)
-    model = "openai/gpt-4o-mini"
+    model = f"{provider}/{model_id}"
     fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=64)
     kinds: list[str] = []
     peak = 0

@@ -232,6 +232,8 @@ def lower_bound(sc: Scenario, models: list[str], prompt_tokens: int, prompts: in
         names = [m for m in models for _ in range(prompts)]
     if "start" in params:
         kwargs["start"] = start
+    if "concurrency" in params:  # every client is told to keep at most CONCURRENCY in flight
+        kwargs["concurrency"] = CONCURRENCY
     return sc.lower_bound(names, prompt_tokens, MAX_TOKENS, **kwargs)
 
 
@@ -696,8 +698,8 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
         "",
         *CLIENT_NOTES,
         "",
-        "The lower bound is the sandbox's `Scenario.lower_bound(models, prompt_tokens, max_tokens=40, prompts=N, "
-        "start=...)`, computed from the scenario's own limits, limiter shapes and latencies (for fixed windows, "
+        f"The lower bound is the sandbox's `Scenario.lower_bound(models, prompt_tokens, max_tokens=40, prompts=N, "
+        f"start=..., concurrency={CONCURRENCY})`, computed from the scenario's own limits, limiter shapes and latencies (for fixed windows, "
         "from the phase at which the client started). Its definition, from `nbfanout/sandbox/scenario.py`:",
         "",
         *["> " + ln.strip() if ln.strip() else ">" for ln in (lower_bound_s.__doc__ or "").splitlines()],

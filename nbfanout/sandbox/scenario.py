@@ -486,9 +486,10 @@ class Scenario:
         *,
         prompts: int = 1,
         start: float | None = None,
+        concurrency: int | None = None,
     ) -> LowerBound:
         """See ``lower_bound_s``."""
-        return _lower_bound(self, models, prompt_tokens, max_tokens, prompts, start)
+        return _lower_bound(self, models, prompt_tokens, max_tokens, prompts, start, concurrency)
 
 
 # --------------------------------------------------------------------------- lower bound
@@ -519,6 +520,7 @@ def lower_bound_s(
     *,
     prompts: int = 1,
     start: float | None = None,
+    concurrency: int | None = None,
 ) -> float:
     """Seconds below which no client can answer each of ``models`` (all if None) ``prompts`` times.
 
@@ -555,12 +557,19 @@ def lower_bound_s(
     the bound infinite. After the last admission the shortest answer in the pool still
     takes its time; ``concurrency = c`` makes the pool last at least the sum of its
     answers' latencies (``prompts`` each, plus failed attempts' delays) divided by ``c``.
+    A client that keeps at most ``concurrency`` requests in flight (None: no cap) needs at
+    least the sum of all answers' latencies divided by it; and where a window pool's
+    last window opens at ``W`` (sliding or fixed; ``W`` = its admission wait), the requests
+    only that window admits (its tail: the pool's ``n`` less what the earlier windows held,
+    each taking the pool's shortest answer) start no sooner, so for each such ``W`` the
+    bound is at least ``W`` plus the tails of the pools whose last window opens at ``W`` or
+    later (pools sharing no model), divided by ``concurrency``.
     The bound is the maximum of all of these. Probabilistic faults are not counted (a
     lucky client meets none); ``while_busy`` conflicts are avoidable by sending the
     conflicted model first, so they appear only in ``LowerBound.serialized_s``.
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
-    return _lower_bound(sc, models, prompt_tokens, max_tokens, prompts, start).seconds
+    return _lower_bound(sc, models, prompt_tokens, max_tokens, prompts, start, concurrency).seconds
 
 
 def _admission_wait(
@@ -578,9 +587,23 @@ def _admission_wait(
     ``batches``: every request takes the same amount, so a window holds ``limit // a`` of
     them; otherwise amounts are pooled (a window holds ``limit`` tokens in total).
     """
+    return _admission(shape, limit, span, requests, copies=copies, batches=batches, start=start)[0]
+
+
+def _admission(
+    shape: str,
+    limit: int,
+    span: float,
+    requests: Sequence[tuple[int, int]],
+    *,
+    copies: int,
+    batches: bool,
+    start: float | None,
+) -> tuple[float, int]:
+    """(``_admission_wait``, how many requests only the last window admits: 0 unless a window shape waits)."""
     reqs = [(n, a) for n, a in requests if n > 0 and a > 0]
     if not reqs:
-        return 0.0
+        return 0.0, 0
     if shape == "per_second" and span == 60.0:
         capacity, rate = limit / 60.0, limit / 60.0
     elif shape in ("token_bucket", "per_second"):
@@ -588,20 +611,24 @@ def _admission_wait(
     else:
         capacity, rate = float(limit), 0.0
     if max(a for _, a in reqs) > capacity:
-        return math.inf
+        return math.inf, 0
     total = sum(n * a for n, a in reqs)
+    count = sum(n for n, _ in reqs)
     if rate:
-        return max(0.0, total - capacity * copies) / (rate * copies)
+        return max(0.0, total - capacity * copies) / (rate * copies), 0
     if batches:
-        windows = math.ceil(sum(n for n, _ in reqs) / (limit // reqs[0][1] * copies)) - 1
+        per_window = limit // reqs[0][1] * copies
+        windows = math.ceil(count / per_window) - 1
+        tail = count - windows * per_window
     else:
         windows = math.ceil(total / (limit * copies)) - 1
+        tail = math.ceil((total - windows * limit * copies) / max(a for _, a in reqs))  # the fewest that fill it
     if windows <= 0:
-        return 0.0
+        return 0.0, 0
     if shape == "fixed_window":
         first = span if start is None else (math.floor(start / span) + 1) * span - start
-        return first + (windows - 1) * span
-    return windows * span
+        return first + (windows - 1) * span, tail
+    return windows * span, tail
 
 
 def _lower_bound(
@@ -611,6 +638,7 @@ def _lower_bound(
     max_tokens: int | None,
     prompts: int = 1,
     start: float | None = None,
+    concurrency: int | None = None,
 ) -> LowerBound:
     if prompts < 1:
         raise ValueError(f"prompts must be at least 1, not {prompts!r}")
@@ -667,11 +695,12 @@ def _lower_bound(
                 usage[label] = p.counts_usage
     bound = max(per_model.values(), default=0.0)
     critical = max(per_model, key=per_model.__getitem__) if per_model else ""
+    tails: list[tuple[float, float, set[str]]] = []  # (last window opens, its requests' least work, models)
     for label, (lim, copies, members) in pools.items():
         shape = lim.shape
         unit_requests = [(prompts + extra_attempts[x], 1) for x in members]
-        wait = partial(_admission_wait, shape, copies=copies, start=start)
-        waits = []
+        wait = partial(_admission, shape, copies=copies, start=start)
+        waits: list[tuple[float, int]] = []
         if lim.rpm:
             waits.append(wait(lim.rpm, 60.0, unit_requests, batches=True))
         if lim.rpd:
@@ -689,18 +718,38 @@ def _lower_bound(
                 token_requests = [(prompts, prompt_tokens + sc.resolve(x)[1].output_tokens[end]) for x in members]
             same = max_tokens is not None and len({a for _, a in token_requests}) == 1
             token_wait = wait(lim.tpm, 60.0, token_requests, batches=same)
-            if math.isinf(token_wait):
+            if math.isinf(token_wait[0]):
                 largest = max(a for _, a in token_requests)
                 notes.append(f"{label}: one request ({largest} tokens) exceeds its TPM ({lim.tpm}, {shape})")
             waits.append(token_wait)
-        wait_s = max(waits, default=0.0)
+        wait_s, tail = max(waits, default=(0.0, 0))
+        shortest = min(per_model[x] for x in members)
+        if tail:
+            tails.append((wait_s, tail * shortest, set(members)))
         # After the last admission, at least the shortest answer in the pool still has to come.
-        pool_bound = wait_s + min(per_model[x] for x in members) if wait_s > 0 else 0.0
+        pool_bound = wait_s + shortest if wait_s > 0 else 0.0
         if lim.concurrency:
             pool_bound = max(pool_bound, sum(busy[x] for x in members) / (lim.concurrency * copies))
         if pool_bound > bound:
             bound, critical = pool_bound, label
             notes.append(f"{label} limits ({shape}) set the bound")
+
+    if concurrency is not None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency!r}")
+        cap_bounds = [(sum(busy.values()) / concurrency, "the client's concurrency")]
+        for opens, _, _ in tails:
+            seen: set[str] = set()
+            work = 0.0
+            for w, tail_work, members in sorted(tails, key=lambda t: -t[0]):
+                if w >= opens and not members & seen:
+                    seen |= members
+                    work += tail_work
+            cap_bounds.append((opens + work / concurrency, f"the last windows' requests at concurrency {concurrency}"))
+        cap_bound, label = max(cap_bounds)
+        if cap_bound > bound:
+            bound, critical = cap_bound, label
+            notes.append(f"{label} sets the bound")
 
     serialized = bound
     for name in names:

@@ -157,6 +157,28 @@ def test_shape_aware_lower_bounds_for_many_prompts() -> None:
     assert bound({"rpm": 4, "limiter": "token_bucket"}, prompts=1) == pytest.approx(1.0)
 
 
+def test_lower_bounds_for_a_client_that_keeps_at_most_c_requests_in_flight() -> None:
+    models = {name: {"limits": {"rpm": 100}, "latency": {"base_ms": 1000}, "output_tokens": [10, 10]} for name in ("a", "b")}
+    sc = parse_scenario({"providers": {"p": {"keys": ["sk-sbx-bound-key-0002"], "models": models}}})
+
+    def bound(prompts: int, concurrency: int | None, **kw: Any) -> float:
+        return lower_bound_s(sc, prompt_tokens=10, max_tokens=10, prompts=prompts, concurrency=concurrency, **kw)
+
+    # 150 prompts to each of two models, sliding windows of 100: each model's last 50 may start at 60 s,
+    # and their 100 answers of 1 s at 10 in flight take 10 s more.
+    assert bound(150, None) == pytest.approx(61.0)
+    assert bound(150, 10) == pytest.approx(60 + 100 * 1.0 / 10)
+    # within one window the cap alone binds: 2 x 100 answers / 10 in flight
+    assert bound(100, 10) == pytest.approx(20.0)
+    # a tail counts from when its window opens: a fixed window entered at 30 s opens the next at 60 s, 30 s later
+    fixed = parse_scenario({"providers": {"p": {"keys": ["sk-sbx-bound-key-0003"], "limits": {"limiter": "fixed_window"},
+                                                "models": models}}})
+    assert lower_bound_s(fixed, prompt_tokens=10, max_tokens=10, prompts=150, start=30.0, concurrency=10) == pytest.approx(
+        max(30 + 100 * 1.0 / 10, 300 * 1.0 / 10))
+    with pytest.raises(ValueError, match="concurrency"):
+        bound(10, 0)
+
+
 def test_limiter_and_tokens_counted_and_during_s_are_validated(tmp_path: Path) -> None:
     bad = tmp_path / "shapes.toml"
     bad.write_text(

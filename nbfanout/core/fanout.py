@@ -162,6 +162,38 @@ class Fanout:
         self.last_result = result
         return result
 
+    async def ask(
+        self,
+        prompt: str,
+        *,
+        models: Sequence[str] | None = None,
+        pool: str | None = None,
+        system: str | None = None,
+        images: Sequence[str | Path | bytes | ImagePart] = (),
+        stream: bool = False,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> ModelResult:
+        """One answer from the first of ``models`` (or of ``pool``, in its order) that can give it.
+
+        A member that is busy, rate limited, out of quota or down hands the request to the next:
+        the rest of its provider first, then the other providers; keys rotate within a model.
+        ``result.model`` says who answered, ``result.attempts`` everything tried on the way.
+        """
+        if models is None and pool is None:
+            raise UsageError("ask needs models=[...] or pool=... to choose from")
+        try:
+            batch = await self._batch([prompt], models, pool=pool, system=system, images=images, fallbacks=None,
+                                      stream=stream, timeout=timeout, concurrency=None, judge=None, params=params,
+                                      route=True)
+        except asyncio.CancelledError:
+            if isinstance(self.last_result, BatchResult):
+                self.last_result = self.last_result.rows[0]
+            raise
+        row = replace(batch.rows[0], elapsed_s=batch.elapsed_s)
+        self.last_result = row
+        return row.results[0]
+
     def run_sync(self, prompt: str, models: Sequence[str] | None = None, **kwargs: Any) -> FanoutResult:
         """``run`` for scripts and notebooks: runs on nbfanout's own event-loop thread when a loop is already running."""
         return run_coroutine_sync(self.run(prompt, models, **kwargs))
@@ -176,11 +208,17 @@ class Fanout:
         judge: str | None = None,
         system: str | None = None,
         timeout: float | None = None,
+        route: bool = False,
         **params: Any,
     ) -> BatchResult:
-        """prompts × models with a global concurrency limit; results in input order; optional judge scores."""
+        """prompts × models with a global concurrency limit; results in input order; optional judge scores.
+
+        ``route=True``: one answer per prompt instead, from the models (or pool) in order as ``ask``
+        chooses it, so a batch spreads over the members' capacity, the first ones first.
+        """
         batch = await self._batch(list(prompts), models, pool=pool, system=system, images=(), fallbacks=None,
-                                  stream=False, timeout=timeout, concurrency=concurrency, judge=judge, params=params)
+                                  stream=False, timeout=timeout, concurrency=concurrency, judge=judge, params=params,
+                                  route=route)
         self.last_result = batch
         return batch
 
@@ -255,7 +293,8 @@ class Fanout:
 
     async def _batch(self, prompts: list[str], models: Sequence[str] | None, *, pool: str | None, system: str | None,
                      images: Sequence[Any], fallbacks: Mapping[str, Sequence[str]] | None, stream: bool,
-                     timeout: float | None, concurrency: int | None, judge: str | None, params: dict[str, Any]) -> BatchResult:
+                     timeout: float | None, concurrency: int | None, judge: str | None, params: dict[str, Any],
+                     route: bool = False) -> BatchResult:
         if not prompts:
             raise UsageError("no prompts to send")
         if concurrency is not None and concurrency < 1:
@@ -277,12 +316,16 @@ class Fanout:
         token = _RUN.set(run)
         self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
         self._start_ticker(run)
-        # with a pool, each request may be answered by any model of the pool; with models, only by itself
-        jobs = [
-            (i, name, names[k:] + names[:k] if pooled else [name, *fallbacks.get(name, [])])
-            for i in range(len(prompts))
-            for k, name in enumerate(names)
-        ]
+        # routed: one request per prompt, which any member may answer, the first ones first; fanned
+        # out with a pool, each request may be answered by any model of the pool; with models, only by itself
+        if route:
+            jobs = [(i, names[0], list(names)) for i in range(len(prompts))]
+        else:
+            jobs = [
+                (i, name, names[k:] + names[:k] if pooled else [name, *fallbacks.get(name, [])])
+                for i in range(len(prompts))
+                for k, name in enumerate(names)
+            ]
         for i, name, _ in jobs:
             self._emit(ModelQueued, request=f"{i}:{name}", model=name, prompt_index=i)
         results: list[Any] = [None] * len(jobs)
@@ -304,7 +347,8 @@ class Fanout:
         workers = []
         for name in names:
             queue = [j for j, job in enumerate(jobs) if job[1] == name]
-            cap = self.config.models[name].limits.concurrency or width
+            # a routed request may go to any member: its lane is as wide as the run
+            cap = width if route else self.config.models[name].limits.concurrency or width
             workers += [asyncio.ensure_future(lane(queue)) for _ in range(min(cap, width, len(queue)))]
         try:
             await asyncio.gather(*workers)

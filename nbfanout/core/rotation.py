@@ -69,6 +69,14 @@ class Choice:
         return self.key.id
 
 
+_GROUP_LABELS = {  # how a category reads in "tried 17 models: 12 rate limited, 3 no key, ..."
+    ErrorCategory.RATE_LIMIT: "rate limited or busy",
+    ErrorCategory.MISSING_KEY: "without an API key",
+    ErrorCategory.CONTEXT_LENGTH: "too small for the request",
+    ErrorCategory.BAD_REQUEST: "unable to take this request",
+}
+
+
 class Router:
     """Selects (model, key) pairs with capacity; owns the per provider / key / model budgets."""
 
@@ -236,46 +244,77 @@ class Router:
 
     def explain(self, candidates: Sequence[str], spec: Any, last: ErrorInfo | None, exc: CapacityError,
                 tokens_for: Callable[[Choice, Any], tuple[int, int]]) -> ErrorInfo:
-        """Why no candidate can take the request: every reason, per model, with its category."""
-        if math.isfinite(exc.wait_s):
-            return ErrorInfo(ErrorCategory.RATE_LIMIT, False,
-                             f"no candidate has capacity within max_wait_s: the soonest waits {exc.wait_s:.0f}s "
-                             f"({exc.reason})" + (f"; last error: {last.message}" if last else ""),
-                             retry_after_s=exc.wait_s)
-        if last is not None and len(candidates) == 1:
+        """Why no candidate can take the request: every candidate's reason and, where known, when it will be usable."""
+        now = self.clock.now()
+        reasons = [self._why_not(name, spec, tokens_for, now, exc) for name in candidates]
+        if len(candidates) == 1:
+            category, text, usable_in = reasons[0]
+            if math.isfinite(exc.wait_s):
+                return ErrorInfo(ErrorCategory.RATE_LIMIT, False,
+                                 f"no capacity within max_wait_s: {candidates[0]} waits {exc.wait_s:.0f}s "
+                                 f"({exc.reason})" + (f"; last error: {last.message}" if last else ""),
+                                 retry_after_s=exc.wait_s)
+            return last if last is not None else ErrorInfo(category, False, text, retry_after_s=usable_in)
+        if last is not None and all(c == ErrorCategory.BAD_REQUEST for c, _, _ in reasons):
             return last
-        reasons: list[tuple[ErrorCategory, str]] = []
-        for name in candidates:
-            model = self.config.models[name]
-            provider = self.config.providers[model.provider]
-            if not provider.keys:
-                reasons.append((ErrorCategory.MISSING_KEY, f"{name}: no API key (set {' or '.join(provider.key_vars)})"))
-                continue
-            if spec.needs - model.capabilities and model.capabilities:
-                reasons.append((ErrorCategory.BAD_REQUEST, f"{name}: lacks {', '.join(sorted(spec.needs - model.capabilities))}"))
-                continue
-            why: tuple[ErrorCategory, str] | None = None
-            for key in provider.keys:
-                budgets = self.budgets_for(model, key)
-                choice = Choice(model, provider, key, budgets)
-                prompt_tokens, tokens = tokens_for(choice, spec)
-                disabled = next((b.disabled for b in budgets if b.disabled), None)
-                too_big = next((b for b in budgets if b.too_large(tokens)), None)
-                if disabled is not None:
-                    why = (disabled[0], f"{name}: taken out of use after {disabled[0].value}: {disabled[1]}")
-                elif model.context_window is not None and prompt_tokens > model.context_window:
-                    why = (ErrorCategory.CONTEXT_LENGTH,
-                           f"{name}: prompt of ~{prompt_tokens} tokens exceeds its {model.context_window}-token context window")
-                elif too_big is not None:
-                    why = (ErrorCategory.CONTEXT_LENGTH,
-                           f"{name}: ~{tokens} tokens (prompt + max output) exceed the {too_big.tpm:g} tokens per "
-                           f"minute allowed for {too_big.scope} {too_big.name}; lower max_tokens or shorten the prompt")
-                else:
-                    why = None
-                    break
-            reasons.append(why or (ErrorCategory.BAD_REQUEST, f"{name}: {exc.reason}"))
-        if last is not None and all(c == ErrorCategory.BAD_REQUEST for c, _ in reasons):
-            return last
-        categories = {c for c, _ in reasons}
-        category = categories.pop() if len(categories) == 1 else ErrorCategory.BAD_REQUEST
-        return ErrorInfo(category, False, "; ".join(r for _, r in reasons))
+        groups: dict[str, list[float | None]] = {}
+        for category, _, usable_in in reasons:
+            groups.setdefault(_GROUP_LABELS.get(category, category.value.replace("_", " ")), []).append(usable_in)
+        summary = []
+        for label, waits in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            known = [w for w in waits if w is not None and math.isfinite(w)]
+            summary.append(f"{len(waits)} {label}" + (f" (soonest usable in {min(known):.0f}s)" if known else ""))
+        categories = {c for c, _, _ in reasons}
+        if categories == {ErrorCategory.RATE_LIMIT} or math.isfinite(exc.wait_s):
+            category = ErrorCategory.RATE_LIMIT
+        else:
+            category = categories.pop() if len(categories) == 1 else ErrorCategory.BAD_REQUEST
+        soonest = min((w for _, _, w in reasons if w is not None and math.isfinite(w)), default=None)
+        limit = f" within max_wait_s = {self.config.defaults.max_wait_s:g}s" if math.isfinite(exc.wait_s) else ""
+        message = (f"no model could answer{limit}: tried {len(candidates)} models: " + ", ".join(summary) + ". "
+                   + "; ".join(text for _, text, _ in reasons)
+                   + (f"; last error: {last.message}" if last else ""))
+        return ErrorInfo(category, False, message, retry_after_s=soonest)
+
+    def _why_not(self, name: str, spec: Any, tokens_for: Callable[[Choice, Any], tuple[int, int]], now: float,
+                 exc: CapacityError) -> tuple[ErrorCategory, str, float | None]:
+        """One candidate's reason: (category, "model: why", seconds until usable or None)."""
+        model = self.config.models[name]
+        provider = self.config.providers[model.provider]
+        if not provider.keys:
+            return ErrorCategory.MISSING_KEY, f"{name}: no API key (set {' or '.join(provider.key_vars)})", None
+        if spec.needs - model.capabilities and model.capabilities:
+            return ErrorCategory.BAD_REQUEST, f"{name}: lacks {', '.join(sorted(spec.needs - model.capabilities))}", None
+        why: tuple[ErrorCategory, str, float | None] | None = None
+        for key in provider.keys:
+            budgets = self.budgets_for(model, key)
+            choice = Choice(model, provider, key, budgets)
+            prompt_tokens, tokens = tokens_for(choice, spec)
+            disabled = next((b.disabled for b in budgets if b.disabled), None)
+            too_big = next((b for b in budgets if b.too_large(tokens)), None)
+            if disabled is not None:
+                candidate = (disabled[0], f"{name}: taken out of use after {disabled[0].value}: {disabled[1]}", None)
+            elif model.context_window is not None and prompt_tokens > model.context_window:
+                candidate = (ErrorCategory.CONTEXT_LENGTH,
+                             f"{name}: prompt of ~{prompt_tokens} tokens exceeds its {model.context_window}-token context window",
+                             None)
+            elif too_big is not None:
+                candidate = (ErrorCategory.CONTEXT_LENGTH,
+                             f"{name}: ~{tokens} tokens (prompt + max output) exceed the {too_big.tpm:g} tokens per "
+                             f"minute allowed for {too_big.scope} {too_big.name}; lower max_tokens or shorten the prompt",
+                             None)
+            else:
+                blocks = [blk for blk in (b.block(tokens, now) for b in budgets) if blk is not None]
+                if not blocks:
+                    return ErrorCategory.RATE_LIMIT, f"{name}: {exc.reason}", 0.0
+                timed = [blk for blk in blocks if blk.until is not None]
+                latest = max(timed, key=lambda blk: blk.until or 0.0) if timed else None
+                usable_in = max(0.0, latest.until - now) if latest is not None and latest.until is not None else None
+                blk = latest or blocks[0]
+                when = f", usable in {usable_in:.0f}s" if usable_in is not None and math.isfinite(usable_in) else ""
+                candidate = (ErrorCategory.RATE_LIMIT, f"{name}: {blk.why}{when}", usable_in)
+            # the key that frees soonest speaks for the model
+            if why is None or (candidate[2] is not None and (why[2] is None or candidate[2] < why[2])):
+                why = candidate
+        assert why is not None
+        return why

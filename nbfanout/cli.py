@@ -89,6 +89,7 @@ def _summary_table(result: Any, out: TextIO) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from nbfanout.core.fanout import Fanout
+    from nbfanout.core.results import FanoutResult
 
     prompt = args.prompt if args.prompt is not None else (Path(args.prompt_file).read_text() if args.prompt_file else None)
     if prompt is None:
@@ -114,7 +115,14 @@ async def _run(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if args.max_tokens:
         params["max_tokens"] = args.max_tokens
-    result = await fx.run(prompt, models, pool=args.pool, timeout=args.timeout, **params)
+    if args.one:
+        if args.synthesize:
+            raise UsageError("--one asks for one answer, so there is nothing to synthesize: drop --synthesize or --one")
+        await fx.ask(prompt, models=models, pool=args.pool, timeout=args.timeout, **params)
+        assert isinstance(fx.last_result, FanoutResult)
+        result = fx.last_result
+    else:
+        result = await fx.run(prompt, models, pool=args.pool, timeout=args.timeout, **params)
     if args.synthesize and result.succeeded:
         result = await fx.synthesize(result, args.synthesize)
     elif args.synthesize:
@@ -229,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="requests in flight at most, over all models")
     run.add_argument("--timeout", type=float, help="seconds per request")
     run.add_argument("--max-tokens", type=int, help="maximum output tokens per answer")
+    run.add_argument("--one", action="store_true",
+                     help="one answer from the first of the models (or the pool) that can give it, failing over in order")
     run.add_argument("--synthesize", metavar="MODEL", help="combine the answers into one with MODEL")
     run.add_argument("--out", help="write each answer and results.json into this directory")
     run.add_argument("--json", action="store_true", help="print one JSON document instead of the table")

@@ -35,6 +35,18 @@ def test_run_json_reports_every_model_with_status_tokens_and_attempts(config_fil
         assert m["status"] == "ok" and m["output_tokens"] > 0 and m["attempts"] == 1 and m["error_category"] is None
 
 
+def test_run_one_answers_once_from_the_first_model_that_can(config_file, tmp_path):
+    # the first model has no key here: --one moves on to the next and answers once
+    path = tmp_path / "nbfanout.toml"
+    path.write_text(re.sub(r'api_key = \[?"sk-sbx-openai[^\n]*', 'api_key_env = "NO_SUCH_VAR"', config_file.read_text()))
+    out = nbfanout("run", "--config", str(path), "--models", MODELS, "--prompt", "Say hi", "--one", "--json")
+    assert out.returncode == 0, out.stderr
+    (only,) = json.loads(out.stdout)["models"]
+    assert only["requested"] == "openai/gpt-4.1" and only["model"] == "gemini/gemini-2.5-flash" and only["status"] == "ok"
+    both = nbfanout("run", "--config", str(path), "--models", MODELS, "--prompt", "hi", "--one", "--synthesize", "openai/gpt-4.1")
+    assert both.returncode == 2 and "drop --synthesize or --one" in both.stderr
+
+
 def test_dry_run_sends_nothing_and_names_missing_keys(config_file, sandbox, tmp_path):
     without_gemini_key = re.sub(r'api_key = "AIza[^"]*"', 'api_key_env = "NO_SUCH_VAR"', config_file.read_text())
     path = tmp_path / "nbfanout.toml"

@@ -150,6 +150,7 @@ class CellRequest:
     dry_run: bool = False
     dashboard: bool = True
     background: bool = False
+    one: bool = False
 
 
 @dataclass
@@ -259,6 +260,8 @@ class FanoutMagics(Magics):
     @argument("--timeout", type=_positive_float, metavar="S", help="seconds one request may take")
     @argument("--file", "-f", action="append", default=[], metavar="PATH", help="attach a text file's contents (repeatable)")
     @argument("--image", "-i", action="append", default=[], metavar="PATH|URL", help="attach an image (repeatable)")
+    @argument("--one", action="store_true",
+              help="one answer from the first of the models (or the pool) that can give it, failing over in order")
     @argument("--synthesize", metavar="MODEL", help="afterwards, have MODEL combine the answers into one")
     @argument("--out", "-o", metavar="NAME", help="store the FanoutResult in the notebook as NAME")
     @argument("--rerun", metavar="NAME", help="send NAME's prompt again to only the models that failed in that FanoutResult")
@@ -342,6 +345,8 @@ class FanoutMagics(Magics):
             raise UsageError("no models: pass --models A B ... or --pool NAME (%%fanout? lists every option)")
         if models and args.pool:
             raise UsageError("pass --models or --pool, not both")
+        if args.one and (args.synthesize or args.rerun is not None):
+            raise UsageError("--one asks for one answer: it does not combine with --synthesize or --rerun")
         for flag, name in (("--out", args.out),):
             if name is not None and not _IDENTIFIER.match(name):
                 raise UsageError(f"{flag} {name}: not a valid Python variable name")
@@ -372,12 +377,15 @@ class FanoutMagics(Magics):
                     fx.config.model(n)
             else:
                 names = list(dict.fromkeys(r.requested for r in fx.plan(prompt, models, pool=args.pool, system=system).rows))
+                if args.one:  # one request, shown under the first choice; the answer names who gave it
+                    names = names[:1]
             if args.synthesize:
                 fx.config.model(args.synthesize)
         return fx, CellRequest(
             prompt=prompt, models=models, pool=args.pool, names=names, system=system, params=params,
             images=list(args.image), stream=args.stream, timeout=args.timeout, synthesize=args.synthesize,
             out=args.out, rerun=rerun, dry_run=args.dry_run, dashboard=not args.no_dashboard, background=args.background,
+            one=args.one,
         )
 
     def _view_kind(self, req: CellRequest) -> str | None:
@@ -404,6 +412,11 @@ class FanoutMagics(Magics):
             if req.rerun is not None:
                 result = await fx.rerun(req.rerun, system=req.system, images=req.images, stream=req.stream,
                                         timeout=req.timeout, **req.params)
+            elif req.one:
+                await fx.ask(req.prompt, models=req.models, pool=req.pool, system=req.system, images=req.images,
+                             stream=req.stream, timeout=req.timeout, **req.params)
+                assert isinstance(fx.last_result, FanoutResult)
+                result = fx.last_result
             else:
                 result = await fx.run(req.prompt, req.models, pool=req.pool, system=req.system, images=req.images,
                                       stream=req.stream, timeout=req.timeout, **req.params)

@@ -51,6 +51,16 @@ def test_cell_runs_fills_variables_and_stores_out(ip: InteractiveShell, capsys: 
     assert "2/2 succeeded" in out
 
 
+def test_one_gives_a_single_answer_from_the_first_model_that_can(ip: InteractiveShell) -> None:
+    sb = ip.user_ns["sb"]
+    before = _requests(sb)
+    result = ip.run_cell_magic("fanout", FAST + " --one --no-dashboard", "Hi")
+    assert isinstance(result, FanoutResult) and len(result.results) == 1
+    (only,) = result.results
+    assert only.ok and only.requested == only.model == "openai/gpt-4o-mini"
+    assert _requests(sb) == before + 1
+
+
 def test_comma_and_space_separated_models_and_a_list_variable(ip: InteractiveShell) -> None:
     assert split_models(["a,b c", "d"]) == ["a", "b", "c", "d"]
     ip.user_ns["pair"] = ["openai/gpt-4o-mini", "gemini/gemini-2.5-flash"]
@@ -77,6 +87,7 @@ def test_comma_and_space_separated_models_and_a_list_variable(ip: InteractiveShe
         (FAST + " --synthesize openai/nope", "Hi", "Unknown model"),
         ("--config missing.toml --models openai/gpt-4o-mini", "Hi", "--config missing.toml: no such file"),
         (FAST + " --bogus", "Hi", "unrecognized arguments"),
+        (FAST + " --one --synthesize openai/gpt-4o-mini", "Hi", "--one asks for one answer"),
         (FAST, "   ", "the cell is empty"),
     ],
 )

@@ -21,7 +21,7 @@ from nbfanout.core.errors import (
     UsageError,
     classify_error,
 )
-from nbfanout.core.events import Event
+from nbfanout.core.events import Cooldown, Event
 from nbfanout.core.fanout import Fanout, Plan
 from nbfanout.core.headers import RateSnapshot, parse_rate_headers
 from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResult
@@ -52,6 +52,7 @@ __all__ = [
     "BatchResult",
     "Config",
     "ConfigError",
+    "Cooldown",
     "ErrorCategory",
     "ErrorInfo",
     "Event",

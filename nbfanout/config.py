@@ -73,6 +73,7 @@ class Defaults:
     cache_path: str | None = None
     state_path: str | None = None
     learn_limits: bool = True
+    learned_ttl_s: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +243,7 @@ _DEFAULTS_SPEC: dict[str, tuple[Any, str]] = {
     "cache_path": (_is(str), "a file path"),
     "state_path": (_is(str), "a file path"),
     "learn_limits": (_is(bool), "true or false"),
+    "learned_ttl_s": (_positive, "a positive number of seconds (how long a learned limit is trusted)"),
 }
 
 _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {

@@ -162,6 +162,27 @@ class NoModelsAvailableEvent(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ModelRecovered(Event):
+    """A model, key or provider that had been cooling down admits requests again."""
+
+    kind: ClassVar[str] = "model_recovered"
+    request: str = ""
+    model: str = ""
+    scope: str = ""  # the budget that had cooled: "model-key openai/gpt-4.1 …k1a7"
+    cooled_for_s: float = 0.0  # how long it was out, from the refusal to this admission
+
+
+@dataclass(frozen=True, slots=True)
+class Cooldown:
+    """One live cooldown: which budget, how long it still lasts, and why (what the provider said)."""
+
+    scope: str
+    name: str
+    seconds_left: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetStats:
     """A frozen snapshot of one budget (provider, key or model) for bars and dashboards."""
 

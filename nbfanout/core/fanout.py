@@ -26,7 +26,7 @@ from nbfanout.core.audio import Transcriber, Transcription
 from nbfanout.core.cache import ResponseCache
 from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
-from nbfanout.core.events import Event, EventBus, LimitsLearned, ModelQueued, RunCompleted, RunStarted, Utilization
+from nbfanout.core.events import Cooldown, Event, EventBus, LimitsLearned, ModelQueued, RunCompleted, RunStarted, Utilization
 from nbfanout.core.judge import JUDGE_TRIES, judge_prompt, parse_score
 from nbfanout.core.limits import Budget, BudgetSet, LearnedLimits
 from nbfanout.core.plan import Plan, PlanRow, build_plan
@@ -104,7 +104,8 @@ class Fanout:
         self._active: list[_Run] = []  # runs in progress, oldest first; the utilization ticker serves them all
         self._ticker: asyncio.Future[None] | None = None
         learn = d.learn_limits if learn is None else learn
-        self.learned = LearnedLimits(Path(state_path or d.state_path) if (state_path or d.state_path) else None) if learn else None
+        where = state_path or d.state_path
+        self.learned = LearnedLimits(Path(where) if where else None, ttl_s=d.learned_ttl_s) if learn else None
         self.budgets = BudgetSet(self.clock, self.learned)
         self.budgets.listeners.append(self._on_learned)
         self.router = Router(self.config, self.budgets, clock=self.clock, provider_rpm=dict(provider_rpm or {}))
@@ -123,6 +124,30 @@ class Fanout:
     def statistics(self) -> tuple[Any, ...]:
         """A frozen snapshot of every budget (provider, key, model)."""
         return self.budgets.statistics()
+
+    def cooldowns(self) -> tuple[Cooldown, ...]:
+        """Every model, key or provider cooling down now: what the provider asked to wait, and how long is left."""
+        return self.budgets.cooldowns()
+
+    def clear_cooldowns(self, model: str | None = None, key: str | None = None) -> list[str]:
+        """End cooldowns now (all, or those of ``model`` and/or the key whose id or last four characters is ``key``).
+
+        Saved cooldowns go too, so the next run does not wait for them either. Returns the budgets cleared.
+        """
+        if model is not None:
+            self.config.model(model)  # an unknown name fails with close matches
+
+        def match(b: Budget) -> bool:
+            if model is not None and not (b.scope in ("model", "model-key") and b.name.split(" ", 1)[0] == model):
+                return False
+            if key is not None and not (b.scope in ("key", "model-key") and b.name.endswith(key[-4:])):
+                return False
+            return True
+
+        cleared = self.budgets.clear_cooldowns(match)
+        if self.learned is not None:
+            self.learned.save()
+        return cleared
 
     async def aclose(self) -> None:
         """Close the HTTP connections this Fanout keeps on the running loop (it stays usable)."""

@@ -33,21 +33,18 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import json
 import math
-import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 
 from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.errors import ErrorCategory, ErrorInfo
-from nbfanout.core.events import BudgetStats
+from nbfanout.core.events import BudgetStats, Cooldown
 from nbfanout.core.headers import RateSnapshot
 from nbfanout.core.shapes import DEFAULT_LIMITER, Shape, make_shape
+from nbfanout.core.state import LearnedLimits, default_state_path
 
 __all__ = ["Budget", "BudgetSet", "CapacityError", "LearnedLimits", "Reservation", "default_state_path"]
 
@@ -103,10 +100,12 @@ class Budget:
     shape_known: bool = True  # False: the limiter is the default, and headers may show the real shape
     probe: bool = False  # send one request and read its headers before any burst
     on_learned: LearnedCallback | None = field(default=None, repr=False)
+    on_cooldown: Callable[[Budget, float, str], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.in_flight = 0
         self.cooldown_until = 0.0
+        self.cooldown_started = 0.0
         self.cooldown_reason = ""
         self.disabled: tuple[ErrorCategory, str] | None = None
         self._shapes: dict[str, Shape] = {}
@@ -273,12 +272,24 @@ class Budget:
     def cool_down(self, seconds: float, reason: str = "") -> None:
         until = self.clock.now() + max(0.0, seconds)
         if until > self.cooldown_until:
+            if self.cooldown_until <= self.clock.now():
+                self.cooldown_started = self.clock.now()
             self.cooldown_until = until
             self.cooldown_reason = reason or f"cooling down {seconds:.1f}s"
+            if self.on_cooldown is not None:
+                self.on_cooldown(self, seconds, self.cooldown_reason)
 
     def clear_cooldown(self) -> None:
         self.cooldown_until = 0.0
         self.changed()
+
+    def recovered(self, now: float) -> float | None:
+        """How long a cooldown lasted, once, when a request is admitted after it ran out; else None."""
+        if 0.0 < self.cooldown_until <= now:
+            lasted = self.cooldown_until - self.cooldown_started
+            self.cooldown_until = 0.0
+            return lasted
+        return None
 
     def disable(self, category: ErrorCategory, message: str) -> None:
         self.disabled = (category, message[:160])
@@ -524,13 +535,34 @@ class BudgetSet:
             if self.learned is not None:
                 for metric, value in self.learned.get(f"{scope}:{name}").items():
                     known.setdefault(metric, value)
-            self._budgets[key] = Budget(
+            budget = self._budgets[key] = Budget(
                 scope, name, clock=self.clock, limiter=limiter or DEFAULT_LIMITER,
                 tokens_counted=tokens_counted or "max_tokens", adaptive=adaptive and "rpm" not in known,
                 shape_known=limiter is not None,
                 probe=probe and not known, on_learned=self._learned, **known,  # type: ignore[arg-type]
             )
+            saved = self.learned.cooldown_left(f"{scope}:{name}") if self.learned is not None else None
+            if saved is not None:  # a wait a provider asked for in an earlier run, not over yet
+                budget.cool_down(*saved)
+            budget.on_cooldown = self._cooled
         return self._budgets[key]
+
+    def _cooled(self, budget: Budget, seconds: float, reason: str) -> None:
+        if self.learned is not None:
+            self.learned.record_cooldown(f"{budget.scope}:{budget.name}", seconds, reason)
+
+    def clear_cooldowns(self, match: Callable[[Budget], bool] | None = None) -> list[str]:
+        """End the cooldowns of the budgets ``match`` accepts (all if None), saved ones too; their names."""
+        now = self.clock.now()
+        cleared = []
+        for b in self._budgets.values():
+            if (match is None or match(b)) and b.cooldown_until > now:
+                b.clear_cooldown()
+                cleared.append(f"{b.scope} {b.name}")
+        if self.learned is not None:
+            self.learned.clear_cooldowns(None if match is None else lambda s: any(
+                match(b) for b in self._budgets.values() if f"{b.scope}:{b.name}" == s))
+        return cleared
 
     def _learned(self, scope: str, metric: str, old: float | None, new: float | None, source: str) -> None:
         if self.learned is not None and new is not None and source != "adaptive":
@@ -666,50 +698,20 @@ class BudgetSet:
     def statistics(self) -> tuple[BudgetStats, ...]:
         return tuple(b.statistics() for b in self._budgets.values())
 
+    def cooldowns(self) -> tuple[Cooldown, ...]:
+        """Every budget cooling down now, longest wait first."""
+        now = self.clock.now()
+        live = [Cooldown(b.scope, b.name, b.cooldown_until - now, b.cooldown_reason)
+                for b in self._budgets.values() if b.cooldown_until > now]
+        if self.learned is not None:  # saved by an earlier run, for budgets this one has not used yet
+            known = {f"{b.scope}:{b.name}" for b in self._budgets.values()}
+            wall = self.learned.wall()
+            live += [Cooldown(*c.scope.split(":", 1), c.until - wall, c.reason)
+                     for c in self.learned.cooldowns() if c.scope not in known and ":" in c.scope]
+        return tuple(sorted(live, key=lambda c: -c.seconds_left))
+
     def __iter__(self):  # noqa: ANN204 - the budgets, for status views and tests
         return iter(list(self._budgets.values()))
 
     def __repr__(self) -> str:
         return f"<BudgetSet {len(self._budgets)} budgets>"
-
-
-def default_state_path() -> Path:
-    """Where learned limits persist: $NBFANOUT_STATE, else the user's cache directory."""
-    if os.environ.get("NBFANOUT_STATE"):
-        return Path(os.environ["NBFANOUT_STATE"])
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        os.path.join(os.environ["LOCALAPPDATA"]) if os.name == "nt" and "LOCALAPPDATA" in os.environ else os.path.expanduser("~/.cache")
-    )
-    return Path(base) / "nbfanout" / "learned_limits.json"
-
-
-class LearnedLimits:
-    """Limits learned from providers, saved as JSON so the next run starts from them."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or default_state_path()
-        self._data: dict[str, dict[str, dict[str, float]]] = {}
-        try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(raw, dict):
-                self._data = {k: v for k, v in raw.items() if isinstance(v, dict)}
-        except (OSError, ValueError):
-            self._data = {}
-
-    def get(self, scope: str) -> dict[str, float]:
-        return {m: float(v["value"]) for m, v in self._data.get(scope, {}).items() if isinstance(v, dict) and "value" in v}
-
-    def record(self, scope: str, metric: str, value: float) -> None:
-        self._data.setdefault(scope, {})[metric] = {"value": value, "learned_at": time.time()}
-
-    def save(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True), encoding="utf-8")
-            tmp.replace(self.path)
-        except OSError:
-            pass  # a read-only home must not fail a run; the limits are simply learned again
-
-    def __repr__(self) -> str:
-        return f"<LearnedLimits {self.path} {sum(len(v) for v in self._data.values())} limits>"

@@ -22,6 +22,7 @@ from nbfanout.core.events import (
     ModelCompleted,
     ModelFailed,
     ModelQueued,
+    ModelRecovered,
     ModelRotation,
     ModelSelected,
     NoModelsAvailableEvent,
@@ -261,6 +262,12 @@ class RequestPipeline:
                 info = self.router.explain(candidates, spec, last_info, exc, self._tokens_for)
                 return self.failed(req_id, requested, selected or requested, info, attempts, index,
                                    self.clock.now() - t_start)
+            now = self.clock.now()
+            for b in choice.budgets:
+                lasted = b.recovered(now)
+                if lasted is not None:
+                    fx._emit(ModelRecovered, request=req_id, model=choice.model.name, scope=f"{b.scope} {b.name}",
+                             cooled_for_s=lasted)
             if attempts and attempts[-1].outcome != "ok":  # the wait that really happened
                 attempts[-1] = replace(attempts[-1], wait_s=max(0.0, self.clock.now() - run.t0 - attempts[-1].end_s))
             model = choice.model

@@ -167,6 +167,63 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state(args: argparse.Namespace) -> Any:
+    from nbfanout.config import load_config
+    from nbfanout.core.state import LearnedLimits
+
+    d = load_config(args.config).defaults
+    return LearnedLimits(Path(d.state_path) if d.state_path else None, ttl_s=d.learned_ttl_s)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _limits(args: argparse.Namespace) -> int:
+    state = _state(args)
+    if args.forget is not None:
+        n = state.forget(args.forget or None)
+        state.save()
+        print(f"forgot {n} learned limit(s){f' matching {args.forget!r}' if args.forget else ''} in {state.path}")
+        return 0
+    entries = state.entries()
+    now = state.wall()
+    if args.json:
+        print(json.dumps([{"scope": e.scope, "metric": e.metric, "value": e.value, "learned_at": e.learned_at,
+                           "expires_at": e.expires_at} for e in entries], indent=2))
+        return 0
+    print(f"learned limits in {state.path} (each trusted for {_age(state.ttl_s)}):")
+    for e in entries:
+        print(f"  {e.scope:<50} {e.metric:<12} {e.value:>12,.0f}   learned {_age(now - e.learned_at)} ago, "
+              f"expires in {_age(e.expires_at - now)}")
+    if not entries:
+        print("  none")
+    return 0
+
+
+def _cooldowns(args: argparse.Namespace) -> int:
+    state = _state(args)
+    if args.clear is not None:
+        n = state.clear_cooldowns(None if not args.clear else (lambda scope: args.clear in scope))
+        state.save()
+        print(f"cleared {n} cooldown(s){f' matching {args.clear!r}' if args.clear else ''} in {state.path}")
+        return 0
+    live = state.cooldowns()
+    now = state.wall()
+    if args.json:
+        print(json.dumps([{"scope": c.scope, "seconds_left": c.until - now, "reason": c.reason} for c in live], indent=2))
+        return 0
+    print(f"cooldowns saved in {state.path}:")
+    for c in live:
+        print(f"  {c.scope:<50} {_age(c.until - now):>10} left   {c.reason}")
+    if not live:
+        print("  none")
+    return 0
+
+
 async def _doctor(args: argparse.Namespace) -> int:
     import httpx
 
@@ -249,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--config")
     models.add_argument("--json", action="store_true")
 
+    limits = sub.add_parser("limits", help="list the limits learned from providers (saved between runs)")
+    limits.add_argument("--config")
+    limits.add_argument("--forget", nargs="?", const="", metavar="MATCH",
+                        help="forget them all, or those whose scope contains MATCH")
+    limits.add_argument("--json", action="store_true")
+
+    cooldowns = sub.add_parser("cooldowns", help="list the waits providers asked for that are not over yet")
+    cooldowns.add_argument("--config")
+    cooldowns.add_argument("--clear", nargs="?", const="", metavar="MATCH",
+                           help="clear them all, or those whose scope contains MATCH")
+    cooldowns.add_argument("--json", action="store_true")
+
     doctor = sub.add_parser("doctor", help="check config and validate each key with a cheap call")
     doctor.add_argument("--config")
 
@@ -270,6 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(args))
         if args.command == "models":
             return _models(args)
+        if args.command == "limits":
+            return _limits(args)
+        if args.command == "cooldowns":
+            return _cooldowns(args)
         if args.command == "doctor":
             return asyncio.run(_doctor(args))
         if args.command == "sandbox":

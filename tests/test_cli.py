@@ -109,3 +109,25 @@ def test_synthesize_without_any_answer_still_prints_every_result(config_file, tm
     assert out.returncode == 1
     assert json.loads(out.stdout)["models"][0]["error_category"] == "missing_key"
     assert "nothing was synthesized" in out.stderr
+
+
+def test_limits_and_cooldowns_list_what_is_saved_and_clear_it(tmp_path):
+    from nbfanout.core.state import LearnedLimits
+
+    path = tmp_path / "state.json"
+    state = LearnedLimits(path)
+    state.record("key:openai …k1a7", "rpm", 3)
+    state.record("model-key:gemini/gemini-2.5-pro …g3c9", "tpm", 250000)
+    state.record_cooldown("model-key:openai/gpt-4.1 …k1a7", 600, "rate limited: retry in 600.0s")
+    state.save()
+    env = {"NBFANOUT_STATE": str(path)}
+    limits = nbfanout("limits", env=env)
+    assert limits.returncode == 0, limits.stderr
+    assert re.search(r"key:openai …k1a7\s+rpm\s+3\s+learned \d+ s ago, expires in 2[34]\.\d h", limits.stdout), limits.stdout
+    assert "250,000" in limits.stdout
+    cool = json.loads(nbfanout("cooldowns", "--json", env=env).stdout)
+    assert [c["scope"] for c in cool] == ["model-key:openai/gpt-4.1 …k1a7"] and 590 < cool[0]["seconds_left"] <= 600
+    assert "cleared 1 cooldown(s)" in nbfanout("cooldowns", "--clear", env=env).stdout
+    assert json.loads(nbfanout("cooldowns", "--json", env=env).stdout) == []
+    assert "forgot 1 learned limit(s) matching 'gemini'" in nbfanout("limits", "--forget", "gemini", env=env).stdout
+    assert [e["scope"] for e in json.loads(nbfanout("limits", "--json", env=env).stdout)] == ["key:openai …k1a7"]

@@ -513,15 +513,23 @@ class FanoutMagics(Magics):
 
     # -- %fanout models | status | config -----------------------------------------------------------
     @magic_arguments()
-    @argument("command", choices=["models", "status", "config"],
-              help="models: every model and whether it is usable; status: live budgets and cooldowns; config: the configuration")
+    @argument("command", choices=["models", "status", "config", "cooldowns"],
+              help="models: every model and whether it is usable; status: live budgets and cooldowns; "
+                   "config: the configuration; cooldowns: the waits providers asked for that are not over")
     @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict")
+    @argument("--clear", action="store_true", help="with cooldowns: end them now (saved ones too)")
     @line_magic("fanout")  # type: ignore[arg-type]
     def fanout_line(self, line: str) -> None:
-        """Show the models (``%fanout models``), live budgets (``%fanout status``) or configuration (``%fanout config``)."""
+        """Show the models (``%fanout models``), live budgets (``%fanout status``), configuration
+        (``%fanout config``) or cooldowns (``%fanout cooldowns [--clear]``)."""
         args = parse_argstring(self.fanout_line, line)
+        if args.clear and args.command != "cooldowns":
+            raise UsageError("--clear goes with %fanout cooldowns")
         if args.command == "status":
             self._status(args.config)
+            return
+        if args.command == "cooldowns":
+            self._cooldowns(args.config, clear=args.clear)
             return
         with _clean_errors():
             fx = self.fanout_for(args.config)
@@ -530,6 +538,23 @@ class FanoutMagics(Magics):
         else:
             text = render.config_text(fx.config)
             display(_Bundle({"text/plain": text}))
+
+    def _cooldowns(self, ref: str | None, *, clear: bool) -> None:
+        """Cooldowns of every Fanout this session used (or of one), with those saved by earlier runs."""
+        held = [fx for _, fx in self._fanouts.values()] if ref is None else [self.fanout_for(ref)]
+        if not held:
+            with _clean_errors():
+                held = [self.fanout_for(None)]
+        lines = []
+        for fx in held:
+            if clear:
+                cleared = call_in_loop(fx.clear_cooldowns)
+                lines.append(f"{fx.config.source}: cleared {len(cleared)} cooldown(s)")
+                continue
+            live = call_in_loop(fx.cooldowns)
+            lines.append(f"{fx.config.source}: " + ("no cooldowns" if not live else f"{len(live)} cooldown(s)"))
+            lines += [f"  {c.scope} {c.name}: {c.seconds_left:.0f}s left ({c.reason})" for c in live]
+        display(_Bundle({"text/plain": "\n".join(lines)}))
 
     def _status(self, ref: str | None) -> None:
         """Budgets of every Fanout this session used (or of one), read on the loop thread that owns them."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import os
 import signal
 import threading
@@ -178,6 +180,28 @@ def test_rerun_sends_only_the_failed_models(sandbox_factory: Any, ip: Interactiv
     assert models_after["openai/m01"]["requests"] == models_before["openai/m01"]["requests"] + 1
     assert again["openai/m00"] is first["openai/m00"]  # kept, not resent
     assert again["openai/m01"].ok
+
+
+def test_cooldowns_line_magic_lists_and_clears_what_a_provider_asked_to_wait(
+        sandbox_factory: Any, ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = many_models_scenario(1, base_ms=20, tokens=(10, 20))
+    scenario["providers"]["openai"]["models"]["m00"]["faults"] = [
+        {"kind": "rate_limit_burst", "first_n": 1, "retry_after_s": 900}]
+    sb = sandbox_factory(scenario)
+    ip.user_ns["cool"] = {**sb.config, "defaults": {"max_wait_s": 5}}
+    result = ip.run_cell_magic("fanout", "--config cool --models openai/m00 --no-dashboard", "Hello")
+    assert result["openai/m00"].category == "rate_limit"
+    capsys.readouterr()
+    ip.run_line_magic("fanout", "cooldowns --config cool")
+    shown = capsys.readouterr().out
+    assert re.search(r"1 cooldown\(s\)\n  \S+ openai\S* .*: (89\d|900)s left \(rate limited: retry in 900\.0s\)", shown), shown
+    ip.run_line_magic("fanout", "cooldowns --clear --config cool")
+    assert "cleared 1 cooldown(s)" in capsys.readouterr().out
+    ip.run_line_magic("fanout", "cooldowns --config cool")
+    assert "no cooldowns" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="--clear goes with %fanout cooldowns"):
+        ip.run_line_magic("fanout", "status --clear")
+    ip.user_ns.pop("cool")
 
 
 def test_background_returns_at_once_and_stores_the_result(ip: InteractiveShell) -> None:

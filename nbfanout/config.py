@@ -269,6 +269,7 @@ _MODEL_SPEC: dict[str, tuple[Any, str]] = {
     "pools": (_str_list, "a list of pool names"),
     "priority": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer (lower is preferred)"),
     "model_id": (_is(str), "the provider's own model id"),
+    "rejects": (_str_list, "a list of request parameter names the model refuses, e.g. [\"temperature\"]"),
 }
 
 _TOP_SPEC: dict[str, tuple[Any, str]] = {
@@ -405,6 +406,8 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             fields["capabilities"] = frozenset(raw["capabilities"])
         if "pools" in raw:
             fields["pools"] = tuple(raw["pools"])
+        if "rejects" in raw:
+            fields["rejects"] = frozenset(raw["rejects"])
         models[name] = replace(base, limits=base.limits.merged(limit_override), **fields)
 
     pools: dict[str, list[str]] = {}

@@ -88,6 +88,7 @@ class ModelSpec:
     priority: int = 100
     limits: Limits = Limits()
     tokenizer: str | None = None  # tiktoken encoding name where known, e.g. "o200k_base"
+    rejects: frozenset[str] = frozenset()  # request parameters the model refuses; left out, and said so
     source: str | None = None
     read_on: str | None = None
     note: str | None = None
@@ -162,6 +163,7 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
             priority=int(m.get("priority", 100)),
             limits=_limits(m.get("limits"), f"{where}.limits"),
             tokenizer=m.get("tokenizer"),
+            rejects=frozenset(m.get("rejects", [])),
             source=m.get("source"),
             read_on=m.get("read_on"),
             note=m.get("note"),

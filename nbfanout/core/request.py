@@ -77,6 +77,11 @@ class RequestSpec:
     def needs(self) -> frozenset[str]:
         return frozenset({"vision"}) if self.images else frozenset()
 
+    def dropped(self, rejects: frozenset[str]) -> tuple[str, ...]:
+        """The parameters asked for that a model refuses (its catalog ``rejects``): they are left out."""
+        asked = {*self.params, *(("temperature",) if self.temperature is not None else ())}
+        return tuple(sorted(asked & rejects))
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -180,9 +185,11 @@ class RequestPipeline:
     async def send_once(self, run: _Run, req_id: str, choice: Choice, spec: RequestSpec, timeout: float
                         ) -> tuple[ChatResponse, bool]:
         """One call to the provider (or the cache); ProviderError on any failure."""
+        rejects = choice.model.rejects
         request = ChatRequest(model=choice.model.model_id, messages=spec.messages, system=spec.system,
                               max_tokens=spec.max_output(choice.model.max_output_tokens),
-                              temperature=spec.temperature, extra=dict(spec.params))
+                              temperature=None if "temperature" in rejects else spec.temperature,
+                              extra={k: v for k, v in spec.params.items() if k not in rejects})
         cache = self.fx.cache
         if cache is not None:
             hit = cache.get(choice.model.name, request)
@@ -381,7 +388,7 @@ class RequestPipeline:
             requested=requested, model=model.name, ok=True, text=response.text,
             input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens, cost=cost,
             latency_s=end - t_start, finish_reason=response.finish_reason, attempts=tuple(attempts),
-            prompt_index=index, cached=cached,
+            prompt_index=index, cached=cached, dropped_params=spec.dropped(model.rejects),
         )
         fx._emit(ModelCompleted, request=req_id, requested=requested, model=model.name, latency_s=end - t_start,
                  input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost=cost, attempts=len(attempts))

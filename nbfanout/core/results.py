@@ -46,6 +46,7 @@ class ModelResult:
     error: ErrorInfo | None = None
     prompt_index: int = 0
     cached: bool = False
+    dropped_params: tuple[str, ...] = ()  # asked for, but left out: the model refuses them (catalog ``rejects``)
 
     @property
     def status(self) -> str:
@@ -82,6 +83,7 @@ class ModelResult:
             "finish_reason": self.finish_reason,
             "prompt_index": self.prompt_index,
             "cached": self.cached,
+            "dropped_params": list(self.dropped_params),
             "attempt_log": [asdict(a) for a in self.attempts],
         }
 

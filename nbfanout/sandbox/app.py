@@ -257,7 +257,7 @@ class _Call:
         if self.keyspec is None or self.keyspec.invalid:
             return self.refuse(Denial("auth", missing_key=self.key is None))
         if bad is not None:
-            return self.refuse(Denial("bad_request", message=bad.message, param=bad.param))
+            return self.refuse(Denial("bad_request", message=bad.message, param=bad.param, code=bad.code))
         assert self.ctx is not None
         if self.model is None or self.model.kind != expected_kind:
             return self.refuse(Denial("not_found", message=self.ctx.model))
@@ -357,6 +357,20 @@ def _latency_split(model: ModelSpec, n_out: int, total: float) -> tuple[float, f
     return first, (total - first) / n_out
 
 
+def _rejected_parameter(model: ModelSpec, body: dict[str, Any]) -> BadRequest | None:
+    """A parameter the model refuses (a reasoning model's ``temperature``), in OpenAI's words.
+
+    Body: github.com/openai/openai-python/issues/2104 quotes the API's 400 for o3-mini.
+    """
+    config = body.get("generationConfig")  # Gemini's sampling parameters live there
+    sent = set(body) | (set(config) if isinstance(config, dict) else set())
+    for param in model.rejects:
+        if param in sent:
+            return BadRequest(f"Unsupported parameter: '{param}' is not supported with this model.", param=param,
+                              code="unsupported_parameter")
+    return None
+
+
 async def _chat(request: Request, route_wire: str, gemini_target: str | None = None) -> Response:
     state: SandboxState = request.app.state.sandbox
     provider = state.scenario.provider(request.path_params["provider"])
@@ -394,6 +408,8 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
     except BadRequest as exc:
         bad = exc
     c.begin(model_id, call.max_tokens if call else None)
+    if bad is None and c.model is not None and isinstance(body, dict):
+        bad = _rejected_parameter(c.model, body)
     stop = c.gate(bad, "chat")
     if stop is not None:
         return stop

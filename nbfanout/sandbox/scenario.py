@@ -298,6 +298,7 @@ class ModelSpec:
     latency: Latency = Latency()
     output_tokens: tuple[int, int] = (50, 150)
     faults: tuple[Fault, ...] = ()
+    rejects: tuple[str, ...] = ()  # request parameters answered with a 400 (a reasoning model's temperature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +410,8 @@ class Scenario:
             providers[p.id] = entry
             for m in p.models:
                 adv = _advertised(m.limits)
+                if m.rejects:  # what the catalog records for real models of this kind
+                    adv["rejects"] = list(m.rejects)
                 if adv:
                     models[f"{p.id}/{m.id}"] = adv
         # Limits learned from a simulated provider must not be saved where real runs would read them.
@@ -470,6 +473,7 @@ class Scenario:
                             },
                             "output_tokens": list(m.output_tokens),
                             "faults": faults(m.faults),
+                            **({"rejects": list(m.rejects)} if m.rejects else {}),
                         }
                         for m in p.models
                     },
@@ -994,7 +998,7 @@ def _keys(pr: _Problems, where: str, value: Any, limiter: str | None = None) -> 
 
 def _model(pr: _Problems, where: str, model_id: str, value: Any, limiter: str | None = None) -> ModelSpec:
     t = _table(pr, where, value)
-    _check_keys(pr, where, t, ("kind", "limits", "latency", "output_tokens", "faults"))
+    _check_keys(pr, where, t, ("kind", "limits", "latency", "output_tokens", "faults", "rejects"))
     kind = t.get("kind", "chat")
     if kind not in ("chat", "transcription"):
         pr.add(f"{where}.kind", kind, '"chat" or "transcription"')
@@ -1024,7 +1028,17 @@ def _model(pr: _Problems, where: str, model_id: str, value: Any, limiter: str | 
         latency=latency,
         output_tokens=out,
         faults=_faults(pr, f"{where}.faults", t.get("faults")),
+        rejects=_rejects(pr, f"{where}.rejects", t.get("rejects")),
     )
+
+
+def _rejects(pr: _Problems, where: str, raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not (isinstance(raw, list) and all(isinstance(x, str) and x for x in raw)):
+        pr.add(where, raw, "a list of request parameter names, e.g. [\"temperature\"]")
+        return ()
+    return tuple(raw)
 
 
 def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default_name: str = "scenario") -> Scenario:

@@ -32,10 +32,11 @@ __all__ = [
 class BadRequest(Exception):
     """The request body or headers are not what the wire format requires (HTTP 400)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class Denial:
     missing_key: bool = False
     message: str | None = None
     param: str | None = None
+    code: str | None = None  # the provider's error code for a bad request ("unsupported_parameter")
 
     @property
     def is_rate_limit(self) -> bool:

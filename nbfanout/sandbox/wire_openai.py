@@ -458,7 +458,7 @@ def render_error(ctx: CallContext, d: Denial, key: str | None = None) -> ErrorRe
         if style == "openrouter":
             body = {"error": {"message": d.message or "Bad Request", "code": 400}}
         else:
-            body = _err(d.message or "Bad Request", "invalid_request_error", None, d.param)
+            body = _err(d.message or "Bad Request", "invalid_request_error", d.code, d.param)
     if d.message and d.reason not in ("not_found", "bad_request") and isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):

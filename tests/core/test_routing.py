@@ -118,3 +118,18 @@ async def test_when_no_member_can_answer_the_error_accounts_for_every_candidate(
     assert "1 without an API key" in message and "spare/c: no API key (set " in message, message
     assert "relay/a:" in message and "relay/b:" in message
     assert 890 <= result.error.retry_after_s <= 900
+
+
+async def test_a_parameter_the_model_refuses_is_left_out_and_said_so(sandbox_app_factory):
+    """Seen: reasoning models were sent `temperature`, which OpenAI's o-series answers with a 400."""
+    app = sandbox(sandbox_app_factory, relay({"reasoner": {"rejects": ["temperature"]}, "plain": {}}))
+    async with app.client() as raw:
+        refused = await raw.post("/relay/v1/chat/completions", json={
+            "model": "reasoner", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2},
+            headers={"authorization": "Bearer sk-sbx-relay-route-0001"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_parameter"
+    fx = Fanout(app.config, transport=app.transport(), learn=False)
+    reasoner, plain = await fx.run("Which is larger?", ["relay/reasoner", "relay/plain"], temperature=0.2, max_tokens=40)
+    assert reasoner.ok and reasoner.dropped_params == ("temperature",) and len(reasoner.attempts) == 1
+    assert plain.ok and plain.dropped_params == ()
+    assert reasoner.to_record()["dropped_params"] == ["temperature"]

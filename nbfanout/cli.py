@@ -84,7 +84,9 @@ def _summary_table(result: Any, out: TextIO) -> None:
     for r in result.failed:
         print(f"  ✗ {r.requested}: {r.category} — {r.error.message if r.error else ''}", file=out)
     ok = len(result.succeeded)
-    print(f"\n{ok}/{len(result.results)} succeeded in {result.elapsed_s:.2f}s; {result.total_tokens} tokens; ${result.total_cost:.5f}", file=out)
+    unpriced = f" + {len(result.unpriced)} unpriced ({', '.join(result.unpriced)})" if result.unpriced else ""
+    print(f"\n{ok}/{len(result.results)} succeeded in {result.elapsed_s:.2f}s; {result.total_tokens} tokens; "
+          f"${result.total_cost:.5f}{unpriced}", file=out)
 
 
 async def _run(args: argparse.Namespace) -> int:

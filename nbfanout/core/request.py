@@ -384,11 +384,12 @@ class RequestPipeline:
         attempts.append(Attempt(model.name, choice.key_id, start - run.t0, end - run.t0, "ok", response.status,
                                 in_flight=in_flight))
         cost = model.cost(response.usage.input_tokens, response.usage.output_tokens)
+        saved, cost = (cost, 0.0 if cost is not None else None) if cached else (None, cost)  # a cached answer is free
         result = ModelResult(
             requested=requested, model=model.name, ok=True, text=response.text,
             input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens, cost=cost,
             latency_s=end - t_start, finish_reason=response.finish_reason, attempts=tuple(attempts),
-            prompt_index=index, cached=cached, dropped_params=spec.dropped(model.rejects),
+            prompt_index=index, cached=cached, dropped_params=spec.dropped(model.rejects), saved_cost=saved,
         )
         fx._emit(ModelCompleted, request=req_id, requested=requested, model=model.name, latency_s=end - t_start,
                  input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost=cost, attempts=len(attempts))

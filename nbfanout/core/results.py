@@ -47,6 +47,7 @@ class ModelResult:
     prompt_index: int = 0
     cached: bool = False
     dropped_params: tuple[str, ...] = ()  # asked for, but left out: the model refuses them (catalog ``rejects``)
+    saved_cost: float | None = None  # a cached answer costs nothing: what it would have cost
 
     @property
     def status(self) -> str:
@@ -83,6 +84,7 @@ class ModelResult:
             "finish_reason": self.finish_reason,
             "prompt_index": self.prompt_index,
             "cached": self.cached,
+            "saved_cost": self.saved_cost,
             "dropped_params": list(self.dropped_params),
             "attempt_log": [asdict(a) for a in self.attempts],
         }
@@ -135,7 +137,14 @@ class FanoutResult:
 
     @property
     def total_cost(self) -> float:
+        """USD of the answers whose price is known (``unpriced`` names the others; cached ones cost 0)."""
         return sum(r.cost or 0.0 for r in self.results) + ((self.synthesis.cost or 0.0) if self.synthesis else 0.0)
+
+    @property
+    def unpriced(self) -> tuple[str, ...]:
+        """Models that answered but have no price in the catalog or config: not in ``total_cost``."""
+        answered = [*self.results, *((self.synthesis,) if self.synthesis else ())]
+        return tuple(dict.fromkeys(r.model for r in answered if r.ok and r.cost is None))
 
     @property
     def total_tokens(self) -> int:
@@ -151,6 +160,7 @@ class FanoutResult:
             "succeeded": len(self.succeeded),
             "failed": len(self.failed),
             "total_cost": self.total_cost,
+            "unpriced": list(self.unpriced),
             "models": self.to_records(),
             "synthesis": None if self.synthesis is None else self.synthesis.to_record(),
         }
@@ -215,6 +225,24 @@ class BatchResult:
     @property
     def results(self) -> Sequence[ModelResult]:
         return [r for row in self.rows for r in row.results]
+
+    @property
+    def total_cost(self) -> float:
+        """USD over every answer whose price is known (``unpriced`` names the others)."""
+        return sum(row.total_cost for row in self.rows)
+
+    @property
+    def cost_by_model(self) -> dict[str, float]:
+        """USD per answering model, over the answers whose price is known."""
+        out: dict[str, float] = {}
+        for r in self.results:
+            if r.cost is not None:
+                out[r.model] = out.get(r.model, 0.0) + r.cost
+        return out
+
+    @property
+    def unpriced(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m for row in self.rows for m in row.unpriced))
 
     def to_records(self) -> list[dict[str, Any]]:
         out = []

@@ -107,6 +107,12 @@ def _cost(value: float | None) -> str:
     return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
 
 
+def _unpriced(result: FanoutResult | BatchResult) -> str:
+    """" + 2 unpriced" when answers without a known price are left out of a total, else nothing."""
+    n = len(result.unpriced)
+    return f" + {n} unpriced" if n else ""
+
+
 def _count(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
@@ -166,7 +172,7 @@ def result_html(result: FanoutResult) -> str:
     """A compact table of one FanoutResult: model, state, attempts, latency, tokens, cost, first lines."""
     ok = len(result.succeeded)
     head = (f'<div class="nbf-head">{ok}/{len(result.results)} succeeded in {_seconds(result.elapsed_s)} · '
-            f"{_count(result.total_tokens)} tokens · {_cost(result.total_cost)}</div>")
+            f"{_count(result.total_tokens)} tokens · {_cost(result.total_cost)}{_unpriced(result)}</div>")
     pairs: list[tuple[str, ModelResult]] = []
     if result.synthesis is not None:
         pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
@@ -183,7 +189,7 @@ def batch_html(batch: BatchResult) -> str:
     ok = sum(1 for r in results if r.ok)
     head = (f'<div class="nbf-head">{len(batch.prompts)} prompts × {len(batch.models)} models: {ok}/{len(results)} '
             f"succeeded in {_seconds(batch.elapsed_s)} · {_count(sum(r.tokens for r in results))} tokens · "
-            f"{_cost(sum(r.cost or 0.0 for r in results))}</div>")
+            f"{_cost(batch.total_cost)}{_unpriced(batch)}</div>")
     scores = batch.scores or None
     shown = results[:MAX_TABLE_ROWS]
     more = (f'<div class="nbf-muted">… and {len(results) - len(shown)} more rows (to_dataframe() has them all)</div>'
@@ -211,7 +217,7 @@ def result_text(result: FanoutResult) -> str:
     for r in result.failed:
         lines.append(f"  ✗ {r.requested}: {_failure(r)}")
     lines.append(f"{len(result.succeeded)}/{len(result.results)} succeeded in {_seconds(result.elapsed_s)}; "
-                 f"{result.total_tokens:,} tokens; {_cost(result.total_cost)}")
+                 f"{result.total_tokens:,} tokens; {_cost(result.total_cost)}{_unpriced(result)}")
     return "\n".join(lines)
 
 

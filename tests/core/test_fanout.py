@@ -284,6 +284,26 @@ async def test_the_response_cache_answers_an_identical_request_without_a_call(sa
     second = await fx.run("Cache me", ["openai/gpt-4.1"])
     assert app.stats()["totals"]["accepted"] == accepted
     assert second[0].cached and second[0].text == first[0].text
+    assert first[0].cost and second[0].cost == 0.0 and second[0].saved_cost == first[0].cost  # not charged again
+
+
+@pytest.mark.looptime
+async def test_totals_name_the_answers_without_a_price_instead_of_dropping_them(sandbox_app_factory):
+    scenario = {"name": "prices", "seed": 3, "providers": {"relay": {"style": "openai", "keys": ["sk-sbx-relay-cost-0001"],
+                "models": {"free-form": {"latency": {"base_ms": 100}, "output_tokens": [5, 10]}}}}}
+    priced = virtual_sandbox(sandbox_app_factory)
+    fx = fanout_for(priced)
+    known = await fx.run("Cost me", ["openai/gpt-4.1"])
+    assert known.unpriced == () and known.total_cost == known[0].cost > 0
+    app = virtual_sandbox(sandbox_app_factory, scenario)
+    relay = fanout_for(app)
+    unknown = await relay.run("Cost me", ["relay/free-form"])
+    assert unknown[0].ok and unknown[0].cost is None and unknown.unpriced == ("relay/free-form",)
+    assert '"unpriced": [\n    "relay/free-form"\n  ]' in unknown.to_json()
+    batch = await relay.map(["a", "b"], ["relay/free-form"])
+    assert batch.unpriced == ("relay/free-form",) and batch.total_cost == 0.0 and batch.cost_by_model == {}
+    batch2 = await fx.map(["a", "b"], ["openai/gpt-4.1"])
+    assert batch2.cost_by_model == {"openai/gpt-4.1": pytest.approx(batch2.total_cost)} and batch2.total_cost > 0
 
 
 def _wav(seconds: float = 0.2, size: int | None = None) -> bytes:

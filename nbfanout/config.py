@@ -89,6 +89,7 @@ class ProviderConfig:
     limits: Limits = Limits()
     headers: Mapping[str, str] = field(default_factory=dict)
     max_audio_mb: float | None = None
+    fallback: tuple[str, ...] = ()  # where a request goes when this provider cannot answer, in order
 
     @property
     def has_key(self) -> bool:
@@ -256,6 +257,7 @@ _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {
     "models": (_str_list, "a list of model ids served by this provider"),
     "headers": (lambda v: isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "a table of strings"),
     "max_audio_mb": (_positive, "a positive number of megabytes"),
+    "fallback": (_str_list, "a list of provider ids to fail over to, in order"),
     "published_limits": (_is(bool), "true or false (false: ignore the catalog's published limits for this provider)"),
 }
 
@@ -384,6 +386,7 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             limits=base_limits.merged(overrides),
             headers=dict(raw.get("headers", {})),
             max_audio_mb=raw.get("max_audio_mb", spec.max_audio_mb if spec else None),
+            fallback=tuple(raw.get("fallback", ())),
         )
         for model_id in raw.get("models", []):
             name = f"{pid}/{model_id}"
@@ -430,6 +433,10 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
     for pid in defaults.provider_order:
         if pid not in providers:
             p.add("defaults.provider_order", pid, f"a provider id, one of {sorted(providers)}")
+    for provider in providers.values():
+        for pid in provider.fallback:
+            if pid not in providers or pid == provider.id:
+                p.add(f"providers.{provider.id}.fallback", pid, f"another provider id, one of {sorted(set(providers) - {provider.id})}")
     p.raise_if_any()
     for pool_name, pool in pools.items():
         if pool_name not in explicit:  # an explicit [pools.x] keeps the user's order

@@ -163,7 +163,9 @@ class Router:
         i = names.index(after)
         rotated = names[i + 1 :] + names[: i + 1]
         provider = after.split("/", 1)[0]
-        rank = {p: n for n, p in enumerate(self.order)}
+        # the failed provider's own fallback order first (the agent report's provider map), then the global one
+        own = self.config.providers[provider].fallback if provider in self.config.providers else ()
+        rank = {p: n for n, p in enumerate([*own, *(p for p in self.order if p not in own)])}
         same = [m for m in rotated if m.split("/", 1)[0] == provider and m != after]
         others = sorted(
             (m for m in rotated if m.split("/", 1)[0] != provider),

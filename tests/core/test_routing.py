@@ -133,3 +133,31 @@ async def test_a_parameter_the_model_refuses_is_left_out_and_said_so(sandbox_app
     assert reasoner.ok and reasoner.dropped_params == ("temperature",) and len(reasoner.attempts) == 1
     assert plain.ok and plain.dropped_params == ()
     assert reasoner.to_record()["dropped_params"] == ["temperature"]
+
+
+@pytest.mark.parametrize("fallback, answers", [(None, "two/b"), (["three"], "three/c")])
+async def test_a_providers_own_fallback_order_chooses_where_its_requests_go_next(sandbox_app_factory, fallback, answers):
+    def provider(name: str, model: str, **spec: Any) -> dict[str, Any]:
+        return {"style": "openai", "keys": [f"sk-sbx-{name}-fall-0001"],
+                "models": {model: {"latency": LATENCY, "output_tokens": [20, 40], **spec}}}
+
+    scenario = {"name": "map", "seed": 8, "providers": {"one": provider("one", "a", faults=BUSY_FOR_30_S),
+                                                        "two": provider("two", "b"), "three": provider("three", "c")}}
+    app = sandbox(sandbox_app_factory, scenario)
+    config = app.config
+    if fallback is not None:
+        config["providers"]["one"]["fallback"] = fallback
+    fx = Fanout(config, transport=app.transport(), learn=False)
+    result = await fx.ask("route me", models=["one/a", "two/b", "three/c"], max_tokens=40)
+    assert result.ok and result.model == answers
+    assert [a.model for a in result.attempts] == ["one/a", answers]
+
+
+def test_a_fallback_naming_an_unknown_provider_is_refused_with_the_known_ones(sandbox_app_factory):
+    from nbfanout import ConfigError
+
+    app = sandbox_app_factory(relay({"a": {}}))
+    config = app.config
+    config["providers"]["relay"]["fallback"] = ["nowhere"]
+    with pytest.raises(ConfigError, match=r"providers\.relay\.fallback.*another provider id"):
+        Fanout(config, transport=app.transport(), learn=False)

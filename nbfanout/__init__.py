@@ -26,6 +26,7 @@ from nbfanout.core.fanout import Fanout, Plan
 from nbfanout.core.headers import RateSnapshot, parse_rate_headers
 from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResult
 from nbfanout.core.retry import RetryPolicy
+from nbfanout.providers.base import Message, Tool, ToolCall
 
 try:
     __version__ = version("nbfanout")
@@ -60,6 +61,7 @@ __all__ = [
     "FanoutError",
     "FanoutResult",
     "LimitHint",
+    "Message",
     "MissingKeyError",
     "ModelResult",
     "NoModelsAvailable",
@@ -67,6 +69,8 @@ __all__ = [
     "ProviderError",
     "RateSnapshot",
     "RetryPolicy",
+    "Tool",
+    "ToolCall",
     "UnknownModelError",
     "UsageError",
     "__version__",

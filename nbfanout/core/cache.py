@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nbfanout.core.headers import RateSnapshot
-from nbfanout.providers.base import ChatRequest, ChatResponse, Usage
+from nbfanout.providers.base import ChatRequest, ChatResponse, ToolCall, Usage
 
 __all__ = ["ResponseCache"]
 
@@ -40,12 +40,14 @@ class ResponseCache:
             "system": request.system,
             "messages": [
                 {"role": m.role, "content": m.content,
-                 "images": [hashlib.sha256(i.data or (i.url or "").encode()).hexdigest() for i in m.images]}
+                 "images": [hashlib.sha256(i.data or (i.url or "").encode()).hexdigest() for i in m.images],
+                 "tool_calls": [asdict(c) for c in m.tool_calls], "tool_call_id": m.tool_call_id, "name": m.name}
                 for m in request.messages
             ],
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "extra": request.extra,
+            "tools": [asdict(t) for t in request.tools],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -57,12 +59,14 @@ class ResponseCache:
             return None
         self.hits += 1
         doc = json.loads(row[0])
+        calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in doc.get("tool_calls", []))
         return ChatResponse(text=doc["text"], usage=Usage(**doc["usage"]), finish_reason=doc["finish_reason"],
-                            model=doc["model"], status=200, rate=RateSnapshot())
+                            model=doc["model"], status=200, rate=RateSnapshot(), tool_calls=calls)
 
     def put(self, model: str, request: ChatRequest, response: ChatResponse) -> None:
         body = json.dumps({"text": response.text, "usage": asdict(response.usage),
-                           "finish_reason": response.finish_reason, "model": response.model})
+                           "finish_reason": response.finish_reason, "model": response.model,
+                           "tool_calls": [asdict(c) for c in response.tool_calls]})
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO responses (key, body) VALUES (?, ?)", (self.key(model, request), body))
             self._db.commit()

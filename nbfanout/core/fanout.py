@@ -25,6 +25,7 @@ from nbfanout.config import Config, load_config, suggest
 from nbfanout.core.audio import Transcriber, Transcription
 from nbfanout.core.cache import ResponseCache
 from nbfanout.core.clock import Clock, LoopClock
+from nbfanout.core.conversation import as_conversation, as_tools
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
 from nbfanout.core.events import Cooldown, Event, EventBus, LimitsLearned, ModelQueued, RunCompleted, RunStarted, Utilization
 from nbfanout.core.judge import JUDGE_TRIES, judge_prompt, parse_score
@@ -35,7 +36,7 @@ from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResul
 from nbfanout.core.retry import RetryPolicy
 from nbfanout.core.rotation import Router, auto_pool
 from nbfanout.core.sync import run_coroutine_sync
-from nbfanout.providers.base import ImagePart
+from nbfanout.providers.base import ImagePart, Message, Tool
 
 __all__ = ["Fanout", "Plan", "PlanRow", "Transcription"]
 
@@ -163,38 +164,32 @@ class Fanout:
 
     async def run(
         self,
-        prompt: str,
+        prompt: str | Sequence[Message | Mapping[str, Any]],
         models: Sequence[str] | None = None,
         *,
         pool: str | None = None,
         system: str | None = None,
         images: Sequence[str | Path | bytes | ImagePart] = (),
+        tools: Sequence[Tool | Mapping[str, Any]] = (),
         fallbacks: Mapping[str, Sequence[str]] | None = None,
         stream: bool = False,
         timeout: float | None = None,
         **params: Any,
     ) -> FanoutResult:
-        """Send ``prompt`` to every model at once; one ModelResult per requested model, in order."""
-        try:
-            batch = await self._batch([prompt], models, pool=pool, system=system, images=images, fallbacks=fallbacks,
-                                      stream=stream, timeout=timeout, concurrency=None, judge=None, params=params)
-        except asyncio.CancelledError:
-            if isinstance(self.last_result, BatchResult):
-                self.last_result = self.last_result.rows[0]  # what had finished, the rest marked cancelled
-            raise
-        result = batch.rows[0]
-        result = replace(result, elapsed_s=batch.elapsed_s)
-        self.last_result = result
-        return result
+        """Send ``prompt`` (text, or a conversation of messages) to every model at once; one
+        ModelResult per requested model, in order, with the ``tool_calls`` a model made."""
+        return await self._one(prompt, models, pool=pool, system=system, images=images, tools=tools,
+                               fallbacks=fallbacks, stream=stream, timeout=timeout, params=params, route=False)
 
     async def ask(
         self,
-        prompt: str,
+        prompt: str | Sequence[Message | Mapping[str, Any]],
         *,
         models: Sequence[str] | None = None,
         pool: str | None = None,
         system: str | None = None,
         images: Sequence[str | Path | bytes | ImagePart] = (),
+        tools: Sequence[Tool | Mapping[str, Any]] = (),
         stream: bool = False,
         timeout: float | None = None,
         **params: Any,
@@ -204,20 +199,31 @@ class Fanout:
         A member that is busy, rate limited, out of quota or down hands the request to the next:
         the rest of its provider first, then the other providers; keys rotate within a model.
         ``result.model`` says who answered, ``result.attempts`` everything tried on the way.
+        With ``tools``, only members that can call tools are asked.
         """
         if models is None and pool is None:
             raise UsageError("ask needs models=[...] or pool=... to choose from")
+        row = await self._one(prompt, models, pool=pool, system=system, images=images, tools=tools, fallbacks=None,
+                              stream=stream, timeout=timeout, params=params, route=True)
+        return row.results[0]
+
+    async def _one(self, prompt: str | Sequence[Message | Mapping[str, Any]], models: Sequence[str] | None, *,
+                   pool: str | None, system: str | None, images: Sequence[Any], tools: Sequence[Any],
+                   fallbacks: Mapping[str, Sequence[str]] | None, stream: bool, timeout: float | None,
+                   params: dict[str, Any], route: bool) -> FanoutResult:
+        """One prompt or conversation: fanned out (``run``) or routed to one answer (``ask``)."""
+        text, conversation, system = as_conversation(prompt, system)
         try:
-            batch = await self._batch([prompt], models, pool=pool, system=system, images=images, fallbacks=None,
+            batch = await self._batch([text], models, pool=pool, system=system, images=images, fallbacks=fallbacks,
                                       stream=stream, timeout=timeout, concurrency=None, judge=None, params=params,
-                                      route=True)
+                                      route=route, conversation=conversation, tools=as_tools(tools))
         except asyncio.CancelledError:
             if isinstance(self.last_result, BatchResult):
-                self.last_result = self.last_result.rows[0]
+                self.last_result = self.last_result.rows[0]  # what had finished, the rest marked cancelled
             raise
         row = replace(batch.rows[0], elapsed_s=batch.elapsed_s)
         self.last_result = row
-        return row.results[0]
+        return row
 
     def run_sync(self, prompt: str, models: Sequence[str] | None = None, **kwargs: Any) -> FanoutResult:
         """``run`` for scripts and notebooks: runs on nbfanout's own event-loop thread when a loop is already running."""
@@ -234,6 +240,7 @@ class Fanout:
         system: str | None = None,
         timeout: float | None = None,
         route: bool = False,
+        tools: Sequence[Tool | Mapping[str, Any]] = (),
         **params: Any,
     ) -> BatchResult:
         """prompts × models with a global concurrency limit; results in input order; optional judge scores.
@@ -243,7 +250,7 @@ class Fanout:
         """
         batch = await self._batch(list(prompts), models, pool=pool, system=system, images=(), fallbacks=None,
                                   stream=False, timeout=timeout, concurrency=concurrency, judge=judge, params=params,
-                                  route=route)
+                                  route=route, tools=as_tools(tools))
         self.last_result = batch
         return batch
 
@@ -319,7 +326,8 @@ class Fanout:
     async def _batch(self, prompts: list[str], models: Sequence[str] | None, *, pool: str | None, system: str | None,
                      images: Sequence[Any], fallbacks: Mapping[str, Sequence[str]] | None, stream: bool,
                      timeout: float | None, concurrency: int | None, judge: str | None, params: dict[str, Any],
-                     route: bool = False) -> BatchResult:
+                     route: bool = False, conversation: tuple[Message, ...] = (), tools: tuple[Tool, ...] = ()
+                     ) -> BatchResult:
         if not prompts:
             raise UsageError("no prompts to send")
         if concurrency is not None and concurrency < 1:
@@ -361,7 +369,8 @@ class Fanout:
             while queue:
                 j = queue.pop(0)
                 i, name, cands = jobs[j]
-                spec = RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout)
+                spec = RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout,
+                                   conversation=conversation, tools=tools)
                 results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget)
                 if judge is not None and results[j].ok:  # the answer is kept even if judging is cancelled
                     scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,9 +35,15 @@ from nbfanout.core.limits import Budget, CapacityError, Option, Reservation
 from nbfanout.core.results import Attempt, ModelResult
 from nbfanout.core.retry import RetryPolicy
 from nbfanout.core.rotation import KEY_FAULTS, Choice
-from nbfanout.core.tokens import encoder_ready, estimate_request_tokens, request_tokens_bound
+from nbfanout.core.tokens import (
+    encoder_ready,
+    estimate_request_tokens,
+    estimate_text_tokens,
+    request_tokens_bound,
+    tools_text,
+)
 from nbfanout.providers import adapter_for
-from nbfanout.providers.base import ChatRequest, ChatResponse, Endpoint, ImagePart, Message
+from nbfanout.providers.base import ChatRequest, ChatResponse, Endpoint, ImagePart, Message, Tool
 
 if TYPE_CHECKING:
     from nbfanout.core.fanout import Fanout, _Run
@@ -64,10 +71,19 @@ class RequestSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     stream: bool = False
     timeout: float | None = None
+    conversation: tuple[Message, ...] = ()  # a whole conversation (tool calls, results) instead of one prompt
+    tools: tuple[Tool, ...] = ()
 
     @property
     def messages(self) -> tuple[Message, ...]:
-        return (Message("user", self.prompt, self.images),)
+        return self.conversation or (Message("user", self.prompt, self.images),)
+
+    @property
+    def chars(self) -> int:
+        """Characters of everything sent: what OpenAI's TPM estimate counts (a quarter of them)."""
+        return (len(self.system or "") + len(tools_text(self.tools))
+                + sum(len(m.content) + sum(len(c.name) + len(json.dumps(dict(c.arguments))) for c in m.tool_calls)
+                      for m in self.messages))
 
     def max_output(self, max_output_tokens: int | None) -> int:
         """The output budget sent (and reserved) for a model whose own cap is ``max_output_tokens``."""
@@ -75,7 +91,9 @@ class RequestSpec:
 
     @property
     def needs(self) -> frozenset[str]:
-        return frozenset({"vision"}) if self.images else frozenset()
+        """Capabilities a model must have: ``vision`` for images, ``tools`` for tool definitions."""
+        images = self.images or any(m.images for m in self.conversation)
+        return frozenset({*(("vision",) if images else ()), *(("tools",) if self.tools else ())})
 
     def dropped(self, rejects: frozenset[str]) -> tuple[str, ...]:
         """The parameters asked for that a model refuses (its catalog ``rejects``): they are left out."""
@@ -104,16 +122,18 @@ def decide(policy: RetryPolicy, attempt: int, info: ErrorInfo, elapsed_s: float,
 
 
 @functools.lru_cache(maxsize=4096)
-def _estimate_messages(messages: tuple[Message, ...], system: str | None, encoding: str | None) -> int:
-    """Tokens of a request's messages (cached: a waiting request is looked at again and again)."""
-    return estimate_request_tokens(messages, system=system, encoding=encoding)[0]
+def _estimate_messages(messages: tuple[Message, ...], system: str | None, encoding: str | None, listed: str) -> int:
+    """Tokens of a request's messages and tool list (cached: a waiting request is looked at again and again)."""
+    return estimate_request_tokens(messages, system=system, encoding=encoding)[0] + (
+        estimate_text_tokens(listed, encoding) if listed else 0)
 
 
 def _estimate(spec: RequestSpec, encoding: str | None) -> int:
+    listed = tools_text(spec.tools)
     try:
-        return _estimate_messages(spec.messages, spec.system, encoding)
-    except TypeError:  # a part that cannot be hashed: count it without the cache
-        return estimate_request_tokens(spec.messages, system=spec.system, encoding=encoding)[0]
+        return _estimate_messages(spec.messages, spec.system, encoding, listed)
+    except TypeError:  # a part that cannot be hashed (a tool call's arguments): count it without the cache
+        return estimate_request_tokens(spec.messages, system=spec.system, encoding=encoding, tools=spec.tools)[0]
 
 
 def default_max_tokens(max_output: int | None) -> int:
@@ -148,7 +168,7 @@ class RequestPipeline:
         While the model's tokenizer is still loading, a bound that never counts less.
         """
         if not self._counts_exactly(choice):
-            return request_tokens_bound(spec.messages, system=spec.system)
+            return request_tokens_bound(spec.messages, system=spec.system, tools=spec.tools)
         return math.ceil(_estimate(spec, choice.model.tokenizer) * self._input_ratio.get(choice.model.name, 1.0))
 
     @staticmethod
@@ -163,7 +183,7 @@ class RequestPipeline:
         tokenizer later reports: a quarter of the characters. Others charge the tokens themselves.
         """
         if choice.provider.wire == "openai":
-            return math.ceil((len(spec.prompt) + len(spec.system or "")) / 4)
+            return math.ceil(spec.chars / 4)
         return self.prompt_tokens(choice, spec)
 
     async def wait_for_capacity(self, options: list[tuple[Choice, int, int]], spec: RequestSpec,
@@ -189,7 +209,8 @@ class RequestPipeline:
         request = ChatRequest(model=choice.model.model_id, messages=spec.messages, system=spec.system,
                               max_tokens=spec.max_output(choice.model.max_output_tokens),
                               temperature=None if "temperature" in rejects else spec.temperature,
-                              extra={k: v for k, v in spec.params.items() if k not in rejects})
+                              extra={k: v for k, v in spec.params.items() if k not in rejects},
+                              tools=spec.tools, parallel_tools="parallel_tools" in choice.model.capabilities)
         cache = self.fx.cache
         if cache is not None:
             hit = cache.get(choice.model.name, request)
@@ -390,6 +411,7 @@ class RequestPipeline:
             input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens, cost=cost,
             latency_s=end - t_start, finish_reason=response.finish_reason, attempts=tuple(attempts),
             prompt_index=index, cached=cached, dropped_params=spec.dropped(model.rejects), saved_cost=saved,
+            tool_calls=response.tool_calls,
         )
         fx._emit(ModelCompleted, request=req_id, requested=requested, model=model.name, latency_s=end - t_start,
                  input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost=cost, attempts=len(attempts))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nbfanout.core.errors import ErrorInfo
+from nbfanout.providers.base import ToolCall
 
 __all__ = ["Attempt", "BatchResult", "FanoutResult", "ModelResult"]
 
@@ -48,6 +49,7 @@ class ModelResult:
     cached: bool = False
     dropped_params: tuple[str, ...] = ()  # asked for, but left out: the model refuses them (catalog ``rejects``)
     saved_cost: float | None = None  # a cached answer costs nothing: what it would have cost
+    tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asked to call, in the neutral form
 
     @property
     def status(self) -> str:
@@ -86,6 +88,7 @@ class ModelResult:
             "cached": self.cached,
             "saved_cost": self.saved_cost,
             "dropped_params": list(self.dropped_params),
+            "tool_calls": [{"id": c.id, "name": c.name, "arguments": dict(c.arguments)} for c in self.tool_calls],
             "attempt_log": [asdict(a) for a in self.attempts],
         }
 

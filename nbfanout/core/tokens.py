@@ -8,6 +8,7 @@ English prose and code (within ±20 %; tests/core/test_tokens.py measures it).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import struct
@@ -144,32 +145,49 @@ def estimate_image_tokens(data: bytes | None) -> int:
     return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
 
 
+def _tool_text(message: Any) -> str:
+    """The text a message's tool calls add (name and JSON arguments), counted like any other text."""
+    calls = getattr(message, "tool_calls", ()) or ()
+    return "".join(f"{c.name}{json.dumps(dict(c.arguments), sort_keys=True)}" for c in calls)
+
+
+def tools_text(tools: Iterable[Any]) -> str:
+    """The tool definitions as the provider sees them: names, descriptions and JSON Schemas."""
+    return "".join(f"{t.name}{t.description}{json.dumps(dict(t.parameters), sort_keys=True)}" for t in tools)
+
+
 def estimate_request_tokens(
     messages: Iterable[Any],
     *,
     system: str | None = None,
     max_output_tokens: int | None = None,
     encoding: str | None = None,
+    tools: Iterable[Any] = (),
 ) -> tuple[int, int]:
-    """(prompt tokens, output budget) for a chat request; messages have ``content`` and ``images``."""
+    """(prompt tokens, output budget) for a chat request; messages have ``content``, ``images``
+    and ``tool_calls``; ``tools`` are the definitions sent with it."""
     prompt = REPLY_PRIMER_TOKENS
     if system:
         prompt += PER_MESSAGE_TOKENS + estimate_text_tokens(system, encoding)
     for m in messages:
-        prompt += PER_MESSAGE_TOKENS + estimate_text_tokens(getattr(m, "content", "") or "", encoding)
+        text = (getattr(m, "content", "") or "") + _tool_text(m)
+        prompt += PER_MESSAGE_TOKENS + estimate_text_tokens(text, encoding)
         for image in getattr(m, "images", ()) or ():
             prompt += estimate_image_tokens(getattr(image, "data", None))
+    listed = tools_text(tools)
+    if listed:
+        prompt += estimate_text_tokens(listed, encoding)
     return prompt, int(max_output_tokens or 0)
 
 
-def request_tokens_bound(messages: Iterable[Any], *, system: str | None = None) -> int:
+def request_tokens_bound(messages: Iterable[Any], *, system: str | None = None, tools: Iterable[Any] = ()) -> int:
     """At least as many prompt tokens as any byte-level BPE counts: each token is one byte or more."""
     def size(text: str | None) -> int:
         return len(text.encode("utf-8", "surrogatepass")) if text else 0
 
-    prompt = REPLY_PRIMER_TOKENS + (PER_MESSAGE_TOKENS + size(system) if system else 0)
+    prompt = REPLY_PRIMER_TOKENS + (PER_MESSAGE_TOKENS + size(system) if system else 0) + size(tools_text(tools))
     for m in messages:
-        prompt += PER_MESSAGE_TOKENS + size(getattr(m, "content", "") or "")
+        prompt += PER_MESSAGE_TOKENS + size((getattr(m, "content", "") or "") + _tool_text(m))
         for image in getattr(m, "images", ()) or ():
             prompt += estimate_image_tokens(getattr(image, "data", None))
     return prompt

@@ -47,6 +47,7 @@ from nbfanout.providers.base import (
     ChatResponse,
     DeltaCallback,
     Endpoint,
+    ToolCall,
     Usage,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "StreamState",
     "deep_merge",
     "join_url",
+    "parse_arguments",
     "redact",
 ]
 
@@ -84,6 +86,22 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
+def parse_arguments(raw: Any) -> dict[str, Any]:
+    """A tool call's arguments as a dict: JSON text parsed (OpenAI sends a string), an object kept.
+
+    Text that is not a JSON object is kept under ``"_raw"``, so a malformed call is shown, not lost.
+    """
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return {"_raw": str(raw)}
+    return dict(value) if isinstance(value, Mapping) else {"_raw": str(raw)}
+
+
 def _timeout(timeout: float | None) -> Any:
     # None means "the client's own timeout", not httpx's "no timeout at all".
     return httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
@@ -107,6 +125,15 @@ class StreamState:
     complete: bool = False  # the provider's end-of-message marker (or a finish reason) was seen
     done: bool = False  # nothing more will follow: stop reading
     last: Any = None  # the last JSON payload, kept as ChatResponse.raw
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    # a streamed tool call being assembled, by the provider's index: [id, name, argument JSON so far]
+    pending_calls: dict[int, list[str]] = field(default_factory=dict)
+
+    def finish_calls(self) -> None:
+        """Turn the streamed calls into ToolCalls, in index order."""
+        for _, (call_id, name, arguments) in sorted(self.pending_calls.items()):
+            self.tool_calls.append(ToolCall(call_id, name, parse_arguments(arguments)))
+        self.pending_calls.clear()
 
     @property
     def text(self) -> str:
@@ -231,7 +258,8 @@ class HTTPAdapter(Adapter):
     def _result(
         self, endpoint: Endpoint, request: ChatRequest, response: httpx.Response, state: StreamState
     ) -> ChatResponse:
-        if not state.text and state.finish_reason in self.blocked_reasons:
+        state.finish_calls()
+        if not state.text and not state.tool_calls and state.finish_reason in self.blocked_reasons:
             raise self._safe(
                 endpoint,
                 ErrorInfo(
@@ -252,6 +280,7 @@ class HTTPAdapter(Adapter):
             status=response.status_code,
             rate=self._rate(endpoint, response),
             raw=raw,
+            tool_calls=tuple(state.tool_calls),
         )
 
     @staticmethod

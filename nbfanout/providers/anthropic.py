@@ -17,6 +17,12 @@ Request rules:
 
 Usage: ``input_tokens`` is the whole prompt (``input_tokens`` + cache writes + cache reads,
 which Anthropic reports apart), so it means what OpenAI's ``prompt_tokens`` means.
+Tools go as ``tools=[{name, description, input_schema}]`` (with ``tool_choice.disable_parallel_tool_use``
+unless the model may call several at once); a call comes back as a ``tool_use`` content block
+(streamed: ``input_json_delta`` fragments), and its result goes back in a user message as a
+``tool_result`` block; consecutive results share one user message, as the API's alternating
+turns require (https://docs.anthropic.com/en/docs/build-with-claude/tool-use).
+
 ``finish_reason`` is Anthropic's ``stop_reason`` as sent (``end_turn``, ``max_tokens``,
 ``stop_sequence``, ``tool_use``, ``pause_turn``, ``refusal``).
 """
@@ -29,9 +35,9 @@ from typing import Any
 
 import httpx
 
-from nbfanout.providers._http import HTTPAdapter, StreamState, deep_merge, join_url
+from nbfanout.providers._http import HTTPAdapter, StreamState, deep_merge, join_url, parse_arguments
 from nbfanout.providers._sse import ServerSentEvent
-from nbfanout.providers.base import ChatRequest, Endpoint, ImagePart, Message
+from nbfanout.providers.base import ChatRequest, Endpoint, ImagePart, Message, ToolCall
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicAdapter"]
 
@@ -47,12 +53,32 @@ def _image_block(image: ImagePart) -> dict[str, Any]:
 
 
 def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": message.tool_call_id or "", "content": message.content}]}
+    if message.tool_calls:
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+        blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": dict(c.arguments)} for c in message.tool_calls]
+        return {"role": "assistant", "content": blocks}
     if not message.images:
         return {"role": message.role, "content": message.content}
     blocks = [_image_block(image) for image in message.images]
     if message.content:
         blocks.append({"type": "text", "text": message.content})
     return {"role": message.role, "content": blocks}
+
+
+def _messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
+    """Messages in Anthropic's shape, the tool results that follow one another merged into one user turn."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        shaped = _message(m)
+        if m.role == "tool" and out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list) \
+                and all(b.get("type") == "tool_result" for b in out[-1]["content"]):
+            out[-1]["content"].extend(shaped["content"])
+        else:
+            out.append(shaped)
+    return out
 
 
 _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -80,8 +106,13 @@ class AnthropicAdapter(HTTPAdapter):
             body["system"] = request.system
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.tools:
+            body["tools"] = [{"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
+                             for t in request.tools]
+            if not request.parallel_tools:
+                body["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
         body = deep_merge(body, request.extra)
-        body.update(model=request.model, messages=[_message(m) for m in request.messages], stream=stream)
+        body.update(model=request.model, messages=_messages(request.messages), stream=stream)
         return body
 
     def find_error(self, payload: Any) -> Mapping[str, Any] | None:
@@ -97,6 +128,8 @@ class AnthropicAdapter(HTTPAdapter):
             return
         blocks = [b for b in payload["content"] if isinstance(b, Mapping)]
         state.parts += [b.get("text") or "" for b in blocks if b.get("type") == "text"]
+        state.tool_calls += [ToolCall(str(b.get("id") or ""), str(b.get("name") or ""), parse_arguments(b.get("input")))
+                             for b in blocks if b.get("type") == "tool_use"]
         usage = payload.get("usage") or {}
         state.input_tokens = _input_tokens(usage)
         state.output_tokens = int(usage.get("output_tokens") or 0)
@@ -122,10 +155,16 @@ class AnthropicAdapter(HTTPAdapter):
             block = payload.get("content_block") or {}
             if block.get("type") == "text":
                 return (block.get("text") or "",)
+            if block.get("type") == "tool_use":
+                state.pending_calls[int(payload.get("index") or 0)] = [str(block.get("id") or ""), str(block.get("name") or ""), ""]
         elif kind == "content_block_delta":
             delta = payload.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return (delta.get("text") or "",)
+            if delta.get("type") == "input_json_delta":
+                call = state.pending_calls.get(int(payload.get("index") or 0))
+                if call is not None:
+                    call[2] += str(delta.get("partial_json") or "")
         elif kind == "message_delta":
             usage = payload.get("usage") or {}
             if usage.get("output_tokens") is not None:

@@ -19,6 +19,8 @@ __all__ = [
     "Endpoint",
     "ImagePart",
     "Message",
+    "Tool",
+    "ToolCall",
     "TranscriptionRequest",
     "TranscriptionResponse",
     "Usage",
@@ -39,12 +41,37 @@ class ImagePart:
 
 
 @dataclass(frozen=True, slots=True)
+class Tool:
+    """A function a model may call, in one form for every wire: name, what it does, JSON Schema of its arguments."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's call of a tool: the id to answer it under, the tool's name, and its arguments (parsed JSON)."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message. ``role`` is "user" or "assistant" (system prompts go in ChatRequest.system)."""
+    """One chat message: ``role`` "user", "assistant" or "tool" (system prompts go in ChatRequest.system).
+
+    An assistant message may carry the ``tool_calls`` it made; a "tool" message is the result of
+    one call: ``tool_call_id`` names it, ``name`` the tool, ``content`` the result as text.
+    """
 
     role: str
     content: str
     images: tuple[ImagePart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +109,8 @@ class ChatRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    tools: tuple[Tool, ...] = ()
+    parallel_tools: bool = False  # may the model call several tools in one turn (the catalog's parallel_tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +134,7 @@ class ChatResponse:
     status: int
     rate: RateSnapshot
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,11 @@ Request rules:
   other key is a generation setting and goes into ``generationConfig``
   (``thinkingConfig={"thinkingBudget": 0}``, ``topP``, ``responseMimeType``...).
 
+Tools go as ``tools=[{"functionDeclarations": [{name, description, parameters}]}]``; a call comes
+back as a ``functionCall`` part (``name``, ``args``, and an ``id`` where the API gives one; else we
+number them), and its result goes back as a ``functionResponse`` part ``{name, id, response:
+{"result": text}}`` in a user turn (https://ai.google.dev/gemini-api/docs/function-calling).
+
 Usage: ``output_tokens`` is ``candidatesTokenCount`` + ``thoughtsTokenCount`` (thinking is
 billed as output). ``finish_reason`` is Gemini's ``finishReason`` as sent (``STOP``,
 ``MAX_TOKENS``, ``SAFETY``, ``RECITATION``...). A prompt blocked outright
@@ -31,9 +36,9 @@ from typing import Any
 
 import httpx
 
-from nbfanout.providers._http import HTTPAdapter, StreamState, deep_merge, join_url
+from nbfanout.providers._http import HTTPAdapter, StreamState, deep_merge, join_url, parse_arguments
 from nbfanout.providers._sse import ServerSentEvent
-from nbfanout.providers.base import ChatRequest, Endpoint, ImagePart, Message
+from nbfanout.providers.base import ChatRequest, Endpoint, ImagePart, Message, ToolCall
 
 __all__ = ["GeminiAdapter"]
 
@@ -53,11 +58,26 @@ def _image_part(image: ImagePart) -> dict[str, Any]:
     return {"fileData": {"mimeType": image.mime_type, "fileUri": image.url or ""}}
 
 
-def _content(message: Message) -> dict[str, Any]:
+def _content(message: Message, names: Mapping[str, str]) -> dict[str, Any]:
+    """One turn; ``names`` maps tool-call ids to tool names, which a functionResponse must repeat."""
+    if message.role == "tool":
+        reply: dict[str, Any] = {"name": message.name or names.get(message.tool_call_id or "", ""),
+                                 "response": {"result": message.content}}
+        if message.tool_call_id and not message.tool_call_id.startswith(_OUR_IDS):
+            reply["id"] = message.tool_call_id
+        return {"role": "user", "parts": [{"functionResponse": reply}]}
     parts = [_image_part(image) for image in message.images]
-    if message.content or not parts:
+    if message.content or not (parts or message.tool_calls):
         parts.append({"text": message.content})
+    for call in message.tool_calls:
+        fc: dict[str, Any] = {"name": call.name, "args": dict(call.arguments)}
+        if call.id and not call.id.startswith(_OUR_IDS):
+            fc["id"] = call.id
+        parts.append({"functionCall": fc})
     return {"role": "model" if message.role == "assistant" else "user", "parts": parts}
+
+
+_OUR_IDS = "gemini-call-"  # ids we give calls that came without one; not sent back
 
 
 class GeminiAdapter(HTTPAdapter):
@@ -89,7 +109,11 @@ class GeminiAdapter(HTTPAdapter):
                 top[key] = value
             else:
                 config = deep_merge(config, {key: value})
-        body: dict[str, Any] = {"contents": [_content(m) for m in request.messages]}
+        names = {c.id: c.name for m in request.messages for c in m.tool_calls}
+        body: dict[str, Any] = {"contents": [_content(m, names) for m in request.messages]}
+        if request.tools:
+            body["tools"] = [{"functionDeclarations": [
+                {"name": t.name, "description": t.description, "parameters": dict(t.parameters)} for t in request.tools]}]
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
         if config:
@@ -139,6 +163,11 @@ class GeminiAdapter(HTTPAdapter):
         parts = (candidate.get("content") or {}).get("parts") or []
         # Parts marked "thought" are thinking summaries, not the answer.
         fragments = [p.get("text") or "" for p in parts if isinstance(p, Mapping) and not p.get("thought")]
+        for p in parts:
+            call = p.get("functionCall") if isinstance(p, Mapping) else None
+            if isinstance(call, Mapping) and call.get("name"):
+                call_id = str(call.get("id") or f"{_OUR_IDS}{len(state.tool_calls)}")
+                state.tool_calls.append(ToolCall(call_id, str(call["name"]), parse_arguments(call.get("args"))))
         return fragments
 
     async def list_models(

@@ -17,6 +17,11 @@ Request rules:
   ``response_format``, ``seed``...). Extra wins over what the adapter sets, except
   ``model``, ``messages`` and ``stream``.
 - Streams set ``stream_options.include_usage`` so the last chunk carries token usage.
+- Tools go as ``tools=[{"type": "function", "function": {name, description, parameters}}]``
+  with ``parallel_tool_calls: false`` unless the model may call several at once; a call comes
+  back in ``message.tool_calls`` (streamed: ``delta.tool_calls`` fragments by ``index``) with
+  its arguments as a JSON string; a tool's result is a ``{"role": "tool", "tool_call_id"}``
+  message (https://platform.openai.com/docs/guides/function-calling).
 
 ``finish_reason`` is the provider's own value (``stop``, ``length``, ``content_filter``,
 ``tool_calls``; OpenRouter adds ``error``).
@@ -25,6 +30,7 @@ Request rules:
 from __future__ import annotations
 
 import base64
+import json
 import mimetypes
 import re
 from collections.abc import Iterable, Mapping
@@ -32,13 +38,15 @@ from typing import Any
 
 import httpx
 
-from nbfanout.providers._http import HTTPAdapter, StreamState, deep_merge, join_url
+from nbfanout.providers._http import HTTPAdapter, StreamState, deep_merge, join_url, parse_arguments
 from nbfanout.providers._sse import ServerSentEvent
 from nbfanout.providers.base import (
     ChatRequest,
     Endpoint,
     ImagePart,
     Message,
+    Tool,
+    ToolCall,
     TranscriptionRequest,
     TranscriptionResponse,
 )
@@ -62,11 +70,22 @@ def _image_url(image: ImagePart) -> str:
 
 
 def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
+    if message.tool_calls:
+        return {"role": "assistant", "content": message.content or None, "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(dict(c.arguments))}}
+            for c in message.tool_calls]}
     if not message.images:
         return {"role": message.role, "content": message.content}
     parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
     parts += [{"type": "image_url", "image_url": {"url": _image_url(image)}} for image in message.images]
     return {"role": message.role, "content": parts}
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": tool.name, "description": tool.description,
+                                             "parameters": dict(tool.parameters)}}
 
 
 def _content_text(content: Any) -> str:
@@ -99,6 +118,10 @@ class OpenAIAdapter(HTTPAdapter):
             body[key] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.tools:
+            body["tools"] = [_tool(t) for t in request.tools]
+            if not request.parallel_tools:
+                body["parallel_tool_calls"] = False
         if stream:
             # The final chunk then carries usage, with empty choices (chat/create reference,
             # stream_options.include_usage).
@@ -131,6 +154,11 @@ class OpenAIAdapter(HTTPAdapter):
         choice = choices[0]
         message = choice.get("message") or {}
         state.parts.append(_content_text(message.get("content")))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {} if isinstance(call, Mapping) else {}
+            if isinstance(function, Mapping) and function.get("name"):
+                state.tool_calls.append(ToolCall(str(call.get("id") or ""), str(function["name"]),
+                                                 parse_arguments(function.get("arguments"))))
         state.finish_reason = choice.get("finish_reason")
         state.complete = True
 
@@ -143,7 +171,16 @@ class OpenAIAdapter(HTTPAdapter):
         for choice in payload.get("choices") or ():
             if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                 continue
-            fragments.append(_content_text((choice.get("delta") or {}).get("content")))
+            delta = choice.get("delta") or {}
+            fragments.append(_content_text(delta.get("content")))
+            for part in delta.get("tool_calls") or ():
+                if not isinstance(part, Mapping):
+                    continue
+                call = state.pending_calls.setdefault(int(part.get("index") or 0), ["", "", ""])
+                function = part.get("function") or {}
+                call[0] = str(part.get("id") or call[0])
+                call[1] = str(function.get("name") or call[1])
+                call[2] += str(function.get("arguments") or "")
             if choice.get("finish_reason"):
                 state.finish_reason = choice["finish_reason"]
                 state.complete = True

@@ -1,9 +1,10 @@
-"""The ``nbfanout`` command: sandbox, run, models, doctor, demo."""
+"""The ``nbfanout`` command: run, map, models, limits, cooldowns, doctor, sandbox, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ class TerminalProgress:
         self.out = out
         self.rows: dict[str, str] = {m: "queued" for m in self.models}
         self.tty = out.isatty()
+        self.finished = 0
         self._drawn = 0
         self._last = 0.0
 
@@ -54,10 +56,12 @@ class TerminalProgress:
             self.rows[name] = f"FAILED {event.category}" + (f" (HTTP {event.status})" if event.status else "") + f": {event.message[:70]}"
         else:
             return
+        if kind in ("model_completed", "model_failed"):
+            self.finished += 1
         if self.tty:
             self._redraw(force=kind in ("model_completed", "model_failed"))
         elif kind in ("model_completed", "model_failed", "rate_limited", "model_rotation"):
-            print(f"  {name}: {self.rows[name]}", file=self.out, flush=True)
+            print(f"  [{self.finished}/{len(self.models)}] {name}: {self.rows[name]}", file=self.out, flush=True)
 
     def _redraw(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -67,10 +71,89 @@ class TerminalProgress:
         width = max(len(m) for m in self.models)
         if self._drawn:
             self.out.write(f"\x1b[{self._drawn}F")
+        self.out.write(f"\x1b[2K  {self.finished}/{len(self.models)} finished\n")
         for m in self.models:
             self.out.write(f"\x1b[2K  {m:<{width}}  {self.rows[m]}\n")
+        self._drawn = len(self.models) + 1
+        self.out.flush()
+
+
+class BatchProgress:
+    """"Completed N/M" per model for a map: redrawn on a terminal, a line per tenth done otherwise."""
+
+    def __init__(self, models: Sequence[str], per_model: int, out: TextIO = sys.stderr) -> None:
+        self.models = list(models)
+        self.total = per_model
+        self.out = out
+        self.done = {m: 0 for m in self.models}
+        self.failed = {m: 0 for m in self.models}
+        self.tty = out.isatty()
+        self._drawn = 0
+        self._last = 0.0
+
+    def __call__(self, event: Any) -> None:
+        if event.kind not in ("model_completed", "model_failed"):
+            return
+        req = getattr(event, "request", "")
+        name = req.split(":", 1)[1] if ":" in req else getattr(event, "requested", "")
+        if name not in self.done:
+            return
+        self.done[name] += 1
+        self.failed[name] += event.kind == "model_failed"
+        n = self.done[name]
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last >= 0.1 or n == self.total:
+                self._last = now
+                self._redraw()
+        elif n == self.total or n % max(1, self.total // 10) == 0:
+            print(f"  {self._line(name)}", file=self.out, flush=True)
+
+    def _line(self, name: str) -> str:
+        failed = f", {self.failed[name]} failed" if self.failed[name] else ""
+        return f"{name}: Completed {self.done[name]}/{self.total}{failed}"
+
+    def _redraw(self) -> None:
+        if self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F")
+        for m in self.models:
+            self.out.write(f"\x1b[2K  {self._line(m)}\n")
         self._drawn = len(self.models)
         self.out.flush()
+
+
+def read_prompts(path: str, column: str | None) -> list[str]:
+    """Prompts from a file: .jsonl (a string or {"prompt": ...} per line, or ``column``), .csv (the
+    ``column`` column, default "prompt"), anything else one prompt per non-empty line."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--prompts {path}: no such file")
+    text = file.read_text(encoding="utf-8")
+    key = column or "prompt"
+    prompts: list[str] = []
+    if file.suffix.lower() == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise UsageError(f"--prompts {path}, line {n}: not JSON ({exc.msg})") from exc
+            value = row if isinstance(row, str) else row.get(key) if isinstance(row, dict) else None
+            if not isinstance(value, str):
+                raise UsageError(f"--prompts {path}, line {n}: expected a string or an object with a {key!r} string")
+            prompts.append(value)
+    elif file.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if key not in (reader.fieldnames or []):
+            raise UsageError(f"--prompts {path}: no column {key!r}; its columns are {', '.join(reader.fieldnames or [])}"
+                             " (choose one with --column)")
+        prompts = [row[key] for row in reader if (row.get(key) or "").strip()]
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError(f"--prompts {path}: no prompts in it")
+    return prompts
 
 
 def _summary_table(result: Any, out: TextIO) -> None:
@@ -139,6 +222,41 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"\nSynthesis by {result.synthesis.model}:\n{result.synthesis.text}")
     ok = len(result.succeeded)
     if ok == len(result.results):
+        return 0
+    return 0 if (args.partial_success_ok and ok) else 1
+
+
+async def _map(args: argparse.Namespace) -> int:
+    from nbfanout.core.fanout import Fanout
+
+    prompts = read_prompts(args.prompts, args.column)
+    models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
+    names = fx._resolve(models, args.pool, prompts[0])
+    if args.judge:
+        fx.config.model(args.judge)
+    shown = names[:1] if args.route else names
+    print(f"{len(prompts)} prompts × {len(names)} models"
+          + (" (one answer per prompt, routed)" if args.route else ""), file=sys.stderr)
+    fx.subscribe(BatchProgress(shown, len(prompts)))
+    params: dict[str, Any] = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    batch = await fx.map(prompts, models, pool=args.pool, judge=args.judge, route=args.route,
+                         timeout=args.timeout, **params)
+    lines = [json.dumps(rec, ensure_ascii=False) for rec in batch.to_records()]
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"wrote {len(lines)} results to {out / 'results.jsonl'}", file=sys.stderr)
+    else:
+        print("\n".join(lines))
+    results = batch.results
+    ok = sum(r.ok for r in results)
+    unpriced = f" + {len(batch.unpriced)} unpriced" if batch.unpriced else ""
+    print(f"{ok}/{len(results)} succeeded in {batch.elapsed_s:.2f}s; ${batch.total_cost:.5f}{unpriced}", file=sys.stderr)
+    if ok == len(results):
         return 0
     return 0 if (args.partial_success_ok and ok) else 1
 
@@ -304,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
     run.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one model succeeded")
 
+    batch = sub.add_parser("map", help="send every prompt of a file to many models; JSONL results in prompt order")
+    batch.add_argument("--prompts", required=True, metavar="FILE",
+                       help="one prompt per line (.txt), a string or {\"prompt\": ...} per line (.jsonl), or a .csv")
+    batch.add_argument("--column", help="the .csv column (or .jsonl key) holding the prompt (default: prompt)")
+    batch.add_argument("--models", nargs="+", help="models, space or comma separated (provider/model)")
+    batch.add_argument("--pool", help="a pool instead of models")
+    batch.add_argument("--route", action="store_true",
+                       help="one answer per prompt from the first model that can give it, instead of one per model")
+    batch.add_argument("--judge", metavar="MODEL", help="score each answer 0-10 with MODEL")
+    batch.add_argument("--config", help="config file (default: ./nbfanout.toml)")
+    batch.add_argument("--provider-rpm", help="override request limits: openai:1000,gemini:60")
+    batch.add_argument("--concurrency", type=int, help="requests in flight at most, over all models")
+    batch.add_argument("--timeout", type=float, help="seconds per request")
+    batch.add_argument("--max-tokens", type=int, help="maximum output tokens per answer")
+    batch.add_argument("--out", metavar="DIR", help="write results.jsonl into DIR instead of printing it")
+    batch.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one answer came")
+
     models = sub.add_parser("models", help="list every model and whether it is usable now")
     models.add_argument("--config")
     models.add_argument("--json", action="store_true")
@@ -339,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(_run(args))
+        if args.command == "map":
+            return asyncio.run(_map(args))
         if args.command == "models":
             return _models(args)
         if args.command == "limits":

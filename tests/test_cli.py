@@ -131,3 +131,35 @@ def test_limits_and_cooldowns_list_what_is_saved_and_clear_it(tmp_path):
     assert json.loads(nbfanout("cooldowns", "--json", env=env).stdout) == []
     assert "forgot 1 learned limit(s) matching 'gemini'" in nbfanout("limits", "--forget", "gemini", env=env).stdout
     assert [e["scope"] for e in json.loads(nbfanout("limits", "--json", env=env).stdout)] == ["key:openai …k1a7"]
+
+
+def test_map_sends_a_prompts_file_to_many_models_and_writes_ordered_jsonl(config_file, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("First question?\n\nSecond question?\nThird question?\n")
+    out = nbfanout("map", "--config", str(config_file), "--prompts", str(prompts),
+                   "--models", "openai/gpt-4.1,gemini/gemini-2.5-flash", "--max-tokens", "40")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["prompt"], r["requested"]) for r in rows] == [
+        (p, m) for p in ("First question?", "Second question?", "Third question?")
+        for m in ("openai/gpt-4.1", "gemini/gemini-2.5-flash")]
+    assert all(r["status"] == "ok" for r in rows)
+    assert "openai/gpt-4.1: Completed 3/3" in out.stderr and "gemini/gemini-2.5-flash: Completed 3/3" in out.stderr
+    assert "6/6 succeeded" in out.stderr
+
+
+def test_map_reads_csv_and_jsonl_and_names_a_missing_column(config_file, tmp_path):
+    table = tmp_path / "evals.csv"
+    table.write_text('id,question\n1,"Is 7 prime, or not?"\n2,Name a prime above 10.\n')
+    wrong = nbfanout("map", "--config", str(config_file), "--prompts", str(table), "--models", "openai/gpt-4.1")
+    assert wrong.returncode == 2 and "no column 'prompt'; its columns are id, question" in wrong.stderr
+    out_dir = tmp_path / "out"
+    ok = nbfanout("map", "--config", str(config_file), "--prompts", str(table), "--column", "question",
+                  "--models", "openai/gpt-4.1", "--out", str(out_dir), "--max-tokens", "40")
+    assert ok.returncode == 0, ok.stderr
+    rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Is 7 prime, or not?", "Name a prime above 10."]
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('"plain string"\n{"prompt": "an object"}\n{"text": 3}\n')
+    bad = nbfanout("map", "--config", str(config_file), "--prompts", str(lines), "--models", "openai/gpt-4.1")
+    assert bad.returncode == 2 and "line 3: expected a string or an object with a 'prompt' string" in bad.stderr

@@ -263,27 +263,14 @@ async def _map(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from nbfanout.config import load_config
+    from nbfanout.notebook.display import models_rows, models_text  # pure text, no widgets
 
     config = load_config(args.config)
-    rows = []
-    for name, spec in sorted(config.models.items()):
-        provider = config.providers[spec.provider]
-        usable = bool(provider.keys)
-        why = f"{len(provider.keys)} key(s): " + ", ".join(k.id for k in provider.keys) if usable else f"set {' or '.join(provider.key_vars)}"
-        lim = spec.limits.merged(None)
-        rows.append({
-            "model": name, "provider": spec.provider, "usable": usable, "why": why,
-            "context_window": spec.context_window, "rpm": lim.rpm or provider.limits.rpm,
-            "tpm": lim.tpm or provider.limits.tpm, "concurrency": lim.concurrency, "pools": list(spec.pools),
-        })
+    filters = {"pool": args.pool, "provider": args.provider, "capability": args.capability}
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(models_rows(config, **filters), indent=2))
         return 0
-    width = max(len(r["model"]) for r in rows)
-    for r in rows:
-        mark = "✓" if r["usable"] else "✗"
-        limits = " ".join(f"{k}={r[k]:,.0f}" for k in ("rpm", "tpm", "concurrency") if r[k])
-        print(f"{mark} {r['model']:<{width}}  {limits:<28} {r['why']}")
+    print(models_text(config, **filters))
     return 0
 
 
@@ -439,8 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", metavar="DIR", help="write results.jsonl into DIR instead of printing it")
     batch.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one answer came")
 
-    models = sub.add_parser("models", help="list every model and whether it is usable now")
+    models = sub.add_parser("models", help="list the models: prices, limits (with source and date), capabilities, keys")
     models.add_argument("--config")
+    models.add_argument("--pool", help="only this pool's models")
+    models.add_argument("--provider", help="only this provider's models")
+    models.add_argument("--capability", help="only models with this capability (tools, vision, reasoning, ...)")
     models.add_argument("--json", action="store_true")
 
     limits = sub.add_parser("limits", help="list the limits learned from providers (saved between runs)")

@@ -163,3 +163,18 @@ def test_map_reads_csv_and_jsonl_and_names_a_missing_column(config_file, tmp_pat
     lines.write_text('"plain string"\n{"prompt": "an object"}\n{"text": 3}\n')
     bad = nbfanout("map", "--config", str(config_file), "--prompts", str(lines), "--models", "openai/gpt-4.1")
     assert bad.returncode == 2 and "line 3: expected a string or an object with a 'prompt' string" in bad.stderr
+
+
+def test_models_shows_prices_limits_with_dates_and_capabilities_grouped_and_filtered(config_file):
+    rows = json.loads(nbfanout("models", "--config", str(config_file), "--provider", "openai", "--json").stdout)
+    assert rows and {r["provider"] for r in rows} == {"openai"}
+    gpt = next(r for r in rows if r["model"] == "openai/gpt-4.1")
+    assert gpt["input_price"] == 2.0 and gpt["output_price"] == 8.0 and gpt["max_output_tokens"] == 32768
+    assert "tools" in gpt["capabilities"] and gpt["price_read_on"]
+    text = nbfanout("models", "--config", str(config_file), "--capability", "reasoning").stdout
+    headers = [line.split()[0] for line in text.splitlines() if not line.startswith(" ")]
+    assert headers == sorted(set(headers)) and "openai" in headers  # one header per provider, in order
+    assert "openai/o3" in text and "openai/gpt-4o-mini " not in text
+    assert re.search(r"openai/o3\s+\$2 / \$8\s+ctx 200,000\s+out 100,000", text), text
+    bad = nbfanout("models", "--config", str(config_file), "--pool", "nope")
+    assert bad.returncode == 2 and "unknown pool 'nope'; known pools:" in bad.stderr

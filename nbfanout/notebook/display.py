@@ -251,47 +251,86 @@ def plan_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def models_rows(config: Config) -> list[dict[str, Any]]:
-    """Every model of a config: provider, limits, pools, and whether it can be used now (or why not)."""
+def models_rows(config: Config, *, pool: str | None = None, provider: str | None = None,
+                capability: str | None = None) -> list[dict[str, Any]]:
+    """Every model of a config (or of one pool, provider or capability), grouped by provider: prices,
+    output cap, capabilities, limits with their source and date, and whether it can be used now (or why not)."""
+    from nbfanout.core.errors import UsageError
+
+    if pool is not None and pool not in config.pools:
+        raise UsageError(f"unknown pool {pool!r}; known pools: {', '.join(sorted(config.pools))}")
+    if provider is not None and provider not in config.providers:
+        raise UsageError(f"unknown provider {provider!r}; known: {', '.join(sorted(config.providers))}")
+    members = set(config.pools[pool]) if pool is not None else None
     rows = []
-    for name, spec in sorted(config.models.items()):
-        provider = config.providers[spec.provider]
-        usable = bool(provider.keys)
-        why = (f"{len(provider.keys)} key(s): " + ", ".join(mask_key(k.id) for k in provider.keys) if usable
-               else f"no key: set {' or '.join(provider.key_vars)}")
+    for name, spec in sorted(config.models.items(), key=lambda kv: (kv[1].provider, kv[0])):
+        if (members is not None and name not in members) or (provider is not None and spec.provider != provider) \
+                or (capability is not None and capability not in spec.capabilities):
+            continue
+        p = config.providers[spec.provider]
+        usable = bool(p.keys)
+        why = (f"{len(p.keys)} key(s): " + ", ".join(mask_key(k.id) for k in p.keys) if usable
+               else f"no key: set {' or '.join(p.key_vars)}")
+        limits = spec.limits if (spec.limits.rpm or spec.limits.tpm or spec.limits.concurrency) else p.limits
         rows.append({
-            "model": name, "provider": spec.provider, "usable": usable, "keys": why,
-            "rpm": spec.limits.rpm or provider.limits.rpm, "tpm": spec.limits.tpm or provider.limits.tpm,
-            "concurrency": spec.limits.concurrency or provider.limits.concurrency,
-            "context_window": spec.context_window, "pools": ", ".join(spec.pools),
+            "model": name, "provider": spec.provider, "usable": usable, "why": why,
+            "rpm": spec.limits.rpm or p.limits.rpm, "tpm": spec.limits.tpm or p.limits.tpm,
+            "concurrency": spec.limits.concurrency or p.limits.concurrency,
+            "context_window": spec.context_window, "max_output_tokens": spec.max_output_tokens,
+            "input_price": spec.input_price, "output_price": spec.output_price,
+            "audio_price_per_minute": spec.audio_price_per_minute,
+            "capabilities": ", ".join(sorted(spec.capabilities)), "pools": ", ".join(spec.pools),
+            "limits_source": limits.source, "limits_read_on": limits.read_on,
+            "price_source": spec.source, "price_read_on": spec.read_on,
         })
     return rows
 
 
-def models_html(config: Config) -> str:
-    rows = models_rows(config)
+def _price(r: dict[str, Any]) -> str:
+    if r["audio_price_per_minute"] is not None:
+        return f"${r['audio_price_per_minute']:g} / min"
+    if r["input_price"] is None or r["output_price"] is None:
+        return "unpriced"
+    return f"${r['input_price']:g} / ${r['output_price']:g}"
+
+
+def models_html(config: Config, **filters: str | None) -> str:
+    rows = models_rows(config, **filters)
     body = "".join(
         f'<tr><td>{"✓" if r["usable"] else "✗"}</td><td>{_e(r["model"])}</td><td>{_e(r["provider"])}</td>'
+        f'<td class="num">{_e(_price(r))}</td>'
+        f'<td class="num">{_count(r["context_window"])}</td><td class="num">{_count(r["max_output_tokens"])}</td>'
         f'<td class="num">{_count(r["rpm"])}</td><td class="num">{_count(r["tpm"])}</td>'
         f'<td class="num">{_count(r["concurrency"])}</td>'
-        f'<td class="num">{_count(r["context_window"])}</td><td>{_e(r["pools"])}</td><td>{_e(r["keys"])}</td></tr>'
+        f'<td>{_e(r["limits_read_on"] or "")}</td>'
+        f'<td>{_e(r["capabilities"])}</td><td>{_e(r["pools"])}</td><td>{_e(r["why"])}</td></tr>'
         for r in rows)
     usable = sum(1 for r in rows if r["usable"])
     head = f'<div class="nbf-head">{len(rows)} models, {usable} usable now ({_e(config.source)})</div>'
-    table = ('<table><thead><tr><th></th><th>model</th><th>provider</th><th class="num">rpm</th><th class="num">tpm</th>'
-             '<th class="num">concurrency</th><th class="num">context</th><th>pools</th><th>keys</th></tr></thead><tbody>'
-             + body + "</tbody></table>")
+    table = ('<table><thead><tr><th></th><th>model</th><th>provider</th><th class="num">$ / 1M in / out</th>'
+             '<th class="num">context</th><th class="num">max out</th><th class="num">rpm</th><th class="num">tpm</th>'
+             '<th class="num">concurrency</th><th>limits read on</th><th>capabilities</th><th>pools</th><th>keys</th>'
+             '</tr></thead><tbody>' + body + "</tbody></table>")
     return _wrap(head + table)
 
 
-def models_text(config: Config) -> str:
-    rows = models_rows(config)
+def models_text(config: Config, **filters: str | None) -> str:
+    """The models grouped under one line per provider (with its keys or the variable to set)."""
+    rows = models_rows(config, **filters)
     width = max([len(r["model"]) for r in rows] + [5])
-    lines = []
+    lines: list[str] = []
+    provider = None
     for r in rows:
+        if r["provider"] != provider:
+            provider = r["provider"]
+            lines.append(f"{provider}  ({r['why']})")
         limits = " ".join(f"{k}={r[k]:,.0f}" for k in ("rpm", "tpm", "concurrency") if r[k])
-        lines.append(f"{'✓' if r['usable'] else '✗'} {r['model']:<{width}}  {limits:<30} {r['keys']}")
-    return "\n".join(lines)
+        dated = f" (read {r['limits_read_on']})" if limits and r["limits_read_on"] else ""
+        window = f"ctx {r['context_window']:,}" if r["context_window"] else ""
+        out = f"out {r['max_output_tokens']:,}" if r["max_output_tokens"] else ""
+        lines.append(f"  {'✓' if r['usable'] else '✗'} {r['model']:<{width}}  {_price(r):<18} {window:<12} {out:<12} "
+                     f"{limits}{dated}  {r['capabilities']}".rstrip())
+    return "\n".join(lines) if lines else "no models match"
 
 
 def config_text(config: Config) -> str:

@@ -518,6 +518,9 @@ class FanoutMagics(Magics):
                    "config: the configuration; cooldowns: the waits providers asked for that are not over")
     @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict")
     @argument("--clear", action="store_true", help="with cooldowns: end them now (saved ones too)")
+    @argument("--pool", help="with models: only this pool's models")
+    @argument("--provider", help="with models: only this provider's models")
+    @argument("--capability", help="with models: only models with this capability (tools, vision, reasoning, ...)")
     @line_magic("fanout")  # type: ignore[arg-type]
     def fanout_line(self, line: str) -> None:
         """Show the models (``%fanout models``), live budgets (``%fanout status``), configuration
@@ -534,7 +537,11 @@ class FanoutMagics(Magics):
         with _clean_errors():
             fx = self.fanout_for(args.config)
         if args.command == "models":
-            display(_Bundle({"text/html": render.models_html(fx.config), "text/plain": render.models_text(fx.config)}))
+            filters = {"pool": args.pool, "provider": args.provider, "capability": args.capability}
+            with _clean_errors():
+                bundle = {"text/html": render.models_html(fx.config, **filters),
+                          "text/plain": render.models_text(fx.config, **filters)}
+            display(_Bundle(bundle))
         else:
             text = render.config_text(fx.config)
             display(_Bundle({"text/plain": text}))

@@ -331,14 +331,23 @@ def _cooldowns(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_model(config: Any, provider_id: str) -> Any:
+    """The provider's cheapest chat model, for doctor's one-token request (None: it has none)."""
+    chat = [m for m in config.models.values()
+            if m.provider == provider_id and "transcription" not in m.capabilities]
+    return min(chat, key=lambda m: (m.input_price is None, m.input_price or 0.0, m.name), default=None)
+
+
 async def _doctor(args: argparse.Namespace) -> int:
     import httpx
 
     from nbfanout.config import load_config
-    from nbfanout.core.errors import ProviderError
+    from nbfanout.core.errors import ErrorCategory, ProviderError
     from nbfanout.providers import adapter_for
-    from nbfanout.providers.base import Endpoint
+    from nbfanout.providers.base import ChatRequest, Endpoint, Message
 
+    # a listing answers for an exhausted key too: only a request shows the quota is gone
+    fatal = {ErrorCategory.AUTH, ErrorCategory.PERMISSION, ErrorCategory.QUOTA_EXHAUSTED, ErrorCategory.MISSING_KEY}
     config = load_config(args.config)
     print(f"config: {config.source}")
     bad = 0
@@ -347,15 +356,29 @@ async def _doctor(args: argparse.Namespace) -> int:
             if not provider.keys:
                 print(f"  – {provider.id}: no key (set {' or '.join(provider.key_vars)})")
                 continue
+            adapter = adapter_for(provider.wire)
+            probe = None if args.no_request else _probe_model(config, provider.id)
             for key in provider.keys:
                 endpoint = Endpoint(provider.id, provider.base_url, key.value, dict(provider.headers))
+                where = f"{provider.id} {key.id} ({key.origin})"
                 try:
-                    found = await adapter_for(provider.wire).list_models(client, endpoint)
-                    print(f"  ✓ {provider.id} {key.id} ({key.origin}): valid, {len(found)} models listed")
+                    found = await adapter.list_models(client, endpoint)
+                    note = f"{len(found)} models listed"
+                    if probe is not None:
+                        await adapter.complete(client, endpoint, ChatRequest(probe.model_id, (Message("user", "ping"),),
+                                                                             max_tokens=1))
+                        note += f"; {probe.name} answered a 1-token request"
                 except ProviderError as exc:
-                    bad += 1
-                    print(f"  ✗ {provider.id} {key.id} ({key.origin}): {exc.info.category.value}"
-                          f"{f' HTTP {exc.info.status}' if exc.info.status else ''}: {exc.info.message}")
+                    info = exc.info
+                    status = f" HTTP {info.status}" if info.status else ""
+                    if info.category in fatal:
+                        bad += 1
+                        print(f"  ✗ {where}: {info.category.value}{status}: {info.message}")
+                        continue
+                    note = f"valid, but {info.category.value}{status} right now: {info.message}"
+                    print(f"  ✓ {where}: {note}")
+                    continue
+                print(f"  ✓ {where}: valid, {note}")
     return 1 if bad else 0
 
 
@@ -445,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="clear them all, or those whose scope contains MATCH")
     cooldowns.add_argument("--json", action="store_true")
 
-    doctor = sub.add_parser("doctor", help="check config and validate each key with a cheap call")
+    doctor = sub.add_parser("doctor", help="check config and validate each key: its model list, and a 1-token request")
     doctor.add_argument("--config")
+    doctor.add_argument("--no-request", action="store_true",
+                        help="only list models (free), without the 1-token request that shows an exhausted quota")
 
     sandbox = sub.add_parser("sandbox", help="serve the simulated providers on loopback")
     sandbox.add_argument("--host", default="127.0.0.1")

@@ -99,6 +99,11 @@ def test_doctor_validates_every_key_with_a_cheap_call_and_names_the_bad_ones(sto
     good = [line for line in lines if "…oa01" in line]
     assert good and "✓" in good[0] and "valid" in good[0]
     assert "sk-sbx-storm-openai-revoked" not in out.stdout  # only the last four characters are shown
+    # seen: a key whose quota was gone was reported valid, because listing models still works
+    broke = [line for line in lines if "…oa04" in line]
+    assert broke and "✗" in broke[0] and "quota_exhausted" in broke[0], out.stdout
+    listed_only = nbfanout("doctor", "--config", str(path), "--no-request").stdout
+    assert "✓" in next(line for line in listed_only.splitlines() if "…oa04" in line)  # what a listing alone says
 
 
 def test_synthesize_without_any_answer_still_prints_every_result(config_file, tmp_path):

@@ -1,4 +1,5 @@
-"""Transcription through the audio pool: Groq first when it has a key, then round-robin over the rest."""
+"""Transcription through the audio pool: Groq first when it has a key, then round-robin over the rest,
+each request admitted by the same budgets as chat (RPM, RPD, concurrency, cooldowns)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError
+from nbfanout.core.limits import CapacityError, Option
 from nbfanout.core.results import Attempt
 from nbfanout.core.rotation import KEY_FAULTS
 from nbfanout.providers import adapter_for
@@ -53,33 +55,57 @@ class Transcriber:
                              f"no audio model can take {Path(path).name} ({size_mb:.1f} MB): "
                              + ", ".join(self._why_not(n) for n in names))
             return Transcription("", "", (), info)
+        return await self._send(Path(path).name, data, language, prompt, order)
+
+    async def _send(self, filename: str, data: bytes, language: str | None, prompt: str | None,
+                    order: list[str]) -> Transcription:
+        """Through the same admission as chat: each (model, key) only when its budgets have room and
+        no cooldown holds it; a refusal cools that scope down and the next option is taken."""
+        fx = self.fx
+        clock, policy, router = fx.clock, fx.retry, fx.router
+        client = fx._client()
+        req_id = f"audio:{filename}"
         attempts: list[Attempt] = []
-        clock = self.fx.clock
-        client = self.fx._client()
         t0 = clock.now()
         last: ErrorInfo | None = None
-        for name in order:
-            spec = config.models[name]
-            provider = config.providers[spec.provider]
-            for key in provider.keys:
-                start = clock.now() - t0
-                endpoint = Endpoint(provider=provider.id, base_url=provider.base_url, api_key=key.value,
-                                    headers=dict(provider.headers))
+        for attempt_no in range(1, policy.max_attempts + 1):
+            choices = router.choices(order, frozenset())
+            if not choices:
+                break
+            try:
+                reservation = await fx.budgets.acquire([Option(c.budgets, 0.0) for c in choices], policy.max_wait_s)
+            except CapacityError as exc:
+                info = ErrorInfo(ErrorCategory.RATE_LIMIT, False, f"no audio model has capacity within max_wait_s: "
+                                 f"the soonest waits {exc.wait_s:.0f}s ({exc.reason})", retry_after_s=exc.wait_s)
+                return Transcription("", order[0], tuple(attempts), info)
+            choice = choices[reservation.index]
+            spec, provider = choice.model, choice.provider
+            endpoint = Endpoint(provider=provider.id, base_url=provider.base_url, api_key=choice.key.value,
+                                headers=dict(provider.headers))
+            start = clock.now() - t0
+            async with reservation:
                 try:
                     resp = await adapter_for(provider.wire).transcribe(
-                        client, endpoint, TranscriptionRequest(spec.model_id, Path(path).name, data, language, prompt),
-                        timeout=self.fx.retry.timeout_s)
+                        client, endpoint, TranscriptionRequest(spec.model_id, filename, data, language, prompt),
+                        timeout=policy.timeout_s)
                 except ProviderError as exc:
-                    last = exc.info
-                    attempts.append(Attempt(name, key.id, start, clock.now() - t0, exc.info.category.value,
-                                            exc.info.status, exc.info.message))
-                    if exc.info.category in KEY_FAULTS:
-                        continue
-                    break
-                attempts.append(Attempt(name, key.id, start, clock.now() - t0, "ok", resp.status))
+                    resp, last = None, exc.info
+            if resp is not None:
+                router.learn_headers(choice, resp.rate, reservation)
+                attempts.append(Attempt(spec.name, choice.key_id, start, clock.now() - t0, "ok", resp.status))
                 self._turn += 1
-                return Transcription(resp.text, name, tuple(attempts))
-        return Transcription("", order[-1], tuple(attempts), last)
+                return Transcription(resp.text, spec.name, tuple(attempts))
+            assert last is not None
+            attempts.append(Attempt(spec.name, choice.key_id, start, clock.now() - t0, last.category.value,
+                                    last.status, last.message))
+            retry, wait, _ = policy.decide(attempt_no, last, clock.now() - t0)
+            router.learn_failure(choice, last, reservation, wait, fx._emit, req_id)
+            if last.category in KEY_FAULTS or last.category in (ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED):
+                continue  # that key or scope is out (or cooling down): admission picks the next option
+            if not retry:
+                break
+            choice.budgets[1].cool_down(wait, f"{last.category.value}: retry in {wait:.1f}s")  # model on that key
+        return Transcription("", attempts[-1].model if attempts else order[-1], tuple(attempts), last)
 
     def _why_not(self, name: str) -> str:
         provider = self.fx.config.providers[self.fx.config.models[name].provider]

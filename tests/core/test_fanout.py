@@ -356,6 +356,28 @@ async def test_transcribe_prefers_groq_then_round_robins_and_skips_files_over_a_
 
 
 @pytest.mark.looptime
+@pytest.mark.parametrize("hidden", [False, True])
+async def test_transcription_keeps_the_rate_limits_and_does_not_retry_a_refusing_groq(sandbox_app_factory, tmp_path, hidden):
+    """Seen: Groq was hit six times and refused four; each new call tried the rate-limited Groq again."""
+    scenario = {**AUDIO_SCENARIO, "providers": {**AUDIO_SCENARIO["providers"]}}
+    groq = scenario["providers"]["groq"]
+    limits = {"rpm": 2, **({"hidden": ["rpm"]} if hidden else {})}
+    scenario["providers"]["groq"] = {**groq, "models": {"whisper-large-v3": {"kind": "transcription",
+                                                                              "latency": {"base_ms": 100}, "limits": limits}}}
+    app = virtual_sandbox(sandbox_app_factory, scenario)
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(_wav())
+    fx = fanout_for(app)
+    done = [await fx.transcribe(clip, models=["groq/whisper-large-v3", "openai/whisper-1"]) for _ in range(6)]
+    assert all(t.ok for t in done)
+    groq_stats = app.stats()["models"]["groq/whisper-large-v3"]
+    assert groq_stats["accepted"] == 2  # Groq's two a minute were used, the rest went to OpenAI
+    # advertised: never refused; hidden: its headers (or at most one refusal) teach the limit, then no more
+    assert groq_stats["rejected"].get("rpm", 0) <= (1 if hidden else 0)
+    assert [t.model for t in done].count("openai/whisper-1") == 4
+
+
+@pytest.mark.looptime
 async def test_two_runs_on_one_fanout_at_once_keep_their_events_apart(sandbox_app_factory):
     app = virtual_sandbox(sandbox_app_factory)
     fx = fanout_for(app)

@@ -54,6 +54,10 @@ class TerminalProgress:
             self.rows[name] = f"done in {event.latency_s:.2f}s, {event.input_tokens}+{event.output_tokens} tokens"
         elif kind == "model_failed":
             self.rows[name] = f"FAILED {event.category}" + (f" (HTTP {event.status})" if event.status else "") + f": {event.message[:70]}"
+        elif kind == "text_delta":
+            self.rows[name] = f"streaming, {event.chars_so_far:,} characters"
+            if not self.tty:
+                return  # a line per fragment would flood a log
         else:
             return
         if kind in ("model_completed", "model_failed"):
@@ -195,11 +199,16 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"lower bound by limits: {plan.lower_bound_s:.1f}s; projected cost ${plan.projected_cost:.5f}")
         return 0
     names = fx._resolve(models, args.pool, prompt)
-    if not args.json:
+    live = args.stream and len(names) == 1 and not args.json and not args.one
+    if live:  # one answer: print it as it arrives
+        fx.subscribe(lambda e: print(e.text, end="", flush=True) if e.kind == "text_delta" else None)
+    elif not args.json:
         fx.subscribe(TerminalProgress(names))
     params: dict[str, Any] = {}
     if args.max_tokens:
         params["max_tokens"] = args.max_tokens
+    if args.stream:
+        params["stream"] = True
     if args.one:
         if args.synthesize:
             raise UsageError("--one asks for one answer, so there is nothing to synthesize: drop --synthesize or --one")
@@ -424,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="requests in flight at most, over all models")
     run.add_argument("--timeout", type=float, help="seconds per request")
     run.add_argument("--max-tokens", type=int, help="maximum output tokens per answer")
+    run.add_argument("--stream", action="store_true",
+                     help="stream the answers: with one model its text is printed as it arrives")
     run.add_argument("--one", action="store_true",
                      help="one answer from the first of the models (or the pool) that can give it, failing over in order")
     run.add_argument("--synthesize", metavar="MODEL", help="combine the answers into one with MODEL")

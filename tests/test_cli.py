@@ -183,3 +183,14 @@ def test_models_shows_prices_limits_with_dates_and_capabilities_grouped_and_filt
     assert re.search(r"openai/o3\s+\$2 / \$8\s+ctx 200,000\s+out 100,000", text), text
     bad = nbfanout("models", "--config", str(config_file), "--pool", "nope")
     assert bad.returncode == 2 and "unknown pool 'nope'; known pools:" in bad.stderr
+
+
+def test_run_stream_prints_one_models_answer_as_it_arrives(config_file):
+    streamed = nbfanout("run", "--config", str(config_file), "--models", "openai/gpt-4.1", "--prompt", "Say hi",
+                        "--stream", "--max-tokens", "60")
+    assert streamed.returncode == 0, streamed.stderr
+    as_json = nbfanout("run", "--config", str(config_file), "--models", "openai/gpt-4.1", "--prompt", "Say hi",
+                       "--stream", "--max-tokens", "60", "--json")
+    text = json.loads(as_json.stdout)["models"][0]["text"]
+    assert text and streamed.stdout.startswith(text)  # the answer first, streamed, then the table
+    assert "\nmodel " in streamed.stdout[len(text):]

@@ -176,9 +176,40 @@ def _summary_table(result: Any, out: TextIO) -> None:
           f"${result.total_cost:.5f}{unpriced}", file=out)
 
 
+async def _rerun(args: argparse.Namespace) -> int:
+    """``run --rerun DIR``: ask again only the models that failed in DIR/results.json, and merge."""
+    from nbfanout.core.fanout import Fanout
+    from nbfanout.core.results import FanoutResult
+
+    if args.models or args.pool or args.prompt is not None or args.prompt_file or args.one or args.file:
+        raise UsageError("--rerun resends the saved prompt to the models that failed in it: leave out "
+                         "--models, --pool, --prompt, --prompt-file, --file and --one")
+    saved = Path(args.rerun) / "results.json"
+    if not saved.is_file():
+        raise UsageError(f"--rerun {args.rerun}: no results.json in it (write one with run --out DIR)")
+    before = FanoutResult.from_json(saved.read_text(encoding="utf-8"))
+    failed = [r.requested for r in before.results if not r.ok]
+    fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
+    print(f"rerunning {len(failed)} of {len(before.results)} models: {', '.join(failed) or 'none failed'}", file=sys.stderr)
+    if failed and not args.json:
+        fx.subscribe(TerminalProgress(failed))
+    params: dict[str, Any] = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    result = await fx.rerun(before, timeout=args.timeout, **params)
+    result.save(args.out or args.rerun)
+    if args.json:
+        print(result.to_json())
+    else:
+        _summary_table(result, sys.stdout)
+    ok = len(result.succeeded)
+    return 0 if ok == len(result.results) or (args.partial_success_ok and ok) else 1
+
+
 async def _run(args: argparse.Namespace) -> int:
     from nbfanout.core.fanout import Fanout
     from nbfanout.core.results import FanoutResult
+
+    if args.rerun:
+        return await _rerun(args)
 
     prompt = args.prompt if args.prompt is not None else (Path(args.prompt_file).read_text() if args.prompt_file else None)
     if prompt is None:
@@ -433,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="requests in flight at most, over all models")
     run.add_argument("--timeout", type=float, help="seconds per request")
     run.add_argument("--max-tokens", type=int, help="maximum output tokens per answer")
+    run.add_argument("--rerun", metavar="DIR",
+                     help="ask again only the models that failed in DIR/results.json (from --out), and merge")
     run.add_argument("--stream", action="store_true",
                      help="stream the answers: with one model its text is printed as it arrives")
     run.add_argument("--one", action="store_true",

@@ -194,3 +194,24 @@ def test_run_stream_prints_one_models_answer_as_it_arrives(config_file):
     text = json.loads(as_json.stdout)["models"][0]["text"]
     assert text and streamed.stdout.startswith(text)  # the answer first, streamed, then the table
     assert "\nmodel " in streamed.stdout[len(text):]
+
+
+def test_run_rerun_dir_asks_only_the_failed_models_again_and_merges(config_file, tmp_path):
+    no_gemini = tmp_path / "nbfanout.toml"
+    no_gemini.write_text(re.sub(r'api_key = "AIza[^"]*"', 'api_key_env = "NO_SUCH_VAR"', config_file.read_text()))
+    out_dir = tmp_path / "run1"
+    first = nbfanout("run", "--config", str(no_gemini), "--models", MODELS, "--prompt", "hi", "--out", str(out_dir))
+    assert first.returncode == 1
+    before = json.loads((out_dir / "results.json").read_text())
+    assert [m["status"] for m in before["models"]] == ["ok", "failed", "ok"]
+    again = nbfanout("run", "--config", str(config_file), "--rerun", str(out_dir), "--json")
+    assert again.returncode == 0, again.stderr
+    assert "rerunning 1 of 3 models: gemini/gemini-2.5-flash" in again.stderr
+    doc = json.loads(again.stdout)
+    assert [m["status"] for m in doc["models"]] == ["ok", "ok", "ok"]
+    assert doc["models"][0]["text"] == before["models"][0]["text"]  # kept, not asked again
+    assert json.loads((out_dir / "results.json").read_text())["succeeded"] == 3
+    mixed = nbfanout("run", "--config", str(config_file), "--rerun", str(out_dir), "--models", "openai/gpt-4.1")
+    assert mixed.returncode == 2 and "leave out --models" in mixed.stderr
+    empty = nbfanout("run", "--config", str(config_file), "--rerun", str(tmp_path))
+    assert empty.returncode == 2 and "no results.json in it" in empty.stderr

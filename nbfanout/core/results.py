@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbfanout.core.errors import ErrorInfo
+from nbfanout.core.errors import RETRYABLE, ErrorCategory, ErrorInfo, UsageError
 from nbfanout.providers.base import ToolCall
 
 __all__ = ["Attempt", "BatchResult", "FanoutResult", "ModelResult"]
@@ -92,6 +93,26 @@ class ModelResult:
             "attempt_log": [asdict(a) for a in self.attempts],
         }
 
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> ModelResult:
+        """The result ``to_record`` wrote (a saved ``results.json``), for ``rerun`` in a later session."""
+        error = None
+        if rec.get("error_category"):
+            category = ErrorCategory(rec["error_category"])
+            error = ErrorInfo(category, category in RETRYABLE, rec.get("provider_message") or "",
+                              status=rec.get("http_status"), retry_after_s=rec.get("retry_after_s"))
+        fields = {f.name for f in dataclasses.fields(Attempt)}
+        return cls(
+            requested=rec["requested"], model=rec.get("model") or rec["requested"], ok=rec.get("status") == "ok",
+            text=rec.get("text") or "", input_tokens=int(rec.get("input_tokens") or 0),
+            output_tokens=int(rec.get("output_tokens") or 0), cost=rec.get("cost"),
+            latency_s=float(rec.get("latency_s") or 0.0), finish_reason=rec.get("finish_reason"),
+            attempts=tuple(Attempt(**{k: v for k, v in a.items() if k in fields}) for a in rec.get("attempt_log") or ()),
+            error=error, prompt_index=int(rec.get("prompt_index") or 0), cached=bool(rec.get("cached")),
+            dropped_params=tuple(rec.get("dropped_params") or ()), saved_cost=rec.get("saved_cost"),
+            tool_calls=tuple(ToolCall(c["id"], c["name"], c.get("arguments") or {}) for c in rec.get("tool_calls") or ()),
+        )
+
     def __repr__(self) -> str:
         what = f"{len(self.text)} chars" if self.ok else f"{self.category}: {self.error.message[:60] if self.error else ''}"
         via = f" via {self.model}" if self.model != self.requested else ""
@@ -168,6 +189,18 @@ class FanoutResult:
             "synthesis": None if self.synthesis is None else self.synthesis.to_record(),
         }
         return json.dumps(doc, indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> FanoutResult:
+        """A result saved by ``to_json`` (or ``save``'s results.json); raises UsageError when it is not one."""
+        try:
+            doc = json.loads(text)
+            results = tuple(ModelResult.from_record(r) for r in doc["models"])
+            synthesis = ModelResult.from_record(doc["synthesis"]) if doc.get("synthesis") else None
+            return cls(prompt=doc["prompt"], results=results, elapsed_s=float(doc.get("elapsed_s") or 0.0),
+                       synthesis=synthesis)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"not a saved nbfanout result (results.json from --out or FanoutResult.save): {exc}") from exc
 
     def to_dataframe(self) -> Any:
         return _records_to_dataframe(self.to_records())

@@ -18,6 +18,8 @@ key (401) -> request body (400) -> model (404) -> key out of credit -> rejecting
 -> limits (429, nothing counted) -> admission (counted in every window it touches,
 in flight) -> busy-upstream rules -> failing faults -> the answer after its latency
 -> settlement (``tokens_counted = "usage"``: the TPM charge shrinks to the real output).
+A request that offers tools, unless its conversation ends with a tool result, is answered
+with one tool call (``wire.plan_tool_call``) instead of text, through the same pipeline.
 
 The clock is injectable (``clock``, default ``time.monotonic``) so enforcement can be
 tested with a fake clock; latencies are slept with ``asyncio.sleep`` times ``time_scale``
@@ -64,7 +66,7 @@ from nbfanout.sandbox.text import (
     output_token_count,
     transcript_text,
 )
-from nbfanout.sandbox.wire import BadRequest, CallContext, ChatCall, Denial, ErrorReply, Usage
+from nbfanout.sandbox.wire import BadRequest, CallContext, ChatCall, Denial, ErrorReply, ToolAnswer, Usage, plan_tool_call
 
 __all__ = ["RAW_SEND_KEY", "RawSendCapture", "SandboxState", "create_app"]
 
@@ -416,18 +418,26 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
     assert call is not None and c.model is not None and c.ctx is not None
     model, ctx = c.model, c.ctx
 
-    # Everything about the answer is known at arrival: length, text, latency.
+    # Everything about the answer is known at arrival: a tool call or text, length, latency.
     seed = state.scenario.seed
-    n_out = output_token_count(seed, f"{provider.id}/{model.id}", call.prompt, *model.output_tokens)
-    finish = "stop"
-    if call.max_tokens is not None and n_out > call.max_tokens:
-        n_out, finish = call.max_tokens, "length"
-    text = answer_text(seed, model.id, call.prompt, n_out)
-    verdict = judge_verdict(seed, model.id, call.prompt)
-    if verdict is not None:
-        text, n_out = verdict, estimate_tokens(verdict)
     input_tokens = estimate_tokens(call.prompt)
-    usage = Usage(input_tokens, n_out, finish)
+    text = ""
+    tool = plan_tool_call(call, model.tool_call, seed, f"{provider.id}/{model.id}")
+    if tool is not None and call.max_tokens is not None and tool.output_tokens > call.max_tokens:
+        tool = None  # the call does not fit: the model runs out of tokens, as in a text answer cut short
+    if tool is not None:
+        n_out = tool.output_tokens
+        usage = Usage(input_tokens, n_out, "tool_calls")
+    else:
+        n_out = output_token_count(seed, f"{provider.id}/{model.id}", call.prompt, *model.output_tokens)
+        finish = "stop"
+        if call.max_tokens is not None and n_out > call.max_tokens:
+            n_out, finish = call.max_tokens, "length"
+        text = answer_text(seed, model.id, call.prompt, n_out)
+        verdict = judge_verdict(seed, model.id, call.prompt)
+        if verdict is not None:
+            text, n_out = verdict, estimate_tokens(verdict)
+        usage = Usage(input_tokens, n_out, finish)
     latency = model.latency.seconds(n_out, state.jitter(provider.id, model.id, call.prompt))
     budget_tokens = input_tokens + (call.max_tokens if call.max_tokens is not None else model.output_tokens[1])
 
@@ -441,7 +451,7 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
         if stop is not None:
             return stop
         if empty:
-            text, usage = "", Usage(input_tokens, 0, "stop")
+            text, usage, tool = "", Usage(input_tokens, 0, "stop"), None
         if fault is not None and fault.kind != "slow":
             # A broken body arrives when the answer would have; a 500 or a drop after the first-token time.
             default = latency if fault.kind == "malformed" else model.latency.base_ms / 1000.0
@@ -466,39 +476,51 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
                 return Response(status_code=499)  # nobody is listening; the lease is released below
             c.accept(usage.total_tokens)
         if not call.stream:
-            return _json(mod.render_success(ctx, text, usage), headers=headers)
+            body_out = mod.render_success(ctx, text, usage) if tool is None else mod.render_tool_call(ctx, tool, usage)
+            return _json(body_out, headers=headers)
         if route_wire == "gemini" and stream_mode == "array":
-            body_text = wire_gemini.array_body(ctx, chunk_text(text), usage)
+            body_text = wire_gemini.array_body(ctx, chunk_text(text), usage, tool)
             return Response(body_text, headers=headers, media_type="application/json")
         first, per_token = _latency_split(model, n_out, latency)
         handed_off = True
-        return StreamingResponse(
-            _stream(c, lease, call, text, usage, first, per_token), headers=headers, media_type="text/event-stream"
-        )
+        events = _stream_events(mod, ctx, call, text, tool, usage, first, per_token)
+        return StreamingResponse(_stream(c, lease, call, events, usage), headers=headers, media_type="text/event-stream")
     finally:
         if not handed_off:
             lease.release()
 
 
-async def _stream(
-    c: _Call, lease: _Lease, call: ChatCall, text: str, usage: Usage, first: float, per_token: float
-) -> AsyncIterator[bytes]:
-    """The SSE body: head, one delta per few words paced like the model, tail; releases the lease."""
+def _stream_events(
+    mod: ModuleType,
+    ctx: CallContext,
+    call: ChatCall,
+    text: str,
+    tool: ToolAnswer | None,
+    usage: Usage,
+    first: float,
+    per_token: float,
+) -> list[tuple[float, bytes]]:
+    """A stream's events before its tail, each with the wait before it: the head after the
+    first-token time, then the text's pieces (or the tool call's fragments) paced per token."""
+    if tool is not None:
+        head, *deltas = mod.stream_tool_call(ctx, call, tool, usage.input_tokens)
+        per_delta = per_token * usage.output_tokens / max(1, len(deltas))
+        return [(first, head)] + [(per_delta, d) for d in deltas]
+    head = wire_anthropic.stream_head(ctx, call, usage.input_tokens) if mod is wire_anthropic else mod.stream_head(ctx, call)
+    pieces = chunk_text(text)
+    return [(first, head)] + [(per_token * len(p.split()), mod.stream_delta(ctx, call, p)) for p in pieces]
+
+
+async def _stream(c: _Call, lease: _Lease, call: ChatCall, events: list[tuple[float, bytes]], usage: Usage) -> AsyncIterator[bytes]:
+    """The SSE body: the events, each after its wait (paced like the model), then the tail; releases the lease."""
     assert c.ctx is not None
     mod, ctx, state = c.mod, c.ctx, c.state
     finished = False
     try:
-        head = (
-            wire_anthropic.stream_head(ctx, call, usage.input_tokens)
-            if mod is wire_anthropic
-            else mod.stream_head(ctx, call)
-        )
-        await state.sleep(first)
-        if head:
-            yield head
-        for piece in chunk_text(text):
-            await state.sleep(per_token * len(piece.split()))
-            yield mod.stream_delta(ctx, call, piece)
+        for wait, data in events:
+            await state.sleep(wait)
+            if data:
+                yield data
         yield mod.stream_tail(ctx, call, usage)
         finished = True
         c.accept(usage.total_tokens)

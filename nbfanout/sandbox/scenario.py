@@ -35,6 +35,9 @@ was expected. Schema::
     latency = { base_ms = 600, per_output_token_ms = 2.5, jitter = 0.1 }
     output_tokens = [600, 800]      # inclusive range; the exact count is seeded per prompt
     faults = [ ... ]
+    tool_call = { name = "get_weather", arguments = { city = "Paris" } }
+                                    # optional: the call this model makes when a request offers
+                                    #   a tool of that name (see "Tool calls" below)
 
     [pools.<name>]                  # optional: a client-config pool, written as [pools.<name>]
     models = ["<provider>/<model>", ...]
@@ -78,6 +81,12 @@ before admission and use no quota; ``server_error``, ``slow``, ``drop`` and ``ma
 happen after admission, take time (``delay_s``, default the model's base latency) and
 count against the limits, as a real failed call does.
 
+Tool calls: a chat request that offers tools, and whose conversation does not end with a
+tool result, is answered with exactly one tool call: the model's ``tool_call`` when the
+request offers a tool of that name, else a call of the request's first tool with arguments
+built from its JSON schema (see ``nbfanout.sandbox.wire.schema_arguments``). A
+conversation that ends with a tool result is answered with text.
+
 ``lower_bound(...)`` says how fast any client could possibly run a set of models once,
 or ``prompts`` times each.
 """
@@ -117,6 +126,7 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "TOKENS_COUNTED",
+    "ToolCallSpec",
     "load_scenario",
     "lower_bound_s",
     "mask_key",
@@ -289,6 +299,14 @@ class KeySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallSpec:
+    """A model's scripted tool call (``tool_call = { name, arguments }``), made when a request offers ``name``."""
+
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model of a provider: its limits, latency, output length range and faults."""
 
@@ -299,6 +317,7 @@ class ModelSpec:
     output_tokens: tuple[int, int] = (50, 150)
     faults: tuple[Fault, ...] = ()
     rejects: tuple[str, ...] = ()  # request parameters answered with a 400 (a reasoning model's temperature)
+    tool_call: ToolCallSpec | None = None  # the call to make when a request offers this tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +493,11 @@ class Scenario:
                             "output_tokens": list(m.output_tokens),
                             "faults": faults(m.faults),
                             **({"rejects": list(m.rejects)} if m.rejects else {}),
+                            **(
+                                {"tool_call": {"name": m.tool_call.name, "arguments": dict(m.tool_call.arguments)}}
+                                if m.tool_call
+                                else {}
+                            ),
                         }
                         for m in p.models
                     },
@@ -998,7 +1022,7 @@ def _keys(pr: _Problems, where: str, value: Any, limiter: str | None = None) -> 
 
 def _model(pr: _Problems, where: str, model_id: str, value: Any, limiter: str | None = None) -> ModelSpec:
     t = _table(pr, where, value)
-    _check_keys(pr, where, t, ("kind", "limits", "latency", "output_tokens", "faults", "rejects"))
+    _check_keys(pr, where, t, ("kind", "limits", "latency", "output_tokens", "faults", "rejects", "tool_call"))
     kind = t.get("kind", "chat")
     if kind not in ("chat", "transcription"):
         pr.add(f"{where}.kind", kind, '"chat" or "transcription"')
@@ -1029,6 +1053,7 @@ def _model(pr: _Problems, where: str, model_id: str, value: Any, limiter: str | 
         output_tokens=out,
         faults=_faults(pr, f"{where}.faults", t.get("faults")),
         rejects=_rejects(pr, f"{where}.rejects", t.get("rejects")),
+        tool_call=_tool_call(pr, f"{where}.tool_call", t.get("tool_call")),
     )
 
 
@@ -1039,6 +1064,25 @@ def _rejects(pr: _Problems, where: str, raw: Any) -> tuple[str, ...]:
         pr.add(where, raw, "a list of request parameter names, e.g. [\"temperature\"]")
         return ()
     return tuple(raw)
+
+
+def _tool_call(pr: _Problems, where: str, raw: Any) -> ToolCallSpec | None:
+    """``tool_call = { name = "...", arguments = { ... } }`` (arguments optional, a table)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        pr.add(where, raw, 'a table { name = "...", arguments = { ... } }')
+        return None
+    _check_keys(pr, where, raw, ("name", "arguments"))
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        pr.add(f"{where}.name", name, "a non-empty string (the tool's name)")
+        return None
+    arguments = raw.get("arguments", {})
+    if not isinstance(arguments, Mapping):
+        pr.add(f"{where}.arguments", arguments, "a table of the call's arguments")
+        return None
+    return ToolCallSpec(name, dict(arguments))
 
 
 def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default_name: str = "scenario") -> Scenario:

@@ -2,17 +2,21 @@
 
 ``Denial`` is a refusal in provider-neutral terms (why, with the limit numbers and the
 exact wait); each wire module renders it as its provider's status, headers and body.
+``ToolAnswer`` is the one tool call the sandbox answers a tool request with
+(``plan_tool_call``); each wire module renders it in its provider's shape.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from nbfanout.sandbox.scenario import ProviderSpec
+from nbfanout.sandbox.scenario import ProviderSpec, ToolCallSpec
+from nbfanout.sandbox.text import estimate_tokens, rng
 
 __all__ = [
     "BadRequest",
@@ -20,13 +24,21 @@ __all__ = [
     "ChatCall",
     "Denial",
     "ErrorReply",
+    "TOOL_CALL_TOKENS",
+    "ToolAnswer",
+    "ToolSpec",
     "Usage",
     "go_duration",
+    "plan_tool_call",
     "retry_after_header",
     "rfc3339",
     "sse_data",
+    "schema_arguments",
     "sse_event",
 ]
+
+#: Output tokens a tool call costs on top of its arguments' JSON (the call's name and framing).
+TOOL_CALL_TOKENS = 4
 
 
 class BadRequest(Exception):
@@ -40,21 +52,54 @@ class BadRequest(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool (function) a request offers the model, whatever wire it came in on."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict, hash=False)  # JSON schema of the arguments
+
+
+@dataclass(frozen=True, slots=True)
 class ChatCall:
     """A chat request as the sandbox needs it, whatever wire it came in on."""
 
     model: str
-    prompt: str  # every text part of the system prompt and messages, joined
+    prompt: str  # every text part of the system prompt and messages (tool calls, results, tools' JSON too), joined
     max_tokens: int | None = None
     stream: bool = False
     include_usage: bool = False
+    tools: tuple[ToolSpec, ...] = ()
+    after_tool_result: bool = False  # the conversation's last message is a tool's result
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAnswer:
+    """The tool call the sandbox answers with; ``ident`` is seeded and each wire adds its prefix."""
+
+    name: str
+    ident: str  # 24 hex characters
+    arguments: Mapping[str, Any] = field(hash=False)
+
+    @property
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments)
+
+    @property
+    def output_tokens(self) -> int:
+        return estimate_tokens(self.arguments_json) + TOOL_CALL_TOKENS
+
+    def fragments(self, size: int = 16) -> list[str]:
+        """The arguments' JSON in pieces, as providers stream it (joined, they are exactly the JSON)."""
+        text = self.arguments_json
+        return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
     input_tokens: int
     output_tokens: int
-    finish: str  # "stop" or "length"
+    finish: str  # "stop", "length" or "tool_calls"
 
     @property
     def total_tokens(self) -> int:
@@ -172,3 +217,52 @@ def text_of_parts(content: Any, invalid: BadRequest) -> str:
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     raise invalid
+
+
+_SCHEMA_VALUES: dict[str, Any] = {"string": "sandbox", "integer": 1, "number": 1.5, "boolean": True}
+
+
+def _schema_value(prop: Any) -> Any:
+    if not isinstance(prop, Mapping):
+        return "sandbox"
+    enum = prop.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = prop.get("type")
+    if isinstance(kind, list):  # ["string", "null"]
+        kind = next((k for k in kind if k != "null"), None)
+    kind = str(kind).lower()  # Gemini writes "STRING"
+    if kind == "array":
+        return []
+    if kind == "object":
+        return {}
+    return _SCHEMA_VALUES.get(kind, "sandbox")
+
+
+def schema_arguments(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Deterministic arguments for a JSON schema: each required property (all when ``required`` is absent).
+
+    ``enum`` -> its first value; string -> "sandbox", integer -> 1, number -> 1.5,
+    boolean -> true, array -> [], object -> {}; no or an unknown type -> "sandbox".
+    """
+    props = schema.get("properties")
+    if not isinstance(props, Mapping):
+        return {}
+    required = schema.get("required")
+    names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else list(props)
+    return {name: _schema_value(props.get(name)) for name in names}
+
+
+def plan_tool_call(call: ChatCall, scripted: ToolCallSpec | None, seed: int, model: str) -> ToolAnswer | None:
+    """The call to answer ``call`` with, or None for a text answer (no tools, or a tool result came last).
+
+    The model's scripted ``tool_call`` if the request offers that tool, else the request's
+    first tool with ``schema_arguments``; the id is seeded by seed, model and prompt.
+    """
+    if not call.tools or call.after_tool_result:
+        return None
+    ident = f"{rng(seed, 'tool_call', model, call.prompt).getrandbits(96):024x}"
+    if scripted is not None and any(t.name == scripted.name for t in call.tools):
+        return ToolAnswer(scripted.name, ident, dict(scripted.arguments))
+    tool = call.tools[0]
+    return ToolAnswer(tool.name, ident, schema_arguments(tool.parameters))

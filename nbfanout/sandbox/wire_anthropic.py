@@ -18,24 +18,42 @@ Formats, as Anthropic sends them:
   (``text_delta``) ..., ``content_block_stop``, ``message_delta`` (``stop_reason``,
   ``usage.output_tokens``), ``message_stop``, each as an ``event:`` + ``data:`` pair.
 
+- Tools: ``tools=[{name, description, input_schema}]``; a call comes back as a
+  ``tool_use`` content block with ``stop_reason: "tool_use"``, streamed as
+  ``content_block_start`` (``input: {}``) and ``input_json_delta`` fragments; a result is
+  a user message's ``tool_result`` block. 400s, as Anthropic words them: an OpenAI-shaped
+  tool gets "tools.0: Input tag 'function' found using 'type' does not match any of the
+  expected tags: ..." (github.com/dirac-run/dirac/issues/57); a tool without one gets
+  "tools.0.custom.input_schema: Field required" and a schema without ``type``
+  "tools.26.custom.input_schema.type: Field required" (github.com/lidge-jun/opencodex/issues/75);
+  "messages.48.content.1: unexpected `tool_use_id` found in `tool_result` blocks: toolu_....
+  Each `tool_result` block must have a corresponding `tool_use` block in the previous
+  message." (github.com/anthropics/claude-code/issues/13460) and "messages.125: `tool_use`
+  ids were found without `tool_result` blocks immediately after: toolu_.... Each
+  `tool_use` block must have a corresponding `tool_result` block in the next message."
+  (github.com/anthropics/claude-code/issues/7929).
+
 The sandbox keeps one token budget (input + max_tokens); it reports it in the
 ``tokens`` headers and does not split input and output token limits.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from nbfanout.sandbox.limits import WindowView
 from nbfanout.sandbox.scenario import ProviderSpec
 from nbfanout.sandbox.wire import (
-    text_of_parts,
     BadRequest,
     CallContext,
     ChatCall,
     Denial,
     ErrorReply,
+    ToolAnswer,
+    ToolSpec,
     Usage,
     retry_after_header,
     rfc3339,
@@ -50,9 +68,11 @@ __all__ = [
     "rate_headers",
     "render_error",
     "render_success",
+    "render_tool_call",
     "stream_delta",
     "stream_head",
     "stream_tail",
+    "stream_tool_call",
 ]
 
 RATE_DOCS = "https://docs.anthropic.com/en/api/rate-limits"
@@ -73,8 +93,93 @@ def check_version(headers: Mapping[str, str]) -> None:
         raise BadRequest("anthropic-version: header is required")
 
 
+def _block_text(block: Any) -> str:
+    """A content block's text: text, a tool call's input JSON, or a tool result's content."""
+    if not isinstance(block, dict):
+        return ""
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text", ""))
+    if kind == "tool_use":
+        return json.dumps(block.get("input", {}))
+    if kind == "tool_result":
+        return _text_of(block.get("content"))
+    return ""
+
+
 def _text_of(content: Any) -> str:
-    return text_of_parts(content, BadRequest("messages.0.content: Input should be a valid list"))
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_block_text(b) for b in content)
+    raise BadRequest("messages.0.content: Input should be a valid list")
+
+
+def _blocks(message: Mapping[str, Any], kind: str) -> list[tuple[int, dict[str, Any]]]:
+    """(index, block) for a message's content blocks of ``kind``."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [(j, b) for j, b in enumerate(content) if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _check_tool_turns(messages: list[dict[str, Any]]) -> None:
+    """Each tool_result answers a tool_use of the message before it; each tool_use is answered in the next one."""
+    for i, m in enumerate(messages):
+        before = {str(b.get("id")) for _, b in _blocks(messages[i - 1], "tool_use")} if i else set()
+        for j, block in _blocks(m, "tool_result"):
+            if str(block.get("tool_use_id")) not in before:
+                raise BadRequest(
+                    f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{block.get('tool_use_id')}. Each `tool_result` block must have a corresponding `tool_use` "
+                    "block in the previous message."
+                )
+        if i + 1 < len(messages):
+            answered = {str(b.get("tool_use_id")) for _, b in _blocks(messages[i + 1], "tool_result")}
+            missing = [str(b.get("id")) for _, b in _blocks(m, "tool_use") if str(b.get("id")) not in answered]
+            if missing:
+                raise BadRequest(
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                    f"{', '.join(missing)}. Each `tool_use` block must have a corresponding `tool_result` block in "
+                    "the next message."
+                )
+
+
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+
+
+def _tools(raw: Any) -> tuple[ToolSpec, ...]:
+    """``tools`` -> ToolSpecs, refused in Anthropic's words (see the module docstring for sources)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise BadRequest("tools: Input should be a valid list")
+    out = []
+    for i, tool in enumerate(raw):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools.{i}: Input should be a valid dictionary")
+        kind = tool.get("type", "custom")
+        if kind != "custom":  # the sandbox plays client tools only; Anthropic lists its server tools' tags too
+            raise BadRequest(
+                f"tools.{i}: Input tag '{kind}' found using 'type' does not match any of the expected tags: "
+                "'bash_20250124', 'custom', 'text_editor_20250124'"
+            )
+        where = f"tools.{i}.custom"
+        for key in ("name", "input_schema"):
+            if key not in tool:
+                raise BadRequest(f"{where}.{key}: Field required")
+        name, schema = tool["name"], tool["input_schema"]
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise BadRequest(f"{where}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'")
+        if not isinstance(schema, dict):
+            raise BadRequest(f"{where}.input_schema: Input should be a valid dictionary")
+        if "type" not in schema:
+            raise BadRequest(f"{where}.input_schema.type: Field required")
+        description = tool.get("description")
+        out.append(ToolSpec(name, description if isinstance(description, str) else "", schema))
+    return tuple(out)
 
 
 def parse_chat(body: Any) -> ChatCall:
@@ -95,11 +200,23 @@ def parse_chat(body: Any) -> ChatCall:
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise BadRequest("messages.0.role: Input should be 'user' or 'assistant'")
         texts.append(_text_of(m.get("content")))
-    return ChatCall(model=model, prompt="\n".join(texts), max_tokens=max_tokens, stream=bool(body.get("stream", False)))
+    _check_tool_turns(messages)
+    tools = _tools(body.get("tools"))
+    if tools:
+        texts.append(json.dumps(body["tools"]))
+    last = messages[-1]
+    return ChatCall(
+        model=model,
+        prompt="\n".join(texts),
+        max_tokens=max_tokens,
+        stream=bool(body.get("stream", False)),
+        tools=tools,
+        after_tool_result=last["role"] == "user" and bool(_blocks(last, "tool_result")),
+    )
 
 
 def _stop(usage: Usage) -> str:
-    return "max_tokens" if usage.finish == "length" else "end_turn"
+    return {"length": "max_tokens", "tool_calls": "tool_use"}.get(usage.finish, "end_turn")
 
 
 def _msg_id(ctx: CallContext) -> str:
@@ -108,12 +225,25 @@ def _msg_id(ctx: CallContext) -> str:
 
 def render_success(ctx: CallContext, text: str, usage: Usage) -> dict[str, Any]:
     """A ``message`` object."""
+    return _message(ctx, {"type": "text", "text": text}, usage)
+
+
+def _tool_use(answer: ToolAnswer, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": "toolu_" + answer.ident, "name": answer.name, "input": dict(arguments)}
+
+
+def render_tool_call(ctx: CallContext, answer: ToolAnswer, usage: Usage) -> dict[str, Any]:
+    """A ``message`` whose content is one ``tool_use`` block (``stop_reason: "tool_use"``)."""
+    return _message(ctx, _tool_use(answer, answer.arguments), usage)
+
+
+def _message(ctx: CallContext, block: dict[str, Any], usage: Usage) -> dict[str, Any]:
     return {
         "id": _msg_id(ctx),
         "type": "message",
         "role": "assistant",
         "model": ctx.model,
-        "content": [{"type": "text", "text": text}],
+        "content": [block],
         "stop_reason": _stop(usage),
         "stop_sequence": None,
         "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
@@ -121,6 +251,23 @@ def render_success(ctx: CallContext, text: str, usage: Usage) -> dict[str, Any]:
 
 
 def stream_head(ctx: CallContext, call: ChatCall, input_tokens: int) -> bytes:
+    return _stream_start(ctx, input_tokens, {"type": "text", "text": ""})
+
+
+def stream_tool_call(ctx: CallContext, call: ChatCall, answer: ToolAnswer, input_tokens: int) -> list[bytes]:
+    """A streamed tool call before its tail: the ``tool_use`` block's start, then ``input_json_delta`` fragments."""
+    head = _stream_start(ctx, input_tokens, _tool_use(answer, {}))
+    deltas = [
+        sse_event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}},
+        )
+        for piece in answer.fragments()
+    ]
+    return [head, *deltas]
+
+
+def _stream_start(ctx: CallContext, input_tokens: int, block: dict[str, Any]) -> bytes:
     start = {
         "type": "message_start",
         "message": {
@@ -136,7 +283,7 @@ def stream_head(ctx: CallContext, call: ChatCall, input_tokens: int) -> bytes:
     }
     return (
         sse_event("message_start", start)
-        + sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        + sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
         + sse_event("ping", {"type": "ping"})
     )
 

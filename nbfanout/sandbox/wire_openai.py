@@ -24,13 +24,27 @@ Styles speaking it: ``openai``, ``groq``, ``openrouter``, ``together``, ``deepse
   key ...", "provider_name": ...}}} (github.com/open-webui/computer/issues/293); 402
   "This request requires more credits, or fewer max_tokens. ..."
   (github.com/astrio-labs/forall/issues/76). Streams open with ": OPENROUTER PROCESSING".
+- Tools: ``tools=[{"type": "function", "function": {name, description, parameters}}]``;
+  a call comes back as ``message.tool_calls`` (``content: null``, ``finish_reason:
+  "tool_calls"``), streamed as ``delta.tool_calls`` fragments by ``index``. 400s for bad
+  tools: "Missing required parameter: 'tools[0].function'." (``missing_required_parameter``;
+  github.com/bolna-ai/bolna/issues/144), "Invalid 'tools[8].function.name': string does not
+  match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+  (``invalid_value``; github.com/xinnan-tech/xiaozhi-esp32-server/issues/1466); for
+  conversations, "Invalid parameter: messages with role 'tool' must be a response to a
+  preceeding message with 'tool_calls'." and "An assistant message with 'tool_calls' must
+  be followed by tool messages responding to each 'tool_call_id'. The following
+  tool_call_ids did not have response messages: call_..." (param ``messages.[N].role``;
+  github.com/sdcb/chats/pull/132).
 - Together, DeepSeek, Mistral and generic endpoints use OpenAI's shapes (approximation).
 """
 
 from __future__ import annotations
 
 import email.policy
+import json
 import math
+import re
 from collections.abc import Mapping
 from email.parser import BytesParser
 from typing import Any
@@ -44,6 +58,8 @@ from nbfanout.sandbox.wire import (
     ChatCall,
     Denial,
     ErrorReply,
+    ToolAnswer,
+    ToolSpec,
     Usage,
     go_duration,
     retry_after_header,
@@ -59,10 +75,12 @@ __all__ = [
     "rate_headers",
     "render_error",
     "render_success",
+    "render_tool_call",
     "stream_done",
     "stream_head",
     "stream_delta",
     "stream_tail",
+    "stream_tool_call",
     "transcription_reply",
 ]
 
@@ -89,6 +107,104 @@ def _text_of(content: Any) -> str:
     return text_of_parts(content, invalid)
 
 
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value's kind as OpenAI's type errors name it ("an object", "a string", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a value")
+
+
+def _invalid_type(where: str, expected: str, value: Any) -> BadRequest:
+    return BadRequest(f"Invalid type for '{where}': expected {expected}, but got {_json_kind(value)} instead.", where, "invalid_type")
+
+
+def _missing(where: str) -> BadRequest:
+    return BadRequest(f"Missing required parameter: '{where}'.", where, "missing_required_parameter")
+
+
+def _tools(raw: Any) -> tuple[ToolSpec, ...]:
+    """``tools`` -> ToolSpecs, refused in OpenAI's words (see the module docstring for sources)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _invalid_type("tools", "an array", raw)
+    if not raw:
+        raise BadRequest("Invalid 'tools': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+                         "tools", "empty_array")
+    out = []
+    for i, tool in enumerate(raw):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _invalid_type(where, "an object", tool)
+        if "type" not in tool:
+            raise _missing(f"{where}.type")
+        if tool["type"] != "function":  # the sandbox plays function tools only
+            raise BadRequest(f"Invalid value: {tool['type']!r}. Supported values are: 'function'.", f"{where}.type", "invalid_value")
+        fn = tool.get("function")
+        if fn is None:
+            raise _missing(f"{where}.function")
+        if not isinstance(fn, dict):
+            raise _invalid_type(f"{where}.function", "an object", fn)
+        name = fn.get("name")
+        if name is None:
+            raise _missing(f"{where}.function.name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise BadRequest(
+                f"Invalid '{where}.function.name': string does not match pattern. Expected a string that matches the "
+                "pattern '^[a-zA-Z0-9_-]+$'.",
+                f"{where}.function.name",
+                "invalid_value",
+            )
+        params = fn.get("parameters", {})
+        if not isinstance(params, dict):
+            raise _invalid_type(f"{where}.function.parameters", "an object", params)
+        description = fn.get("description")
+        out.append(ToolSpec(name, description if isinstance(description, str) else "", params))
+    return tuple(out)
+
+
+def _call_texts(message: dict[str, Any]) -> list[str]:
+    """The arguments (JSON text) of an assistant message's tool calls."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return []
+    fns = [c.get("function") for c in calls if isinstance(c, dict)]
+    return [str(fn.get("arguments") or "") for fn in fns if isinstance(fn, dict)]
+
+
+def _check_tool_turns(messages: list[dict[str, Any]]) -> None:
+    """Each tool message answers a call of the assistant message just before it, and each call gets an answer."""
+    asked: list[str] = []  # ids of the latest assistant message's calls not answered yet
+    asked_at = 0
+    for i, m in enumerate(messages):
+        if m["role"] == "tool":
+            if m.get("tool_call_id") not in asked:
+                raise BadRequest(
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                    f"messages.[{i}].role",
+                )
+            asked.remove(m["tool_call_id"])
+            continue
+        if asked:
+            break
+        calls = m.get("tool_calls") if m["role"] == "assistant" else None
+        asked = [c.get("id") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+        asked_at = i
+    if asked:
+        raise BadRequest(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. "
+            f"The following tool_call_ids did not have response messages: {', '.join(map(str, asked))}",
+            f"messages.[{asked_at}].role",
+        )
+
+
 def parse_chat(body: Any) -> ChatCall:
     """A /v1/chat/completions body -> ChatCall; BadRequest names the offending parameter."""
     if not isinstance(body, dict):
@@ -104,6 +220,11 @@ def parse_chat(body: Any) -> ChatCall:
         if not isinstance(m, dict) or "role" not in m:
             raise BadRequest("Missing required parameter: 'messages[].role'.", "messages")
         texts.append(_text_of(m.get("content")))
+        texts += _call_texts(m)
+    _check_tool_turns(messages)
+    tools = _tools(body.get("tools"))
+    if tools:
+        texts.append(json.dumps(body["tools"]))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise BadRequest(f"Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got {max_tokens!r} instead.", "max_tokens")
@@ -114,6 +235,8 @@ def parse_chat(body: Any) -> ChatCall:
         max_tokens=max_tokens,
         stream=bool(body.get("stream", False)),
         include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")),
+        tools=tools,
+        after_tool_result=messages[-1]["role"] == "tool",
     )
 
 
@@ -157,6 +280,20 @@ def _upstream(model: str | None) -> str:
 
 def render_success(ctx: CallContext, text: str, usage: Usage) -> dict[str, Any]:
     """A ``chat.completion`` object."""
+    return _completion(ctx, {"role": "assistant", "content": text, "refusal": None}, usage)
+
+
+def _tool_call(answer: ToolAnswer) -> dict[str, Any]:
+    return {"id": "call_" + answer.ident, "type": "function", "function": {"name": answer.name, "arguments": answer.arguments_json}}
+
+
+def render_tool_call(ctx: CallContext, answer: ToolAnswer, usage: Usage) -> dict[str, Any]:
+    """A ``chat.completion`` whose message is one tool call (``content: null``, finish ``tool_calls``)."""
+    message = {"role": "assistant", "content": None, "tool_calls": [_tool_call(answer)], "refusal": None}
+    return _completion(ctx, message, usage)
+
+
+def _completion(ctx: CallContext, message: dict[str, Any], usage: Usage) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": _chat_id(ctx),
         "object": "chat.completion",
@@ -165,7 +302,7 @@ def render_success(ctx: CallContext, text: str, usage: Usage) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": usage.finish,
             }
@@ -192,10 +329,26 @@ def _chunk(ctx: CallContext, delta: dict[str, Any], finish: str | None, include_
     return chunk
 
 
+def _processing(ctx: CallContext) -> bytes:
+    return b": OPENROUTER PROCESSING\n\n" if ctx.style == "openrouter" else b""
+
+
 def stream_head(ctx: CallContext, call: ChatCall) -> bytes:
     """The first bytes of a stream: the role delta (after OpenRouter's processing comment)."""
-    head = b": OPENROUTER PROCESSING\n\n" if ctx.style == "openrouter" else b""
-    return head + sse_data(_chunk(ctx, {"role": "assistant", "content": ""}, None, call.include_usage))
+    return _processing(ctx) + sse_data(_chunk(ctx, {"role": "assistant", "content": ""}, None, call.include_usage))
+
+
+def stream_tool_call(ctx: CallContext, call: ChatCall, answer: ToolAnswer, input_tokens: int) -> list[bytes]:
+    """A streamed tool call before its tail: the role delta naming the call, then argument fragments."""
+    opening = {"index": 0, "id": "call_" + answer.ident, "type": "function", "function": {"name": answer.name, "arguments": ""}}
+    head = _processing(ctx) + sse_data(
+        _chunk(ctx, {"role": "assistant", "content": None, "tool_calls": [opening]}, None, call.include_usage)
+    )
+    deltas = [
+        sse_data(_chunk(ctx, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None, call.include_usage))
+        for piece in answer.fragments()
+    ]
+    return [head, *deltas]
 
 
 def stream_delta(ctx: CallContext, call: ChatCall, text: str) -> bytes:

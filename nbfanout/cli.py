@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,12 @@ from nbfanout.core.errors import FanoutError, UsageError
 __all__ = ["main"]
 
 
+def _redrawable(out: TextIO) -> bool:
+    """Whether lines can be redrawn in place: a terminal, but not a notebook's ``!`` shell escape,
+    whose pty says it is one while the output area shows cursor movements as garbage."""
+    return out.isatty() and "JPY_PARENT_PID" not in os.environ
+
+
 class TerminalProgress:
     """One line per model, redrawn in place on a terminal; plain event lines otherwise."""
 
@@ -27,7 +34,7 @@ class TerminalProgress:
         self.models = list(models)
         self.out = out
         self.rows: dict[str, str] = {m: "queued" for m in self.models}
-        self.tty = out.isatty()
+        self.tty = _redrawable(out)
         self.finished = 0
         self._drawn = 0
         self._last = 0.0
@@ -91,7 +98,7 @@ class BatchProgress:
         self.out = out
         self.done = {m: 0 for m in self.models}
         self.failed = {m: 0 for m in self.models}
-        self.tty = out.isatty()
+        self.tty = _redrawable(out)
         self._drawn = 0
         self._last = 0.0
 

@@ -253,15 +253,23 @@ class SlidingWindow:
 
 
 class FixedWindow:
-    """At most ``limit`` per window ``[k·span + phase, (k+1)·span + phase)``."""
+    """At most ``limit`` per window ``[k·span + phase, (k+1)·span + phase)``.
 
-    __slots__ = ("limit", "span", "_phase", "_index", "_used")
+    The provider counts a request when it arrives, a little after we admit it: one admitted in
+    the last ``EDGE_S`` of a window may land in the next. So it counts in both (the next window
+    starts with it), and an edge never lets the next window be overfilled.
+    """
+
+    EDGE_S = 1.0  # the most admission-to-arrival delay assumed: network plus a busy client's queue
+
+    __slots__ = ("limit", "span", "_phase", "_index", "_used", "_carry")
 
     def __init__(self, limit: float, span: float, now: float) -> None:
         self.limit, self.span = float(limit), float(span)
         self._phase = 0.0
         self._index = math.floor(now / span)
         self._used = 0.0
+        self._carry = 0.0  # admitted near this window's end: counted in the next one too
 
     @property
     def capacity(self) -> float:
@@ -270,10 +278,16 @@ class FixedWindow:
     def _roll(self, now: float) -> None:
         index = math.floor((now - self._phase) / self.span)
         if index != self._index:
-            self._index, self._used = index, 0.0
+            carried = self._carry if index == self._index + 1 else 0.0
+            self._index, self._used, self._carry = index, carried, 0.0
 
     def _end(self) -> float:
         return (self._index + 1) * self.span + self._phase
+
+    def _near_end(self, at: float) -> bool:
+        """Whether ``at`` lies in the last EDGE_S of its own window."""
+        end = (math.floor((at - self._phase) / self.span) + 1) * self.span + self._phase
+        return end - at < self.EDGE_S
 
     def wait(self, amount: float, now: float) -> float:
         if amount > self.limit + _EPS:
@@ -284,27 +298,39 @@ class FixedWindow:
     def take(self, amount: float, now: float) -> float:
         self._roll(now)
         self._used += amount
+        if self._near_end(now):
+            self._carry += amount
         return now
 
     def _same_window(self, taken_at: float) -> bool:
         return math.floor((taken_at - self._phase) / self.span) == self._index
 
+    def _carried_here(self, taken_at: float) -> bool:
+        """Taken near the end of the window before this one, so counted in this one too."""
+        return math.floor((taken_at - self._phase) / self.span) == self._index - 1 and self._near_end(taken_at)
+
     def give_back(self, amount: float, taken_at: float, now: float) -> None:
         self._roll(now)
         if self._same_window(taken_at):
+            self._used = max(0.0, self._used - amount)
+            if self._near_end(taken_at):
+                self._carry = max(0.0, self._carry - amount)
+        elif self._carried_here(taken_at):
             self._used = max(0.0, self._used - amount)
 
     def charge(self, amount: float, taken_at: float, now: float) -> None:
         self._roll(now)
         self._used += amount
+        if self._same_window(taken_at) and self._near_end(taken_at):
+            self._carry += amount
 
     def used(self, now: float) -> float:
         self._roll(now)
         return self._used
 
     def restamp(self, taken_at: float, now: float) -> None:
-        """Sent in one window and answered in the next, it may count in the next: headers will say."""
-        # the next response's headers (observe) carry the provider's count for the new window
+        """Nothing to move: a request admitted near an edge already counts in both windows (``take``),
+        and one admitted earlier has arrived before the edge; headers (``observe``) correct the rest."""
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """Adopt the provider's window edge (from its reset) and its count."""

@@ -289,3 +289,18 @@ async def test_headers_that_refill_in_proportion_to_use_reveal_a_token_bucket():
     configured = bs.budget("model-key", "fixed k", limiter="fixed_window", probe=True)
     configured.observe(RateSnapshot(limit_requests=360, remaining_requests=359, reset_requests_s=60 / 360), {})
     assert configured.limiter == "fixed_window"  # a configured shape is never second-guessed
+
+
+def test_a_request_admitted_just_before_a_fixed_windows_edge_counts_in_the_next_window_too():
+    """The provider counts at arrival: admitted at 59.5 s, it may land at 60.1 s, in the next window."""
+    from nbfanout.core.shapes import FixedWindow
+
+    w = FixedWindow(2, 60.0, now=0.0)
+    w.take(1, 30.0)  # well inside the window: counts only there
+    w.take(1, 59.5)  # in its last second: counts in the next window too
+    assert w.wait(1, 59.9) == pytest.approx(0.1)  # this window is full
+    assert w.used(60.0) == 1 and w.wait(1, 60.0) == 0 and w.wait(2, 60.0) == pytest.approx(60.0)
+    w.give_back(1, 59.5, 60.5)  # refused after all: the provider counted it nowhere
+    assert w.used(60.5) == 0
+    w.take(1, 119.5)
+    assert w.used(180.0) == 0  # carried one window only, never two

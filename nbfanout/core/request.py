@@ -31,6 +31,7 @@ from nbfanout.core.events import (
     RequestStarted,
     TextDelta,
 )
+from nbfanout.core.images import image_problem
 from nbfanout.core.limits import Budget, CapacityError, Option, Reservation
 from nbfanout.core.results import Attempt, ModelResult
 from nbfanout.core.retry import RetryPolicy
@@ -94,6 +95,11 @@ class RequestSpec:
         """Capabilities a model must have: ``vision`` for images, ``tools`` for tool definitions."""
         images = self.images or any(m.images for m in self.conversation)
         return frozenset({*(("vision",) if images else ()), *(("tools",) if self.tools else ())})
+
+    @property
+    def all_images(self) -> tuple[ImagePart, ...]:
+        """Every image the request carries, in the prompt or anywhere in the conversation."""
+        return self.images + tuple(i for m in self.conversation for i in m.images)
 
     def dropped(self, rejects: frozenset[str]) -> tuple[str, ...]:
         """The parameters asked for that a model refuses (its catalog ``rejects``): they are left out."""
@@ -159,6 +165,8 @@ class RequestPipeline:
             prompt_tokens, tokens = self._tokens_for(choice, spec)
             if choice.model.context_window is not None and prompt_tokens > choice.model.context_window:
                 continue
+            if spec.all_images and image_problem(choice.provider.id, spec.all_images):
+                continue  # the provider would refuse the images: explain() names the limit
             out.append((replace(choice, budgets=(*choice.budgets, run_budget)), prompt_tokens, tokens))
         return out
 

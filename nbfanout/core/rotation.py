@@ -24,6 +24,7 @@ from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.errors import ErrorCategory, ErrorInfo
 from nbfanout.core.events import RateLimited
 from nbfanout.core.headers import RateSnapshot
+from nbfanout.core.images import image_problem
 from nbfanout.core.limits import Budget, BudgetSet, CapacityError, Reservation
 
 __all__ = ["KEY_FAULTS", "Choice", "Router", "auto_pool"]
@@ -287,6 +288,9 @@ class Router:
             return ErrorCategory.MISSING_KEY, f"{name}: no API key (set {' or '.join(provider.key_vars)})", None
         if spec.needs - model.capabilities and model.capabilities:
             return ErrorCategory.BAD_REQUEST, f"{name}: lacks {', '.join(sorted(spec.needs - model.capabilities))}", None
+        refused = image_problem(provider.id, spec.all_images) if spec.all_images else None
+        if refused is not None:
+            return ErrorCategory.BAD_REQUEST, f"{name}: not sent: {refused}", None
         why: tuple[ErrorCategory, str, float | None] | None = None
         for key in provider.keys:
             budgets = self.budgets_for(model, key)

@@ -111,7 +111,7 @@ def estimate_text_tokens(text: str, encoding: str | None = None) -> int:
     return _heuristic(text)
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
+def image_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from a PNG or JPEG header, without decoding the image."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
@@ -134,7 +134,7 @@ def estimate_image_tokens(data: bytes | None) -> int:
 
     Source: OpenAI vision guide, "Calculating costs". Unknown sizes count as one 1024² image (765).
     """
-    size = _image_size(data) if data else None
+    size = image_size(data) if data else None
     if size is None:
         return 765
     w, h = size

@@ -104,7 +104,7 @@ class Transcriber:
                 continue  # that key or scope is out (or cooling down): admission picks the next option
             if not retry:
                 break
-            choice.budgets[1].cool_down(wait, f"{last.category.value}: retry in {wait:.1f}s")  # model on that key
+            router.model_key_budget(spec, choice.key).cool_down(wait, f"{last.category.value}: retry in {wait:.1f}s")
         return Transcription("", attempts[-1].model if attempts else order[-1], tuple(attempts), last)
 
     def _why_not(self, name: str) -> str:

@@ -138,10 +138,10 @@ class Fanout:
         if model is not None:
             self.config.model(model)  # an unknown name fails with close matches
 
-        def match(b: Budget) -> bool:
-            if model is not None and not (b.scope in ("model", "model-key") and b.name.split(" ", 1)[0] == model):
+        def match(scope: str, name: str) -> bool:
+            if model is not None and not (scope in ("model", "model-key") and name.split(" ", 1)[0] == model):
                 return False
-            if key is not None and not (b.scope in ("key", "model-key") and b.name.endswith(key[-4:])):
+            if key is not None and not (scope in ("key", "model-key") and name.endswith(key[-4:])):
                 return False
             return True
 

@@ -46,9 +46,9 @@ IMAGE_LIMITS: dict[str, ImageLimits] = {
 def image_problem(provider: str, images: Sequence[ImagePart]) -> str | None:
     """Why ``provider`` would refuse these images, naming the limit, or None when they fit (or it is unknown)."""
     limits = IMAGE_LIMITS.get(provider)
-    sized = [(i, image) for i, image in enumerate(images, 1) if image.data is not None]
     if limits is None or not images:
         return None
+    sized = [(i, image) for i, image in enumerate(images, 1) if image.data is not None]
     if len(images) > limits.max_images:
         return f"{len(images)} images; {limits.source}: at most {limits.max_images} per request"
     total = sum(len(image.data or b"") for _, image in sized)

@@ -551,17 +551,22 @@ class BudgetSet:
         if self.learned is not None:
             self.learned.record_cooldown(f"{budget.scope}:{budget.name}", seconds, reason)
 
-    def clear_cooldowns(self, match: Callable[[Budget], bool] | None = None) -> list[str]:
-        """End the cooldowns of the budgets ``match`` accepts (all if None), saved ones too; their names."""
+    def clear_cooldowns(self, match: Callable[[str, str], bool] | None = None) -> list[str]:
+        """End the cooldowns whose (scope, name) ``match`` accepts (all if None): live ones, and saved
+        ones too, even for budgets this run has not used yet. Returns "scope name" of each."""
+        def accepts(scope: str, name: str) -> bool:
+            return match is None or match(scope, name)
+
         now = self.clock.now()
         cleared = []
         for b in self._budgets.values():
-            if (match is None or match(b)) and b.cooldown_until > now:
+            if accepts(b.scope, b.name) and b.cooldown_until > now:
                 b.clear_cooldown()
                 cleared.append(f"{b.scope} {b.name}")
         if self.learned is not None:
-            self.learned.clear_cooldowns(None if match is None else lambda s: any(
-                match(b) for b in self._budgets.values() if f"{b.scope}:{b.name}" == s))
+            saved = [c.scope for c in self.learned.cooldowns() if ":" in c.scope and accepts(*c.scope.split(":", 1))]
+            self.learned.clear_cooldowns(lambda s: s in saved)
+            cleared += [s.replace(":", " ", 1) for s in saved if s.replace(":", " ", 1) not in cleared]
         return cleared
 
     def _learned(self, scope: str, metric: str, old: float | None, new: float | None, source: str) -> None:

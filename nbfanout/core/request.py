@@ -74,17 +74,21 @@ class RequestSpec:
     timeout: float | None = None
     conversation: tuple[Message, ...] = ()  # a whole conversation (tool calls, results) instead of one prompt
     tools: tuple[Tool, ...] = ()
+    # derived once, not at every look of a waiting request: the tools as counted, and all characters sent
+    listed_tools: str = field(init=False, repr=False, compare=False)
+    chars: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        listed = tools_text(self.tools)
+        object.__setattr__(self, "listed_tools", listed)
+        # what OpenAI's TPM estimate counts (a quarter of them)
+        object.__setattr__(self, "chars", len(self.system or "") + len(listed) + sum(
+            len(m.content) + sum(len(c.name) + len(json.dumps(dict(c.arguments))) for c in m.tool_calls)
+            for m in self.messages))
 
     @property
     def messages(self) -> tuple[Message, ...]:
         return self.conversation or (Message("user", self.prompt, self.images),)
-
-    @property
-    def chars(self) -> int:
-        """Characters of everything sent: what OpenAI's TPM estimate counts (a quarter of them)."""
-        return (len(self.system or "") + len(tools_text(self.tools))
-                + sum(len(m.content) + sum(len(c.name) + len(json.dumps(dict(c.arguments))) for c in m.tool_calls)
-                      for m in self.messages))
 
     def max_output(self, max_output_tokens: int | None) -> int:
         """The output budget sent (and reserved) for a model whose own cap is ``max_output_tokens``."""
@@ -93,8 +97,7 @@ class RequestSpec:
     @property
     def needs(self) -> frozenset[str]:
         """Capabilities a model must have: ``vision`` for images, ``tools`` for tool definitions."""
-        images = self.images or any(m.images for m in self.conversation)
-        return frozenset({*(("vision",) if images else ()), *(("tools",) if self.tools else ())})
+        return frozenset({*(("vision",) if self.all_images else ()), *(("tools",) if self.tools else ())})
 
     @property
     def all_images(self) -> tuple[ImagePart, ...]:
@@ -135,9 +138,8 @@ def _estimate_messages(messages: tuple[Message, ...], system: str | None, encodi
 
 
 def _estimate(spec: RequestSpec, encoding: str | None) -> int:
-    listed = tools_text(spec.tools)
     try:
-        return _estimate_messages(spec.messages, spec.system, encoding, listed)
+        return _estimate_messages(spec.messages, spec.system, encoding, spec.listed_tools)
     except TypeError:  # a part that cannot be hashed (a tool call's arguments): count it without the cache
         return estimate_request_tokens(spec.messages, system=spec.system, encoding=encoding, tools=spec.tools)[0]
 
@@ -165,7 +167,7 @@ class RequestPipeline:
             prompt_tokens, tokens = self._tokens_for(choice, spec)
             if choice.model.context_window is not None and prompt_tokens > choice.model.context_window:
                 continue
-            if spec.all_images and image_problem(choice.provider.id, spec.all_images):
+            if image_problem(choice.provider.id, spec.all_images):
                 continue  # the provider would refuse the images: explain() names the limit
             out.append((replace(choice, budgets=(*choice.budgets, run_budget)), prompt_tokens, tokens))
         return out

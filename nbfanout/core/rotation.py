@@ -288,7 +288,7 @@ class Router:
             return ErrorCategory.MISSING_KEY, f"{name}: no API key (set {' or '.join(provider.key_vars)})", None
         if spec.needs - model.capabilities and model.capabilities:
             return ErrorCategory.BAD_REQUEST, f"{name}: lacks {', '.join(sorted(spec.needs - model.capabilities))}", None
-        refused = image_problem(provider.id, spec.all_images) if spec.all_images else None
+        refused = image_problem(provider.id, spec.all_images)
         if refused is not None:
             return ErrorCategory.BAD_REQUEST, f"{name}: not sent: {refused}", None
         why: tuple[ErrorCategory, str, float | None] | None = None

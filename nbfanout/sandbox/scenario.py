@@ -600,24 +600,6 @@ def lower_bound_s(
     return _lower_bound(sc, models, prompt_tokens, max_tokens, prompts, start, concurrency).seconds
 
 
-def _admission_wait(
-    shape: str,
-    limit: int,
-    span: float,
-    requests: Sequence[tuple[int, int]],
-    *,
-    copies: int,
-    batches: bool,
-    start: float | None,
-) -> float:
-    """Least time until the last of ``requests`` ((count, amount) pairs) is admitted under one limit.
-
-    ``batches``: every request takes the same amount, so a window holds ``limit // a`` of
-    them; otherwise amounts are pooled (a window holds ``limit`` tokens in total).
-    """
-    return _admission(shape, limit, span, requests, copies=copies, batches=batches, start=start)[0]
-
-
 def _admission(
     shape: str,
     limit: int,
@@ -628,7 +610,12 @@ def _admission(
     batches: bool,
     start: float | None,
 ) -> tuple[float, int]:
-    """(``_admission_wait``, how many requests only the last window admits: 0 unless a window shape waits)."""
+    """(least time until the last of ``requests`` ((count, amount) pairs) is admitted under one limit,
+    how many requests only the last window admits: 0 unless a window shape waits).
+
+    ``batches``: every request takes the same amount, so a window holds ``limit // a`` of
+    them; otherwise amounts are pooled (a window holds ``limit`` tokens in total).
+    """
     reqs = [(n, a) for n, a in requests if n > 0 and a > 0]
     if not reqs:
         return 0.0, 0

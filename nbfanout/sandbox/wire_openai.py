@@ -52,7 +52,6 @@ from typing import Any
 from nbfanout.sandbox.limits import WindowView
 from nbfanout.sandbox.scenario import ProviderSpec, mask_key
 from nbfanout.sandbox.wire import (
-    text_of_parts,
     BadRequest,
     CallContext,
     ChatCall,
@@ -64,6 +63,7 @@ from nbfanout.sandbox.wire import (
     go_duration,
     retry_after_header,
     sse_data,
+    text_of_parts,
 )
 
 __all__ = [

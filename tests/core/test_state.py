@@ -79,6 +79,18 @@ async def test_a_cooldown_carries_over_to_the_next_run_and_can_be_listed_and_cle
 
 
 @pytest.mark.looptime
+async def test_a_new_kernel_can_clear_a_saved_cooldown_before_it_has_used_that_model(sandbox_app_factory, tmp_path):
+    app = sandbox(sandbox_app_factory, two_models([{"kind": "rate_limit_burst", "first_n": 1, "retry_after_s": 900}]))
+    state = tmp_path / "state.json"
+    assert not (await fanout(app, state, max_wait_s=5).run("x", ["relay/a"], max_tokens=40))[0].ok
+    fresh = fanout(app, state, max_wait_s=5)
+    assert len(fresh.cooldowns()) == 1
+    cleared = fresh.clear_cooldowns(model="relay/a")
+    assert len(cleared) == 1 and cleared[0].split(" ", 2)[1] == "relay/a" and fresh.cooldowns() == ()
+    assert fanout(app, state).cooldowns() == ()
+
+
+@pytest.mark.looptime
 async def test_a_model_that_comes_back_from_a_cooldown_says_so(sandbox_app_factory, tmp_path):
     app = sandbox(sandbox_app_factory, two_models([{"kind": "rate_limit_burst", "first_n": 1, "retry_after_s": 2}]))
     fx = fanout(app, tmp_path / "state.json")

@@ -63,7 +63,7 @@ class Transcriber:
         no cooldown holds it; a refusal cools that scope down and the next option is taken."""
         fx = self.fx
         clock, policy, router = fx.clock, fx.retry, fx.router
-        client = fx._client()
+        http = fx._http()
         req_id = f"audio:{filename}"
         attempts: list[Attempt] = []
         t0 = clock.now()
@@ -85,9 +85,10 @@ class Transcriber:
             start = clock.now() - t0
             async with reservation:
                 try:
-                    resp = await adapter_for(provider.wire).transcribe(
-                        client, endpoint, TranscriptionRequest(spec.model_id, filename, data, language, prompt),
-                        timeout=policy.timeout_s)
+                    with http.lease() as client:
+                        resp = await adapter_for(provider.wire).transcribe(
+                            client, endpoint, TranscriptionRequest(spec.model_id, filename, data, language, prompt),
+                            timeout=policy.timeout_s)
                 except ProviderError as exc:
                     resp, last = None, exc.info
             if resp is not None:

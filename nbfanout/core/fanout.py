@@ -24,6 +24,7 @@ import httpx
 from nbfanout.config import Config, load_config, suggest
 from nbfanout.core.audio import Transcriber, Transcription
 from nbfanout.core.cache import ResponseCache
+from nbfanout.core.clients import HttpClients
 from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.conversation import as_conversation, as_tools
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
@@ -50,7 +51,7 @@ class _Run:
 
     id: str
     t0: float
-    client: httpx.AsyncClient
+    http: HttpClients
     in_flight: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
     # provider id -> one future per request in flight there, done when that request ends
@@ -101,7 +102,7 @@ class Fanout:
         self._transport = transport
         # one HTTP client per event loop, kept across runs: a client costs milliseconds of CPU to
         # build (an SSL context) and its pooled connections save a TCP handshake per request
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HttpClients] = weakref.WeakKeyDictionary()
         self._active: list[_Run] = []  # runs in progress, oldest first; the utilization ticker serves them all
         self._ticker: asyncio.Future[None] | None = None
         learn = d.learn_limits if learn is None else learn
@@ -152,9 +153,9 @@ class Fanout:
 
     async def aclose(self) -> None:
         """Close the HTTP connections this Fanout keeps on the running loop (it stays usable)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        clients = self._clients.pop(asyncio.get_running_loop(), None)
+        if clients is not None:
+            await clients.aclose()
 
     async def __aenter__(self) -> Fanout:
         return self
@@ -345,7 +346,7 @@ class Fanout:
         temperature = params.pop("temperature", None)
         # the run's own in-flight cap; not registered with the budget set, so it ends with the run
         run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock)
-        run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), client=self._client())
+        run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), http=self._http())
         token = _RUN.set(run)
         self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
         self._start_ticker(run)
@@ -440,18 +441,15 @@ class Fanout:
                      ErrorInfo(ErrorCategory.BAD_REQUEST, False, "judge reply had no score"))
 
     # --- plumbing -------------------------------------------------------------------------
-    def _client(self) -> httpx.AsyncClient:
-        """The running loop's HTTP client, built on first use (connections belong to one loop)."""
+    def _http(self) -> HttpClients:
+        """The running loop's HTTP clients, built on first use (connections belong to one loop)."""
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None or client.is_closed:
-            # every connection a full run opens stays pooled: a pool smaller than the requests in
-            # flight closes a connection per answer and opens a new one for the next request
-            width = max(64, self.concurrency * 2)
-            limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
-            client = httpx.AsyncClient(transport=self._transport, limits=limits, timeout=httpx.Timeout(self.retry.timeout_s))
-            self._clients[loop] = client
-        return client
+        clients = self._clients.get(loop)
+        if clients is None or clients.closed:
+            # several runs may share this Fanout, each up to its own concurrency
+            clients = HttpClients(max(64, self.concurrency * 2), self.retry.timeout_s, self._transport)
+            self._clients[loop] = clients
+        return clients
 
     def _emit(self, cls: type[Event], run: _Run | None = None, **fields: Any) -> None:
         run = run or _RUN.get()

@@ -236,11 +236,13 @@ class RequestPipeline:
         endpoint = Endpoint(provider=choice.provider.id, base_url=choice.provider.base_url, api_key=choice.key.value,
                             headers=dict(choice.provider.headers))
         try:
-            response = await asyncio.wait_for(
-                adapter_for(choice.provider.wire).complete(run.client, endpoint, request, stream=spec.stream,
-                                                           on_delta=on_delta if spec.stream else None, timeout=timeout),
-                timeout=timeout + 1.0,
-            )
+            with run.http.lease() as client:
+                response = await asyncio.wait_for(
+                    adapter_for(choice.provider.wire).complete(client, endpoint, request, stream=spec.stream,
+                                                               on_delta=on_delta if spec.stream else None,
+                                                               timeout=timeout),
+                    timeout=timeout + 1.0,
+                )
         except asyncio.TimeoutError as exc:
             raise ProviderError(classify_error(choice.provider.id, None, None,
                                                f"ReadTimeout: no answer within {timeout:g}s")) from exc

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from typing import Protocol
 
 __all__ = ["DEFAULT_LIMITER", "LIMITERS", "Shape", "make_shape"]
@@ -71,9 +72,21 @@ class Shape(Protocol):
 
 
 class TokenBucket:
-    """Capacity ``capacity`` (default ``limit``), refilled at ``limit/span`` per second."""
+    """Capacity ``capacity`` (default ``limit``), refilled at ``limit/span`` per second.
 
-    __slots__ = ("limit", "span", "_capacity", "_rate", "_level", "_t")
+    The provider takes a request from its bucket on arrival, up to ``ARRIVAL_S`` after we
+    admit it. Until then its bucket still holds that amount, so it fills up (and stops
+    refilling) sooner than ours: counted here, the next request could be refused there. So
+    our level never refills past ``capacity`` less what was taken in the last ``ARRIVAL_S``
+    (it may not have arrived yet). A burst from a full bucket pays that once, refilling
+    ``ARRIVAL_S`` later; a bucket kept below full, as a rate-bound batch keeps it, pays nothing.
+    """
+
+    #: The most admission-to-arrival delay assumed: a burst's first requests open new connections
+    #: (a TCP and TLS handshake each), and a busy client sends them after its own queue.
+    ARRIVAL_S = 0.5
+
+    __slots__ = ("limit", "span", "_capacity", "_rate", "_level", "_t", "_recent", "_pending")
 
     def __init__(self, limit: float, span: float, now: float, capacity: float | None = None) -> None:
         self.limit, self.span = float(limit), float(span)
@@ -81,15 +94,38 @@ class TokenBucket:
         self._rate = self.limit / self.span
         self._level = self._capacity  # tokens available; may go negative after a charge (debt)
         self._t = now
+        self._recent: deque[list[float]] = deque()  # [taken at, amount] of the last ARRIVAL_S, oldest first
+        self._pending = 0.0  # their sum
 
     @property
     def capacity(self) -> float:
         return self._capacity
 
+    def _segments(self) -> Iterator[tuple[float, float]]:
+        """(until, ceiling): the level's ceiling up to each recent take's arrival deadline, then capacity."""
+        pending = self._pending
+        for taken, amount in self._recent:
+            yield taken + self.ARRIVAL_S, self._capacity - pending
+            pending -= amount
+        yield math.inf, self._capacity
+
+    def _grow(self, level: float, seconds: float, ceiling: float) -> float:
+        return level if level >= ceiling else min(ceiling, level + seconds * self._rate)
+
     def _refill(self, now: float) -> None:
-        if now > self._t:
-            self._level = min(self._capacity, self._level + (now - self._t) * self._rate)
-            self._t = now
+        if now <= self._t:
+            return
+        level, t = self._level, self._t
+        for until, ceiling in self._segments():
+            end = min(until, now)
+            if end > t:
+                level, t = self._grow(level, end - t, ceiling), end
+            if until >= now:
+                break
+        self._level, self._t = level, now
+        recent = self._recent
+        while recent and recent[0][0] + self.ARRIVAL_S <= now:
+            self._pending -= recent.popleft()[1]
 
     def available(self, now: float) -> float:
         self._refill(now)
@@ -98,17 +134,35 @@ class TokenBucket:
     def wait(self, amount: float, now: float) -> float:
         if amount > self._capacity + _EPS:
             return math.inf
-        deficit = amount - self.available(now)
-        return 0.0 if deficit <= _EPS else deficit / self._rate
+        level = self.available(now)
+        t = now
+        for until, ceiling in self._segments():
+            if ceiling >= amount - _EPS:  # every later ceiling is higher still: plain refill from here
+                break
+            level, t = self._grow(level, until - t, ceiling), until
+        deficit = amount - level
+        return t - now + (deficit / self._rate if deficit > _EPS else 0.0)
 
     def take(self, amount: float, now: float) -> float:
         self._refill(now)
         self._level -= amount
+        self._recent.append([now, amount])
+        self._pending += amount
         return now
+
+    def _forget(self, taken_at: float, amount: float) -> None:
+        """Take up to ``amount`` of the recent entry taken at ``taken_at`` off the ceiling."""
+        for e in reversed(self._recent):
+            if e[0] == taken_at:
+                cut = min(amount, e[1])
+                e[1] -= cut
+                self._pending -= cut
+                return
 
     def give_back(self, amount: float, taken_at: float, now: float) -> None:
         self._refill(now)
-        self._level = min(self._capacity, self._level + amount)
+        self._forget(taken_at, amount)
+        self._level = min(self._capacity - self._pending, self._level + amount)
 
     def charge(self, amount: float, taken_at: float, now: float) -> None:
         self._refill(now)
@@ -118,7 +172,9 @@ class TokenBucket:
         return self._capacity - self.available(now)
 
     def restamp(self, taken_at: float, now: float) -> None:
-        """A bucket's refill does not depend on when the provider counted (a one-way trip's worth at most)."""
+        """An answer proves its request arrived: it no longer holds the ceiling down."""
+        self._refill(now)
+        self._forget(taken_at, math.inf)
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """The provider's ``remaining``, less what we sent since (it may not have counted that yet).
@@ -126,7 +182,7 @@ class TokenBucket:
         A level is set, not added to, so reading headers while requests are in flight never
         accumulates: the next response sets it again."""
         self._refill(now)
-        self._level = min(self._capacity, remaining - newer)
+        self._level = min(self._capacity - self._pending, remaining - newer)
 
     def __repr__(self) -> str:
         return f"<TokenBucket {self._level:.1f}/{self._capacity:g}, +{self._rate:g}/s>"

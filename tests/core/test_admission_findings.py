@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import random
 import time
 from typing import Any
 
@@ -189,3 +190,30 @@ def test_run_sync_can_be_called_again_and_again_without_loop_warnings(sandbox_ap
         assert fx.run_sync(f"hello {i}", ["local/m"])["local/m"].ok
     assert [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)] == []
     assert next(s for s in fx.statistics() if s.scope == "model").rpm_used == 3
+
+
+class _LateFirstBurst(httpx.AsyncBaseTransport):
+    """The first ``first`` requests reach the server ``late_s`` late (each opens a connection: TCP and
+    TLS handshakes), the rest up to 20 ms late."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, first: int = 64, late_s: float = 0.3) -> None:
+        self.inner, self.first, self.late_s, self.seen = inner, first, late_s, 0
+        self.rng = random.Random(8)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen += 1
+        await asyncio.sleep(self.late_s if self.seen <= self.first else self.rng.uniform(0.0, 0.02))
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("scenario", ["batch_per_second", "batch_token_bucket"])
+async def test_a_burst_that_reaches_a_full_bucket_late_is_not_followed_by_refusals(sandbox_app_factory, scenario):
+    """Seen on `make bench`: 5 refusals per run under per-second limits the client knew. The first burst
+    opens its connections and lands late on a server bucket that stays full (and stops refilling)
+    until it arrives, while later requests land at once."""
+    app = virtual(sandbox_app_factory, scenario)
+    fx = Fanout(app.config, transport=_LateFirstBurst(app.transport()), learn=False, concurrency=64)
+    batch = await fx.map([f"Question {i:03d}: what is the square of {i:04d} then?" for i in range(300)],
+                         list(app.config["models"]), max_tokens=40)
+    assert all(r.ok for r in batch.results)
+    assert refusals(app) == {}

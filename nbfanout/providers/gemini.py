@@ -17,7 +17,9 @@ Request rules:
   other key is a generation setting and goes into ``generationConfig``
   (``thinkingConfig={"thinkingBudget": 0}``, ``topP``, ``responseMimeType``...).
 
-Tools go as ``tools=[{"functionDeclarations": [{name, description, parameters}]}]``; a call comes
+Tools go as ``tools=[{"functionDeclarations": [{name, description, parameters}]}]``, or with the
+schema as ``parametersJsonSchema`` where it uses JSON Schema beyond Gemini's ``Schema`` subset
+(see ``_parameters_field``); a call comes
 back as a ``functionCall`` part (``name``, ``args``, and an ``id`` where the API gives one; else we
 number them), and its result goes back as a ``functionResponse`` part ``{name, id, response:
 {"result": text}}`` in a user turn (https://ai.google.dev/gemini-api/docs/function-calling).
@@ -80,6 +82,34 @@ def _content(message: Message, names: Mapping[str, str]) -> dict[str, Any]:
 _OUR_IDS = "gemini-call-"  # ids we give calls that came without one; not sent back
 
 
+
+#: The fields of Gemini's ``Schema``, "a select subset of an OpenAPI 3.0 schema object"
+#: (https://ai.google.dev/api/caching#Schema). The API refuses any other field in ``parameters``.
+_SCHEMA_FIELDS = frozenset({
+    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+    "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf",
+    "propertyOrdering", "default", "items", "minimum", "maximum",
+})
+
+
+def _fits_schema(schema: Any) -> bool:
+    """Whether ``schema`` and every schema inside it use only ``Schema``'s fields."""
+    if not isinstance(schema, Mapping):
+        return True
+    if not set(schema) <= _SCHEMA_FIELDS:
+        return False
+    props = schema.get("properties")
+    inner = list(props.values()) if isinstance(props, Mapping) else []
+    inner += [schema.get("items")] + list(schema.get("anyOf") or [])
+    return all(_fits_schema(s) for s in inner)
+
+
+def _parameters_field(schema: Mapping[str, Any]) -> str:
+    """``parameters`` for a schema Gemini's subset can hold, else ``parametersJsonSchema``: it takes JSON
+    Schema as written (``additionalProperties``, ``$ref``/``$defs``, ``oneOf``, ``const``...) and is
+    mutually exclusive with ``parameters`` (https://ai.google.dev/api/caching#FunctionDeclaration)."""
+    return "parameters" if _fits_schema(schema) else "parametersJsonSchema"
+
 class GeminiAdapter(HTTPAdapter):
     """Gemini models through generateContent, streamed (SSE) or not."""
 
@@ -113,7 +143,8 @@ class GeminiAdapter(HTTPAdapter):
         body: dict[str, Any] = {"contents": [_content(m, names) for m in request.messages]}
         if request.tools:
             body["tools"] = [{"functionDeclarations": [
-                {"name": t.name, "description": t.description, "parameters": dict(t.parameters)} for t in request.tools]}]
+                {"name": t.name, "description": t.description, _parameters_field(t.parameters): dict(t.parameters)}
+                for t in request.tools]}]
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
         if config:

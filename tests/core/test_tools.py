@@ -97,3 +97,17 @@ async def test_bad_conversations_and_tools_fail_before_anything_is_sent(sandbox_
 def test_tool_calls_are_plain_values():
     call = ToolCall("c1", "get_weather", {"city": "Paris"})
     assert call == ToolCall("c1", "get_weather", {"city": "Paris"}) and "Paris" in repr(call)
+
+
+async def test_a_json_schema_beyond_geminis_subset_is_sent_as_parameters_json_schema(sandbox_app_factory):
+    """Gemini's ``parameters`` takes only its Schema subset and refuses ``additionalProperties``, ``$defs``
+    and ``$ref`` (strict OpenAI tools carry them); the same tool must still reach every wire."""
+    strict = Tool("get_forecast", "The forecast for a city.", {
+        "type": "object", "additionalProperties": False, "required": ["city", "unit"],
+        "$defs": {"unit": {"type": "string", "enum": ["C", "F"]}},
+        "properties": {"city": {"type": "string"}, "unit": {"$ref": "#/$defs/unit"}}})
+    app, fx = fanout(sandbox_app_factory, three_wires())
+    result = await fx.run("What is the weather in Paris?", MODELS, tools=[strict, WEATHER], max_tokens=200)
+    for r in result:
+        assert r.ok and r.tool_calls, (r.model, r.error)
+    assert {m: s["accepted"] for m, s in app.stats()["models"].items()} == {m: 1 for m in MODELS}

@@ -296,19 +296,27 @@ class Budget:
         self.changed()
 
     def observe(self, snap: RateSnapshot, sent_after: dict[str, float], *, requests_kind: str = "rpm",
-                refused: bool = False) -> None:
+                refused: bool = False, same_limit_only: bool = False) -> None:
         """Headers are the provider's own count: set unknown limits, correct each shape's count.
 
         ``sent_after`` is what this budget admitted after the request whose headers these are
         (the provider may not have counted it yet). ``requests_kind`` is ``"rpd"`` for providers
         whose request headers count per day (Groq). On a refusal (``refused``) the wait is the one the
-        refusal asks for, so an empty window's reset is not turned into a wait of its own.
+        refusal asks for, so an empty window's reset is not turned into a wait of its own. With
+        ``same_limit_only`` (headers of a narrower scope) only a limit equal to the stated one is corrected.
         """
         now = self.clock.now()
-        if not self.shape_known and not refused:
-            self._infer_shape(snap)
-        self.probe = False
-        for kind, (limit, remaining, reset) in zip((requests_kind, "tpm"), _families(snap)):
+        if same_limit_only:
+            families = [(kind, f) for kind, f in zip((requests_kind, "tpm"), _families(snap))
+                        if f[0] and f[0] == getattr(self, kind)]
+            if not families:
+                return
+        else:
+            families = list(zip((requests_kind, "tpm"), _families(snap)))
+            if not self.shape_known and not refused:
+                self._infer_shape(snap)
+            self.probe = False
+        for kind, (limit, remaining, reset) in families:
             if limit and limit != getattr(self, kind):
                 self.set_limit(kind, limit, "headers")
             shape = self._shapes.get(kind)

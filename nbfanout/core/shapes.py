@@ -177,12 +177,14 @@ class TokenBucket:
         self._forget(taken_at, math.inf)
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
-        """The provider's ``remaining``, less what we sent since (it may not have counted that yet).
+        """The provider's ``remaining``, less what we sent since (it may not have counted that yet),
+        where that is less than we hold: use we did not send (another client) shows up here.
 
-        A level is set, not added to, so reading headers while requests are in flight never
-        accumulates: the next response sets it again."""
+        Headers never raise the level: one read before our earlier requests arrived (a burst that
+        landed late) states more than there is. Lowering it to a level, not by an amount, never
+        accumulates while requests are in flight."""
         self._refill(now)
-        self._level = min(self._capacity - self._pending, remaining - newer)
+        self._level = min(self._level, remaining - newer)
 
     def __repr__(self) -> str:
         return f"<TokenBucket {self._level:.1f}/{self._capacity:g}, +{self._rate:g}/s>"

@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import resources
@@ -579,7 +579,9 @@ def lower_bound_s(
     - ``fixed_window``: the same number ``k`` of further windows, but the first of them
       opens when ``start``'s window ``[j·S, (j+1)·S)`` ends: ``r + (k - 1) · S`` for
       ``k >= 1`` with ``r = (j+1)·S - start``; ``start = None`` takes the worst phase,
-      ``r = S``.
+      ``r = S``. A pool with a concurrency limit ``c`` starts at most ``c · (floor(r / t) + 1)``
+      requests (``t`` its shortest answer) before that first edge, so its first window admits
+      no more than that.
 
     A request larger than a shape's capacity (``L``, or ``L/60`` for per_second) makes
     the bound infinite. After the last admission the shortest answer in the pool still
@@ -609,12 +611,15 @@ def _admission(
     copies: int,
     batches: bool,
     start: float | None,
+    first_cap: Callable[[float], int] | None = None,
 ) -> tuple[float, int]:
     """(least time until the last of ``requests`` ((count, amount) pairs) is admitted under one limit,
     how many requests only the last window admits: 0 unless a window shape waits).
 
     ``batches``: every request takes the same amount, so a window holds ``limit // a`` of
     them; otherwise amounts are pooled (a window holds ``limit`` tokens in total).
+    ``first_cap(r)``: the most requests a pool's concurrency lets start in ``r`` seconds, which
+    is all a fixed window that ends ``r`` after the start can admit (batches only).
     """
     reqs = [(n, a) for n, a in requests if n > 0 and a > 0]
     if not reqs:
@@ -633,6 +638,13 @@ def _admission(
         return max(0.0, total - capacity * copies) / (rate * copies), 0
     if batches:
         per_window = limit // reqs[0][1] * copies
+        if shape == "fixed_window" and start is not None and first_cap is not None:
+            first = (math.floor(start / span) + 1) * span - start
+            rest = count - min(per_window, first_cap(first))
+            if rest <= 0:
+                return 0.0, 0
+            more = math.ceil(rest / per_window)
+            return first + (more - 1) * span, rest - (more - 1) * per_window
         windows = math.ceil(count / per_window) - 1
         tail = count - windows * per_window
     else:
@@ -714,7 +726,16 @@ def _lower_bound(
     for label, (lim, copies, members) in pools.items():
         shape = lim.shape
         unit_requests = [(prompts + extra_attempts[x], 1) for x in members]
-        wait = partial(_admission, shape, copies=copies, start=start)
+        cap = None
+        if lim.concurrency:
+            # c slots, each starting a request at most every (shortest answer) seconds
+            fastest = min(per_model[x] for x in members)
+            slots = lim.concurrency * copies
+
+            def cap(r: float, slots: int = slots, fastest: float = fastest) -> int:
+                return slots * (math.floor(r / fastest) + 1) if fastest > 0 else 10**12
+
+        wait = partial(_admission, shape, copies=copies, start=start, first_cap=cap)
         waits: list[tuple[float, int]] = []
         if lim.rpm:
             waits.append(wait(lim.rpm, 60.0, unit_requests, batches=True))

@@ -391,3 +391,16 @@ def test_limiter_is_inherited_from_the_provider_and_overridden_per_table() -> No
     assert "limiter" not in cfg["providers"]["q"] and "tokens_counted" not in cfg["providers"]["q"]
     assert all(entry["published_limits"] is False for entry in cfg["providers"].values())
     assert sc.public_dict()["providers"]["p"]["models"]["b"]["limits"]["limiter"] == "per_second"
+
+
+def test_a_fixed_windows_first_edge_admits_only_what_the_pools_concurrency_can_start() -> None:
+    """Half a second before an edge, 10 slots with 1-s answers start 10 requests, not the window's 100."""
+    from nbfanout.sandbox import parse_scenario
+
+    sc = parse_scenario({"name": "edge", "seed": 1, "providers": {"p": {"style": "openai", "keys": ["sk-sbx-edge-0001"],
+                         "models": {"m": {"limits": {"rpm": 100, "concurrency": 10, "limiter": "fixed_window"},
+                                          "latency": {"base_ms": 1000, "jitter": 0.0}, "output_tokens": [1, 1]}}}}})
+    near_edge = sc.lower_bound(["p/m"], 10, max_tokens=1, prompts=150, start=59.5)
+    # 10 before the edge, 100 in the next window, the last 40 only in the one after: at 60.5 s at the earliest
+    # (without the cap: 100 + 50 fit the two windows, and the slots' 15 s of work set the bound)
+    assert near_edge.seconds >= 60.5

@@ -310,7 +310,7 @@ async def _map(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from nbfanout.config import load_config
-    from nbfanout.notebook.display import models_rows, models_text  # pure text, no widgets
+    from nbfanout.render import models_rows, models_text  # pure text, no widgets
 
     config = load_config(args.config)
     filters = {"pool": args.pool, "provider": args.provider, "capability": args.capability}

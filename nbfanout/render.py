@@ -24,8 +24,10 @@ __all__ = [
     "batch_html",
     "budgets_html",
     "budgets_text",
+    "answers_html",
     "config_text",
     "dashboard_html",
+    "duration",
     "mask_key",
     "models_html",
     "models_rows",
@@ -34,6 +36,7 @@ __all__ = [
     "plan_text",
     "result_html",
     "result_text",
+    "snapshot_html",
     "status_html",
 ]
 
@@ -45,20 +48,35 @@ STATE_COLOURS = {
 MAX_TABLE_ROWS = 300  # a batch of thousands still renders quickly; the rest is counted
 MAX_MODEL_BUDGETS = 6  # model budgets shown besides providers and keys: the fullest ones
 
+# Every rule is scoped under ``div.nbf.nbf``: JupyterLab right-aligns rendered tables with
+# ``:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td`` (two classes and an element), which a
+# plain ``.nbf td`` loses to. The dashboard's tables have fixed column widths, so no column moves
+# while a run updates them, and a long name or message ends in an ellipsis (its ``title`` has it all).
 _CSS = """<style>
-.nbf{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:12px;color:var(--jp-ui-font-color1,#222)}
-.nbf table{border-collapse:collapse;margin:4px 0}
-.nbf th,.nbf td{padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid var(--jp-border-color2,#e0e0e0)}
-.nbf td.num,.nbf th.num{text-align:right;font-variant-numeric:tabular-nums}
-.nbf .nbf-head{font-weight:600;margin:2px 0 6px 0}
-.nbf .nbf-bar{display:inline-block;width:120px;height:10px;background:var(--jp-layout-color3,#e6e6e6);border-radius:3px;
-  overflow:hidden;vertical-align:middle}
-.nbf .nbf-bar.small{width:80px;height:8px}
-.nbf .nbf-fill{height:100%}
-.nbf .nbf-state{white-space:nowrap}
-.nbf .nbf-msg{color:var(--jp-ui-font-color2,#666);max-width:36em;overflow:hidden;text-overflow:ellipsis}
-.nbf .nbf-badge{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:11px}
-.nbf .nbf-muted{color:var(--jp-ui-font-color2,#777)}
+div.nbf.nbf{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:12px;color:var(--jp-ui-font-color1,#222);
+  max-width:100%;overflow-x:auto}
+div.nbf.nbf table{border-collapse:collapse;margin:4px 0;border:none}
+div.nbf.nbf th,div.nbf.nbf td{padding:2px 8px;text-align:left;vertical-align:top;line-height:1.4;border:none;
+  border-bottom:1px solid var(--jp-border-color2,#e0e0e0);white-space:nowrap}
+div.nbf.nbf td.num,div.nbf.nbf th.num{text-align:right;font-variant-numeric:tabular-nums}
+div.nbf.nbf table.nbf-fixed{table-layout:fixed;width:100%;max-width:1200px}
+div.nbf.nbf .nbf-cut{overflow:hidden;text-overflow:ellipsis}
+div.nbf.nbf td.nbf-answer{white-space:normal;min-width:16em}
+div.nbf.nbf .nbf-head{font-weight:600;margin:2px 0 6px 0}
+div.nbf.nbf .nbf-bar{display:inline-block;width:110px;height:10px;background:var(--jp-layout-color3,#e6e6e6);
+  border-radius:3px;overflow:hidden;vertical-align:middle}
+div.nbf.nbf .nbf-bar.small{width:72px;height:8px}
+div.nbf.nbf .nbf-fill{height:100%}
+div.nbf.nbf .nbf-msg{color:var(--jp-ui-font-color2,#666)}
+div.nbf.nbf .nbf-badge{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:11px}
+div.nbf.nbf .nbf-muted{color:var(--jp-ui-font-color2,#777)}
+div.nbf.nbf details>summary{cursor:pointer;margin:4px 0;color:var(--jp-ui-font-color2,#555)}
+div.nbf.nbf .nbf-grid{display:grid;gap:8px;margin:6px 0}
+div.nbf.nbf .nbf-card{border:1px solid var(--jp-border-color2,#e0e0e0);border-radius:4px;padding:6px 8px;min-width:0}
+div.nbf.nbf .nbf-card-head{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+div.nbf.nbf .nbf-text{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0 0 0;font-family:inherit;
+  max-height:32em;overflow-y:auto}
+div.nbf.nbf img.nbf-timeline{max-width:100%;height:auto}
 </style>"""
 
 
@@ -99,6 +117,16 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def duration(seconds: float) -> str:
+    """A wait as people say it: "4.2 s", "12 min", "2 h 5 min" (not "3591.1 s")."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h" + (f" {minutes % 60} min" if minutes % 60 else "")
 
 
 def _cost(value: float | None) -> str:
@@ -163,7 +191,7 @@ def _result_rows(results: Iterable[tuple[str, ModelResult]], with_prompt: bool, 
         out.append(
             f"<tr>{prompt_cell}<td>{_e(label)}{via}</td><td>{state}</td><td class=\"num\">{len(r.attempts)}</td>"
             f'<td class="num">{_seconds(r.latency_s)}</td><td class="num">{_count(r.tokens)}</td>'
-            f'<td class="num">{_cost(r.cost)}</td>{score_cell}<td>{answer}</td></tr>'
+            f'<td class="num">{_cost(r.cost)}</td>{score_cell}<td class="nbf-answer">{answer}</td></tr>'
         )
     return "".join(out)
 
@@ -356,18 +384,20 @@ def _budget_cells(s: BudgetStats) -> str:
     cells = []
     for label, used, limit in (("RPM", s.rpm_used, s.rpm_limit), ("TPM", s.tpm_used, s.tpm_limit),
                                ("in flight", float(s.in_flight), s.concurrency_limit)):
-        frac = None if not limit else used / limit
-        text = f"{_count(used)} / {_count(limit) if limit else '?'}"
-        # an unknown limit gets an empty bar: a full grey one would read as "at the limit"
-        bar = _bar(frac or 0.0, _level_colour(frac), small=True, label=f"{label} {text}" + ("" if limit else " (limit unknown)"))
-        cells.append(f'<td>{bar} <span class="nbf-muted">{text}</span></td>')
+        if not limit:  # no bar against an unknown limit: the count alone
+            cells.append(f'<td title="{_e(label)}: limit unknown"><span class="nbf-muted">{_count(used)}</span></td>')
+            continue
+        frac = used / limit
+        text = f"{_count(used)} / {_count(limit)}"
+        cells.append(f'<td>{_bar(frac, _level_colour(frac), small=True, label=f"{label} {text}")} '
+                     f'<span class="nbf-muted">{text}</span></td>')
     notes = []
     if s.cooldown_s > 0:
-        notes.append(f'<span class="nbf-badge" style="background:{AMBER}">cooldown {s.cooldown_s:.1f} s</span>')
+        notes.append(f'<span class="nbf-badge" style="background:{AMBER}">cooldown {duration(s.cooldown_s)}</span>')
     if s.disabled:
         notes.append(f'<span class="nbf-badge" style="background:{RED}">disabled</span> '
                      f'<span class="nbf-msg">{_e(s.disabled)}</span>')
-    return "".join(cells) + f"<td>{' '.join(notes)}</td>"
+    return "".join(cells) + f'<td class="nbf-cut" title="{_e(s.disabled or "")}">{" ".join(notes)}</td>'
 
 
 def budgets_html(budgets: Sequence[BudgetStats], title: str = "utilization") -> str:
@@ -382,9 +412,12 @@ def budgets_html(budgets: Sequence[BudgetStats], title: str = "utilization") -> 
     shown += hot + [s for s in models if (s.cooldown_s > 0 or s.disabled) and s not in hot]
     if not shown:
         return ""
-    rows = "".join(f'<tr data-scope="{_e(s.scope)}"><td>{_e(s.scope)}</td><td>{_e(_budget_label(s))}</td>{_budget_cells(s)}</tr>'
+    rows = "".join(f'<tr data-scope="{_e(s.scope)}"><td>{_e(s.scope)}</td>'
+                   f'<td class="nbf-cut" title="{_e(_budget_label(s))}">{_e(_budget_label(s))}</td>{_budget_cells(s)}</tr>'
                    for s in shown)
-    return (f'<div class="nbf-head">{_e(title)}</div><table class="nbf-util"><thead><tr><th></th><th>budget</th>'
+    return (f'<div class="nbf-head">{_e(title)}</div><table class="nbf-util nbf-fixed"><colgroup>'
+            '<col style="width:80px"><col style="width:30%"><col style="width:170px"><col style="width:190px">'
+            '<col style="width:130px"><col></colgroup><thead><tr><th></th><th>budget</th>'
             "<th>requests / min</th><th>tokens / min</th><th>in flight</th><th></th></tr></thead><tbody>"
             + rows + "</tbody></table>")
 
@@ -400,7 +433,7 @@ def budgets_text(budgets: Sequence[BudgetStats]) -> str:
                  f"tpm {_count(s.tpm_used)}/{_count(s.tpm_limit) if s.tpm_limit else '?'}",
                  f"in flight {s.in_flight}/{s.concurrency_limit if s.concurrency_limit else '?'}"]
         if s.cooldown_s > 0:
-            parts.append(f"cooldown {s.cooldown_s:.1f}s")
+            parts.append(f"cooldown {duration(s.cooldown_s)}")
         if s.disabled:
             parts.append(f"disabled: {s.disabled}")
         lines.append(f"{s.scope:<8} {_budget_label(s):<48} " + "  ".join(parts))
@@ -411,14 +444,20 @@ def budgets_text(budgets: Sequence[BudgetStats]) -> str:
 def _row_state(row: Row, now: float) -> str:
     """The state column: what the model is doing, with live countdowns."""
     text = row.detail or row.state
-    if row.until is not None and row.state in ("waiting", "rate_limited", "retrying"):
-        left = row.until - now
-        text = f"{row.detail}, retry in {left:.1f} s" if left > 0 else f"{row.detail}, retrying…"
+    left = None if row.until is None else row.until - now
+    if left is not None and row.state == "waiting":  # held by a budget: not a retry, nothing was refused
+        text = f"{row.detail} ({duration(left)} left)" if left > 0 else row.detail
+    elif left is not None and row.state in ("rate_limited", "retrying"):
+        text = f"{row.detail}, retry in {duration(left)}" if left > 0 else f"{row.detail}, retrying…"
     return text
 
 
 def dashboard_html(model: DashboardModel, now: float | None = None) -> str:
     """The whole dashboard (header totals, one row per model, utilization) as one HTML document."""
+    return _wrap(_dashboard_body(model, now))
+
+
+def _dashboard_body(model: DashboardModel, now: float | None) -> str:
     now = model.now() if now is None else now
     t = model.totals()
     state = "cancelled" if model.cancelled else ("finished" if model.finished else "running")
@@ -428,28 +467,33 @@ def dashboard_html(model: DashboardModel, now: float | None = None) -> str:
     rows = []
     for row in model.rows.values():
         colour = STATE_COLOURS.get(row.state, GREY)
-        name = _e(row.label)
-        if row.model and row.model != row.name:
-            name += f'<br><span class="nbf-muted">via {_e(row.model)}</span>'
+        via = f"via {row.model}" if row.model and row.model != row.name else ""
+        name = _e(row.label) + (f' <span class="nbf-muted">{_e(via)}</span>' if via else "")
         state_text = _row_state(row, now)
-        key = f' <span class="nbf-muted">{_e(mask_key(row.key_id))}</span>' if row.key_id and row.state == "running" else ""
+        key = f" {mask_key(row.key_id)}" if row.key_id and row.state == "running" else ""
         tokens = f"{row.input_tokens:,}+{row.output_tokens:,}" if row.input_tokens or row.output_tokens else "–"
         rows.append(
             f'<tr class="nbf-row" data-model="{_e(row.name)}" data-state="{_e(row.state)}">'
-            f"<td>{name}</td>"
-            f'<td class="nbf-state"><span style="color:{colour}">●</span> <span class="nbf-msg">{_e(state_text)}</span>{key}</td>'
+            f'<td class="nbf-name nbf-cut" title="{_e(row.label + (" " + via if via else ""))}">{name}</td>'
+            f'<td class="nbf-state nbf-cut" title="{_e(state_text + key)}"><span style="color:{colour}">●</span> '
+            f'<span class="nbf-msg">{_e(state_text)}</span><span class="nbf-muted">{_e(key)}</span></td>'
             f"<td>{_bar(model.progress(row), colour, label=f'{row.name}: {row.state}')}</td>"
             f'<td class="num">{row.attempts or "–"}</td><td class="num">{_seconds(row.latency_s)}</td>'
-            f'<td class="num">{tokens}</td><td class="num">{_cost(row.cost)}</td></tr>'
+            f'<td class="num nbf-cut">{tokens}</td><td class="num">{_cost(row.cost)}</td></tr>'
         )
-    table = ('<table class="nbf-models"><thead><tr><th>model</th><th>state</th><th>progress</th><th class="num">tries</th>'
+    # fixed widths (the state column takes what is left), so nothing moves while rows change
+    table = ('<table class="nbf-models nbf-fixed"><colgroup><col style="width:30%"><col><col style="width:128px">'
+             '<col style="width:48px"><col style="width:72px"><col style="width:100px"><col style="width:80px"></colgroup>'
+             '<thead><tr><th>model</th><th>state</th><th>progress</th><th class="num">tries</th>'
              '<th class="num">latency</th><th class="num">tokens</th><th class="num">cost</th></tr></thead><tbody>'
              + "".join(rows) + "</tbody></table>")
     util = budgets_html(model.budgets)
+    if util and model.finished:
+        util = f"<details><summary>utilization</summary>{util}</details>"
     learned = ""
     if model.learned:
         learned = '<div class="nbf-muted">learned: ' + " · ".join(_e(x) for x in model.learned[-4:]) + "</div>"
-    return _wrap(head + table + util + learned)
+    return head + table + util + learned
 
 
 def status_html(sections: Sequence[tuple[str, Sequence[BudgetStats]]]) -> str:
@@ -458,3 +502,67 @@ def status_html(sections: Sequence[tuple[str, Sequence[BudgetStats]]]) -> str:
         return _wrap('<div class="nbf-muted">nothing has run yet in this session</div>')
     empty = '<div class="nbf-head">{}</div><div class="nbf-muted">no budgets yet</div>'
     return _wrap("".join(budgets_html(b, title) or empty.format(_e(title)) for title, b in sections))
+
+
+# --- answers and the final snapshot -------------------------------------------------------------------
+GRID_MAX = 4  # up to this many answers sit side by side as cards; more become a table of first lines
+
+
+def _answer_pairs(result: FanoutResult) -> list[tuple[str, ModelResult]]:
+    pairs: list[tuple[str, ModelResult]] = []
+    if result.synthesis is not None:
+        pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
+    return pairs + [(r.requested, r) for r in result.results]
+
+
+def _facts(r: ModelResult) -> str:
+    via = f" · via {r.model}" if r.model != r.requested else ""
+    return f"{_seconds(r.latency_s)} · {_count(r.tokens)} tokens · {_cost(r.cost)}{via}"
+
+
+def _answer_body(r: ModelResult) -> str:
+    if r.ok:
+        return f'<div class="nbf-text">{_e(r.text)}</div>'
+    return f'<div class="nbf-text" style="color:{RED}">{_e(_failure(r))}</div>'
+
+
+def answers_html(result: FanoutResult) -> str:
+    """The answers side by side: cards (full ``provider/model``, latency, tokens, cost) for up to
+    GRID_MAX models, else one row per model with its first lines, each opening to the whole answer."""
+    return _wrap(_answers_body(result))
+
+
+def _answers_body(result: FanoutResult) -> str:
+    pairs = _answer_pairs(result)
+    if not pairs:
+        return ""
+    if len(pairs) <= GRID_MAX:
+        cards = "".join(
+            f'<div class="nbf-card" data-model="{_e(r.requested)}">'
+            f'<div class="nbf-card-head" title="{_e(label)}">{"✓" if r.ok else "✗"} {_e(label)}</div>'
+            f'<div class="nbf-muted">{_e(_facts(r))}</div>{_answer_body(r)}</div>'
+            for label, r in pairs)
+        return (f'<div class="nbf-grid nbf-answers" style="grid-template-columns:repeat({len(pairs)},minmax(0,1fr))">'
+                f"{cards}</div>")
+    rows = "".join(
+        f'<details class="nbf-answer-row" data-model="{_e(r.requested)}"><summary>'
+        f'<b>{"✓" if r.ok else "✗"} {_e(label)}</b> <span class="nbf-muted">{_e(_facts(r))}</span> · '
+        f"{_e(answer_preview(r.text, lines=1, width=120) if r.ok else _failure(r)[:120])}</summary>"
+        f"{_answer_body(r)}</details>"
+        for label, r in pairs)
+    return f'<div class="nbf-answers">{rows}</div>'
+
+
+def snapshot_html(model: DashboardModel, result: FanoutResult | None, timeline_png: bytes | None = None) -> str:
+    """What a finished run leaves in the notebook, without widgets: the final dashboard (utilization
+    folded away), the retry timeline and the answers, as one HTML document a saved notebook keeps."""
+    import base64
+
+    parts = [_dashboard_body(model, None)]
+    if timeline_png:
+        data = base64.b64encode(timeline_png).decode("ascii")
+        parts.append(f'<details open><summary>timeline</summary><img class="nbf-timeline" alt="retry timeline" '
+                     f'src="data:image/png;base64,{data}"></details>')
+    if result is not None:
+        parts.append(_answers_body(result))
+    return _wrap("".join(parts))

@@ -159,6 +159,7 @@ class NoModelsAvailableEvent(Event):
     request: str = ""
     candidates: tuple[str, ...] = ()
     wait_s: float = 0.0
+    reason: str = ""  # what holds it: "3/3 in flight", "rpm 500 (sliding_window) full for 4.2s", a cooldown's cause
 
 
 @dataclass(frozen=True, slots=True)

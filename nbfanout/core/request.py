@@ -289,7 +289,7 @@ class RequestPipeline:
                 nonlocal announced
                 if not announced:  # once per wait, not on every wake-up
                     announced = True
-                    fx._emit(NoModelsAvailableEvent, request=req_id, candidates=candidates, wait_s=seconds)
+                    fx._emit(NoModelsAvailableEvent, request=req_id, candidates=candidates, wait_s=seconds, reason=why)
 
             max_wait = self.policy.max_wait_s
             if deadline is not None:

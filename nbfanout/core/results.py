@@ -218,7 +218,7 @@ class FanoutResult:
         return out
 
     def _repr_html_(self) -> str:
-        from nbfanout.notebook.display import result_html  # lazy: the core never imports UI code
+        from nbfanout.render import result_html  # lazy: the core never imports UI code
 
         return result_html(self)
 
@@ -295,7 +295,7 @@ class BatchResult:
         return _records_to_dataframe(self.to_records())
 
     def _repr_html_(self) -> str:
-        from nbfanout.notebook.display import batch_html  # lazy: the core never imports UI code
+        from nbfanout.render import batch_html  # lazy: the core never imports UI code
 
         return batch_html(self)
 

@@ -37,14 +37,13 @@ from nbfanout.core.events import (
     TextDelta,
     Utilization,
 )
-from nbfanout.notebook.display import dashboard_html, mask_key
+from nbfanout.render import dashboard_html, mask_key, result_text, snapshot_html
 
 if TYPE_CHECKING:
     from nbfanout.core.results import FanoutResult, ModelResult
 
 __all__ = [
     "MIN_TICK_S",
-    "Answers",
     "Dashboard",
     "DashboardModel",
     "Row",
@@ -202,7 +201,8 @@ def _apply_to_row(row: Row, e: Event) -> None:
     if isinstance(e, ModelQueued):
         row.state, row.detail = "queued", "queued"
     elif isinstance(e, NoModelsAvailableEvent):
-        row.state, row.detail, row.until = "waiting", "waiting for capacity", e.t + e.wait_s
+        row.state, row.until = "waiting", e.t + e.wait_s
+        row.detail = f"waiting: {e.reason}" if e.reason else "waiting for capacity"
     elif isinstance(e, ModelSelected):
         row.model = e.model
     elif isinstance(e, ModelRotation):
@@ -264,6 +264,7 @@ class Dashboard:
         self._last_tick = -1e9
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._handle: Any = None  # the display's handle, to replace the live widget by its snapshot
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The widget view, with a plain-text line for viewers without a widget manager (not the widget's repr)."""
@@ -276,7 +277,19 @@ class Dashboard:
         """Show the dashboard; call from the cell's thread before the run starts."""
         from IPython.display import display
 
-        display(self)
+        self._handle = display(self, display_id=True)
+
+    def freeze(self, result: FanoutResult | None, timeline_png: bytes | None = None) -> None:
+        """Replace the live widget by a static snapshot (final dashboard, timeline, answers) and close
+        the widgets: a saved notebook, nbviewer or GitHub then shows the run without a kernel and
+        without "Error displaying widget". Call from the cell's thread after ``aclose``."""
+        bundle = {"text/html": snapshot_html(self.model, result, timeline_png),
+                  "text/plain": result_text(result) if result is not None else repr(self)}
+        if self._handle is not None:
+            self._handle.update(bundle, raw=True)
+        for w in [self.html, self.after, self.tab, *(self.tab.children if self.tab is not None else ()), self.widget]:
+            if w is not None:
+                w.close()
 
     # --- on the loop thread ------------------------------------------------------------------------
     def on_event(self, event: Event) -> None:
@@ -395,28 +408,3 @@ def answer_markdown(r: ModelResult) -> str:
         return r.text
     message = r.error.message if r.error else ""
     return f"**{r.category or 'failed'}**" + (f" (HTTP {r.http_status})" if r.http_status else "") + f": {message}"
-
-
-class Answers:
-    """The answers side by side: one tab per model (markdown rendered by the frontend), the synthesis first."""
-
-    def __init__(self, result: FanoutResult) -> None:
-        widgets = import_widgets()
-        pairs: list[tuple[str, ModelResult]] = []
-        if result.synthesis is not None:
-            pairs.append((f"synthesis · {result.synthesis.requested.split('/', 1)[-1]}", result.synthesis))
-        pairs += [(("✓ " if r.ok else "✗ ") + r.requested.split("/", 1)[-1], r) for r in result.results]
-        self.pairs = pairs
-        outputs = []
-        for _, r in pairs:
-            out = widgets.Output()
-            out.outputs = (markdown_output(answer_markdown(r)),)
-            outputs.append(out)
-        self.widget = widgets.Tab(children=outputs, titles=[title for title, _ in pairs])
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        """The tabs, with every answer as markdown for viewers that cannot show widgets (GitHub, nbconvert)."""
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/markdown"] = "\n\n".join(f"#### {title}\n\n{answer_markdown(r)}" for title, r in self.pairs)
-        bundle["text/plain"] = f"answers of {len(self.pairs)} models"
-        return bundle

@@ -29,14 +29,14 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import Image, Markdown, display
+from IPython.display import Image, display
 
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import ConfigError, ErrorCategory, ErrorInfo
 from nbfanout.core.errors import UsageError as FanoutUsageError
 from nbfanout.core.fanout import Fanout
 from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
-from nbfanout.notebook import display as render
+from nbfanout import render
 from nbfanout.notebook._runner import LoopJob, call_in_loop
 
 __all__ = ["BackgroundRun", "FanoutMagics", "fill_prompt", "load_ipython_extension", "split_models"]
@@ -267,7 +267,7 @@ class FanoutMagics(Magics):
     @argument("--rerun", metavar="NAME", help="send NAME's prompt again to only the models that failed in that FanoutResult")
     @argument("--stream", action="store_true", help="stream answers: each grows live in its tab")
     @argument("--dry-run", action="store_true", help="show the plan (models, keys, tokens, cost); send nothing")
-    @argument("--no-dashboard", action="store_true", help="no live dashboard, timeline or answer tabs; just the result")
+    @argument("--no-dashboard", action="store_true", help="no live dashboard, timeline or answers; the cell returns the FanoutResult")
     @argument("--background", action="store_true",
               help="return at once; the dashboard keeps updating and --out is stored when done")
     @cell_magic("fanout")  # type: ignore[arg-type]  # IPython's decorator types reject methods
@@ -276,9 +276,11 @@ class FanoutMagics(Magics):
         """Send the cell body to many LLMs at once and show a live dashboard.
 
         The cell body is the prompt; ``{name}`` is replaced by the notebook variable ``name``
-        (write ``{{`` and ``}}`` for literal braces). Returns the FanoutResult (with --background,
-        a handle whose ``result()`` waits for it). Interrupting the kernel cancels every request
-        still in flight and returns what had finished.
+        (write ``{{`` and ``}}`` for literal braces). With the dashboard, the run ends as a static
+        snapshot (dashboard, timeline, answers) that a saved notebook keeps, and the FanoutResult
+        goes to --out NAME; without it (--no-dashboard, plain IPython) the cell returns it. With
+        --background it returns a handle whose ``result()`` waits for it. Interrupting the kernel
+        cancels every request still in flight and keeps what had finished.
         """
         args = parse_argstring(self.fanout_cell, fill_prompt(line, self._ns, join_lists=True))
         fx, req = self._check(args, cell)
@@ -321,8 +323,10 @@ class FanoutMagics(Magics):
             print(f"interrupted: {answered} of {len(result.results)} models had answered; "
                   "every request still in flight was cancelled", file=sys.stderr, flush=True)
         if kind == "widgets":
-            self._show_final(result, stream_tab=req.stream)
-        elif kind == "text":
+            # the snapshot shows everything the result's own table would: returning it would repeat it
+            self._show_final(view, result)
+            return None
+        if kind == "text":
             print(render.result_text(result), flush=True)
         return result
 
@@ -457,17 +461,12 @@ class FanoutMagics(Magics):
         result = progress.final or progress.main
         if result is None or view.after is None:
             return
-        from nbfanout.notebook.dashboard import Answers
         from nbfanout.notebook.timeline import timeline_png
 
         png = await asyncio.get_running_loop().run_in_executor(None, timeline_png, result)
-        summary = {"text/html": render.result_html(result), "text/plain": render.result_text(result)}
-        view.after.append_display_data(_Bundle(summary))
         view.after.append_display_data(Image(data=png, format="png"))
-        if not req.stream:
-            view.after.append_display_data(Answers(result))
-        elif result.synthesis is not None:
-            view.after.append_display_data(_synthesis_markdown(result.synthesis))
+        view.after.append_display_data(_Bundle({"text/html": render.answers_html(result),
+                                                "text/plain": render.result_text(result)}))
 
     def _partial(self, fx: Fanout, req: CellRequest, progress: _Progress, before: Any) -> FanoutResult:
         """After an interrupt: what had finished (Fanout.last_result holds the cancelled run's partial batch)."""
@@ -489,20 +488,16 @@ class FanoutMagics(Magics):
             part = replace(req.rerun, results=tuple(fresh.get(r.requested, r) for r in req.rerun.results))
         return part
 
-    def _show_final(self, result: FanoutResult, *, stream_tab: bool) -> None:
-        """After the run, regular outputs a saved notebook keeps: the timeline PNG and the answers."""
-        from nbfanout.notebook.dashboard import Answers
-
+    def _show_final(self, view: Any, result: FanoutResult) -> None:
+        """After the run, the live dashboard becomes its static snapshot, timeline and answers included."""
+        png = None
         try:
             from nbfanout.notebook.timeline import timeline_png
 
-            display(Image(data=timeline_png(result), format="png"))
+            png = timeline_png(result) if any(r.attempts for r in result.results) else None
         except ImportError as exc:
             print(f"{exc} (no retry timeline)", file=sys.stderr)
-        if not stream_tab:
-            display(Answers(result))
-        elif result.synthesis is not None:  # the stream tabs hold the models' answers, not the synthesis
-            display(_synthesis_markdown(result.synthesis))
+        view.freeze(result, png)
 
     def _dry_run(self, fx: Fanout, req: CellRequest) -> None:
         with _clean_errors():
@@ -578,12 +573,6 @@ class FanoutMagics(Magics):
             texts.append(f"{title}\n{render.budgets_text(budgets)}")
         display(_Bundle({"text/html": render.status_html(sections),
                          "text/plain": "\n\n".join(texts) or "nothing has run yet in this session"}))
-
-
-def _synthesis_markdown(synthesis: ModelResult) -> Markdown:
-    from nbfanout.notebook.dashboard import answer_markdown
-
-    return Markdown(f"#### Synthesis ({synthesis.requested})\n\n{answer_markdown(synthesis)}")
 
 
 class _Bundle:

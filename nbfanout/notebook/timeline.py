@@ -31,6 +31,8 @@ OUTCOME_COLOURS = {
     "permission": "#7b1e1e",
 }
 OTHER_COLOUR = "#c0392b"
+MIN_BAR = 0.008  # the narrowest attempt, as a share of the axis (about 6 px of 800)
+LABEL_BELOW = 0.04  # failures shorter than this share of the axis are labelled with their outcome
 WAIT_COLOUR = "#bdbdbd"
 
 
@@ -85,8 +87,14 @@ def timeline_figure(result: FanoutResult, *, width: float = 10.0) -> Any:
                 ax.plot([off + a.end_s + a.wait_s, off + later], [y, y], color=WAIT_COLOUR, lw=1, ls=":")
             colour = OUTCOME_COLOURS.get(a.outcome, OTHER_COLOUR)
             seen.add(a.outcome)
-            ax.barh(y, max(a.end_s - a.start_s, end * 0.002), left=off + a.start_s, height=0.6, color=colour,
+            span = a.end_s - a.start_s
+            # a 429 answered in 5 ms beside a 12-s call would be a speck: every attempt gets a visible width,
+            # and a short failure its outcome written beside it
+            ax.barh(y, max(span, end * MIN_BAR), left=off + a.start_s, height=0.6, color=colour,
                     edgecolor="white", linewidth=0.5)
+            if a.outcome != "ok" and span < end * LABEL_BELOW:
+                ax.text(off + a.start_s + max(span, end * MIN_BAR), y + 0.05, f" {a.outcome}", fontsize=6.5,
+                        va="center", color=colour)
             # the wait the core planned, cut at the next attempt (it may resume early, e.g. once capacity frees up)
             waited = min(a.wait_s, (later if later is not None else end - off) - a.end_s)
             if waited > 0:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -102,7 +103,28 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_dashboard_renders_as_widgets_in_jupyterlab(chromium: str, jupyterlab: str) -> None:
+COLUMN_EDGES = """(cell) => Array.from(cell.querySelectorAll('table.nbf-models th')).map(th => {
+    const r = th.getBoundingClientRect(); return [Math.round(r.left), Math.round(r.right)];
+})"""
+
+OVERFLOW = """(cell) => {
+    const area = cell.querySelector('.jp-Cell-outputArea').getBoundingClientRect();
+    return Array.from(cell.querySelectorAll('table.nbf-models td, table.nbf-util td')).filter(td => {
+        const r = td.getBoundingClientRect(); return r.right > area.right + 1 || r.left < area.left - 1;
+    }).length;
+}"""
+
+
+def _run_all(page: Any) -> None:
+    # not awaited: the command's promise settles only after its confirmation dialog
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    accept.wait_for(timeout=30_000)
+    accept.click()
+
+
+def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survives_a_reload(
+        chromium: str, jupyterlab: str) -> None:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -113,28 +135,50 @@ def test_dashboard_renders_as_widgets_in_jupyterlab(chromium: str, jupyterlab: s
             page.goto(f"{jupyterlab}/lab/tree/{NOTEBOOK}?token={TOKEN}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)
-            # the server keeps kernels across page loads: restart, then run every cell
-            # not awaited: the command's promise settles only after its confirmation dialog
-            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
-            accept = page.locator(".jp-Dialog .jp-mod-accept")
-            accept.wait_for(timeout=30_000)
-            accept.click()
-            outputs = page.locator(".jp-OutputArea-output")
-            outputs.filter(has_text="results: 15").wait_for(timeout=120_000)
-
+            _run_all(page)  # the server keeps kernels across page loads: restart, then run every cell
             run_cell = page.locator(".jp-Cell").nth(2)
-            dashboard_rows = run_cell.locator(".jp-OutputArea-output .jupyter-widgets .nbf-row")
-            assert dashboard_rows.count() == 15, "one dashboard row per model, rendered inside a widget"
-            assert run_cell.locator(".jp-OutputArea-output .jupyter-widgets [role=progressbar]").count() >= 15
-            tabs = run_cell.locator(".jp-OutputArea-output .jupyter-widgets .lm-TabBar-tab")
-            assert tabs.count() == 15, "one answer tab per model"
-            assert run_cell.locator(".jp-OutputArea-output img").count() >= 1, "the timeline image"
-            not_rendered = ("Loading widget", "Error displaying widget", "nbfanout dashboard for 15 models", "VBox(",
-                            "Tab(children")
-            for text in not_rendered:
-                assert outputs.filter(has_text=text).count() == 0, f"{text!r} shown instead of a rendered widget"
-            assert "results: 15 ok: 15" in outputs.filter(has_text="results: 15").inner_text()
+            live = run_cell.locator(".jupyter-widgets table.nbf-models")
+            live.wait_for(timeout=120_000)
+
+            # while the run is live: the columns never move and nothing leaves the output area
+            edges, samples = None, 0
+            run_cell.locator(".jupyter-widgets .nbf-row").first.wait_for(timeout=60_000)
+            while live.count() and samples < 40:
+                now = run_cell.evaluate(COLUMN_EDGES)
+                if now and live.count():
+                    assert edges is None or now == edges, f"a column moved during the run: {edges} -> {now}"
+                    edges = edges or now
+                    assert run_cell.evaluate(OVERFLOW) == 0, "a dashboard cell reaches past the output area"
+                    samples += 1
+                    if samples == 2:
+                        run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_live.png"))
+                page.wait_for_timeout(150)
+            assert samples >= 2, "the live dashboard was not seen twice"
+
+            page.locator(".jp-OutputArea-output").filter(has_text="results: 15").wait_for(timeout=120_000)
+            # finished: the widget became its static snapshot, with the timeline and the answers
+            assert run_cell.locator(".jupyter-widgets").count() == 0, "the live widget is still there"
+            rows = run_cell.locator(".jp-OutputArea-output .nbf-row")
+            assert rows.count() == 15
+            name = run_cell.locator(".nbf-row td.nbf-name").first
+            assert name.evaluate("td => getComputedStyle(td).textAlign") == "left", "model names are not left-aligned"
+            assert run_cell.locator("details.nbf-answer-row").count() == 15, "one answer row per model"
+            assert run_cell.locator("img.nbf-timeline").bounding_box()["width"] > 100, "the timeline is not shown"
+            assert run_cell.evaluate(OVERFLOW) == 0
             run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_dashboard.png"))
-            page.screenshot(path=str(ARTIFACTS / "browser_page.png"))
+
+            # saved, then reopened with its kernel gone: the snapshot is still there, with no widget error
+            page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+            page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+            page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+            page.wait_for_timeout(1000)
+            page.reload()
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            reopened = page.locator(".jp-Cell").nth(2)
+            reopened.locator(".nbf-row").first.wait_for(timeout=60_000)
+            assert reopened.locator(".nbf-row").count() == 15
+            assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
+            assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "browser_reopened.png"))
         finally:
             browser.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -14,6 +15,7 @@ from nbfanout.core.events import (
     ModelFailed,
     ModelQueued,
     ModelRotation,
+    NoModelsAvailableEvent,
     RateLimited,
     RequestStarted,
     RunCompleted,
@@ -22,7 +24,7 @@ from nbfanout.core.events import (
     Utilization,
 )
 from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResult
-from nbfanout.notebook import display as render
+from nbfanout import render
 from nbfanout.notebook.dashboard import DashboardModel, import_widgets
 from nbfanout.notebook.timeline import timeline_figure, timeline_png
 
@@ -106,7 +108,8 @@ def test_utilization_bars_turn_amber_then_red_near_a_limit_and_show_cooldowns() 
     page = render.budgets_html([stats("a", 30), stats("b", 70), stats("c", 95, cooldown=3.2)])
     assert render.GREEN in page and render.AMBER in page and render.RED in page
     assert "cooldown 3.2 s" in page
-    assert page.count('role="progressbar"') == 9  # RPM, TPM and in-flight per budget
+    assert page.count('role="progressbar"') == 6  # RPM and in-flight per budget
+    assert ">0</span>" in page and "limit unknown" in page  # the unknown TPM limit: its count alone, no bar
 
 
 def test_dashboard_model_follows_the_events() -> None:
@@ -164,3 +167,66 @@ def test_magics_import_no_widget_or_plotting_library() -> None:
     code = "import sys, nbfanout.notebook.magics; print(sorted(m for m in ('ipywidgets', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_up_to_four_answers_are_cards_side_by_side_with_full_names_and_facts() -> None:
+    two = replace(_result(), results=_result().results[:2], synthesis=None)
+    page = render.answers_html(two)
+    assert page.count('class="nbf-card"') == 2 and "repeat(2,minmax(0,1fr))" in page
+    assert "openrouter/deepseek/deepseek-r1-0528:free" in page  # the full provider/model, not "✓ deep"
+    assert "via openrouter/deepseek/deepseek-r1-0528" in page and "1.50 s" in page and "$0.0012" in page
+    assert "First line &lt;b&gt;bold&lt;/b&gt;\n\nSecond line\nThird\nFourth" in page  # the whole answer, escaped
+
+
+def test_more_than_four_answers_are_rows_that_open_to_the_whole_answer_synthesis_first() -> None:
+    page = render.answers_html(_result())  # four models and a synthesis
+    assert page.count('<details class="nbf-answer-row"') == 5 and 'class="nbf-card"' not in page
+    assert page.index("synthesis (openai/o4-mini)") < page.index("openai/gpt-4.1")
+    assert "quota_exhausted (HTTP 429): &lt;quota&gt; gone" in page
+
+
+def test_the_snapshot_holds_the_final_dashboard_timeline_and_answers_in_one_document() -> None:
+    result = _result()
+    m = DashboardModel([r.requested for r in result.results])
+    m.apply(Utilization(0.1, "r", budgets=(BudgetStats("provider", "openai", 20, 1, None, 0, None, 0, None, 0, 0.0),)))
+    m.finish()
+    page = render.snapshot_html(m, result, timeline_png(result))
+    assert page.count('<div class="nbf ') == 1  # one styled root: every part gets the styles
+    assert page.count('class="nbf-row"') == 4 and "<details><summary>utilization</summary>" in page
+    assert 'src="data:image/png;base64,iVBOR' in page and page.count('class="nbf-answer-row"') == 5
+    assert render.snapshot_html(m, None).count('class="nbf-row"') == 4  # an interrupted run without a result
+
+
+@pytest.mark.parametrize(("seconds", "said"), [(4.23, "4.2 s"), (59.9, "59.9 s"), (3591.1, "1 h"), (600, "10 min"),
+                                               (7500, "2 h 5 min")])
+def test_waits_read_as_people_say_them(seconds: float, said: str) -> None:
+    assert render.duration(seconds) == said
+
+
+def test_core_and_render_import_no_ui_library() -> None:
+    code = ("import sys, nbfanout.core, nbfanout.core.fanout, nbfanout.render; "
+            "print(sorted(m for m in ('IPython', 'ipywidgets', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_row_held_by_a_budget_says_which_and_never_reads_as_a_retry() -> None:
+    m = DashboardModel(["openai/m"])
+    m.apply(NoModelsAvailableEvent(1.0, "r", request="0:openai/m", candidates=("openai/m",), wait_s=2.0,
+                                   reason="3/3 in flight"))
+    assert render.dashboard_html(m, now=1.5).count("waiting: 3/3 in flight (1.5 s left)") == 2  # the cell and its tooltip
+    later = render.dashboard_html(m, now=3.5)
+    assert "waiting: 3/3 in flight" in later and "retr" not in later
+
+
+def test_a_fast_failure_beside_a_long_call_is_visible_and_labelled() -> None:
+    long_ok = ModelResult(requested="p/slow", model="p/slow", ok=True, text="x", latency_s=12.0,
+                          attempts=(Attempt("p/slow", "…k1", 0.0, 12.0, "ok", 200),))
+    quick_429 = ModelResult(requested="p/quick", model="p/quick", ok=True, text="y", latency_s=2.0,
+                            attempts=(Attempt("p/quick", "…k2", 0.0, 0.005, "rate_limit", 429, wait_s=1.0),
+                                      Attempt("p/quick", "…k2", 1.0, 2.0, "ok", 200)))
+    fig = timeline_figure(FanoutResult(prompt="Q", results=(long_ok, quick_429), elapsed_s=12.0))
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if p.get_height() == 0.6]
+    assert min(b.get_width() for b in bars) >= 12.0 * 0.008 * 0.99
+    assert "rate_limit" in [t.get_text().strip() for t in ax.texts]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -44,24 +45,43 @@ def _dashboard_html(nb: Any) -> list[str]:
             if m.get("model_name") == "HTMLModel" and 'class="nbf-row"' in m["state"].get("value", "")]
 
 
-def test_seed15_notebook_shows_widgets_results_and_timeline(tmp_path: Path) -> None:
+def _snapshot(cell: Any) -> str:
+    """The HTML a finished ``%%fanout`` cell leaves: its one display, updated to the static snapshot."""
+    (html,) = [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}) and 'class="nbf-row"'
+               in o["data"]["text/html"]]
+    return html
+
+
+def test_a_saved_seed15_notebook_keeps_its_dashboard_timeline_and_answers_without_widgets(tmp_path: Path) -> None:
     nb = _execute("nb_seed15_dashboard.ipynb", tmp_path)
     run = nb.cells[2]
     outputs = _outputs(run)
     assert not [o for o in outputs if o["output_type"] == "error"], outputs
-    views = [o for o in outputs if WIDGET_VIEW in o.get("data", {})]
-    assert len(views) >= 2, "expected the live dashboard and the answer tabs as widget views"
-    assert "nbfanout dashboard for 15 models" in views[0]["data"]["text/plain"]
-    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) == 1, "the retry timeline image was not produced"
-    assert pngs[0]["data"]["image/png"].startswith("iVBOR")  # base64 of the PNG signature
-    assert "results: 15" in _text(nb.cells[3])
-    assert "in flight at the sandbox: 0" in _text(nb.cells[3])
-    # the dashboard's last state, as the kernel sent it: 15 rows, all final
-    (final,) = _dashboard_html(nb)
+    # the live widget was replaced: nothing in the saved cell needs a widget manager (or a kernel)
+    assert not [o for o in outputs if WIDGET_VIEW in o.get("data", {})], "a widget view is left in the saved cell"
+    assert [o["output_type"] for o in outputs] == ["display_data"], "one output: no summary table repeating it"
+    final = _snapshot(run)
     assert final.count('class="nbf-row"') == 15
     states = re.findall(r'data-state="(\w+)"', final)
     assert set(states) <= {"done", "failed"} and len(states) == 15
+    (png,) = re.findall(r'<img class="nbf-timeline"[^>]*src="data:image/png;base64,([^"]+)"', final)
+    assert png.startswith("iVBOR")  # base64 of the PNG signature
+    # fifteen answers: one row each, the full text inside, the answer's own words escaped
+    assert final.count('class="nbf-answer-row"') == 15
+    assert all(html.escape(x.text, quote=True) in final for x in _saved_result(nb).succeeded)
+    assert "ok: 15" in _text(nb.cells[3]) or "results: 15" in _text(nb.cells[3])
+    assert "in flight at the sandbox: 0" in _text(nb.cells[3])
+    # the saved file itself, read back as a viewer would: the snapshot is there
+    saved = nbformat.read(tmp_path / "nb_seed15_dashboard.ipynb", as_version=4)
+    assert _snapshot(saved.cells[2]) == final
+
+
+def _saved_result(nb: Any) -> Any:
+    """The FanoutResult the cell stored (``--out r``), rebuilt from the JSON the next cell can print."""
+    from nbfanout import FanoutResult
+
+    (blob,) = [o["text"] for o in nb.cells[4].outputs if o.get("name") == "stdout"]
+    return FanoutResult.from_json(blob)
 
 
 def test_kernel_interrupt_then_a_background_run(tmp_path: Path) -> None:
@@ -77,7 +97,10 @@ def test_kernel_interrupt_then_a_background_run(tmp_path: Path) -> None:
     assert "answered: ['openai/quick-a', 'openai/quick-b']" in report
     assert "cancelled: ['openai/slow-a', 'openai/slow-b']" in report
     assert "sandbox in flight: 0 accepted: 2 requests: 4" in report
-    interrupted, background = _dashboard_html(nb)
+    interrupted = _snapshot(run)  # the interrupted run's dashboard, frozen in place
+    assert not [o for o in outputs if WIDGET_VIEW in o.get("data", {})]
+    # a background run's dashboard stays live, as a widget (the state nbclient saved also keeps the closed one's)
+    (background,) = [h for h in _dashboard_html(nb) if 'data-model="openai/medium"' in h]
     assert interrupted.count('data-state="cancelled"') == 2
     assert interrupted.count('data-state="done"') == 2
     # --background: the cell returned at once, the dashboard kept updating, the result arrived in rb

@@ -228,13 +228,9 @@ async def _run(args: argparse.Namespace) -> int:
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
     fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
     if args.dry_run:
-        plan = fx.plan(prompt, models, pool=args.pool, max_tokens=args.max_tokens)
-        for row in plan.rows:
-            key = row.key_id or f"NO KEY (set {' or '.join(row.missing_key_vars)})"
-            fit = "fits" if row.fits else f"DOES NOT FIT {row.context_window}"
-            cost = f"${row.projected_cost:.5f}" if row.projected_cost is not None else "$?"
-            print(f"{row.model:<50} key {key:<12} ~{row.prompt_tokens}+{row.max_output_tokens} tokens {fit} {cost}")
-        print(f"lower bound by limits: {plan.lower_bound_s:.1f}s; projected cost ${plan.projected_cost:.5f}")
+        from nbfanout.render import plan_text  # the notebook's %%fanout --dry-run shows the same rows
+
+        print(plan_text(fx.plan(prompt, models, pool=args.pool, max_tokens=args.max_tokens)))
         return 0
     names = fx._resolve(models, args.pool, prompt)
     live = args.stream and len(names) == 1 and not args.json and not args.one

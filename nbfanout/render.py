@@ -33,6 +33,7 @@ __all__ = [
     "models_rows",
     "models_text",
     "plan_html",
+    "plan_rows",
     "plan_text",
     "result_html",
     "result_text",
@@ -45,6 +46,7 @@ STATE_COLOURS = {
     "queued": GREY, "waiting": AMBER, "running": BLUE, "rate_limited": AMBER, "retrying": AMBER,
     "done": GREEN, "failed": RED, "cancelled": GREY,
 }
+FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 MAX_TABLE_ROWS = 300  # a batch of thousands still renders quickly; the rest is counted
 MAX_MODEL_BUDGETS = 6  # model budgets shown besides providers and keys: the fullest ones
 
@@ -213,6 +215,10 @@ def result_html(result: FanoutResult) -> str:
 
 def batch_html(batch: BatchResult) -> str:
     """A compact table of a BatchResult: one row per (prompt, model), scores when judged."""
+    return _wrap(_batch_body(batch))
+
+
+def _batch_body(batch: BatchResult) -> str:
     results = list(batch.results)
     ok = sum(1 for r in results if r.ok)
     head = (f'<div class="nbf-head">{len(batch.prompts)} prompts × {len(batch.models)} models: {ok}/{len(results)} '
@@ -227,7 +233,7 @@ def batch_html(batch: BatchResult) -> str:
              "<th class=\"num\">latency</th><th class=\"num\">tokens</th><th class=\"num\">cost</th>"
              f"{score_head}<th>answer</th></tr></thead><tbody>"
              + _result_rows(((r.requested, r) for r in shown), True, scores) + "</tbody></table>")
-    return _wrap(head + table + more)
+    return head + table + more
 
 
 def result_text(result: FanoutResult) -> str:
@@ -250,32 +256,59 @@ def result_text(result: FanoutResult) -> str:
 
 
 # --- plans, models, config, budgets ---------------------------------------------------------------------
-def plan_html(plan: Plan) -> str:
-    """What a dry run would send: model, key, tokens, whether it fits, projected cost."""
-    rows = []
+def plan_rows(plan: Plan) -> list[dict[str, Any]]:
+    """A plan per model (a map plans one request per prompt and model): its key or the variable to set,
+    requests, tokens, whether every prompt fits, projected cost (None when unpriced)."""
+    by: dict[str, dict[str, Any]] = {}
     for r in plan.rows:
-        missing = _e(" or ".join(r.missing_key_vars))
-        key = _e(mask_key(r.key_id)) if r.key_id else f'<span style="color:{RED}">no key (set {missing})</span>'
-        fits = "fits" if r.fits else f'<span style="color:{RED}">exceeds {_count(r.context_window)}</span>'
-        cost = _cost(r.projected_cost) if r.projected_cost is not None else "?"
-        rows.append(f'<tr><td>{_e(r.model)}</td><td>{key}</td><td class="num">{_count(r.prompt_tokens)}</td>'
-                    f'<td class="num">{_count(r.max_output_tokens)}</td><td>{fits}</td><td class="num">{cost}</td></tr>')
-    head = (f'<div class="nbf-head">dry run: {len(plan.rows)} requests, nothing sent · at least '
-            f"{_seconds(plan.lower_bound_s)} by the known limits · ≈{_cost(plan.projected_cost)}</div>")
-    table = ('<table><thead><tr><th>model</th><th>key</th><th class="num">prompt tokens</th><th class="num">max output</th>'
-             '<th>context</th><th class="num">≈cost</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
-    return _wrap(head + table)
+        row = by.setdefault(r.model, {"model": r.model, "key": mask_key(r.key_id) if r.key_id else None,
+                                      "missing": " or ".join(r.missing_key_vars), "requests": 0, "prompt_tokens": 0,
+                                      "max_output_tokens": r.max_output_tokens, "too_long": 0,
+                                      "context_window": r.context_window, "cost": 0.0})
+        row["requests"] += 1
+        row["prompt_tokens"] += r.prompt_tokens
+        row["too_long"] += 0 if r.fits else 1
+        row["cost"] = None if row["cost"] is None or r.projected_cost is None else row["cost"] + r.projected_cost
+    return list(by.values())
+
+
+def _plan_head(plan: Plan) -> str:
+    wait = (f"at least {duration(plan.lower_bound_s)} by the known limits" if plan.lower_bound_s >= 0.05
+            else "no known limit makes it wait")
+    return (f"dry run, nothing sent: {len(plan.rows)} request(s) to {len(plan_rows(plan))} model(s); {wait}; "
+            f"≈{_cost(plan.projected_cost)}")
+
+
+def plan_html(plan: Plan) -> str:
+    """What a dry run would send, per model: key, requests, tokens, whether the prompts fit, projected cost."""
+    body = []
+    for r in plan_rows(plan):
+        key = _e(r["key"]) if r["key"] else f'<span style="color:{RED}">no key (set {_e(r["missing"])})</span>'
+        fits = ("fits" if not r["too_long"] else
+                f'<span style="color:{RED}">{r["too_long"]} exceed {_count(r["context_window"])}</span>')
+        body.append(f'<tr><td class="nbf-cut" title="{_e(r["model"])}">{_e(r["model"])}</td><td>{key}</td>'
+                    f'<td class="num">{r["requests"]}</td><td class="num">{_count(r["prompt_tokens"])}</td>'
+                    f'<td class="num">{_count(r["max_output_tokens"])}</td><td>{fits}</td>'
+                    f'<td class="num">{_cost(r["cost"]) if r["cost"] is not None else "unpriced"}</td></tr>')
+    table = ('<table><thead><tr><th>model</th><th>key</th><th class="num">requests</th>'
+             '<th class="num">prompt tokens</th><th class="num">max output</th><th>context</th><th class="num">≈cost</th>'
+             "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+    return _wrap(f'<div class="nbf-head">{_e(_plan_head(plan))}</div>' + table)
 
 
 def plan_text(plan: Plan) -> str:
+    """The same per-model plan as lines, for the terminal (``nbfanout run --dry-run``) and plain IPython."""
+    rows = plan_rows(plan)
+    width = max([len(r["model"]) for r in rows] + [5])
     lines = []
-    for r in plan.rows:
-        key = mask_key(r.key_id) if r.key_id else f"NO KEY (set {' or '.join(r.missing_key_vars)})"
-        fit = "fits" if r.fits else f"DOES NOT FIT {r.context_window}"
-        lines.append(f"{r.model}  key {key}  ~{r.prompt_tokens}+{r.max_output_tokens} tokens  {fit}  "
-                     f"{_cost(r.projected_cost) if r.projected_cost is not None else '$?'}")
-    lines.append(f"dry run, nothing sent; at least {_seconds(plan.lower_bound_s)} by the known limits; "
-                 f"≈{_cost(plan.projected_cost)}")
+    for r in rows:
+        key = f"key {r['key']}" if r["key"] else f"NO KEY (set {r['missing']})"
+        fit = "fits" if not r["too_long"] else f"{r['too_long']} DO NOT FIT {r['context_window']}"
+        cost = _cost(r["cost"]) if r["cost"] is not None else "unpriced"
+        lines.append(f"{r['model']:<{width}}  {key:<14} {r['requests']:>4} request(s)  "
+                     f"~{r['prompt_tokens']:,}+{r['max_output_tokens']:,} tokens  {fit}  {cost}")
+    lines.append(f"dry run, nothing sent: {len(plan.rows)} request(s) to {len(rows)} model(s); "
+                 f"lower bound by limits {duration(plan.lower_bound_s)}; ≈{_cost(plan.projected_cost)}")
     return "\n".join(lines)
 
 
@@ -452,6 +485,23 @@ def _row_state(row: Row, now: float) -> str:
     return text
 
 
+def _batch_state(model: DashboardModel, row: Row) -> str:
+    """A batch row: answered / total, failures, in flight, its rate and ETA, and what it waits for."""
+    parts = [f"{row.answered}/{row.total} answered"]
+    if row.failed:
+        parts.append(f"{row.failed} failed")
+    if row.state in FINAL_STATES:
+        return " · ".join(parts) + (f" · last: {row.last_error}" if row.failed else "")
+    if row.in_flight:
+        parts.append(f"{len(row.in_flight)} in flight")
+    rate = model.rate(row)
+    if rate:
+        parts.append(f"{rate:.1f}/s · ETA {duration((row.total - row.answered - row.failed) / rate)}")
+    if row.state == "waiting" and row.detail:
+        parts.append(row.detail)
+    return " · ".join(parts)
+
+
 def dashboard_html(model: DashboardModel, now: float | None = None) -> str:
     """The whole dashboard (header totals, one row per model, utilization) as one HTML document."""
     return _wrap(_dashboard_body(model, now))
@@ -461,15 +511,25 @@ def _dashboard_body(model: DashboardModel, now: float | None) -> str:
     now = model.now() if now is None else now
     t = model.totals()
     state = "cancelled" if model.cancelled else ("finished" if model.finished else "running")
-    head = (f'<div class="nbf-head">nbfanout · {state} · {t["done"]}/{t["total"]} done · {t["failed"]} failed'
+    ended = t["done"] + t["failed"] + t["cancelled"]
+    # one bar for the whole run, as tqdm draws it: red as soon as anything failed
+    bar = _bar(ended / max(t["total"], 1), RED if t["failed"] else (GREEN if model.finished else BLUE),
+               label=f"{ended}/{t['total']} finished")
+    pace = ""
+    if ended and t["elapsed"] > 0 and not model.finished:
+        rate = ended / t["elapsed"]
+        pace = f" · {rate:.2f}/s · ETA {duration((t['total'] - ended) / rate)}"
+    head = (f'<div class="nbf-head nbf-run">{bar} nbfanout · {state} · {t["done"]}/{t["total"]} done'
+            + (f' · <span style="color:{RED}">{t["failed"]} failed</span>' if t["failed"] else " · 0 failed")
             + (f' · {t["cancelled"]} cancelled' if t["cancelled"] else "")
-            + f' · {t["running"]} running · {_seconds(t["elapsed"])} · {_count(t["tokens"])} tokens · {_cost(t["cost"])}</div>')
+            + f' · {t["running"]} running · {_seconds(t["elapsed"])}{pace} · {_count(t["tokens"])} tokens · '
+            f'{_cost(t["cost"])}</div>')
     rows = []
     for row in model.rows.values():
         colour = STATE_COLOURS.get(row.state, GREY)
         via = f"via {row.model}" if row.model and row.model != row.name else ""
         name = _e(row.label) + (f' <span class="nbf-muted">{_e(via)}</span>' if via else "")
-        state_text = _row_state(row, now)
+        state_text = _batch_state(model, row) if model.batch and row is not model.synthesis else _row_state(row, now)
         key = f" {mask_key(row.key_id)}" if row.key_id and row.state == "running" else ""
         tokens = f"{row.input_tokens:,}+{row.output_tokens:,}" if row.input_tokens or row.output_tokens else "–"
         rows.append(
@@ -553,9 +613,11 @@ def _answers_body(result: FanoutResult) -> str:
     return f'<div class="nbf-answers">{rows}</div>'
 
 
-def snapshot_html(model: DashboardModel, result: FanoutResult | None, timeline_png: bytes | None = None) -> str:
+def snapshot_html(model: DashboardModel, result: FanoutResult | BatchResult | None,
+                  timeline_png: bytes | None = None) -> str:
     """What a finished run leaves in the notebook, without widgets: the final dashboard (utilization
-    folded away), the retry timeline and the answers, as one HTML document a saved notebook keeps."""
+    folded away), the retry timeline and the answers (a batch's table), as one HTML document a saved
+    notebook keeps."""
     import base64
 
     parts = [_dashboard_body(model, None)]
@@ -564,5 +626,7 @@ def snapshot_html(model: DashboardModel, result: FanoutResult | None, timeline_p
         parts.append(f'<details open><summary>timeline</summary><img class="nbf-timeline" alt="retry timeline" '
                      f'src="data:image/png;base64,{data}"></details>')
     if result is not None:
-        parts.append(_answers_body(result))
+        from nbfanout.core.results import BatchResult
+
+        parts.append(_batch_body(result) if isinstance(result, BatchResult) else _answers_body(result))
     return _wrap("".join(parts))

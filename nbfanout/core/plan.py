@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nbfanout.config import Config
 from nbfanout.core.request import default_max_tokens
@@ -39,6 +40,16 @@ class Plan:
 
     def __repr__(self) -> str:
         return f"<Plan {len(self.rows)} requests, ≥{self.lower_bound_s:.1f}s by limits, ≈${self.projected_cost:.4f}>"
+
+    def _repr_html_(self) -> str:
+        from nbfanout.render import plan_html  # lazy: the core never imports UI code
+
+        return plan_html(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        from nbfanout.render import plan_text
+
+        p.text(repr(self) if cycle else plan_text(self))
 
 
 def requests_lower_bound(n: int, rpm: float, limiter: str | None) -> float:

@@ -7,5 +7,6 @@ dashboard or a timeline is drawn, with the install command in the ImportError ot
 from __future__ import annotations
 
 from nbfanout.notebook.magics import FanoutMagics, load_ipython_extension
+from nbfanout.notebook.watch import watch
 
-__all__ = ["FanoutMagics", "load_ipython_extension"]
+__all__ = ["FanoutMagics", "load_ipython_extension", "watch"]

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from nbfanout.core.events import (
@@ -40,7 +40,7 @@ from nbfanout.core.events import (
 from nbfanout.render import dashboard_html, mask_key, result_text, snapshot_html
 
 if TYPE_CHECKING:
-    from nbfanout.core.results import FanoutResult, ModelResult
+    from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
 
 __all__ = [
     "MIN_TICK_S",
@@ -85,13 +85,20 @@ class Row:
     cost: float | None = None
     chars: int = 0
     text: str = ""  # the streamed answer so far
+    # in a batch (one request per prompt and model) the row counts its requests
+    total: int = 1
+    answered: int = 0
+    failed: int = 0
+    in_flight: set[str] = field(default_factory=set)
+    last_error: str = ""
 
 
 class DashboardModel:
     """Rows, totals and budgets of one run, built only from events (call ``apply`` on the loop thread)."""
 
-    def __init__(self, models: Sequence[str], *, stream: bool = False, expected_chars: int | None = None) -> None:
+    def __init__(self, models: Sequence[str] = (), *, stream: bool = False, expected_chars: int | None = None) -> None:
         self.rows: dict[str, Row] = {m: Row(name=m, label=m) for m in models}
+        self.batch = False  # several prompts: each row counts its model's requests
         self.synthesis: Row | None = None
         self.stream = stream
         self.expected_chars = expected_chars or 4 * 1024
@@ -124,6 +131,8 @@ class DashboardModel:
         """Streamed characters against the expected length when streaming, else the stage reached."""
         if row.state in FINAL_STATES:
             return 1.0
+        if self.batch:
+            return (row.answered + row.failed) / max(row.total, 1)
         if self.stream and row.chars:
             done = [r.chars for r in self.rows.values() if r.state == "done" and r.chars]
             expected = statistics.median(done) if done else self.expected_chars
@@ -132,6 +141,17 @@ class DashboardModel:
 
     def totals(self) -> dict[str, Any]:
         rows = self.ordered()
+        if self.batch:  # requests, not models
+            return {
+                "total": sum(r.total for r in rows),
+                "done": sum(r.answered for r in rows),
+                "failed": sum(r.failed for r in rows),
+                "cancelled": sum(r.total - r.answered - r.failed for r in rows if r.state == "cancelled"),
+                "running": sum(len(r.in_flight) for r in rows),
+                "tokens": sum(r.input_tokens + r.output_tokens for r in rows),
+                "cost": sum(r.cost or 0.0 for r in rows),
+                "elapsed": self.elapsed(),
+            }
         return {
             "total": len(rows),
             "done": sum(r.state == "done" for r in rows),
@@ -176,6 +196,14 @@ class DashboardModel:
         if isinstance(event, RunStarted):
             if self.started is None:
                 self.started = time.monotonic()
+            for m in event.models:  # a view made before it knew the models (``watch``) learns them here
+                if m not in self.rows:
+                    self.rows[m] = Row(name=m, label=m)
+                    self.providers.add(m.split("/", 1)[0])
+            if event.prompts > 1:
+                self.batch = True
+                for m in event.models:
+                    self.rows[m].total = event.prompts
             return True
         if isinstance(event, RunCompleted):
             if event.cancelled:
@@ -188,8 +216,16 @@ class DashboardModel:
         row = self._row(event)
         if row is None or row.state in FINAL_STATES:
             return False
-        _apply_to_row(row, event)
+        if self.batch and row is not self.synthesis:
+            _apply_to_batch_row(row, event)
+        else:
+            _apply_to_row(row, event)
         return True
+
+    def rate(self, row: Row) -> float | None:
+        """A batch row's finished requests per second so far (None before the first)."""
+        ended = row.answered + row.failed
+        return ended / self.elapsed() if ended and self.elapsed() > 0 else None
 
 
 def _num(value: float | None) -> str:
@@ -230,6 +266,38 @@ def _apply_to_row(row: Row, e: Event) -> None:
         status = f" (HTTP {e.status})" if e.status else ""
         row.state, row.detail, row.until = "failed", f"failed: {e.category}{status}: {e.message}", None
         row.latency_s = e.t
+
+
+def _apply_to_batch_row(row: Row, e: Event) -> None:
+    """A batch row: counts of its model's requests, the latest wait or failure as its detail."""
+    request = getattr(e, "request", "")
+    if isinstance(e, RequestStarted):
+        row.in_flight.add(request)
+        row.attempts += 1
+    elif isinstance(e, (ModelCompleted, ModelFailed)):
+        row.in_flight.discard(request)
+        if isinstance(e, ModelCompleted):
+            row.answered += 1
+            row.input_tokens += e.input_tokens
+            row.output_tokens += e.output_tokens
+            row.cost = (row.cost or 0.0) + (e.cost or 0.0)
+        else:
+            row.failed += 1
+            row.last_error = f"{e.category}" + (f" (HTTP {e.status})" if e.status else "") + f": {e.message}"
+    elif isinstance(e, (RateLimited, RetryScheduled, NoModelsAvailableEvent)):
+        row.detail = ("rate-limited" if isinstance(e, RateLimited) else
+                      f"{e.category} on attempt {e.attempt}" if isinstance(e, RetryScheduled) else
+                      f"waiting: {e.reason}" if e.reason else "waiting for capacity")
+    else:
+        return
+    ended = row.answered + row.failed
+    if ended >= row.total:
+        row.state, row.until = ("failed" if row.failed and not row.answered else "done"), None
+        row.detail = f"{row.answered} answered" + (f", {row.failed} failed: {row.last_error}" if row.failed else "")
+    elif row.in_flight:
+        row.state = "running"
+    elif isinstance(e, (RateLimited, RetryScheduled, NoModelsAvailableEvent)):
+        row.state = "waiting"
 
 
 def markdown_output(text: str) -> dict[str, Any]:
@@ -279,12 +347,15 @@ class Dashboard:
 
         self._handle = display(self, display_id=True)
 
-    def freeze(self, result: FanoutResult | None, timeline_png: bytes | None = None) -> None:
+    def freeze(self, result: FanoutResult | BatchResult | None, timeline_png: bytes | None = None) -> None:
         """Replace the live widget by a static snapshot (final dashboard, timeline, answers) and close
         the widgets: a saved notebook, nbviewer or GitHub then shows the run without a kernel and
         without "Error displaying widget". Call from the cell's thread after ``aclose``."""
-        bundle = {"text/html": snapshot_html(self.model, result, timeline_png),
-                  "text/plain": result_text(result) if result is not None else repr(self)}
+        self._closed = True
+        from nbfanout.core.results import FanoutResult
+
+        text = result_text(result) if isinstance(result, FanoutResult) else repr(self)
+        bundle = {"text/html": snapshot_html(self.model, result, timeline_png), "text/plain": text}
         if self._handle is not None:
             self._handle.update(bundle, raw=True)
         for w in [self.html, self.after, self.tab, *(self.tab.children if self.tab is not None else ()), self.widget]:

@@ -230,3 +230,42 @@ def test_a_fast_failure_beside_a_long_call_is_visible_and_labelled() -> None:
     bars = [p for p in ax.patches if p.get_height() == 0.6]
     assert min(b.get_width() for b in bars) >= 12.0 * 0.008 * 0.99
     assert "rate_limit" in [t.get_text().strip() for t in ax.texts]
+
+
+def test_a_plan_renders_per_model_the_same_in_html_and_text() -> None:
+    from nbfanout.core.plan import Plan, PlanRow
+
+    def row(model: str, key: str | None, cost: float | None, fits: bool = True) -> PlanRow:
+        return PlanRow(model, model, model.split("/")[0], key, () if key else ("GEMINI_API_KEY",), 20, 400, 8000, fits, cost)
+
+    plan = Plan(rows=(row("openai/gpt-4.1", "sk-live-secret-9f2c", 0.001), row("openai/gpt-4.1", "sk-live-secret-9f2c", 0.002),
+                      row("gemini/pro", None, None, fits=False)), lower_bound_s=3591.1, projected_cost=0.003)
+    text, page = render.plan_text(plan), plan._repr_html_()
+    lines = {line.split()[0]: line for line in text.splitlines()}
+    assert "2 request(s)" in lines["openai/gpt-4.1"] and "~40+400 tokens" in lines["openai/gpt-4.1"]
+    assert "NO KEY (set GEMINI_API_KEY)" in lines["gemini/pro"] and "1 DO NOT FIT 8000" in lines["gemini/pro"]
+    assert "unpriced" in lines["gemini/pro"] and "secret" not in text + page
+    assert "lower bound by limits 1 h" in text and "at least 1 h by the known limits" in page
+    assert page.count("<tr>") == 1 + 2  # the header and one row per model, not per request
+
+
+def test_a_batch_row_counts_its_models_requests_with_rate_and_eta() -> None:
+    m = DashboardModel()  # a view made before the run: it learns the models from RunStarted
+    m.apply(RunStarted(0.0, "r", models=("openai/a", "openai/b"), prompts=3))
+    for i in range(3):
+        m.apply(ModelQueued(0.0, "r", request=f"{i}:openai/a", model="openai/a"))
+        m.apply(RequestStarted(0.1, "r", request=f"{i}:openai/a", model="openai/a", attempt=1))
+    m.apply(ModelCompleted(1.0, "r", request="0:openai/a", requested="openai/a", model="openai/a", latency_s=0.9,
+                           input_tokens=5, output_tokens=7, cost=0.01))
+    m.apply(ModelFailed(1.1, "r", request="1:openai/a", requested="openai/a", model="openai/a", category="auth",
+                        status=401, message="bad key"))
+    row = m.rows["openai/a"]
+    assert (row.answered, row.failed, len(row.in_flight), row.state) == (1, 1, 1, "running")
+    page = render.dashboard_html(m)
+    assert "1/3 answered · 1 failed · 1 in flight" in page and "ETA" in page
+    assert m.totals()["total"] == 6 and m.totals()["done"] == 1  # requests, not models
+    m.apply(ModelCompleted(2.0, "r", request="2:openai/a", requested="openai/a", model="openai/a", latency_s=1.9,
+                           input_tokens=5, output_tokens=7, cost=0.01))
+    assert row.state == "done" and row.cost == pytest.approx(0.02)
+    assert "2/3 answered · 1 failed · last: auth (HTTP 401): bad key" in render.dashboard_html(m)
+    assert m.rows["openai/b"].state == "queued" and m.progress(row) == 1.0

@@ -119,3 +119,15 @@ def _no_outputs_committed() -> None:
     for path in HERE.glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
         assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path
+
+
+def test_watch_shows_a_map_live_and_leaves_its_snapshot(tmp_path: Path) -> None:
+    nb = _execute("nb_watch_map.ipynb", tmp_path)
+    run = nb.cells[2]
+    assert not [o for o in _outputs(run) if o["output_type"] == "error"], _outputs(run)
+    assert not [o for o in _outputs(run) if WIDGET_VIEW in o.get("data", {})], "a widget view is left in the saved cell"
+    final = _snapshot(run)
+    assert final.count('class="nbf-row"') == 2  # one row per model, not one per request
+    assert final.count("6/6 answered") == 4  # each row's state and its tooltip
+    assert "6 prompts × 2 models: 12/12 succeeded" in final  # the batch's table follows
+    assert "answered: 12 of 12" in _text(nb.cells[3])

@@ -166,6 +166,19 @@ def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survi
             assert run_cell.locator("img.nbf-timeline").bounding_box()["width"] > 100, "the timeline is not shown"
             assert run_cell.evaluate(OVERFLOW) == 0
             run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_dashboard.png"))
+            static_edges = run_cell.evaluate(COLUMN_EDGES)
+
+            # five long failure messages (a revoked key, a missing one): cut with an ellipsis, whole in the
+            # tooltip, and the columns exactly where they are without them
+            page.locator(".jp-OutputArea-output").filter(has_text="broken: 5 failed").wait_for(timeout=120_000)
+            broken = page.locator(".jp-Cell").nth(6)
+            failed = broken.locator('tr[data-state="failed"] td.nbf-state')
+            assert failed.count() == 5
+            assert failed.first.evaluate("td => td.scrollWidth > td.clientWidth"), "a long message is not cut"
+            assert "Incorrect API key provided" in (failed.first.get_attribute("title") or "")
+            assert broken.evaluate(OVERFLOW) == 0, "a failure message pushes a cell past the output area"
+            assert broken.evaluate(COLUMN_EDGES) == static_edges, "long messages moved the columns"
+            broken.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_failures.png"))
 
             # saved, then reopened with its kernel gone: the snapshot is still there, with no widget error
             page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")

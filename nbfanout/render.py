@@ -607,7 +607,8 @@ def _answers_body(result: FanoutResult) -> str:
     rows = "".join(
         f'<details class="nbf-answer-row" data-model="{_e(r.requested)}"><summary>'
         f'<b>{"✓" if r.ok else "✗"} {_e(label)}</b> <span class="nbf-muted">{_e(_facts(r))}</span> · '
-        f"{_e(answer_preview(r.text, lines=1, width=120) if r.ok else _failure(r)[:120])}</summary>"
+        f"{_e(answer_preview(r.text, lines=1, width=120) if r.ok else answer_preview(_failure(r), lines=1, width=120))}"
+        "</summary>"
         f"{_answer_body(r)}</details>"
         for label, r in pairs)
     return f'<div class="nbf-answers">{rows}</div>'

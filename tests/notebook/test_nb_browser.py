@@ -75,7 +75,8 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True"]
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True",
+           "--JupyterNotebookApp.expose_app_in_browser=True"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115 - closed below, after the server stops
@@ -193,5 +194,34 @@ def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survi
             assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
             assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
             page.screenshot(path=str(ARTIFACTS / "browser_reopened.png"))
+        finally:
+            browser.close()
+
+
+def test_notebook_7_shows_the_snapshot_whole_and_in_bounds(chromium: str, jupyterlab: str) -> None:
+    """Notebook 7, same server: the finished cell's snapshot is not folded into a scroll box and stays inside."""
+    from playwright.sync_api import sync_playwright
+
+    pytest.importorskip("notebook", reason="Notebook 7 is a test dependency: pip install 'notebook>=7.2'")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2400})
+            page.goto(f"{jupyterlab}/notebooks/{NOTEBOOK}?token={TOKEN}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+            _run_all(page)
+            page.locator(".jp-OutputArea-output").filter(has_text="broken: 5 failed").wait_for(timeout=180_000)
+            for index in (2, 6):
+                cell = page.locator(".jp-Cell").nth(index)
+                assert cell.locator(".nbf-row").count() == 15
+                assert cell.evaluate(OVERFLOW) == 0, f"cell {index}: a dashboard cell reaches past the output area"
+                area = cell.locator(".jp-Cell-outputArea")
+                folded = area.evaluate("a => a.scrollHeight > a.clientHeight + 2 || !!a.closest('.jp-mod-outputsScrolled')")
+                assert not folded, f"cell {index}: the snapshot is folded into a scroll box"
+                assert cell.locator("details.nbf-answer-row").count() == 15
+            page.locator(".jp-Cell").nth(6).locator(".jp-Cell-outputArea").screenshot(
+                path=str(ARTIFACTS / "notebook7_failures.png"))
         finally:
             browser.close()

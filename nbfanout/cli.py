@@ -168,19 +168,10 @@ def read_prompts(path: str, column: str | None) -> list[str]:
 
 
 def _summary_table(result: Any, out: TextIO) -> None:
-    width = max([len(r.requested) for r in result.results] + [5])
-    print(f"\n{'model':<{width}}  {'status':<16} {'HTTP':>4} {'tries':>5} {'latency':>8} {'tokens':>8} {'cost $':>9}", file=out)
-    for r in result.results:
-        state = "ok" if r.ok else (r.category or "failed")
-        cost = f"{r.cost:.5f}" if r.cost is not None else "-"
-        status = str(r.http_status or "") if not r.ok else "200"
-        print(f"{r.requested:<{width}}  {state:<16} {status:>4} {len(r.attempts):>5} {r.latency_s:>7.2f}s {r.tokens:>8} {cost:>9}", file=out)
-    for r in result.failed:
-        print(f"  ✗ {r.requested}: {r.category} — {r.error.message if r.error else ''}", file=out)
-    ok = len(result.succeeded)
-    unpriced = f" + {len(result.unpriced)} unpriced ({', '.join(result.unpriced)})" if result.unpriced else ""
-    print(f"\n{ok}/{len(result.results)} succeeded in {result.elapsed_s:.2f}s; {result.total_tokens} tokens; "
-          f"${result.total_cost:.5f}{unpriced}", file=out)
+    """The summary the notebook's text view prints too (render.result_text), after a blank line."""
+    from nbfanout.render import result_text
+
+    print("\n" + result_text(result), file=out)
 
 
 async def _rerun(args: argparse.Namespace) -> int:

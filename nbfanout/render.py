@@ -237,21 +237,24 @@ def _batch_body(batch: BatchResult) -> str:
 
 
 def result_text(result: FanoutResult) -> str:
-    """The same summary as plain text, for terminals and frontends without HTML."""
+    """The summary as plain text: ``nbfanout run`` prints it, and so does the magic outside a notebook."""
     pairs: list[tuple[str, ModelResult]] = []
     if result.synthesis is not None:
         pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
     pairs += [(r.requested, r) for r in result.results]
     width = max([len(label) for label, _ in pairs] + [5])
-    lines = [f"{'model':<{width}}  {'state':<16} {'tries':>5} {'latency':>9} {'tokens':>8} {'cost':>9}"]
+    lines = [f"{'model':<{width}}  {'state':<16} {'HTTP':>4} {'tries':>5} {'latency':>9} {'tokens':>8} {'cost':>9}  via"]
     for label, r in pairs:
         state = "ok" if r.ok else (r.category or "failed")
-        lines.append(f"{label:<{width}}  {state:<16} {len(r.attempts):>5} {_seconds(r.latency_s):>9} "
-                     f"{r.tokens:>8,} {_cost(r.cost):>9}")
+        status = "200" if r.ok else str(r.http_status or "")
+        via = r.model if r.model != r.requested else ""
+        lines.append(f"{label:<{width}}  {state:<16} {status:>4} {len(r.attempts):>5} {_seconds(r.latency_s):>9} "
+                     f"{r.tokens:>8,} {_cost(r.cost):>9}  {via}".rstrip())
     for r in result.failed:
         lines.append(f"  ✗ {r.requested}: {_failure(r)}")
+    unpriced = f" ({', '.join(result.unpriced)})" if result.unpriced else ""
     lines.append(f"{len(result.succeeded)}/{len(result.results)} succeeded in {_seconds(result.elapsed_s)}; "
-                 f"{result.total_tokens:,} tokens; {_cost(result.total_cost)}{_unpriced(result)}")
+                 f"{result.total_tokens:,} tokens; {_cost(result.total_cost)}{_unpriced(result)}{unpriced}")
     return "\n".join(lines)
 
 

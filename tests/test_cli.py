@@ -204,6 +204,11 @@ def test_run_rerun_dir_asks_only_the_failed_models_again_and_merges(config_file,
     assert first.returncode == 1
     before = json.loads((out_dir / "results.json").read_text())
     assert [m["status"] for m in before["models"]] == ["ok", "failed", "ok"]
+    # the terminal's summary is the one the notebook's text view prints, row for row
+    from nbfanout import FanoutResult, render
+
+    summary = render.result_text(FanoutResult.from_json((out_dir / "results.json").read_text()))
+    assert summary in first.stdout and "missing_key" in summary
     again = nbfanout("run", "--config", str(config_file), "--rerun", str(out_dir), "--json")
     assert again.returncode == 0, again.stderr
     assert "rerunning 1 of 3 models: gemini/gemini-2.5-flash" in again.stderr

@@ -16,12 +16,29 @@ from typing import Any
 from nbfanout.core.errors import UsageError
 from nbfanout.providers.base import Message, Tool, ToolCall
 
-__all__ = ["as_conversation", "as_tools"]
+__all__ = ["as_conversation", "as_tools", "check_text"]
 
 # OpenAI and Gemini both require function names of at most 64 letters, digits, "_" or "-"
 # (https://platform.openai.com/docs/api-reference/chat/create, tools.function.name).
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ROLES = ("user", "assistant", "tool", "system")
+
+
+_UNSENDABLE = re.compile("[\ud800-\udfff\x00]")
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text no provider can be sent, before anything is: a lone surrogate cannot be encoded as
+    UTF-8 (JSON bodies are UTF-8), and a NUL character is refused or silently cut by providers."""
+    bad = _UNSENDABLE.search(text)
+    if bad is None:
+        return
+    at, ch = bad.start(), bad.group()
+    if ch == "\x00":
+        raise UsageError(f"{what} holds a NUL character at character {at}; remove it (text.replace('\\x00', ''))")
+    raise UsageError(f"{what} holds a lone surrogate ({ch!r}) at character {at}, which cannot be sent as UTF-8; "
+                     "it usually comes from bytes decoded with errors='surrogateescape': fix the text, e.g. "
+                     "text.encode('utf-8', 'replace').decode('utf-8')")
 
 
 def as_conversation(prompt: str | Sequence[Message | Mapping[str, Any]], system: str | None

@@ -26,7 +26,7 @@ from nbfanout.core.audio import Transcriber, Transcription
 from nbfanout.core.cache import ResponseCache
 from nbfanout.core.clients import HttpClients
 from nbfanout.core.clock import Clock, LoopClock
-from nbfanout.core.conversation import as_conversation, as_tools
+from nbfanout.core.conversation import as_conversation, as_tools, check_text
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
 from nbfanout.core.events import Cooldown, Event, EventBus, LimitsLearned, ModelQueued, RunCompleted, RunStarted, Utilization
 from nbfanout.core.judge import JUDGE_TRIES, judge_prompt, parse_score
@@ -331,6 +331,15 @@ class Fanout:
                      ) -> BatchResult:
         if not prompts:
             raise UsageError("no prompts to send")
+        for i, p in enumerate(prompts):  # refused before anything is sent, so nothing received is lost
+            what = f"prompt {i}" if len(prompts) > 1 else "the prompt"
+            check_text(p, what)
+            if not conversation and not p.strip():
+                raise UsageError(f"{what} is empty: there is nothing to ask")
+        for k, m in enumerate(conversation):
+            check_text(m.content, f"message {k} of the conversation")
+        if system:
+            check_text(system, "the system prompt")
         if concurrency is not None and concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
         parts = tuple(_image_part(i) for i in images)

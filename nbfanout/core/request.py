@@ -10,6 +10,8 @@ really happened; every step is an event.
 
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import functools
 import json
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from nbfanout.core.fanout import Fanout, _Run
 
 __all__ = ["Decision", "RequestSpec", "decide"]
+
+log = logging.getLogger("nbfanout.request")
 
 DEFAULT_MAX_TOKENS = 4096
 ROTATE_ON = frozenset(
@@ -253,7 +257,22 @@ class RequestPipeline:
     # --- the request -------------------------------------------------------------------------
     async def run(self, run: _Run, index: int, requested: str, candidates: list[str], spec: RequestSpec,
                   run_budget: Budget, tag: str = "") -> ModelResult:
-        """Answer one request: wait, send, learn, decide, until done or failed."""
+        """Answer one request: wait, send, learn, decide, until done or failed.
+
+        Whatever goes wrong inside (a bug, an input nothing checked) ends this request only, as a
+        failure that says what happened: the other requests of a run and every answer received stand.
+        """
+        try:
+            return await self._run(run, index, requested, candidates, spec, run_budget, tag)
+        except Exception as exc:  # noqa: BLE001 - contained on purpose, reported below
+            req_id = f"{index}:{requested}{tag}"
+            log.exception("request %s failed inside nbfanout", req_id)
+            info = ErrorInfo(ErrorCategory.BAD_REQUEST, False,
+                             f"nbfanout could not complete this request: {type(exc).__name__}: {exc}")
+            return self.failed(req_id, requested, requested, info, list(run.attempts.get(req_id, [])), index, 0.0)
+
+    async def _run(self, run: _Run, index: int, requested: str, candidates: list[str], spec: RequestSpec,
+                   run_budget: Budget, tag: str) -> ModelResult:
         fx = self.fx
         req_id = f"{index}:{requested}{tag}"
         if tag:  # batch jobs were announced when the batch was queued; extra requests (judging) now

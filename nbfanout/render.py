@@ -9,6 +9,7 @@ escaped; API keys appear only as ``…`` plus their last four characters.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -122,8 +123,10 @@ def _seconds(value: float | None) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A wait as people say it: "4.2 s", "12 min", "2 h 5 min" (not "3591.1 s")."""
-    if seconds < 60:
+    """A wait as people say it: "4.2 s", "12 min", "2 h 5 min" (not "3591.1 s"); "–" for no known end."""
+    if not math.isfinite(seconds):
+        return "–"
+    if seconds < 59.95:
         return f"{seconds:.1f} s"
     minutes = round(seconds / 60)
     if minutes < 60:
@@ -480,7 +483,7 @@ def budgets_text(budgets: Sequence[BudgetStats]) -> str:
 def _row_state(row: Row, now: float) -> str:
     """The state column: what the model is doing, with live countdowns."""
     text = row.detail or row.state
-    left = None if row.until is None else row.until - now
+    left = None if row.until is None or not math.isfinite(row.until) else row.until - now  # inf: until a slot frees
     if left is not None and row.state == "waiting":  # held by a budget: not a retry, nothing was refused
         text = f"{row.detail} ({duration(left)} left)" if left > 0 else row.detail
     elif left is not None and row.state in ("rate_limited", "retrying"):

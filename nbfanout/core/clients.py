@@ -64,7 +64,8 @@ class HttpClients:
         try:
             yield self._clients[i]
         finally:
-            self._busy[i] -= 1
+            if not self.closed:  # closed meanwhile: the counts went with the clients
+                self._busy[i] -= 1
 
     def _open(self) -> int:
         if self._transport is None and self._ssl is None:
@@ -78,6 +79,5 @@ class HttpClients:
     async def aclose(self) -> None:
         """Close every client's connections; a lease afterwards is an error."""
         self.closed = True
-        clients, self._clients, self._busy = self._clients, [], []
-        for client in clients:
+        for client in self._clients:
             await client.aclose()

@@ -492,9 +492,8 @@ class Reservation:
                 stamps = self._stamps.get(b, {})
                 for kind, stamp in stamps.items():
                     shape = b._shapes.get(kind)
-                    if shape is not None:
-                        shape.restamp(stamp, now)
-                        stamps[kind] = now  # a later refund or settlement finds the entry where it now is
+                    if shape is not None:  # a later refund or settlement finds the entry where it now is
+                        stamps[kind] = shape.restamp(stamp, now)
                 b._release()
 
     async def __aenter__(self) -> Reservation:

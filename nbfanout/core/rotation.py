@@ -204,11 +204,12 @@ class Router:
             return
         kind = "rpd" if choice.provider.id == "groq" else "rpm"  # Groq's request headers count per day
         target.observe(rate, reservation.sent_after(target), requests_kind=kind, refused=refused)
-        if len(choice.provider.keys) == 1:
-            # with one key, the model's (and the key's) configured limits are the very limits the headers
-            # count: their window edges and counts are the provider's too (a fixed window learns its phase)
+        if len(choice.provider.keys) == 1 and target.scope == "model-key":
+            # with one key, a model's configured limit is the very limit these headers count: its window
+            # edges and count are the provider's too (a fixed window learns its phase). Not the key's
+            # budget: it counts every model on the key, the headers one model.
             for b in choice.budgets:
-                if b is not target and b.scope in ("model", "key"):
+                if b.scope == "model":
                     b.observe(rate, reservation.sent_after(b), requests_kind=kind, refused=refused, same_limit_only=True)
 
     def learn_success(self, choice: Choice) -> None:

@@ -66,7 +66,7 @@ class Shape(Protocol):
 
     def used(self, now: float) -> float: ...
 
-    def restamp(self, taken_at: float, now: float) -> None: ...
+    def restamp(self, taken_at: float, now: float) -> float: ...  # the answer came: returns the new handle
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None: ...
 
@@ -146,14 +146,16 @@ class TokenBucket:
     def take(self, amount: float, now: float) -> float:
         self._refill(now)
         self._level -= amount
-        self._recent.append([now, amount])
-        self._pending += amount
+        if self._capacity >= 2 * amount:  # a bucket that holds one request at a time has no burst to land late
+            self._recent.append([now, amount])
+            self._pending += amount
         return now
 
     def _forget(self, taken_at: float, amount: float) -> None:
-        """Take up to ``amount`` of the recent entry taken at ``taken_at`` off the ceiling."""
+        """Take up to ``amount`` of a recent entry taken at ``taken_at`` off the ceiling (entries taken at
+        the same instant are alike: any one not yet forgotten will do)."""
         for e in reversed(self._recent):
-            if e[0] == taken_at:
+            if e[0] == taken_at and e[1] > 0:
                 cut = min(amount, e[1])
                 e[1] -= cut
                 self._pending -= cut
@@ -171,10 +173,12 @@ class TokenBucket:
     def used(self, now: float) -> float:
         return self._capacity - self.available(now)
 
-    def restamp(self, taken_at: float, now: float) -> None:
-        """An answer proves its request arrived: it no longer holds the ceiling down."""
+    def restamp(self, taken_at: float, now: float) -> float:
+        """An answer proves its request arrived: it no longer holds the ceiling down. The handle returned
+        matches no entry, so a later settlement cannot forget another request's."""
         self._refill(now)
         self._forget(taken_at, math.inf)
+        return math.nan
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """The provider's ``remaining``, less what we sent since (it may not have counted that yet),
@@ -265,17 +269,19 @@ class SlidingWindow:
         self._prune(now)
         return self._total
 
-    def restamp(self, taken_at: float, now: float) -> None:
+    def restamp(self, taken_at: float, now: float) -> float:
         """Count the entry from when the answer came: the provider stamped it on arrival, after we sent it,
         so an entry dated at sending would expire here before it expires there."""
         e = self._entry(taken_at)
-        if e is not None and now > taken_at:
-            amount = e[1]
-            self._log.remove(e)
-            self._total -= amount
-            self._prune(now)
-            self._log.append([now, amount])
-            self._total += amount
+        if e is None or now <= taken_at:
+            return taken_at
+        amount = e[1]
+        self._log.remove(e)
+        self._total -= amount
+        self._prune(now)
+        self._log.append([now, amount])
+        self._total += amount
+        return now
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """Keep our count between the provider's (``limit - remaining``) and that plus what we sent since.
@@ -386,9 +392,10 @@ class FixedWindow:
         self._roll(now)
         return self._used
 
-    def restamp(self, taken_at: float, now: float) -> None:
+    def restamp(self, taken_at: float, now: float) -> float:
         """Nothing to move: a request admitted near an edge already counts in both windows (``take``),
         and one admitted earlier has arrived before the edge; headers (``observe``) correct the rest."""
+        return taken_at
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """Adopt the provider's window edge (from its reset) and its count."""

@@ -99,6 +99,7 @@ class DashboardModel:
     def __init__(self, models: Sequence[str] = (), *, stream: bool = False, expected_chars: int | None = None) -> None:
         self.rows: dict[str, Row] = {m: Row(name=m, label=m) for m in models}
         self.batch = False  # several prompts: each row counts its model's requests
+        self._learns = not models  # rows come from the runs themselves (``watch``)
         self.synthesis: Row | None = None
         self.stream = stream
         self.expected_chars = expected_chars or 4 * 1024
@@ -178,6 +179,7 @@ class DashboardModel:
             for row in self.ordered():
                 if row.state not in FINAL_STATES:
                     row.state, row.detail, row.until = "cancelled", "cancelled", None
+                    row.in_flight.clear()
 
     def _row(self, event: Event) -> Row | None:
         if self.synthesis is not None:
@@ -196,8 +198,13 @@ class DashboardModel:
         if isinstance(event, RunStarted):
             if self.started is None:
                 self.started = time.monotonic()
-            for m in event.models:  # a view made before it knew the models (``watch``) learns them here
-                if m not in self.rows:
+            if self.synthesis is not None:  # the synthesis request's own run: its row exists
+                return True
+            for m in event.models:
+                row = self.rows.get(m)
+                if row is None or (self._learns and row.state in FINAL_STATES):
+                    # a view made before it knew the models (``watch``) learns them here; a later run
+                    # in the same view starts its rows afresh, counts included
                     self.rows[m] = Row(name=m, label=m)
                     self.providers.add(m.split("/", 1)[0])
             if event.prompts > 1:
@@ -351,7 +358,9 @@ class Dashboard:
         """Replace the live widget by a static snapshot (final dashboard, timeline, answers) and close
         the widgets: a saved notebook, nbviewer or GitHub then shows the run without a kernel and
         without "Error displaying widget". Call from the cell's thread after ``aclose``."""
-        self._closed = True
+        self._closed = True  # a tick still pending on the loop thread does nothing now
+        if self._timer is not None:
+            self._timer.cancel()
         from nbfanout.core.results import FanoutResult
 
         text = result_text(result) if isinstance(result, FanoutResult) else repr(self)

@@ -314,8 +314,12 @@ class FanoutMagics(Magics):
         except KeyboardInterrupt:
             interrupted = True
             result = self._partial(fx, req, progress, before)
-        except (FanoutUsageError, ConfigError) as exc:
-            raise UsageError(str(exc)) from None
+        except BaseException as exc:
+            if kind == "widgets":  # whatever went wrong, no live widget is left for a saved notebook to lose
+                view.freeze(None)
+            if isinstance(exc, (FanoutUsageError, ConfigError)):
+                raise UsageError(str(exc)) from None
+            raise
         if req.out:
             self._ns[req.out] = result
         if interrupted:
@@ -495,8 +499,8 @@ class FanoutMagics(Magics):
             from nbfanout.notebook.timeline import timeline_png
 
             png = timeline_png(result) if any(r.attempts for r in result.results) else None
-        except ImportError as exc:
-            print(f"{exc} (no retry timeline)", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - no timeline (matplotlib missing or failing), the rest stays
+            print(f"no retry timeline: {exc}", file=sys.stderr)
         view.freeze(result, png)
 
     def _dry_run(self, fx: Fanout, req: CellRequest) -> None:

@@ -82,7 +82,6 @@ def _content(message: Message, names: Mapping[str, str]) -> dict[str, Any]:
 _OUR_IDS = "gemini-call-"  # ids we give calls that came without one; not sent back
 
 
-
 #: The fields of Gemini's ``Schema``, "a select subset of an OpenAPI 3.0 schema object"
 #: (https://ai.google.dev/api/caching#Schema). The API refuses any other field in ``parameters``.
 _SCHEMA_FIELDS = frozenset({
@@ -92,15 +91,29 @@ _SCHEMA_FIELDS = frozenset({
 })
 
 
+#: The formats ``Schema.format`` takes (the same page): others are refused in ``parameters``.
+_SCHEMA_FORMATS = frozenset({"enum", "date-time", "int32", "int64", "float", "double"})
+
+
 def _fits_schema(schema: Any) -> bool:
-    """Whether ``schema`` and every schema inside it use only ``Schema``'s fields."""
+    """Whether ``schema`` and every schema inside it hold only what ``Schema`` can: its fields, one type
+    name (not a list of them), string enums, its formats, and one schema for array items."""
     if not isinstance(schema, Mapping):
         return True
     if not set(schema) <= _SCHEMA_FIELDS:
         return False
+    if "type" in schema and not isinstance(schema["type"], str):
+        return False
+    if "enum" in schema and not all(isinstance(v, str) for v in schema["enum"] or ()):
+        return False
+    if "format" in schema and schema["format"] not in _SCHEMA_FORMATS:
+        return False
+    items = schema.get("items")
+    if isinstance(items, list):  # tuple-form items
+        return False
     props = schema.get("properties")
     inner = list(props.values()) if isinstance(props, Mapping) else []
-    inner += [schema.get("items")] + list(schema.get("anyOf") or [])
+    inner += [items] + list(schema.get("anyOf") or [])
     return all(_fits_schema(s) for s in inner)
 
 
@@ -109,6 +122,7 @@ def _parameters_field(schema: Mapping[str, Any]) -> str:
     Schema as written (``additionalProperties``, ``$ref``/``$defs``, ``oneOf``, ``const``...) and is
     mutually exclusive with ``parameters`` (https://ai.google.dev/api/caching#FunctionDeclaration)."""
     return "parameters" if _fits_schema(schema) else "parametersJsonSchema"
+
 
 class GeminiAdapter(HTTPAdapter):
     """Gemini models through generateContent, streamed (SSE) or not."""

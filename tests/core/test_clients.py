@@ -71,3 +71,11 @@ def test_a_client_needs_no_event_loop_to_be_built() -> None:
         assert isinstance(client, httpx.AsyncClient)
     asyncio.run(clients.aclose())
     assert client.is_closed
+
+
+async def test_closing_while_a_request_holds_a_lease_does_not_hide_its_outcome() -> None:
+    clients = HttpClients(width=32, timeout_s=5)
+    with pytest.raises(asyncio.CancelledError):
+        with clients.lease():
+            await clients.aclose()  # Fanout.aclose() while a task still runs
+            raise asyncio.CancelledError  # the task's own outcome must come out, not an IndexError

@@ -269,3 +269,31 @@ def test_a_batch_row_counts_its_models_requests_with_rate_and_eta() -> None:
     assert row.state == "done" and row.cost == pytest.approx(0.02)
     assert "2/3 answered · 1 failed · last: auth (HTTP 401): bad key" in render.dashboard_html(m)
     assert m.rows["openai/b"].state == "queued" and m.progress(row) == 1.0
+
+
+def test_a_row_waiting_for_a_slot_without_a_known_end_renders() -> None:
+    m = DashboardModel(["openai/m"])
+    m.apply(NoModelsAvailableEvent(1.0, "r", request="0:openai/m", candidates=("openai/m",), wait_s=float("inf"),
+                                   reason="3/3 in flight"))
+    assert "waiting: 3/3 in flight" in render.dashboard_html(m, now=2.0)  # it raised OverflowError
+    assert render.duration(float("inf")) == "–"
+
+
+def test_a_synthesis_adds_no_row_of_its_own_beyond_the_synthesis() -> None:
+    m = DashboardModel(["openai/a", "openai/b"])
+    m.apply(RunStarted(0.0, "r", models=("openai/a", "openai/b")))
+    m.begin_synthesis("openai/x")
+    m.apply(RunStarted(1.0, "s", models=("openai/x",)))
+    assert list(m.rows) == ["openai/a", "openai/b"] and m.totals()["total"] == 3
+
+
+def test_a_second_run_in_one_watch_view_starts_its_rows_afresh() -> None:
+    m = DashboardModel()
+    m.apply(RunStarted(0.0, "r1", models=("openai/a",), prompts=2))
+    for i in range(2):
+        m.apply(ModelCompleted(0.5, "r1", request=f"{i}:openai/a", requested="openai/a", model="openai/a", latency_s=0.5))
+    assert m.rows["openai/a"].state == "done"
+    m.apply(RunStarted(1.0, "r2", models=("openai/a",), prompts=5))
+    m.apply(ModelCompleted(1.5, "r2", request="0:openai/a", requested="openai/a", model="openai/a", latency_s=0.5))
+    row = m.rows["openai/a"]
+    assert (row.answered, row.total, row.state) == (1, 5, "queued")

@@ -23,7 +23,7 @@ from _provider_replay import (
 )
 from nbfanout.core.errors import UsageError
 from nbfanout.providers import AnthropicAdapter, GeminiAdapter, OpenAIAdapter, adapter_for
-from nbfanout.providers.base import ChatRequest, Endpoint, ImagePart, Message
+from nbfanout.providers.base import ChatRequest, Endpoint, ImagePart, Message, Tool
 from nbfanout.providers.openai import uses_max_completion_tokens
 
 PNG = b"\x89PNG\r\n\x1a\n fake image bytes"
@@ -256,3 +256,24 @@ async def test_gemini_stream_url_generation_config_and_extra(make_client) -> Non
     }
     assert body["safetySettings"] == extra["safetySettings"]
     assert "systemInstruction" not in body
+
+
+@pytest.mark.parametrize(("schema", "field"), [
+    ({"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris"]}}, "required": ["city"]}, "parameters"),
+    ({"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}}}, "parameters"),
+    ({"type": "object", "additionalProperties": False, "properties": {"city": {"type": "string"}}}, "parametersJsonSchema"),
+    ({"type": "object", "properties": {"note": {"type": ["string", "null"]}}}, "parametersJsonSchema"),
+    ({"type": "object", "properties": {"level": {"type": "integer", "enum": [1, 2, 3]}}}, "parametersJsonSchema"),
+    ({"type": "object", "properties": {"site": {"type": "string", "format": "uri"}}}, "parametersJsonSchema"),
+    ({"type": "object", "properties": {"pair": {"type": "array", "items": [{"type": "string"}, {"type": "number"}]}}},
+     "parametersJsonSchema"),
+])
+async def test_gemini_sends_a_schema_its_subset_cannot_hold_as_json_schema(make_client, schema, field) -> None:
+    """Gemini's ``parameters`` is its OpenAPI subset (string type names, string enums, a few formats);
+    anything else goes as ``parametersJsonSchema``, which takes JSON Schema as written."""
+    client, rec = make_client(httpx.Response(200, json=GEMINI_RESPONSE))
+    request = ChatRequest(model="gemini-2.5-flash", messages=(Message("user", "Weather?"),),
+                          tools=(Tool("get_weather", "The weather.", schema),))
+    await GeminiAdapter().complete(client, endpoint("gemini", GEMINI_BASE), request)
+    (declaration,) = json.loads(rec.requests[0].content)["tools"][0]["functionDeclarations"]
+    assert set(declaration) == {"name", "description", field} and declaration[field] == schema

@@ -70,6 +70,8 @@ class Shape(Protocol):
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None: ...
 
+    def rephase(self, reset_s: float, now: float) -> None: ...  # the provider's window ends reset_s from now
+
 
 class TokenBucket:
     """Capacity ``capacity`` (default ``limit``), refilled at ``limit/span`` per second.
@@ -189,6 +191,9 @@ class TokenBucket:
         accumulates while requests are in flight."""
         self._refill(now)
         self._level = min(self._level, remaining - newer)
+
+    def rephase(self, reset_s: float, now: float) -> None:
+        """No edges to move: this shape has none."""
 
     def __repr__(self) -> str:
         return f"<TokenBucket {self._level:.1f}/{self._capacity:g}, +{self._rate:g}/s>"
@@ -312,6 +317,9 @@ class SlidingWindow:
             self._insert(min(now, expires - self.span), low - self._total)
             self._total = low
 
+    def rephase(self, reset_s: float, now: float) -> None:
+        """No edges to move: this shape has none."""
+
     def __repr__(self) -> str:
         return f"<SlidingWindow {self._total:g}/{self.limit:g} per {self.span:g}s>"
 
@@ -397,12 +405,17 @@ class FixedWindow:
         and one admitted earlier has arrived before the edge; headers (``observe``) correct the rest."""
         return taken_at
 
-    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
-        """Adopt the provider's window edge (from its reset) and its count."""
-        if reset_s is not None and 0 < reset_s <= self.span:
+    def rephase(self, reset_s: float, now: float) -> None:
+        """Put the window edges where the provider has them: its window ends ``reset_s`` from now."""
+        if 0 < reset_s <= self.span:
             end = now + reset_s
             self._phase = end - math.floor(end / self.span) * self.span
             self._index = math.floor((now - self._phase) / self.span)
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
+        """Adopt the provider's window edge (from its reset) and its count."""
+        if reset_s is not None:
+            self.rephase(reset_s, now)
         self._roll(now)
         low = max(0.0, self.limit - remaining)
         self._used = min(self._used, low + newer) if self._used else low

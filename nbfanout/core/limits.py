@@ -322,18 +322,6 @@ class Budget:
                 self.cool_down(reset, f"headers say 0 {kind} remain for {reset:.0f}s")
         self.changed()
 
-    def adopt_edges(self, snap: RateSnapshot, *, requests_kind: str = "rpm") -> None:
-        """Take the window edges (not the counts) from headers that state a limit equal to one of ours:
-        a fixed window then resets when the provider's does. Our own count stays as it is: these
-        headers may count a narrower scope, and correcting a count from them let requests through
-        that the provider refused (bench: 21-34 refusals per run)."""
-        now = self.clock.now()
-        for kind, (limit, _remaining, reset) in zip((requests_kind, "tpm"), _families(snap)):
-            shape = self._shapes.get(kind)
-            if limit and limit == getattr(self, kind) and reset is not None and shape is not None:
-                shape.rephase(reset, now)
-        self.changed()
-
     def _infer_shape(self, snap: RateSnapshot) -> None:
         """Read the shape from the refill the headers imply: a token bucket resets in proportion to use.
 

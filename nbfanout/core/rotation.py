@@ -204,13 +204,6 @@ class Router:
             return
         kind = "rpd" if choice.provider.id == "groq" else "rpm"  # Groq's request headers count per day
         target.observe(rate, reservation.sent_after(target), requests_kind=kind, refused=refused)
-        if len(choice.provider.keys) == 1 and target.scope == "model-key":
-            # with one key, a model's configured limit is the very limit these headers count: its window
-            # edges are the provider's too (a fixed window learns its phase). Not the key's
-            # budget: it counts every model on the key, the headers one model.
-            for b in choice.budgets:
-                if b.scope == "model":
-                    b.adopt_edges(rate, requests_kind=kind)
 
     def learn_success(self, choice: Choice) -> None:
         for b in choice.budgets:

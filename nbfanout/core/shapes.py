@@ -184,13 +184,12 @@ class TokenBucket:
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """The provider's ``remaining``, less what we sent since (it may not have counted that yet),
-        where that is less than we hold: use we did not send (another client) shows up here.
+        under the ceiling of what may not have arrived.
 
-        Headers never raise the level: one read before our earlier requests arrived (a burst that
-        landed late) states more than there is. Lowering it to a level, not by an amount, never
-        accumulates while requests are in flight."""
+        A level is set, not added to, so reading headers while requests are in flight never
+        accumulates: the next response sets it again."""
         self._refill(now)
-        self._level = min(self._level, remaining - newer)
+        self._level = min(self._capacity - self._pending, remaining - newer)
 
     def rephase(self, reset_s: float, now: float) -> None:
         """No edges to move: this shape has none."""

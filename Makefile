@@ -1,6 +1,6 @@
 # `make demo`, `make test` and `make bench` each build .venv from scratch when it is missing
 # or stale (older than pyproject.toml), then run. `make bench` rewrites benchmarks/RESULTS.md
-# (31 minutes on 2 CPUs for 3 repetitions; BENCH_ARGS="--reps 1" about 12); BENCH_ARGS passes options to benchmarks/bench.py (see its --help).
+# (24 minutes on 2 CPUs for 3 repetitions; BENCH_ARGS="--reps 1" about 9); BENCH_ARGS passes options to benchmarks/bench.py (see its --help).
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed

@@ -201,15 +201,20 @@ def _result_rows(results: Iterable[tuple[str, ModelResult]], with_prompt: bool, 
     return "".join(out)
 
 
+def _answer_pairs(result: FanoutResult) -> list[tuple[str, ModelResult]]:
+    """(label, result) per answer, the synthesis first: the order every view of a FanoutResult shows."""
+    pairs: list[tuple[str, ModelResult]] = []
+    if result.synthesis is not None:
+        pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
+    return pairs + [(r.requested, r) for r in result.results]
+
+
 def result_html(result: FanoutResult) -> str:
     """A compact table of one FanoutResult: model, state, attempts, latency, tokens, cost, first lines."""
     ok = len(result.succeeded)
     head = (f'<div class="nbf-head">{ok}/{len(result.results)} succeeded in {_seconds(result.elapsed_s)} · '
             f"{_count(result.total_tokens)} tokens · {_cost(result.total_cost)}{_unpriced(result)}</div>")
-    pairs: list[tuple[str, ModelResult]] = []
-    if result.synthesis is not None:
-        pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
-    pairs += [(r.requested, r) for r in result.results]
+    pairs = _answer_pairs(result)
     table = ("<table><thead><tr><th>model</th><th>state</th><th class=\"num\">tries</th><th class=\"num\">latency</th>"
              "<th class=\"num\">tokens</th><th class=\"num\">cost</th><th>answer</th></tr></thead><tbody>"
              + _result_rows(pairs, False) + "</tbody></table>")
@@ -241,10 +246,7 @@ def _batch_body(batch: BatchResult) -> str:
 
 def result_text(result: FanoutResult) -> str:
     """The summary as plain text: ``nbfanout run`` prints it, and so does the magic outside a notebook."""
-    pairs: list[tuple[str, ModelResult]] = []
-    if result.synthesis is not None:
-        pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
-    pairs += [(r.requested, r) for r in result.results]
+    pairs = _answer_pairs(result)
     width = max([len(label) for label, _ in pairs] + [5])
     lines = [f"{'model':<{width}}  {'state':<16} {'HTTP':>4} {'tries':>5} {'latency':>9} {'tokens':>8} {'cost':>9}  via"]
     for label, r in pairs:
@@ -572,13 +574,6 @@ def status_html(sections: Sequence[tuple[str, Sequence[BudgetStats]]]) -> str:
 
 # --- answers and the final snapshot -------------------------------------------------------------------
 GRID_MAX = 4  # up to this many answers sit side by side as cards; more become a table of first lines
-
-
-def _answer_pairs(result: FanoutResult) -> list[tuple[str, ModelResult]]:
-    pairs: list[tuple[str, ModelResult]] = []
-    if result.synthesis is not None:
-        pairs.append((f"synthesis ({result.synthesis.requested})", result.synthesis))
-    return pairs + [(r.requested, r) for r in result.results]
 
 
 def _facts(r: ModelResult) -> str:

@@ -37,7 +37,7 @@ from nbfanout.core.events import (
     TextDelta,
     Utilization,
 )
-from nbfanout.render import dashboard_html, mask_key, result_text, snapshot_html
+from nbfanout.render import FINAL_STATES, dashboard_html, mask_key, result_text, snapshot_html
 
 if TYPE_CHECKING:
     from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 MIN_TICK_S = 0.1  # ten widget updates a second at most
-FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 _STAGE = {"queued": 0.02, "waiting": 0.1, "rate_limited": 0.25, "retrying": 0.25, "running": 0.55}
 
 
@@ -239,13 +238,21 @@ def _num(value: float | None) -> str:
     return "?" if value is None else f"{value:g}"
 
 
+def _waiting(e: NoModelsAvailableEvent) -> str:
+    """A row's detail while a budget holds it: which one, when the event says."""
+    return f"waiting: {e.reason}" if e.reason else "waiting for capacity"
+
+
+def _failure(e: ModelFailed) -> str:
+    return f"{e.category}" + (f" (HTTP {e.status})" if e.status else "") + f": {e.message}"
+
+
 def _apply_to_row(row: Row, e: Event) -> None:
     """The state machine of one row."""
     if isinstance(e, ModelQueued):
         row.state, row.detail = "queued", "queued"
     elif isinstance(e, NoModelsAvailableEvent):
-        row.state, row.until = "waiting", e.t + e.wait_s
-        row.detail = f"waiting: {e.reason}" if e.reason else "waiting for capacity"
+        row.state, row.detail, row.until = "waiting", _waiting(e), e.t + e.wait_s
     elif isinstance(e, ModelSelected):
         row.model = e.model
     elif isinstance(e, ModelRotation):
@@ -270,8 +277,7 @@ def _apply_to_row(row: Row, e: Event) -> None:
         row.latency_s, row.input_tokens, row.output_tokens, row.cost = e.latency_s, e.input_tokens, e.output_tokens, e.cost
     elif isinstance(e, ModelFailed):
         row.model, row.attempts = e.model, e.attempts
-        status = f" (HTTP {e.status})" if e.status else ""
-        row.state, row.detail, row.until = "failed", f"failed: {e.category}{status}: {e.message}", None
+        row.state, row.detail, row.until = "failed", f"failed: {_failure(e)}", None
         row.latency_s = e.t
 
 
@@ -290,11 +296,11 @@ def _apply_to_batch_row(row: Row, e: Event) -> None:
             row.cost = (row.cost or 0.0) + (e.cost or 0.0)
         else:
             row.failed += 1
-            row.last_error = f"{e.category}" + (f" (HTTP {e.status})" if e.status else "") + f": {e.message}"
+            row.last_error = _failure(e)
     elif isinstance(e, (RateLimited, RetryScheduled, NoModelsAvailableEvent)):
         row.detail = ("rate-limited" if isinstance(e, RateLimited) else
                       f"{e.category} on attempt {e.attempt}" if isinstance(e, RetryScheduled) else
-                      f"waiting: {e.reason}" if e.reason else "waiting for capacity")
+                      _waiting(e))
     else:
         return
     ended = row.answered + row.failed

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,112 +117,104 @@ OVERFLOW = """(cell) => {
 }"""
 
 
-def _run_all(page: Any) -> None:
-    # not awaited: the command's promise settles only after its confirmation dialog
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
-    accept = page.locator(".jp-Dialog .jp-mod-accept")
-    accept.wait_for(timeout=30_000)
-    accept.click()
+@contextmanager
+def _notebook_run(chromium: str, url: str, width: int) -> Iterator[Any]:
+    """A headless page on ``url`` (the test notebook in one frontend), its kernel restarted and every cell run."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 2400})
+            page.goto(url)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+            # the server keeps kernels across page loads: restart, then run every cell; not awaited,
+            # because the command's promise settles only after its confirmation dialog
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-run-all'); }")
+            accept = page.locator(".jp-Dialog .jp-mod-accept")
+            accept.wait_for(timeout=30_000)
+            accept.click()
+            yield page
+        finally:
+            browser.close()
 
 
 def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survives_a_reload(
         chromium: str, jupyterlab: str) -> None:
-    from playwright.sync_api import sync_playwright
+    with _notebook_run(chromium, f"{jupyterlab}/lab/tree/{NOTEBOOK}?token={TOKEN}", 1400) as page:
+        run_cell = page.locator(".jp-Cell").nth(2)
+        live = run_cell.locator(".jupyter-widgets table.nbf-models")
+        live.wait_for(timeout=120_000)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.goto(f"{jupyterlab}/lab/tree/{NOTEBOOK}?token={TOKEN}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            page.wait_for_function(KERNEL_IDLE, timeout=60_000)
-            _run_all(page)  # the server keeps kernels across page loads: restart, then run every cell
-            run_cell = page.locator(".jp-Cell").nth(2)
-            live = run_cell.locator(".jupyter-widgets table.nbf-models")
-            live.wait_for(timeout=120_000)
+        # while the run is live: the columns never move and nothing leaves the output area
+        edges, samples = None, 0
+        run_cell.locator(".jupyter-widgets .nbf-row").first.wait_for(timeout=60_000)
+        while live.count() and samples < 40:
+            now = run_cell.evaluate(COLUMN_EDGES)
+            if now and live.count():
+                assert edges is None or now == edges, f"a column moved during the run: {edges} -> {now}"
+                edges = edges or now
+                assert run_cell.evaluate(OVERFLOW) == 0, "a dashboard cell reaches past the output area"
+                samples += 1
+                if samples == 2:
+                    run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_live.png"))
+            page.wait_for_timeout(150)
+        assert samples >= 2, "the live dashboard was not seen twice"
 
-            # while the run is live: the columns never move and nothing leaves the output area
-            edges, samples = None, 0
-            run_cell.locator(".jupyter-widgets .nbf-row").first.wait_for(timeout=60_000)
-            while live.count() and samples < 40:
-                now = run_cell.evaluate(COLUMN_EDGES)
-                if now and live.count():
-                    assert edges is None or now == edges, f"a column moved during the run: {edges} -> {now}"
-                    edges = edges or now
-                    assert run_cell.evaluate(OVERFLOW) == 0, "a dashboard cell reaches past the output area"
-                    samples += 1
-                    if samples == 2:
-                        run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_live.png"))
-                page.wait_for_timeout(150)
-            assert samples >= 2, "the live dashboard was not seen twice"
+        page.locator(".jp-OutputArea-output").filter(has_text="results: 15").wait_for(timeout=120_000)
+        # finished: the widget became its static snapshot, with the timeline and the answers
+        assert run_cell.locator(".jupyter-widgets").count() == 0, "the live widget is still there"
+        rows = run_cell.locator(".jp-OutputArea-output .nbf-row")
+        assert rows.count() == 15
+        name = run_cell.locator(".nbf-row td.nbf-name").first
+        assert name.evaluate("td => getComputedStyle(td).textAlign") == "left", "model names are not left-aligned"
+        assert run_cell.locator("details.nbf-answer-row").count() == 15, "one answer row per model"
+        assert run_cell.locator("img.nbf-timeline").bounding_box()["width"] > 100, "the timeline is not shown"
+        assert run_cell.evaluate(OVERFLOW) == 0
+        run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_dashboard.png"))
+        static_edges = run_cell.evaluate(COLUMN_EDGES)
 
-            page.locator(".jp-OutputArea-output").filter(has_text="results: 15").wait_for(timeout=120_000)
-            # finished: the widget became its static snapshot, with the timeline and the answers
-            assert run_cell.locator(".jupyter-widgets").count() == 0, "the live widget is still there"
-            rows = run_cell.locator(".jp-OutputArea-output .nbf-row")
-            assert rows.count() == 15
-            name = run_cell.locator(".nbf-row td.nbf-name").first
-            assert name.evaluate("td => getComputedStyle(td).textAlign") == "left", "model names are not left-aligned"
-            assert run_cell.locator("details.nbf-answer-row").count() == 15, "one answer row per model"
-            assert run_cell.locator("img.nbf-timeline").bounding_box()["width"] > 100, "the timeline is not shown"
-            assert run_cell.evaluate(OVERFLOW) == 0
-            run_cell.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_dashboard.png"))
-            static_edges = run_cell.evaluate(COLUMN_EDGES)
+        # five long failure messages (a revoked key, a missing one): cut with an ellipsis, whole in the
+        # tooltip, and the columns exactly where they are without them
+        page.locator(".jp-OutputArea-output").filter(has_text="broken: 5 failed").wait_for(timeout=120_000)
+        broken = page.locator(".jp-Cell").nth(6)
+        failed = broken.locator('tr[data-state="failed"] td.nbf-state')
+        assert failed.count() == 5
+        assert failed.first.evaluate("td => td.scrollWidth > td.clientWidth"), "a long message is not cut"
+        assert "Incorrect API key provided" in (failed.first.get_attribute("title") or "")
+        assert broken.evaluate(OVERFLOW) == 0, "a failure message pushes a cell past the output area"
+        assert broken.evaluate(COLUMN_EDGES) == static_edges, "long messages moved the columns"
+        broken.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_failures.png"))
 
-            # five long failure messages (a revoked key, a missing one): cut with an ellipsis, whole in the
-            # tooltip, and the columns exactly where they are without them
-            page.locator(".jp-OutputArea-output").filter(has_text="broken: 5 failed").wait_for(timeout=120_000)
-            broken = page.locator(".jp-Cell").nth(6)
-            failed = broken.locator('tr[data-state="failed"] td.nbf-state')
-            assert failed.count() == 5
-            assert failed.first.evaluate("td => td.scrollWidth > td.clientWidth"), "a long message is not cut"
-            assert "Incorrect API key provided" in (failed.first.get_attribute("title") or "")
-            assert broken.evaluate(OVERFLOW) == 0, "a failure message pushes a cell past the output area"
-            assert broken.evaluate(COLUMN_EDGES) == static_edges, "long messages moved the columns"
-            broken.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_failures.png"))
-
-            # saved, then reopened with its kernel gone: the snapshot is still there, with no widget error
-            page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-            page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
-            page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
-            page.wait_for_timeout(1000)
-            page.reload()
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            reopened = page.locator(".jp-Cell").nth(2)
-            reopened.locator(".nbf-row").first.wait_for(timeout=60_000)
-            assert reopened.locator(".nbf-row").count() == 15
-            assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
-            assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
-            page.screenshot(path=str(ARTIFACTS / "browser_reopened.png"))
-        finally:
-            browser.close()
+        # saved, then reopened with its kernel gone: the snapshot is still there, with no widget error
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+        page.wait_for_timeout(1000)
+        page.reload()
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        reopened = page.locator(".jp-Cell").nth(2)
+        reopened.locator(".nbf-row").first.wait_for(timeout=60_000)
+        assert reopened.locator(".nbf-row").count() == 15
+        assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
+        assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "browser_reopened.png"))
 
 
 def test_notebook_7_shows_the_snapshot_whole_and_in_bounds(chromium: str, jupyterlab: str) -> None:
     """Notebook 7, same server: the finished cell's snapshot is not folded into a scroll box and stays inside."""
-    from playwright.sync_api import sync_playwright
-
     pytest.importorskip("notebook", reason="Notebook 7 is a test dependency: pip install 'notebook>=7.2'")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 2400})
-            page.goto(f"{jupyterlab}/notebooks/{NOTEBOOK}?token={TOKEN}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            page.wait_for_function(KERNEL_IDLE, timeout=60_000)
-            _run_all(page)
-            page.locator(".jp-OutputArea-output").filter(has_text="broken: 5 failed").wait_for(timeout=180_000)
-            for index in (2, 6):
-                cell = page.locator(".jp-Cell").nth(index)
-                assert cell.locator(".nbf-row").count() == 15
-                assert cell.evaluate(OVERFLOW) == 0, f"cell {index}: a dashboard cell reaches past the output area"
-                area = cell.locator(".jp-Cell-outputArea")
-                folded = area.evaluate("a => a.scrollHeight > a.clientHeight + 2 || !!a.closest('.jp-mod-outputsScrolled')")
-                assert not folded, f"cell {index}: the snapshot is folded into a scroll box"
-                assert cell.locator("details.nbf-answer-row").count() == 15
-            page.locator(".jp-Cell").nth(6).locator(".jp-Cell-outputArea").screenshot(
-                path=str(ARTIFACTS / "notebook7_failures.png"))
-        finally:
-            browser.close()
+    with _notebook_run(chromium, f"{jupyterlab}/notebooks/{NOTEBOOK}?token={TOKEN}", 1280) as page:
+        page.locator(".jp-OutputArea-output").filter(has_text="broken: 5 failed").wait_for(timeout=180_000)
+        for index in (2, 6):
+            cell = page.locator(".jp-Cell").nth(index)
+            assert cell.locator(".nbf-row").count() == 15
+            assert cell.evaluate(OVERFLOW) == 0, f"cell {index}: a dashboard cell reaches past the output area"
+            area = cell.locator(".jp-Cell-outputArea")
+            folded = area.evaluate("a => a.scrollHeight > a.clientHeight + 2 || !!a.closest('.jp-mod-outputsScrolled')")
+            assert not folded, f"cell {index}: the snapshot is folded into a scroll box"
+            assert cell.locator("details.nbf-answer-row").count() == 15
+        page.locator(".jp-Cell").nth(6).locator(".jp-Cell-outputArea").screenshot(
+            path=str(ARTIFACTS / "notebook7_failures.png"))

@@ -23,7 +23,11 @@ A refused request gives everything back: providers do not count what they refuse
 
 Learning: rate-limit headers are the provider's own accounting, so they set unknown limits
 and correct each shape's count on every response; a budget that has never seen a response
-sends one request first, so the first headers arrive before a burst. Limits a 429 body
+sends one request first, so the first headers arrive before a burst. Where nothing at all is
+known, in flight grows from that one request like TCP's slow start (``Budget.ramp``): one
+more each time an answer comes back while the ceiling is full, so in-flight requests grow one
+arrival at a time (doubling per round trip) and a hidden concurrency limit is overshot by one
+request, not by a burst. Limits a 429 body
 states are adopted; where no limit is known at all the rate adapts (AIMD) from what was
 achieved. Learned limits persist in a JSON state file.
 """
@@ -53,6 +57,9 @@ DAY_S = 86_400.0
 RATE_KINDS = ("rpm", "tpm", "rpd")
 #: Where no limit is known, a refusal cuts the achieved rate to this fraction (multiplicative decrease).
 AIMD_CUT = 0.5
+#: A slow start that reached this many in flight without a concurrency refusal ends: from here
+#: on the run's own concurrency (default 16, at most a few hundred) is the only ceiling.
+RAMP_END = 512
 _WAKE_MARGIN_S = 1e-6
 
 LearnedCallback = Callable[[str, str, "float | None", "float | None", str], None]
@@ -99,6 +106,7 @@ class Budget:
     adaptive: bool = False  # no known request limit: learn one from refusals (AIMD)
     shape_known: bool = True  # False: the limiter is the default, and headers may show the real shape
     probe: bool = False  # send one request and read its headers before any burst
+    ramp: int | None = None  # concurrency unknown: in-flight ceiling, one more per answer while full
     on_learned: LearnedCallback | None = field(default=None, repr=False)
     on_cooldown: Callable[[Budget, float, str], None] | None = field(default=None, repr=False)
 
@@ -137,6 +145,9 @@ class Budget:
             return _Block(self, None, f"{self.in_flight}/{self.concurrency} in flight")
         if self.probe and self.in_flight >= 1:
             return _Block(self, None, "waiting for the first response's rate-limit headers")
+        if self.ramp is not None and self.concurrency is None and self.in_flight >= self.ramp:
+            return _Block(self, None, f"{self.in_flight} in flight while its concurrency limit is unknown "
+                                      "(one more per answer)")
         latest: _Block | None = None
         for kind, shape in self._shapes.items():
             if kind == "tpm" and not tokens:
@@ -366,7 +377,14 @@ class Budget:
             self.adaptive = True
 
     def learn_success(self) -> None:
-        """Additive increase in proportion: an adapted RPM grows by one per success (doubles per minute)."""
+        """An answer came back: a full slow start takes one more; an adapted RPM grows by one (doubles per minute).
+
+        The slow start grows only while it is what holds requests back (its ceiling full, or
+        requests queued on it): an idle ceiling says nothing about the concurrency the provider takes.
+        """
+        if self.ramp is not None and self.concurrency is None and (
+                self.in_flight >= self.ramp or self._head() is not None or self._watchers):
+            self.ramp = self.ramp + 1 if self.ramp < RAMP_END else None
         if self.adaptive and self.rpm is not None:
             old = self.rpm
             self.set_limit("rpm", old + 1, "adaptive")
@@ -526,8 +544,13 @@ class BudgetSet:
         self.listeners: list[LearnedCallback] = []
 
     def budget(self, scope: str, name: str, *, limiter: str | None = None, tokens_counted: str | None = None,
-               adaptive: bool = False, probe: bool = False, **limits: float | int | None) -> Budget:
-        """The budget for (scope, name), created on first use with ``limits`` (learned ones fill gaps)."""
+               adaptive: bool = False, probe: bool = False, ramp: bool = False,
+               **limits: float | int | None) -> Budget:
+        """The budget for (scope, name), created on first use with ``limits`` (learned ones fill gaps).
+
+        ``probe``: with no limit known, one request goes before any other; ``ramp``: with no limit
+        known, in flight then grows by slow start (see the module docstring).
+        """
         key = (scope, name)
         if key not in self._budgets:
             known = {k: v for k, v in limits.items() if k in ("rpm", "tpm", "rpd", "concurrency") and v is not None}
@@ -538,7 +561,8 @@ class BudgetSet:
                 scope, name, clock=self.clock, limiter=limiter or DEFAULT_LIMITER,
                 tokens_counted=tokens_counted or "max_tokens", adaptive=adaptive and "rpm" not in known,
                 shape_known=limiter is not None,
-                probe=probe and not known, on_learned=self._learned, **known,  # type: ignore[arg-type]
+                probe=probe and not known, ramp=1 if ramp and not known else None,
+                on_learned=self._learned, **known,  # type: ignore[arg-type]
             )
             saved = self.learned.cooldown_left(f"{scope}:{name}") if self.learned is not None else None
             if saved is not None:  # a wait a provider asked for in an earlier run, not over yet

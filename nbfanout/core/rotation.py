@@ -118,8 +118,10 @@ class Router:
         """One model on one key: what most providers' limits and rate-limit headers describe (per model, per org)."""
         provider = self.config.providers[model.provider]
         limits_known = any((lim.rpm, lim.tpm) != (None, None) for lim in (model.limits, provider.limits))
+        concurrency_known = any(lim.concurrency is not None for lim in (model.limits, provider.limits))
+        unknown = not limits_known and provider.wire in _HEADER_WIRES
         return self.budgets.budget("model-key", f"{model.name} {key.id}", **self._shape(model.limits, provider.limits),
-                                   probe=not limits_known and provider.wire in _HEADER_WIRES)
+                                   probe=unknown, ramp=unknown and not concurrency_known)
 
     def header_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
         """The budget a response's rate-limit headers describe: OpenRouter's describe the key as a whole."""

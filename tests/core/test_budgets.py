@@ -216,6 +216,35 @@ async def test_headers_set_unknown_limits_and_correct_the_count_with_what_was_se
     assert budget.statistics().rpm_used == pytest.approx(2) and budget.statistics().tpm_used == pytest.approx(1000)
 
 
+async def test_with_nothing_known_in_flight_grows_by_slow_start_until_a_concurrency_limit_is_learned():
+    bs = BudgetSet()
+    budget = bs.budget("model-key", "m k", ramp=True)
+    t0 = now()
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with bs.reserve([Option((budget,), 0)]):
+            starts.append(round(now() - t0, 6))
+            await asyncio.sleep(1.0)
+            budget.learn_success()  # the answer is in, while it still counts as in flight
+
+    await asyncio.gather(*(one() for _ in range(20)))
+    # one more per answer while the ceiling is full: 1, 2, 4, 8 per round trip, then the rest
+    assert [starts.count(float(t)) for t in range(5)] == [1, 2, 4, 8, 5]
+    hint = LimitHint(kind="concurrency", limit=6)
+    budget.learn_refusal(ErrorInfo(ErrorCategory.RATE_LIMIT, True, "Limit 6", status=429, limit_hint=hint))
+    starts.clear()
+    t0 = now()
+    await asyncio.gather(*(one() for _ in range(12)))
+    assert [starts.count(float(t)) for t in range(2)] == [6, 6]  # the learned limit, not the ramp, is the ceiling
+
+
+async def test_a_budget_with_a_known_limit_does_not_slow_start():
+    bs = BudgetSet()
+    budget = bs.budget("model-key", "m k", ramp=True, rpm=600)
+    assert await admit_all(bs, (budget,), [0.0] * 10, hold_s=1.0) == [0.0] * 10
+
+
 async def test_one_refusal_never_cuts_a_stated_limit_and_body_limits_are_adopted():
     budget = Budget("key", "groq k", tpm=30000, rpm=60, adaptive=False)
     budget.learn_refusal(ErrorInfo(ErrorCategory.RATE_LIMIT, True, "Too Many Requests", status=429, retry_after_s=1.0))

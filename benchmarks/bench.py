@@ -172,13 +172,13 @@ SMOKE_SPEC = Spec("smoke", "smoke: 20 prompts × 2 models, concurrency limits th
 
 #: Scenarios whose clients all run at once, one wave after the other. A batch scenario's
 #: three clients ask for well over one of this machine's two cores at their peak (2,500
-#: requests each at 3-12 ms of client CPU, plus the sandboxes), so most batch scenarios have
-#: a wave of their own. The two window shapes hold most requests back for a minute and kept
-#: the machine 19-32 % busy each (RESULTS.md of 2026-12-02), so they share one; so do the
-#: few-request scenarios. The report gives each wave's CPU load.
+#: requests each at 3-12 ms of client CPU, plus the sandboxes), so the busiest batch
+#: scenarios (per second, headers: 31-86 % of 2 CPUs alone) have a wave of their own. The
+#: two window shapes hold most requests back for a minute and kept the machine 42-49 % busy
+#: together, so they share one; the token bucket (27-32 %) shares the few-request scenarios'
+#: (24-28 %) (RESULTS.md of 2026-12-02). The report gives each wave's CPU load.
 WAVES: list[list[str]] = [
-    ["seed15", "storm", "failover"],
-    ["batch_token_bucket"],
+    ["seed15", "storm", "failover", "batch_token_bucket"],
     ["batch_sliding_window", "batch_fixed_window"],
     ["batch_per_second"],
     ["batch_headers"],
@@ -348,11 +348,17 @@ def make_job(r: Resolved, client: str, url: str) -> dict[str, Any]:
             "nbfanout_config": config if client == "nbfanout" else None}
 
 
+#: A client still running this long after its start is cut (and marked so in the report):
+#: ``DEADLINE_FACTOR`` × the scenario's bound + ``DEADLINE_EXTRA_S``, at least ``DEADLINE_MIN_S``.
+#: Long enough to tell a slow client from a stuck one; the whole of ``make bench`` waits on it.
+DEADLINE_FACTOR, DEADLINE_EXTRA_S, DEADLINE_MIN_S = 1.5, 25.0, 90.0
+
+
 def deadline(r: Resolved) -> float:
     if r.spec.deadline_s is not None:
         return r.spec.deadline_s
     b = bound_for(r, None).seconds
-    return max(90.0, 2 * b + 20) if math.isfinite(b) else 300.0
+    return max(DEADLINE_MIN_S, DEADLINE_FACTOR * b + DEADLINE_EXTRA_S) if math.isfinite(b) else 300.0
 
 
 def bound_for(r: Resolved, start: float | None) -> Any:
@@ -688,6 +694,9 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
         "run at the same time, each against a sandbox of its own, and several such scenarios share a wave: "
         + "; ".join(" + ".join(w) for w in WAVES if any(k in by_key for k in w) and w != ["fast"])
         + ". `fast` is CPU-bound: its clients run one at a time against one sandbox, reset between clients.",
+        f"- A client still running {DEADLINE_FACTOR:g} × the scenario's bound + {DEADLINE_EXTRA_S:.0f} s after it "
+        f"started (at least {DEADLINE_MIN_S:.0f} s; seed15, storm, failover and fast have fixed deadlines) is cut "
+        "there; its wall time is then the deadline and the table says how many runs were cut.",
         "- Requests sent and refusals come from the sandbox's own ledger (`GET /_sandbox/stats`), per client: "
         "refusals by reason are limit refusals (rpm, tpm, rpd, concurrency) and injected faults.",
         f"- Every client is told the same: the advertised limits of each model, {MAX_ATTEMPTS} attempts, a "

@@ -83,4 +83,4 @@ async def test_all_fifteen_succeed_when_free_r1_goes_first(fresh_sandbox: Sandbo
     elapsed = time.monotonic() - t0
     assert all(o.ok for o in outcomes.values()), {n: o.response.status_code for n, o in outcomes.items() if o.response}
     bound = lower_bound_s(sb.scenario, SEED_ORDER, prompt_tokens=len(SEED_PROMPT) // 4, max_tokens=1024)
-    assert bound <= elapsed < bound + 2.5
+    assert elapsed >= bound  # no schedule beats the scenario's own bound (how close it gets is benchmarks/' job)

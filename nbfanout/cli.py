@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from nbfanout._argtypes import positive_float, positive_int
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import FanoutError, UsageError
 
@@ -191,7 +192,7 @@ async def _rerun(args: argparse.Namespace) -> int:
     print(f"rerunning {len(failed)} of {len(before.results)} models: {', '.join(failed) or 'none failed'}", file=sys.stderr)
     if failed and not args.json:
         fx.subscribe(TerminalProgress(failed))
-    params: dict[str, Any] = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    params: dict[str, Any] = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
     result = await fx.rerun(before, timeout=args.timeout, **params)
     result.save(args.out or args.rerun)
     if args.json:
@@ -230,7 +231,7 @@ async def _run(args: argparse.Namespace) -> int:
     elif not args.json:
         fx.subscribe(TerminalProgress(names))
     params: dict[str, Any] = {}
-    if args.max_tokens:
+    if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
     if args.stream:
         params["stream"] = True
@@ -275,7 +276,7 @@ async def _map(args: argparse.Namespace) -> int:
     print(f"{len(prompts)} prompts × {len(names)} models"
           + (" (one answer per prompt, routed)" if args.route else ""), file=sys.stderr)
     fx.subscribe(BatchProgress(shown, len(prompts)))
-    params: dict[str, Any] = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    params: dict[str, Any] = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
     batch = await fx.map(prompts, models, pool=args.pool, judge=args.judge, route=args.route,
                          timeout=args.timeout, **params)
     lines = [json.dumps(rec, ensure_ascii=False) for rec in batch.to_records()]
@@ -455,9 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt-file", help="read the prompt from this file")
     run.add_argument("--file", action="append", help="attach a file's contents to the prompt (repeatable)")
     run.add_argument("--provider-rpm", help="override request limits: openai:1000,gemini:60")
-    run.add_argument("--concurrency", type=int, help="requests in flight at most, over all models")
-    run.add_argument("--timeout", type=float, help="seconds per request")
-    run.add_argument("--max-tokens", type=int, help="maximum output tokens per answer")
+    run.add_argument("--concurrency", type=positive_int, help="requests in flight at most, over all models")
+    run.add_argument("--timeout", type=positive_float, help="seconds per request")
+    run.add_argument("--max-tokens", type=positive_int, help="maximum output tokens per answer")
     run.add_argument("--rerun", metavar="DIR",
                      help="ask again only the models that failed in DIR/results.json (from --out), and merge")
     run.add_argument("--stream", action="store_true",
@@ -481,9 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--judge", metavar="MODEL", help="score each answer 0-10 with MODEL")
     batch.add_argument("--config", help="config file (default: ./nbfanout.toml)")
     batch.add_argument("--provider-rpm", help="override request limits: openai:1000,gemini:60")
-    batch.add_argument("--concurrency", type=int, help="requests in flight at most, over all models")
-    batch.add_argument("--timeout", type=float, help="seconds per request")
-    batch.add_argument("--max-tokens", type=int, help="maximum output tokens per answer")
+    batch.add_argument("--concurrency", type=positive_int, help="requests in flight at most, over all models")
+    batch.add_argument("--timeout", type=positive_float, help="seconds per request")
+    batch.add_argument("--max-tokens", type=positive_int, help="maximum output tokens per answer")
     batch.add_argument("--out", metavar="DIR", help="write results.jsonl into DIR instead of printing it")
     batch.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one answer came")
 

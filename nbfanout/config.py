@@ -20,7 +20,7 @@ from typing import Any
 
 from nbfanout.catalog import CAPABILITIES, LIMITERS, TOKENS_COUNTED, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
 from nbfanout.core.errors import ConfigError, UnknownModelError, UsageError
-from nbfanout.core._classify import redact_keys  # after errors: _classify needs its types
+from nbfanout._secrets import mask, redact, remember
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,9 +46,12 @@ class ApiKey:
     value: str = field(repr=False)
     origin: str  # the variable name, or "config"
 
+    def __post_init__(self) -> None:
+        remember(self.value)
+
     @property
     def id(self) -> str:
-        return "…" + self.value[-4:]
+        return mask(self.value)
 
     def __repr__(self) -> str:
         return f"ApiKey({self.id} from {self.origin})"
@@ -74,6 +77,7 @@ class Defaults:
     state_path: str | None = None
     learn_limits: bool = True
     learned_ttl_s: float = 86400.0
+    downscale_images: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (boolean)"
     if isinstance(value, str):
-        secret_like = len(value) >= 20 or redact_keys(value) != value
+        secret_like = len(value) >= 20 or redact(value) != value
         return f"a {len(value)}-character string" if secret_like else f"{value!r} (string)"
     if isinstance(value, Mapping):
         return "a table"
@@ -224,6 +228,8 @@ _LIMIT_SPEC: dict[str, tuple[Any, str]] = {
     "rpm": (_at_least_one, "a finite number ≥ 1 (requests per minute)"),
     "tpm": (_at_least_one, "a finite number ≥ 1 (tokens per minute)"),
     "rpd": (_at_least_one, "a finite number ≥ 1 (requests per day)"),
+    "ash": (_at_least_one, "a finite number ≥ 1 (seconds of audio per hour, as Groq counts transcriptions)"),
+    "asd": (_at_least_one, "a finite number ≥ 1 (seconds of audio per day)"),
     "concurrency": (_positive_int, "a positive integer (requests in flight)"),
     "limiter": (lambda v: isinstance(v, str) and v in LIMITERS, f"one of {list(LIMITERS)} (how the provider counts the limit)"),
     "tokens_counted": (lambda v: isinstance(v, str) and v in TOKENS_COUNTED,
@@ -245,6 +251,7 @@ _DEFAULTS_SPEC: dict[str, tuple[Any, str]] = {
     "state_path": (_is(str), "a file path"),
     "learn_limits": (_is(bool), "true or false"),
     "learned_ttl_s": (_positive, "a positive number of seconds (how long a learned limit is trusted)"),
+    "downscale_images": (_is(bool), "true or false (make images too large for a provider smaller, for it only)"),
 }
 
 _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {

@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nbfanout._secrets import mask
+
 if TYPE_CHECKING:
     from nbfanout.config import Config
     from nbfanout.core.events import BudgetStats
@@ -94,11 +96,8 @@ def _wrap(body: str) -> str:
 
 
 def mask_key(key_id: str | None) -> str:
-    """A key shown as ``…`` + its last four characters, whatever form it arrived in."""
-    if not key_id:
-        return ""
-    key_id = str(key_id)
-    return key_id if key_id.startswith("…") and len(key_id) <= 5 else "…" + key_id[-4:]
+    """A key shown as ``…`` + its last four characters, whatever form it arrived in (``_secrets.mask``)."""
+    return mask(key_id)
 
 
 def _budget_label(stats: BudgetStats) -> str:
@@ -411,7 +410,7 @@ def config_text(config: Config) -> str:
     lines.append("providers:")
     for p in config.providers.values():
         keys = ", ".join(f"{mask_key(k.id)} ({k.origin})" for k in p.keys) or f"no key (set {' or '.join(p.key_vars)})"
-        lim = " ".join(f"{k}={getattr(p.limits, k):,.0f}" for k in ("rpm", "tpm", "rpd", "concurrency")
+        lim = " ".join(f"{k}={getattr(p.limits, k):,.0f}" for k in ("rpm", "tpm", "rpd", "ash", "asd", "concurrency")
                        if getattr(p.limits, k) is not None)
         models = sum(1 for m in config.models.values() if m.provider == p.id)
         lines.append(f"  {p.id:<12} {p.wire:<9} {p.base_url}  {models} models  {lim}  keys: {keys}")

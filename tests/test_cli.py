@@ -220,3 +220,16 @@ def test_run_rerun_dir_asks_only_the_failed_models_again_and_merges(config_file,
     assert mixed.returncode == 2 and "leave out --models" in mixed.stderr
     empty = nbfanout("run", "--config", str(config_file), "--rerun", str(tmp_path))
     assert empty.returncode == 2 and "no results.json in it" in empty.stderr
+
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    ("--timeout", "-1", "expected a number above 0, found -1"),
+    ("--timeout", "0", "expected a number above 0, found 0"),
+    ("--max-tokens", "0", "expected a number above 0, found 0"),
+    ("--max-tokens", "-5", "expected a number above 0, found -5"),
+    ("--concurrency", "many", "expected a whole number, found 'many'"),
+])
+def test_values_no_provider_takes_are_usage_errors_naming_the_flag(config_file, flag, value, expected):
+    """Seen: --timeout -1 made six instant attempts; --timeout 0 and --max-tokens 0 silently meant "default"."""
+    out = nbfanout("run", "--config", str(config_file), "--models", MODELS, "--prompt", "Say hi", flag, value)
+    assert out.returncode == 2 and flag in out.stderr and expected in out.stderr, out.stderr

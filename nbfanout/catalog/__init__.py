@@ -34,6 +34,8 @@ class Limits:
     rpm: float | None = None
     tpm: float | None = None
     rpd: float | None = None
+    ash: float | None = None  # audio seconds per hour (Groq's ASH)
+    asd: float | None = None  # audio seconds per day (Groq's ASD)
     concurrency: int | None = None
     limiter: str | None = None  # token_bucket | sliding_window | fixed_window | per_second (core/shapes.py)
     tokens_counted: str | None = None  # "max_tokens" (charged at admission) or "usage" (settled to real use)
@@ -50,6 +52,8 @@ class Limits:
             rpm=pick(self.rpm, override.rpm),
             tpm=pick(self.tpm, override.tpm),
             rpd=pick(self.rpd, override.rpd),
+            ash=pick(self.ash, override.ash),
+            asd=pick(self.asd, override.asd),
             concurrency=pick(self.concurrency, override.concurrency),
             limiter=pick(self.limiter, override.limiter),
             tokens_counted=pick(self.tokens_counted, override.tokens_counted),
@@ -112,7 +116,7 @@ def _limits(raw: Any, where: str) -> Limits:
         return Limits()
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where}: expected a table of limits, found {type(raw).__name__}")
-    unknown = set(raw) - {"rpm", "tpm", "rpd", "concurrency", "limiter", "tokens_counted", "source", "read_on", "note"}
+    unknown = set(raw) - {"rpm", "tpm", "rpd", "ash", "asd", "concurrency", "limiter", "tokens_counted", "source", "read_on", "note"}
     if unknown:
         raise ValueError(f"{where}: unknown limit keys {sorted(unknown)}")
     if raw.get("limiter") is not None and raw["limiter"] not in LIMITERS:

@@ -39,7 +39,7 @@ Conventions (the choices the taxonomy makes where providers leave room):
 * ``missing_key`` is never produced here: a missing key is caught before any call.
 
 Keys echoed by a provider (``"Incorrect API key provided: sk-abc...wxyz"``) are cut to
-their last four characters in ``ErrorInfo.message`` by ``redact_keys``.
+their last four characters in ``ErrorInfo.message`` by ``nbfanout._secrets.redact``.
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from nbfanout._secrets import redact
 from nbfanout.core.errors import RETRYABLE, ErrorCategory, ErrorInfo, LimitHint
 from nbfanout.core.headers import MAX_WAIT_S, normalize_headers, parse_duration, parse_rate_headers
 
-__all__ = ["classify_error", "redact_keys"]
+__all__ = ["classify_error"]
 
 C = ErrorCategory
 _MAX_BODY_CHARS = 2_000_000
@@ -83,15 +84,6 @@ def classify_error(
         category = _status_category(code) if code is not None else C.NETWORK
         return ErrorInfo(category, category in RETRYABLE, f"unclassifiable error ({type(exc).__name__})",
                          status=code, provider=_provider(provider))
-
-
-def redact_keys(text: str) -> str:
-    """Cut anything that looks like an API key down to its last four characters (``…wxyz``)."""
-    if not text:
-        return text
-    for pattern in _KEY_PATTERNS:
-        text = pattern.sub(_redact_match, text)
-    return text
 
 
 # --- the pipeline ---------------------------------------------------------------------
@@ -134,7 +126,7 @@ def _classify(provider: Any, status: Any, headers: Any, body: Any, *, now: float
     return ErrorInfo(
         category=category,
         retryable=retryable,
-        message=redact_keys(message),
+        message=redact(message),
         status=code,
         retry_after_s=wait,
         limit_hint=hint,
@@ -192,7 +184,7 @@ def _no_response(provider: Any, text: str) -> ErrorInfo:
     kind = {C.CANCELLED: "cancelled", C.TIMEOUT: "timeout", C.NETWORK: "network error"}[category]
     detail = _squash(text)[:300]
     message = f"no response: {kind} ({detail})" if detail else f"no response: {kind}"
-    return ErrorInfo(category, category in RETRYABLE, redact_keys(message), provider=_provider(provider))
+    return ErrorInfo(category, category in RETRYABLE, redact(message), provider=_provider(provider))
 
 
 # --- reading error records --------------------------------------------------------------
@@ -554,6 +546,11 @@ def _window_kind(text: str) -> str | None:
     """Which budget a message names: tokens or requests, per minute or per day."""
     t = text.lower()
     tokens = "token" in t
+    # Groq's audio limits, named as on https://console.groq.com/docs/rate-limits
+    if re.search(r"\(ash\)|audio seconds per hour|seconds of audio per hour", t):
+        return "ash"
+    if re.search(r"\(asd\)|audio seconds per day|seconds of audio per day", t):
+        return "asd"
     if re.search(r"\(tpd\)|tokens per day", t):
         return "tpd"
     if re.search(r"\(rpd\)|requests per day|free-models-per-day", t):
@@ -710,18 +707,3 @@ def _seconds_to_pacific_midnight(now: float) -> float:
     return max(0.0, midnight.timestamp() - now)
 
 
-# --- key redaction ------------------------------------------------------------------------------
-
-_KEY_PATTERNS = (
-    # OpenAI, Anthropic (sk-ant-), OpenRouter (sk-or-v1-), DeepSeek; also half-masked "sk-PMafP****E873"
-    re.compile(r"(?<![A-Za-z0-9])(?:sk|rk|pk)-[A-Za-z0-9_\-*]{8,}"),
-    re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{20,}"),  # Google API keys
-    re.compile(r"(?<![A-Za-z0-9])gsk_[A-Za-z0-9]{16,}"),  # Groq
-    re.compile(r"(?<![A-Za-z0-9])xai-[A-Za-z0-9]{16,}"),  # xAI
-    re.compile(r"(?<=Bearer )[A-Za-z0-9_\-.~+/]{16,}=*", re.IGNORECASE),
-    re.compile(r"(?<=[?&]key=)[A-Za-z0-9_\-]{8,}"),
-)
-
-
-def _redact_match(match: re.Match[str]) -> str:
-    return "…" + match.group(0)[-4:]

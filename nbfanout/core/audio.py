@@ -1,8 +1,12 @@
 """Transcription through the audio pool: Groq first when it has a key, then round-robin over the rest,
-each request admitted by the same budgets as chat (RPM, RPD, concurrency, cooldowns)."""
+each request admitted by the same budgets as chat (RPM, RPD, concurrency, cooldowns) and by the
+audio seconds per hour / day a provider counts (Groq's ASH / ASD)."""
 
 from __future__ import annotations
 
+import io
+import math
+import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,30 @@ from nbfanout.providers.base import Endpoint, TranscriptionRequest
 if TYPE_CHECKING:
     from nbfanout.core.fanout import Fanout
 
-__all__ = ["Transcriber", "Transcription"]
+__all__ = ["Transcriber", "Transcription", "audio_seconds"]
+
+#: Bytes per second assumed where a file's header does not say its length: 128 kbit/s, the
+#: usual MP3 / AAC rate (speech at lower rates is longer than this reckons; the answer corrects it).
+ASSUMED_BYTES_PER_S = 16_000.0
+
+
+def audio_seconds(data: bytes) -> tuple[float, bool]:
+    """The length of an audio file in seconds, and whether its header stated it (WAV, FLAC) or it was
+    estimated from its size at ``ASSUMED_BYTES_PER_S``."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            with wave.open(io.BytesIO(data)) as w:
+                if w.getframerate() > 0:
+                    return w.getnframes() / w.getframerate(), True
+        except (wave.Error, EOFError):
+            pass
+    if data[:4] == b"fLaC" and len(data) >= 26:
+        # STREAMINFO, the first metadata block: 20 bits of sample rate, then 8 bits, then 36 bits of samples
+        packed = int.from_bytes(data[18:26], "big")
+        rate, samples = packed >> 44, packed & ((1 << 36) - 1)
+        if rate > 0 and samples > 0:
+            return samples / rate, True
+    return len(data) / ASSUMED_BYTES_PER_S, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +90,7 @@ class Transcriber:
         no cooldown holds it; a refusal cools that scope down and the next option is taken."""
         fx = self.fx
         clock, policy, router = fx.clock, fx.retry, fx.router
+        seconds = math.ceil(audio_seconds(data)[0])  # whole seconds, as they are counted
         http = fx._http()
         req_id = f"audio:{filename}"
         attempts: list[Attempt] = []
@@ -73,7 +101,8 @@ class Transcriber:
             if not choices:
                 break
             try:
-                reservation = await fx.budgets.acquire([Option(c.budgets, 0.0) for c in choices], policy.max_wait_s)
+                reservation = await fx.budgets.acquire([Option(c.budgets, 0.0, audio_s=seconds) for c in choices],
+                                                       policy.max_wait_s)
             except CapacityError as exc:
                 info = ErrorInfo(ErrorCategory.RATE_LIMIT, False, f"no audio model has capacity within max_wait_s: "
                                  f"the soonest waits {exc.wait_s:.0f}s ({exc.reason})", retry_after_s=exc.wait_s)
@@ -89,6 +118,8 @@ class Transcriber:
                         resp = await adapter_for(provider.wire).transcribe(
                             client, endpoint, TranscriptionRequest(spec.model_id, filename, data, language, prompt),
                             timeout=policy.timeout_s)
+                    if resp.duration_s is not None:  # the provider's own count of the audio
+                        reservation.settle_audio(math.ceil(resp.duration_s))
                 except ProviderError as exc:
                     resp, last = None, exc.info
             if resp is not None:

@@ -9,6 +9,7 @@ A prompt is a string, or a conversation: a list of ``Message`` objects or dicts 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,9 +28,26 @@ _ROLES = ("user", "assistant", "tool", "system")
 _UNSENDABLE = re.compile("[\ud800-\udfff\x00]")
 
 
+def check_options(*, max_tokens: Any = None, temperature: Any = None, timeout: Any = None) -> None:
+    """Refuse request options no provider takes as meant, before anything is sent (None: the default)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if max_tokens is not None and not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1):
+        raise UsageError(f"max_tokens must be a whole number of at least 1, got {max_tokens!r}; leave it out for the "
+                         "model's default")
+    if temperature is not None and not (number(temperature) and 0 <= temperature <= 2):
+        raise UsageError(f"temperature must be a number from 0 to 2, got {temperature!r} (Anthropic takes 0 to 1)")
+    if timeout is not None and not (number(timeout) and timeout > 0):
+        raise UsageError(f"timeout must be a number of seconds above 0, got {timeout!r}; leave it out for "
+                         "[defaults] timeout_s")
+
+
 def check_text(text: str, what: str) -> None:
     """Refuse text no provider can be sent, before anything is: a lone surrogate cannot be encoded as
     UTF-8 (JSON bodies are UTF-8), and a NUL character is refused or silently cut by providers."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be text (a str), got {type(text).__name__} {text!r:.40}")
     bad = _UNSENDABLE.search(text)
     if bad is None:
         return

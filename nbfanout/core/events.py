@@ -199,6 +199,10 @@ class BudgetStats:
     in_flight: int
     cooldown_s: float  # seconds until the cooldown ends (0 when none)
     disabled: str | None = None  # why a key was taken out of use
+    ash_limit: float | None = None  # audio seconds per hour (Groq's ASH)
+    ash_used: float = 0.0
+    asd_limit: float | None = None  # audio seconds per day
+    asd_used: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

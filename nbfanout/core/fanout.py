@@ -26,7 +26,7 @@ from nbfanout.core.audio import Transcriber, Transcription
 from nbfanout.core.cache import ResponseCache
 from nbfanout.core.clients import HttpClients
 from nbfanout.core.clock import Clock, LoopClock
-from nbfanout.core.conversation import as_conversation, as_tools, check_text
+from nbfanout.core.conversation import as_conversation, as_tools, check_options, check_text
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
 from nbfanout.core.events import Cooldown, Event, EventBus, LimitsLearned, ModelQueued, RunCompleted, RunStarted, Utilization
 from nbfanout.core.judge import JUDGE_TRIES, judge_prompt, parse_score
@@ -84,6 +84,7 @@ class Fanout:
         learn: bool | None = None,
         state_path: str | Path | None = None,
         cache: bool | str | Path | None = None,
+        downscale_images: bool | None = None,
     ) -> None:
         self.config = load_config(config, env=env)
         d = self.config.defaults
@@ -110,7 +111,9 @@ class Fanout:
         self.learned = LearnedLimits(Path(where) if where else None, ttl_s=d.learned_ttl_s) if learn else None
         self.budgets = BudgetSet(self.clock, self.learned)
         self.budgets.listeners.append(self._on_learned)
-        self.router = Router(self.config, self.budgets, clock=self.clock, provider_rpm=dict(provider_rpm or {}))
+        self.downscale_images = d.downscale_images if downscale_images is None else downscale_images
+        self.router = Router(self.config, self.budgets, clock=self.clock, provider_rpm=dict(provider_rpm or {}),
+                             downscale_images=self.downscale_images)
         cache_on = d.cache if cache is None else bool(cache)
         cache_path = cache if isinstance(cache, (str, Path)) else d.cache_path
         self.cache = ResponseCache(Path(cache_path) if cache_path else None) if cache_on else None
@@ -353,6 +356,7 @@ class Fanout:
                 self.config.model(a)
         max_tokens = params.pop("max_tokens", None)
         temperature = params.pop("temperature", None)
+        check_options(max_tokens=max_tokens, temperature=temperature, timeout=timeout)
         # the run's own in-flight cap; not registered with the budget set, so it ends with the run
         run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock)
         run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), http=self._http())

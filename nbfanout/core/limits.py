@@ -54,7 +54,9 @@ __all__ = ["Budget", "BudgetSet", "CapacityError", "LearnedLimits", "Reservation
 
 WINDOW_S = 60.0
 DAY_S = 86_400.0
-RATE_KINDS = ("rpm", "tpm", "rpd")
+RATE_KINDS = ("rpm", "tpm", "rpd", "ash", "asd")
+#: Kinds counted in seconds of audio (Groq's ASH / ASD), charged only by transcriptions.
+AUDIO_KINDS = frozenset({"ash", "asd"})
 #: Where no limit is known, a refusal cuts the achieved rate to this fraction (multiplicative decrease).
 AIMD_CUT = 0.5
 #: A slow start that reached this many in flight without a concurrency refusal ends: from here
@@ -99,6 +101,8 @@ class Budget:
     rpm: float | None = None
     tpm: float | None = None
     rpd: float | None = None
+    ash: float | None = None  # audio seconds per hour
+    asd: float | None = None  # audio seconds per day
     concurrency: int | None = None
     limiter: str = DEFAULT_LIMITER
     tokens_counted: str = "max_tokens"
@@ -132,11 +136,15 @@ class Budget:
             return 0.0
 
     # --- reading --------------------------------------------------------------------------
-    def _amount(self, kind: str, tokens: float) -> float:
-        return tokens if kind == "tpm" else 1.0
+    @staticmethod
+    def _amount(kind: str, tokens: float, audio_s: float = 0.0) -> float:
+        if kind == "tpm":
+            return tokens
+        return audio_s if kind in AUDIO_KINDS else 1.0
 
-    def block(self, tokens: float, now: float) -> _Block | None:
-        """None when a request of ``tokens`` fits this budget now; else what it waits for."""
+    def block(self, tokens: float, now: float, audio_s: float = 0.0) -> _Block | None:
+        """None when a request of ``tokens`` (and ``audio_s`` seconds of audio) fits this budget now;
+        else what it waits for."""
         if self.disabled is not None:
             return _Block(self, math.inf, f"{self.disabled[0].value}: {self.disabled[1]}")
         if self.cooldown_until > now:
@@ -150,15 +158,20 @@ class Budget:
                                       "(one more per answer)")
         latest: _Block | None = None
         for kind, shape in self._shapes.items():
-            if kind == "tpm" and not tokens:
+            amount = self._amount(kind, tokens, audio_s)
+            if not amount:
                 continue
-            wait = shape.wait(self._amount(kind, tokens), now)
+            wait = shape.wait(amount, now)
             if wait > 0 and (latest is None or (latest.until or 0) < now + wait):
-                latest = _Block(self, now + wait, self._limit_text(kind, tokens, wait))
+                latest = _Block(self, now + wait, self._limit_text(kind, amount, wait))
         return latest
 
     def _limit_text(self, kind: str, tokens: float, wait: float) -> str:
         limit = getattr(self, kind)
+        if math.isinf(wait) and kind in AUDIO_KINDS:
+            per = "hour" if kind == "ash" else "day"
+            return (f"{tokens:.0f} s of audio exceed the {limit:g} audio seconds per {per} allowed for "
+                    f"{self.scope} {self.name}; split the file")
         if math.isinf(wait):
             return (f"~{tokens:.0f} tokens (prompt + max output) exceed the {limit:g} tokens per minute allowed for "
                     f"{self.scope} {self.name}; lower max_tokens or shorten the prompt")
@@ -212,17 +225,18 @@ class Budget:
             in_flight=self.in_flight,
             cooldown_s=max(0.0, self.cooldown_until - now),
             disabled=f"{self.disabled[0].value}: {self.disabled[1]}" if self.disabled else None,
+            ash_limit=self.ash, ash_used=used("ash", 0.0), asd_limit=self.asd, asd_used=used("asd", 0.0),
         )
 
     # --- charging (through a Reservation) -------------------------------------------------
-    def _take(self, tokens: float, now: float) -> dict[str, float]:
+    def _take(self, tokens: float, now: float, audio_s: float = 0.0) -> dict[str, float]:
         stamps = {}
         for kind, shape in self._shapes.items():
-            amount = self._amount(kind, tokens)
+            amount = self._amount(kind, tokens, audio_s)
             if amount:
                 stamps[kind] = shape.take(amount, now)
         for kind in self._taken:
-            self._taken[kind] += self._amount(kind, tokens)
+            self._taken[kind] += self._amount(kind, tokens, audio_s)
         self._requests.append(now)
         self.in_flight += 1
         return stamps
@@ -235,7 +249,8 @@ class Budget:
 
     def _charge(self, kind: str, amount: float, stamp: float | None) -> None:
         shape = self._shapes.get(kind)
-        self._taken[kind] += amount
+        if kind in self._taken:
+            self._taken[kind] += amount
         if shape is not None and amount > 0:
             shape.charge(amount, stamp if stamp is not None else self.clock.now(), self.clock.now())
 
@@ -362,7 +377,7 @@ class Budget:
     def learn_refusal(self, info: ErrorInfo) -> None:
         """A 429 for this scope: adopt a limit the body states; with none known anywhere, cut (AIMD)."""
         hint = info.limit_hint
-        if hint is not None and hint.limit and hint.kind in ("rpm", "tpm", "rpd", "concurrency"):
+        if hint is not None and hint.limit and hint.kind in (*RATE_KINDS, "concurrency"):
             if getattr(self, hint.kind) != hint.limit:
                 self.set_limit(hint.kind, hint.limit, "429 body")
             shape = self._shapes.get(hint.kind)
@@ -399,6 +414,10 @@ class Budget:
             parts.append(f"tpm {s.tpm_used:.0f}/{self.tpm:g}")
         if self.rpd:
             parts.append(f"rpd {s.rpd_used}/{self.rpd:g}")
+        if self.ash:
+            parts.append(f"audio s/h {s.ash_used:.0f}/{self.ash:g}")
+        if self.asd:
+            parts.append(f"audio s/day {s.asd_used:.0f}/{self.asd:g}")
         parts.append(f"in flight {self.in_flight}" + (f"/{self.concurrency}" if self.concurrency else ""))
         if s.cooldown_s:
             parts.append(f"cooldown {s.cooldown_s:.1f}s")
@@ -440,6 +459,7 @@ class Option:
     budgets: tuple[Budget, ...]
     tokens: float
     estimate: Callable[[], float] | None = field(default=None, compare=False)
+    audio_s: float = 0.0  # seconds of audio, for limits counted in them (ASH / ASD)
 
     def current(self) -> float:
         return self.estimate() if self.estimate is not None else self.tokens
@@ -464,7 +484,7 @@ class Reservation:
 
     def _take(self, now: float) -> None:
         for b in self.option.budgets:
-            self._stamps[b] = b._take(self.tokens, now)
+            self._stamps[b] = b._take(self.tokens, now, self.option.audio_s)
             self._marks[b] = dict(b._taken)
         self._open = True
 
@@ -485,12 +505,24 @@ class Reservation:
             elif extra < 0:
                 b._give_back("tpm", -extra, stamps.get("tpm"))
 
+    def settle_audio(self, seconds: float) -> None:
+        """Count the audio the provider reported (``seconds``) instead of the estimate admitted."""
+        extra = seconds - self.option.audio_s
+        for b, stamps in self._stamps.items():
+            for kind in AUDIO_KINDS:
+                if extra > 0:
+                    b._charge(kind, extra, stamps.get(kind))
+                elif extra < 0:
+                    b._give_back(kind, -extra, stamps.get(kind))
+
     def refund(self) -> None:
         """The provider refused the request: it counted none of it, so neither do we."""
         for b, stamps in self._stamps.items():
             b._give_back("rpm", 1.0, stamps.get("rpm"))
             b._give_back("rpd", 1.0, stamps.get("rpd"))
             b._give_back("tpm", self.tokens, stamps.get("tpm"))
+            for kind in AUDIO_KINDS:
+                b._give_back(kind, self.option.audio_s, stamps.get(kind))
             if b._requests:
                 b._requests.pop()
 
@@ -553,7 +585,7 @@ class BudgetSet:
         """
         key = (scope, name)
         if key not in self._budgets:
-            known = {k: v for k, v in limits.items() if k in ("rpm", "tpm", "rpd", "concurrency") and v is not None}
+            known = {k: v for k, v in limits.items() if k in (*RATE_KINDS, "concurrency") and v is not None}
             if self.learned is not None:
                 for metric, value in self.learned.get(f"{scope}:{name}").items():
                     known.setdefault(metric, value)
@@ -660,7 +692,7 @@ class BudgetSet:
             blocks: list[_Block] = []
             tokens = option.current()
             for b in option.budgets:
-                blk = b.block(tokens, now)
+                blk = b.block(tokens, now, option.audio_s)
                 if blk is None:
                     head = b._head()
                     if head is not None and head is not waiter and head.seq < waiter.seq:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from nbfanout._secrets import redact
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError, classify_error
 from nbfanout.core.events import (
     ModelCompleted,
@@ -33,7 +34,7 @@ from nbfanout.core.events import (
     RequestStarted,
     TextDelta,
 )
-from nbfanout.core.images import image_problem
+from nbfanout.core.images import fit_messages, image_problem
 from nbfanout.core.limits import Budget, CapacityError, Option, Reservation
 from nbfanout.core.results import Attempt, ModelResult
 from nbfanout.core.retry import RetryPolicy
@@ -171,10 +172,16 @@ class RequestPipeline:
             prompt_tokens, tokens = self._tokens_for(choice, spec)
             if choice.model.context_window is not None and prompt_tokens > choice.model.context_window:
                 continue
-            if image_problem(choice.provider.id, spec.all_images):
+            if image_problem(choice.provider.id, spec.all_images, downscale=self.fx.downscale_images):
                 continue  # the provider would refuse the images: explain() names the limit
             out.append((replace(choice, budgets=(*choice.budgets, run_budget)), prompt_tokens, tokens))
         return out
+
+    def _messages_for(self, choice: Choice, spec: RequestSpec) -> tuple[tuple[Message, ...], tuple[str, ...]]:
+        """The messages as sent to this provider (images made to fit its limits) and a note per image changed."""
+        if not self.fx.downscale_images or not spec.all_images:
+            return spec.messages, ()
+        return fit_messages(choice.provider.id, spec.messages)
 
     def prompt_tokens(self, choice: Choice, spec: RequestSpec) -> int:
         """The prompt's tokens: our estimate, moved toward the usage the provider reports.
@@ -220,7 +227,7 @@ class RequestPipeline:
                         ) -> tuple[ChatResponse, bool]:
         """One call to the provider (or the cache); ProviderError on any failure."""
         rejects = choice.model.rejects
-        request = ChatRequest(model=choice.model.model_id, messages=spec.messages, system=spec.system,
+        request = ChatRequest(model=choice.model.model_id, messages=self._messages_for(choice, spec)[0], system=spec.system,
                               max_tokens=spec.max_output(choice.model.max_output_tokens),
                               temperature=None if "temperature" in rejects else spec.temperature,
                               extra={k: v for k, v in spec.params.items() if k not in rejects},
@@ -235,7 +242,8 @@ class RequestPipeline:
         def on_delta(text: str) -> None:
             nonlocal chars
             chars += len(text)
-            self.fx._emit(TextDelta, request=req_id, model=choice.model.name, text=text, chars_so_far=chars)
+            self.fx._emit(TextDelta, request=req_id, model=choice.model.name, text=redact(text, choice.key.value),
+                          chars_so_far=chars)
 
         endpoint = Endpoint(provider=choice.provider.id, base_url=choice.provider.base_url, api_key=choice.key.value,
                             headers=dict(choice.provider.headers))
@@ -250,6 +258,9 @@ class RequestPipeline:
         except asyncio.TimeoutError as exc:
             raise ProviderError(classify_error(choice.provider.id, None, None,
                                                f"ReadTimeout: no answer within {timeout:g}s")) from exc
+        shown = redact(response.text, choice.key.value)  # an answer that echoes a key keeps only its last four
+        if shown != response.text:
+            response = replace(response, text=shown)
         if cache is not None:
             cache.put(choice.model.name, request, response)
         return response, False
@@ -442,7 +453,7 @@ class RequestPipeline:
             input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens, cost=cost,
             latency_s=end - t_start, finish_reason=response.finish_reason, attempts=tuple(attempts),
             prompt_index=index, cached=cached, dropped_params=spec.dropped(model.rejects), saved_cost=saved,
-            tool_calls=response.tool_calls,
+            tool_calls=response.tool_calls, downscaled=self._messages_for(choice, spec)[1],
         )
         fx._emit(ModelCompleted, request=req_id, requested=requested, model=model.name, latency_s=end - t_start,
                  input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost=cost, attempts=len(attempts))

@@ -49,6 +49,7 @@ class ModelResult:
     prompt_index: int = 0
     cached: bool = False
     dropped_params: tuple[str, ...] = ()  # asked for, but left out: the model refuses them (catalog ``rejects``)
+    downscaled: tuple[str, ...] = ()  # images made smaller for this provider's limits, one note each
     saved_cost: float | None = None  # a cached answer costs nothing: what it would have cost
     tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asked to call, in the neutral form
 
@@ -89,6 +90,7 @@ class ModelResult:
             "cached": self.cached,
             "saved_cost": self.saved_cost,
             "dropped_params": list(self.dropped_params),
+            "downscaled": list(self.downscaled),
             "tool_calls": [{"id": c.id, "name": c.name, "arguments": dict(c.arguments)} for c in self.tool_calls],
             "attempt_log": [asdict(a) for a in self.attempts],
         }
@@ -109,8 +111,8 @@ class ModelResult:
             latency_s=float(rec.get("latency_s") or 0.0), finish_reason=rec.get("finish_reason"),
             attempts=tuple(Attempt(**{k: v for k, v in a.items() if k in fields}) for a in rec.get("attempt_log") or ()),
             error=error, prompt_index=int(rec.get("prompt_index") or 0), cached=bool(rec.get("cached")),
-            dropped_params=tuple(rec.get("dropped_params") or ()), saved_cost=rec.get("saved_cost"),
-            tool_calls=tuple(ToolCall(c["id"], c["name"], c.get("arguments") or {}) for c in rec.get("tool_calls") or ()),
+            dropped_params=tuple(rec.get("dropped_params") or ()), downscaled=tuple(rec.get("downscaled") or ()),
+            saved_cost=rec.get("saved_cost"), tool_calls=tuple(ToolCall(c["id"], c["name"], c.get("arguments") or {}) for c in rec.get("tool_calls") or ()),
         )
 
     def __repr__(self) -> str:

@@ -88,8 +88,10 @@ class Router:
         *,
         clock: Clock | None = None,
         provider_rpm: dict[str, float] | None = None,
+        downscale_images: bool = True,
     ) -> None:
         self.config = config
+        self.downscale_images = downscale_images
         self.clock = clock or LoopClock()
         self.budgets = budgets or BudgetSet(self.clock)
         self.provider_rpm = provider_rpm or {}
@@ -107,8 +109,8 @@ class Router:
         lim = provider.limits
         override = self.provider_rpm.get(provider.id)
         rpm = min(x for x in (lim.rpm, override) if x is not None) if (lim.rpm or override) else None
-        return self.budgets.budget("provider", provider.id, rpm=rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency,
-                                   **self._shape(lim))
+        return self.budgets.budget("provider", provider.id, rpm=rpm, tpm=lim.tpm, rpd=lim.rpd, ash=lim.ash, asd=lim.asd,
+                                   concurrency=lim.concurrency, **self._shape(lim))
 
     def key_budget(self, provider: ProviderConfig, key: ApiKey) -> Budget:
         """What one key may do: learned from its rate-limit headers and 429s (adaptive until then)."""
@@ -132,8 +134,8 @@ class Router:
     def model_budget(self, model: ModelSpec) -> Budget:
         lim = model.limits
         provider = self.config.providers[model.provider]
-        return self.budgets.budget("model", model.name, rpm=lim.rpm, tpm=lim.tpm, rpd=lim.rpd, concurrency=lim.concurrency,
-                                   **self._shape(lim, provider.limits))
+        return self.budgets.budget("model", model.name, rpm=lim.rpm, tpm=lim.tpm, rpd=lim.rpd, ash=lim.ash, asd=lim.asd,
+                                   concurrency=lim.concurrency, **self._shape(lim, provider.limits))
 
     def budgets_for(self, model: ModelSpec, key: ApiKey) -> tuple[Budget, ...]:
         """Every budget a request to ``model`` with ``key`` counts against, narrowest first."""
@@ -290,7 +292,7 @@ class Router:
             return ErrorCategory.MISSING_KEY, f"{name}: no API key (set {' or '.join(provider.key_vars)})", None
         if spec.needs - model.capabilities and model.capabilities:
             return ErrorCategory.BAD_REQUEST, f"{name}: lacks {', '.join(sorted(spec.needs - model.capabilities))}", None
-        refused = image_problem(provider.id, spec.all_images)
+        refused = image_problem(provider.id, spec.all_images, downscale=self.downscale_images)
         if refused is not None:
             return ErrorCategory.BAD_REQUEST, f"{name}: not sent: {refused}", None
         why: tuple[ErrorCategory, str, float | None] | None = None

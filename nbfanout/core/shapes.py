@@ -201,12 +201,18 @@ class TokenBucket:
 class SlidingWindow:
     """At most ``limit`` in any ``span`` seconds: a log of (time, amount)."""
 
-    __slots__ = ("limit", "span", "_log", "_total")
+    __slots__ = ("limit", "span", "_log", "_total", "_slice")
+
+    #: Windows longer than a minute keep one entry per slice of span / SLICES, dated at its newest
+    #: request: a day's log holds at most 1,440 entries, not one per request, and each entry
+    #: expires no sooner than its newest request would (a minute late at most, never early).
+    SLICES = 1440
 
     def __init__(self, limit: float, span: float, now: float) -> None:
         self.limit, self.span = float(limit), float(span)
         self._log: deque[list[float]] = deque()  # [time, amount], oldest first
         self._total = 0.0
+        self._slice = span / self.SLICES if span > 60.0 else 0.0
 
     @property
     def capacity(self) -> float:
@@ -233,7 +239,11 @@ class SlidingWindow:
 
     def take(self, amount: float, now: float) -> float:
         self._prune(now)
-        if self._log and self._log[-1][0] > now:  # a synthetic entry from observe() is not "oldest"
+        last = self._log[-1] if self._log else None
+        if last is not None and self._slice and now - self._slice < last[0] <= now:
+            last[0] = now  # the slice's newest request dates it
+            last[1] += amount
+        elif last is not None and last[0] > now:  # a synthetic entry from observe() is not "oldest"
             self._insert(now, amount)
         else:
             self._log.append([now, amount])
@@ -282,10 +292,7 @@ class SlidingWindow:
         amount = e[1]
         self._log.remove(e)
         self._total -= amount
-        self._prune(now)
-        self._log.append([now, amount])
-        self._total += amount
-        return now
+        return self.take(amount, now)
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
         """Keep our count between the provider's (``limit - remaining``) and that plus what we sent since.
@@ -423,13 +430,18 @@ class FixedWindow:
         return f"<FixedWindow {self._used:g}/{self.limit:g} per {self.span:g}s>"
 
 
+#: Seconds each limit kind counts over: per minute, per day, and Groq's audio seconds per hour
+#: (ASH) and per day (ASD), https://console.groq.com/docs/rate-limits.
+SPANS: dict[str, float] = {"rpm": 60.0, "tpm": 60.0, "rpd": 86_400.0, "ash": 3_600.0, "asd": 86_400.0}
+
+
 def make_shape(limiter: str, kind: str, limit: float, now: float) -> Shape:
-    """The shape ``limiter`` for a limit of ``kind`` (rpm, tpm or rpd)."""
-    span = 86_400.0 if kind == "rpd" else 60.0
+    """The shape ``limiter`` for a limit of ``kind`` (rpm, tpm, rpd; ash, asd: audio seconds per hour / day)."""
+    span = SPANS[kind]
     if limiter == "token_bucket":
         return TokenBucket(limit, span, now)
     if limiter == "per_second":
-        if kind == "rpd":
+        if span != 60.0:
             return TokenBucket(limit, span, now)
         # one second's worth, but never less than one request: a 20 RPM limit admits one every 3 s
         return TokenBucket(limit, span, now, capacity=max(limit / 60.0, 1.0) if kind == "rpm" else limit / 60.0)

@@ -37,42 +37,12 @@ from nbfanout.core.errors import UsageError as FanoutUsageError
 from nbfanout.core.fanout import Fanout
 from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
 from nbfanout import render
+from nbfanout._argtypes import positive_float, positive_int, temperature
 from nbfanout.notebook._runner import LoopJob, call_in_loop
 
 __all__ = ["BackgroundRun", "FanoutMagics", "fill_prompt", "load_ipython_extension", "split_models"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-# --- argument checking ---------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {text}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, found {text!r}") from None
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, found {text}")
-    return value
 
 
 def split_models(values: list[str] | None) -> list[str] | None:
@@ -253,11 +223,11 @@ class FanoutMagics(Magics):
               help="a pool instead of --models: fast, research, code, vision, audio, auto, or one from the config")
     @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict (e.g. sandbox.config)")
     @argument("--system", "-s", help="system prompt; {name} is filled from the notebook as in the cell")
-    @argument("--max-tokens", type=_positive_int, metavar="N", help="largest answer, in tokens")
-    @argument("--temperature", type=_temperature, metavar="T", help="sampling temperature, 0 to 2")
+    @argument("--max-tokens", type=positive_int, metavar="N", help="largest answer, in tokens")
+    @argument("--temperature", type=temperature, metavar="T", help="sampling temperature, 0 to 2")
     @argument("--provider-rpm", metavar="P:N,...", help="cap requests per minute per provider, e.g. openai:500,gemini:60")
-    @argument("--concurrency", type=_positive_int, metavar="N", help="most requests in flight at once")
-    @argument("--timeout", type=_positive_float, metavar="S", help="seconds one request may take")
+    @argument("--concurrency", type=positive_int, metavar="N", help="most requests in flight at once")
+    @argument("--timeout", type=positive_float, metavar="S", help="seconds one request may take")
     @argument("--file", "-f", action="append", default=[], metavar="PATH", help="attach a text file's contents (repeatable)")
     @argument("--image", "-i", action="append", default=[], metavar="PATH|URL", help="attach an image (repeatable)")
     @argument("--one", action="store_true",

@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from nbfanout._secrets import redact
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError, classify_error
 from nbfanout.core.headers import RateSnapshot, parse_rate_headers
 from nbfanout.providers._sse import ServerSentEvent, aiter_sse
@@ -57,7 +58,6 @@ __all__ = [
     "deep_merge",
     "join_url",
     "parse_arguments",
-    "redact",
 ]
 
 _SNIPPET = 200
@@ -66,13 +66,6 @@ _SNIPPET = 200
 def join_url(base_url: str, path: str) -> str:
     """``base_url`` + ``/path`` with exactly one slash between them."""
     return base_url.rstrip("/") + "/" + path.lstrip("/")
-
-
-def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` replaced by ``…`` and its last four characters."""
-    if len(secret) < 5:  # a key that short is shown whole by Endpoint.key_id anyway
-        return text
-    return text.replace(secret, "…" + secret[-4:])
 
 
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,6 +143,8 @@ class HTTPAdapter(Adapter):
 
     #: Finish reasons that, with no text at all, mean the provider refused or filtered.
     blocked_reasons: frozenset[str] = frozenset()
+    #: Finish reasons that mean the output budget ran out (a reasoning model can spend it all unseen).
+    length_reasons: frozenset[str] = frozenset()
 
     # ---- what each wire format defines -------------------------------------------------
 
@@ -271,6 +266,9 @@ class HTTPAdapter(Adapter):
                     provider_code=state.finish_reason,
                 ),
             )
+        if not state.text.strip() and not state.tool_calls:
+            raise self._safe(endpoint, self._empty(endpoint, request, response, state.finish_reason),
+                             self._rate(endpoint, response))  # the provider counted it: its headers still teach
         raw = state.last if isinstance(state.last, Mapping) else {"body": state.last}
         return ChatResponse(
             text=state.text,
@@ -282,6 +280,20 @@ class HTTPAdapter(Adapter):
             raw=raw,
             tool_calls=tuple(state.tool_calls),
         )
+
+    def _empty(self, endpoint: Endpoint, request: ChatRequest, response: httpx.Response,
+               finish_reason: str | None) -> ErrorInfo:
+        """A 200 with no text and no tool calls is no answer: out of output budget (say so), else a fault to retry."""
+        if finish_reason in self.length_reasons:
+            budget = f"all {request.max_tokens} output tokens" if request.max_tokens else "its whole output budget"
+            return ErrorInfo(ErrorCategory.BAD_REQUEST, False,
+                             f"empty answer: the model spent {budget} before writing any text (finish reason "
+                             f"{finish_reason!r}, as reasoning models do); raise max_tokens",
+                             status=response.status_code, provider=endpoint.provider, provider_code=finish_reason)
+        return ErrorInfo(ErrorCategory.SERVER_ERROR, True,
+                         f"empty answer: status {response.status_code} with no text and no tool calls "
+                         f"(finish reason {finish_reason!r})",
+                         status=response.status_code, provider=endpoint.provider, provider_code="empty_answer")
 
     @staticmethod
     def _rate(endpoint: Endpoint, response: httpx.Response) -> RateSnapshot:

@@ -93,6 +93,7 @@ class AnthropicAdapter(HTTPAdapter):
 
     wire = "anthropic"
     blocked_reasons = frozenset({"refusal"})
+    length_reasons = frozenset({"max_tokens"})
 
     def headers(self, endpoint: Endpoint) -> dict[str, str]:
         return {"x-api-key": endpoint.api_key, "anthropic-version": ANTHROPIC_VERSION}

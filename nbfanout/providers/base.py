@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from nbfanout._secrets import mask
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError
 from nbfanout.core.headers import RateSnapshot
 
@@ -89,7 +90,7 @@ class Endpoint:
     @property
     def key_id(self) -> str:
         """A printable, non-secret name for the key: ``…abcd``."""
-        return "…" + self.api_key[-4:] if self.api_key else "(none)"
+        return mask(self.api_key) or "(none)"
 
     def __repr__(self) -> str:
         return f"Endpoint(provider={self.provider!r}, base_url={self.base_url!r}, key={self.key_id!r})"

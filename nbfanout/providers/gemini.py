@@ -130,6 +130,7 @@ class GeminiAdapter(HTTPAdapter):
     wire = "gemini"
     # finishReason values of a filtered answer (https://ai.google.dev/api/generate-content#FinishReason).
     blocked_reasons = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
+    length_reasons = frozenset({"MAX_TOKENS"})
 
     def headers(self, endpoint: Endpoint) -> dict[str, str]:
         return {"x-goog-api-key": endpoint.api_key}

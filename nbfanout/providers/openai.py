@@ -102,6 +102,7 @@ class OpenAIAdapter(HTTPAdapter):
 
     wire = "openai"
     blocked_reasons = frozenset({"content_filter"})
+    length_reasons = frozenset({"length"})
 
     def headers(self, endpoint: Endpoint) -> dict[str, str]:
         return {"Authorization": f"Bearer {endpoint.api_key}"}

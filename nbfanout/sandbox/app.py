@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -286,7 +287,7 @@ class _Call:
             )
         return Denial(fault.kind, retry_after_s=fault.retry_after_s if fault.retry_after_s is not None else left, message=fault.message)
 
-    async def admit(self, tokens: int) -> Response | _Lease:
+    async def admit(self, tokens: int, audio_s: int = 0) -> Response | _Lease:
         """Rejecting faults, then the limits; on success the request is in flight (a lease)."""
         assert self.model is not None
         now = self.state.clock()
@@ -296,7 +297,7 @@ class _Call:
             if fault.delay_s:
                 await self.state.sleep(fault.delay_s)
             return self.refuse(self.fault_denial(fault), fault=fault.kind)
-        rej = Limiter.try_admit(self.pools, now, tokens)
+        rej = Limiter.try_admit(self.pools, now, tokens, audio_s)
         if isinstance(rej, Rejection):
             return self.refuse(
                 Denial(
@@ -584,12 +585,13 @@ async def openai_transcriptions(request: Request) -> Response:
     text = transcript_text(seed, model.id, fields["filename"], fields["file"], fields.get("language"))
     n_words = len(text.split())
     latency = model.latency.seconds(n_words, state.jitter(provider.id, model.id, fields["filename"]))
+    duration_s = wire_openai.audio_duration_s(fields["file"])
     try:
-        body, media = wire_openai.transcription_reply(fields, text, duration_s=len(fields["file"]) / 16000.0)
+        body, media = wire_openai.transcription_reply(fields, text, duration_s=duration_s)
     except BadRequest as exc:
         return c.refuse(Denial("bad_request", message=exc.message, param=exc.param))
-    # Audio uses requests, not tokens, of a model's budget.
-    admitted = await c.admit(0)
+    # Audio takes requests and whole seconds of audio (ash / asd), not tokens, of a model's budget.
+    admitted = await c.admit(0, audio_s=math.ceil(duration_s))
     if isinstance(admitted, Response):
         return admitted
     lease = admitted
@@ -598,7 +600,7 @@ async def openai_transcriptions(request: Request) -> Response:
         if stop is not None:
             return stop
         if empty:
-            body, media = wire_openai.transcription_reply(fields, "", duration_s=len(fields["file"]) / 16000.0)
+            body, media = wire_openai.transcription_reply(fields, "", duration_s=duration_s)
         if fault is not None and fault.kind != "slow":
             await state.sleep(fault.delay_s if fault.delay_s is not None else latency)
             if fault.kind == "drop":

@@ -1,4 +1,5 @@
-"""Exact limit enforcement: RPM / TPM / RPD in one of four shapes, a counter for concurrency.
+"""Exact limit enforcement: RPM / TPM / RPD (and audio seconds per hour / day) in one of four
+shapes, a counter for concurrency.
 
 Each pool (provider, key, group or model scope) counts its rpm, tpm and rpd in the shape
 its limits table names (``L`` the limit, ``S`` its span: 60 s for rpm / tpm, 86400 s for
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 #: Window length in seconds per windowed limit kind.
-SPANS: dict[str, float] = {"rpm": 60.0, "tpm": 60.0, "rpd": 86400.0}
+SPANS: dict[str, float] = {"rpm": 60.0, "tpm": 60.0, "rpd": 86400.0, "ash": 3600.0, "asd": 86400.0}
 
 #: Headers floor "remaining"; a bucket refilled to 2.9999999999 by float rounding shows 3.
 _SHOW_EPS = 1e-9
@@ -379,25 +380,37 @@ class Pool:
             f"windows={list(self.windows.values())}, in_flight={self.in_flight})"
         )
 
-    def check(self, now: float, tokens: int) -> list[Rejection]:
+    @staticmethod
+    def amount(kind: str, tokens: int, audio_s: int) -> int:
+        """What a request takes of a limit: its tokens (tpm), its seconds of audio (ash, asd), else 1."""
+        if kind == "tpm":
+            return tokens
+        return audio_s if kind in ("ash", "asd") else 1
+
+    def check(self, now: float, tokens: int, audio_s: int = 0) -> list[Rejection]:
         """Every limit of this pool the request would break (empty: it fits)."""
         out = []
         conc = self.limits.concurrency
         if conc is not None and self.in_flight + 1 > conc:
             out.append(Rejection("concurrency", conc, self.in_flight, 1, None, self.id))
         for kind, m in self.windows.items():
-            amount = tokens if kind == "tpm" else 1
+            amount = self.amount(kind, tokens, audio_s)
+            if kind in ("ash", "asd") and not amount:
+                continue
             if not m.fits(amount, now):
                 too_large = amount > m.capacity
                 wait = None if too_large else m.wait_for(amount, now)
                 out.append(Rejection(kind, m.limit, m.used(now), amount, wait, self.id, too_large=too_large))
         return out
 
-    def admit(self, now: float, tokens: int) -> tuple[Meter, object] | None:
+    def admit(self, now: float, tokens: int, audio_s: int = 0) -> tuple[Meter, object] | None:
         """Charge every meter; returns the TPM meter and its handle (for settlement), if any."""
         tpm = None
         for kind, m in self.windows.items():
-            handle = m.add(now, tokens if kind == "tpm" else 1)
+            amount = self.amount(kind, tokens, audio_s)
+            if kind in ("ash", "asd") and not amount:
+                continue
+            handle = m.add(now, amount)
             if kind == "tpm":
                 tpm = (m, handle)
         return tpm
@@ -446,13 +459,13 @@ class Limiter:
         return out
 
     @staticmethod
-    def try_admit(pools: list[Pool], now: float, tokens: int) -> Rejection | Charge:
+    def try_admit(pools: list[Pool], now: float, tokens: int, audio_s: int = 0) -> Rejection | Charge:
         """Admit into all pools (the Charge), or return the rejection with the longest wait (no pool changes).
 
         The longest wait is reported because only after it do all the broken limits fit;
         a concurrency rejection (no wait known) is reported only when nothing else broke.
         """
-        problems = [r for pool in pools for r in pool.check(now, tokens)]
+        problems = [r for pool in pools for r in pool.check(now, tokens, audio_s)]
         if problems:
             def rank(r: Rejection) -> tuple[int, float]:
                 if r.too_large:
@@ -462,7 +475,7 @@ class Limiter:
                 return (1 if math.isfinite(r.retry_after_s) else 2, r.retry_after_s)
 
             return max(problems, key=rank)
-        handles = [h for pool in pools if (h := pool.admit(now, tokens)) is not None]
+        handles = [h for pool in pools if (h := pool.admit(now, tokens, audio_s)) is not None]
         return Charge(tokens, tuple(handles))
 
     @staticmethod

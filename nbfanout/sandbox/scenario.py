@@ -102,6 +102,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from nbfanout._secrets import mask
 from nbfanout.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -133,7 +134,9 @@ __all__ = [
     "parse_scenario",
 ]
 
-LIMIT_KINDS: tuple[str, ...] = ("rpm", "tpm", "rpd", "concurrency")
+#: ``ash`` / ``asd``: seconds of audio per hour / day, as Groq limits transcription
+#: (https://console.groq.com/docs/rate-limits); only transcriptions are charged them.
+LIMIT_KINDS: tuple[str, ...] = ("rpm", "tpm", "rpd", "ash", "asd", "concurrency")
 
 #: Limiter shapes a limits table may name; the first is the default (the sliding log).
 LIMITERS: tuple[str, ...] = ("sliding_window", "token_bucket", "fixed_window", "per_second")
@@ -192,9 +195,7 @@ class ScenarioError(ConfigError):
 
 def mask_key(key: str | None) -> str:
     """A key as it may be shown anywhere: its last four characters only."""
-    if not key:
-        return "(none)"
-    return "…" + key[-4:]
+    return mask(key) or "(none)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +209,8 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
     rpd: int | None = None
+    ash: int | None = None
+    asd: int | None = None
     concurrency: int | None = None
     hidden: frozenset[str] = frozenset()
     per_key: bool = False

@@ -154,7 +154,7 @@ class Denial:
 
     @property
     def is_rate_limit(self) -> bool:
-        return self.reason in ("rpm", "tpm", "rpd", "concurrency", "rate_limit_burst")
+        return self.reason in ("rpm", "tpm", "rpd", "ash", "asd", "concurrency", "rate_limit_burst")
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,11 @@ Styles speaking it: ``openai``, ``groq``, ``openrouter``, ``together``, ``deepse
 from __future__ import annotations
 
 import email.policy
+import io
 import json
 import math
 import re
+import wave
 from collections.abc import Mapping
 from email.parser import BytesParser
 from typing import Any
@@ -396,6 +398,18 @@ def models_list(provider: ProviderSpec, created: int) -> dict[str, Any]:
     }
 
 
+def audio_duration_s(data: bytes) -> float:
+    """Seconds of audio in an upload: a WAV header's frames / rate, else 16,000 bytes a second."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            with wave.open(io.BytesIO(data)) as w:
+                if w.getframerate() > 0:
+                    return w.getnframes() / w.getframerate()
+        except (wave.Error, EOFError):
+            pass
+    return len(data) / 16000.0
+
+
 def transcription_reply(fields: Mapping[str, Any], text: str, duration_s: float) -> tuple[Any, str]:
     """Body and media type for the requested ``response_format`` (json, text, verbose_json, srt, vtt)."""
     fmt = fields.get("response_format") or "json"
@@ -475,6 +489,10 @@ _GROQ_UNITS = {
     "rpm": ("requests per minute (RPM)", "requests"),
     "tpm": ("tokens per minute (TPM)", "tokens"),
     "rpd": ("requests per day (RPD)", "requests"),
+    # the limits' names on https://console.groq.com/docs/rate-limits in Groq's sentence for the
+    # others; the exact wording of Groq's audio refusals is not documented there
+    "ash": ("audio seconds per hour (ASH)", "audio_seconds"),
+    "asd": ("audio seconds per day (ASD)", "audio_seconds"),
 }
 _OPENROUTER_SUFFIX = {"rpm": "per-min", "rpd": "per-day", "tpm": "tokens-per-min", "concurrency": "concurrency"}
 

@@ -82,7 +82,7 @@ SEED_002 = [
 ]
 
 # seeds/003 (FinBench on OpenRouter).
-SEED_003 = ["openrouter/x-ai/grok-4-fast"]
+SEED_003 = ["openrouter/x-ai/grok-4-fast", "openrouter/qwen/qwq-32b"]  # the second: "The judge model (OpenRouter QwQ-32B)"
 
 # seeds/004 (agent with circular failover over 29 models).
 SEED_004 = [
@@ -162,6 +162,11 @@ RETIRED = {
     "anthropic/claude-sonnet-4": f"{_ANTHROPIC_DEPRECATIONS} (Claude Sonnet 4 and Opus 4 retired 2026-06-15)",
     "anthropic/claude-3-sonnet-20240229": f"{_ANTHROPIC_DEPRECATIONS} (retired 2025-07-21)",
     "anthropic/claude-3-opus-20240229": f"{_ANTHROPIC_DEPRECATIONS} (retired 2026-01-05)",
+    "anthropic/claude-3-haiku-20240307": (
+        "https://24-ai.news/en/vijest/2026-04-21/anthropic-claude-haiku-3-retirement (2026-04-21: 'formally retired "
+        "Claude Haiku 3 (model ID claude-3-haiku-20240307) from production on April 20, 2026'; Anthropic's own page's "
+        "table was not in its stored copy)"
+    ),
     "anthropic/claude-3-5-sonnet-20241022": f"{_ANTHROPIC_DEPRECATIONS} (Claude Sonnet 3.5 retired 2025-10-22)",
     "anthropic/claude-3-5-haiku-20241022": (
         "https://www.developersdigest.tech/rate-limits/anthropic "
@@ -191,7 +196,6 @@ NOT_CARRIED = {
     "together/openai/whisper-large-v3": "no stored Together page showing a transcription endpoint for it in 2026",
     "openai/gpt-4-turbo-preview": "legacy preview alias of the GPT-4 Turbo family (shut down 2026-10-23); alias itself not listed",
     "gemini/gemini-pro": "Gemini 1.0 alias; not among the models the 2026 Gemini API docs list",
-    "anthropic/claude-3-haiku-20240307": "legacy Claude 3 model; no dated stored copy of its retirement date was found",
     "huggingface/meta-llama/Meta-Llama-3-8B-Instruct": "served via Hugging Face, not a built-in provider",
     "huggingface/mistralai/Mistral-7B-Instruct-v0.3": "served via Hugging Face, not a built-in provider",
 }

@@ -69,3 +69,24 @@ async def test_an_unexpected_exception_in_one_request_keeps_every_other_answer(s
     assert all(r.category == "bad_request" and "RuntimeError: something nobody planned for" in r.error.message
                for r in broken)
     assert fx.last_result is batch
+
+
+@pytest.mark.parametrize(("prompt", "options", "message"), [
+    ("hi", {"max_tokens": 0}, r"max_tokens must be a whole number of at least 1, got 0"),
+    ("hi", {"max_tokens": -5}, r"max_tokens .* got -5"),
+    ("hi", {"max_tokens": "big"}, r"max_tokens .* got 'big'"),
+    ("hi", {"temperature": 99}, r"temperature must be a number from 0 to 2, got 99"),
+    ("hi", {"timeout": -1}, r"timeout must be a number of seconds above 0, got -1"),
+    ("hi", {"timeout": 0}, r"timeout .* got 0"),
+    (123, {}, r"must be text \(a str\), got int 123|prompt must be a string"),
+    (None, {}, r"prompt must be a string|prompt must be text \(a str\), got NoneType"),
+])
+async def test_invalid_request_options_are_refused_before_anything_is_sent(sandbox_app_factory, prompt, options, message):
+    """Seen: --timeout -1 made six instant attempts, max_tokens 0 meant "default", temperature 99 was sent."""
+    app = fast(sandbox_app_factory)
+    fx = Fanout(app.config, transport=app.transport(), learn=False)
+    with pytest.raises(UsageError, match=message):
+        await fx.run(prompt, MODELS, **options)
+    with pytest.raises(UsageError, match=message):
+        await fx.map([prompt, "fine"] if prompt is not None else [None], models=MODELS, **options)
+    assert app.stats()["totals"]["requests"] == 0

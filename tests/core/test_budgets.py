@@ -361,3 +361,17 @@ def test_a_bucket_holding_one_request_at_a_time_keeps_its_rate() -> None:
         b.take(1, t)
         admitted += 1
     assert admitted >= 120  # one a second (it was 80 while a 0.5-s arrival margin held each one back)
+
+
+def test_a_days_log_keeps_an_entry_a_minute_and_never_lets_a_request_go_early() -> None:
+    """Seen: memory grew by one entry per request for 24 h (RPD); a count per slice bounds it."""
+    from nbfanout.core.shapes import make_shape
+
+    day = make_shape("sliding_window", "rpd", 1_000_000, 0.0)
+    times = [i * 0.36 for i in range(100_000)]  # ten hours of requests, one every 0.36 s
+    for t in times:
+        day.take(1, t)
+    assert len(day._log) <= 10 * 60 + 1
+    for k in (0, 999, 50_000, 99_999):  # each request still counts until a day after it was taken
+        assert day.used(times[k] + 86_400 - 1e-6) >= 100_000 - k
+    assert day.used(times[-1] + 86_400 + 60.0) == 0  # and is forgotten at most a minute late

@@ -217,7 +217,7 @@ JUDGE_SCENARIO = {
             "models": {
                 "answerer-a": {"latency": {"base_ms": 100}, "output_tokens": [30, 60]},
                 "answerer-b": {"latency": {"base_ms": 150}, "output_tokens": [30, 60]},
-                # the judge's first verdict comes back empty, as models sometimes do
+                # the judge's first verdict comes back empty, as models sometimes do: no answer, retried
                 "judge": {"latency": {"base_ms": 50}, "output_tokens": [10, 20],
                           "faults": [{"kind": "empty_answer", "first_n": 1}]},
             },
@@ -237,7 +237,9 @@ async def test_map_with_a_judge_scores_every_answer_and_asks_again_after_an_empt
     assert len(batch.scores) == 6
     assert all(3 <= s.score <= 10 and s.judge == "openai/judge" for s in batch.scores.values())
     judge_calls = [e for e in events if e.kind == "model_completed" and e.model == "openai/judge"]
-    assert len(judge_calls) == 7  # one verdict was empty and was asked for again
+    assert len(judge_calls) == 6  # one verdict per answer: the empty one was a failed attempt, retried
+    retried = [e for e in events if e.kind == "retry_scheduled" and e.model == "openai/judge"]
+    assert [e.category for e in retried] == ["server_error"]
     records = batch.to_records()
     assert [r["prompt"] for r in records] == [p for p in prompts for _ in range(2)]
     assert all(r["score"] is not None for r in records)
@@ -378,6 +380,26 @@ async def test_transcription_keeps_the_rate_limits_and_does_not_retry_a_refusing
 
 
 @pytest.mark.looptime
+@pytest.mark.parametrize("hidden", [False, True])
+async def test_transcription_keeps_groqs_audio_seconds_per_hour(sandbox_app_factory, tmp_path, hidden):
+    """Groq limits audio seconds per hour (ASH); a 25-s clip takes 25 of them, whatever the requests left."""
+    scenario = {**AUDIO_SCENARIO, "providers": {**AUDIO_SCENARIO["providers"]}}
+    limits = {"rpm": 20, "ash": 60, **({"hidden": ["ash"]} if hidden else {})}
+    scenario["providers"]["groq"] = {**scenario["providers"]["groq"], "models": {"whisper-large-v3": {
+        "kind": "transcription", "latency": {"base_ms": 100}, "limits": limits}}}
+    app = virtual_sandbox(sandbox_app_factory, scenario)
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(_wav(seconds=25.0))
+    fx = fanout_for(app)
+    done = [await fx.transcribe(clip, models=["groq/whisper-large-v3", "openai/whisper-1"]) for _ in range(5)]
+    assert all(t.ok for t in done), [(t.model, t.error, t.attempts) for t in done]
+    groq_stats = app.stats()["models"]["groq/whisper-large-v3"]
+    assert groq_stats["accepted"] == 2  # 50 of its 60 seconds; a third clip would need 75
+    assert groq_stats["rejected"].get("ash", 0) <= (1 if hidden else 0)
+    assert [t.model for t in done] == ["groq/whisper-large-v3"] * 2 + ["openai/whisper-1"] * 3
+
+
+@pytest.mark.looptime
 async def test_two_runs_on_one_fanout_at_once_keep_their_events_apart(sandbox_app_factory):
     app = virtual_sandbox(sandbox_app_factory)
     fx = fanout_for(app)
@@ -495,3 +517,36 @@ async def test_cancelling_while_answers_are_judged_keeps_the_answers(sandbox_app
     with pytest.raises(asyncio.CancelledError):
         await task
     assert all(r.ok and r.text for r in fx.last_result.results)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("empty_n, ok", [(1, True), (99, False)])
+async def test_an_empty_answer_is_a_failed_attempt_retried_then_reported(sandbox_app_factory, empty_n, ok):
+    """Seen: storm's empty answer came back as ok=True with 0 characters."""
+    scenario = {"name": "empty", "seed": 3, "providers": {"openai": {"style": "openai", "keys": ["sk-sbx-empty-0001"],
+                "models": {"m": {"latency": {"base_ms": 50}, "faults": [{"kind": "empty_answer", "first_n": empty_n}]}}}}}
+    app = virtual_sandbox(sandbox_app_factory, scenario)
+    (result,) = await fanout_for(app).run("Say something.", ["openai/m"], max_tokens=20)
+    assert result.ok is ok and result.attempts[0].outcome == "server_error"
+    assert "empty answer" in result.attempts[0].message
+    if ok:
+        assert result.text.strip() and len(result.attempts) == 2
+    else:
+        assert result.category == "server_error" and "no text and no tool calls" in result.error.message
+
+
+async def test_an_empty_answer_cut_by_max_tokens_says_to_raise_it_and_is_not_retried():
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"id": "c1", "object": "chat.completion", "model": "r", "created": 0,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 64, "total_tokens": 73}}
+        return httpx.Response(200, json=body)
+
+    config = {"providers": {"gen": {"kind": "openai", "base_url": "http://gen.local/v1", "api_key": "sk-gen-0001",
+                                    "models": ["r"]}}}
+    async with Fanout(config, transport=httpx.MockTransport(handler), learn=False) as fx:
+        (result,) = await fx.run("Think hard.", ["gen/r"], max_tokens=64)
+    assert not result.ok and result.category == "bad_request" and len(result.attempts) == 1
+    assert "spent all 64 output tokens" in result.error.message and "raise max_tokens" in result.error.message

@@ -351,7 +351,7 @@ def make_job(r: Resolved, client: str, url: str) -> dict[str, Any]:
 #: A client still running this long after its start is cut (and marked so in the report):
 #: ``DEADLINE_FACTOR`` × the scenario's bound + ``DEADLINE_EXTRA_S``, at least ``DEADLINE_MIN_S``.
 #: Long enough to tell a slow client from a stuck one; the whole of ``make bench`` waits on it.
-DEADLINE_FACTOR, DEADLINE_EXTRA_S, DEADLINE_MIN_S = 1.5, 25.0, 90.0
+DEADLINE_FACTOR, DEADLINE_EXTRA_S, DEADLINE_MIN_S = 1.25, 25.0, 60.0
 
 
 def deadline(r: Resolved) -> float:

@@ -134,13 +134,36 @@ class BatchProgress:
         self.out.flush()
 
 
+def read_text_file(path: str, flag: str) -> str:
+    """The UTF-8 text of a file a flag names, or a UsageError saying what is wrong with it."""
+    file = Path(path)
+    if not file.exists():
+        raise UsageError(f"{flag} {path}: no such file")
+    if file.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; name a text file")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot be read ({exc.strerror or exc})") from exc
+    if b"\x00" in data[:8192]:
+        raise UsageError(f"{flag} {path}: looks binary (it holds NUL bytes); pass a text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{flag} {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+
+
+def check_out_dir(path: str | None) -> None:
+    """Refuse an --out that cannot take results before the run, so no answer is lost after it."""
+    if path and Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"--out {path}: exists and is not a directory; name a new or existing directory")
+
+
 def read_prompts(path: str, column: str | None) -> list[str]:
     """Prompts from a file: .jsonl (a string or {"prompt": ...} per line, or ``column``), .csv (the
     ``column`` column, default "prompt"), anything else one prompt per non-empty line."""
     file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"--prompts {path}: no such file")
-    text = file.read_text(encoding="utf-8")
+    text = read_text_file(path, "--prompts")
     key = column or "prompt"
     prompts: list[str] = []
     if file.suffix.lower() == ".jsonl":
@@ -210,13 +233,15 @@ async def _run(args: argparse.Namespace) -> int:
     if args.rerun:
         return await _rerun(args)
 
-    prompt = args.prompt if args.prompt is not None else (Path(args.prompt_file).read_text() if args.prompt_file else None)
+    check_out_dir(args.out)
+    prompt = args.prompt if args.prompt is not None else (
+        read_text_file(args.prompt_file, "--prompt-file") if args.prompt_file else None)
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("no prompt: pass --prompt TEXT, --prompt-file F, or pipe the prompt on standard input")
         prompt = sys.stdin.read()
     for f in args.file or []:
-        prompt += f"\n\n--- {f} ---\n" + Path(f).read_text(encoding="utf-8", errors="replace")
+        prompt += f"\n\n--- {f} ---\n" + read_text_file(f, "--file")
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
     fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
     if args.dry_run:
@@ -266,8 +291,7 @@ async def _map(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompts, args.column)
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    check_out_dir(args.out)
     fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
     names = fx._resolve(models, args.pool, prompts[0])
     if args.judge:
@@ -418,9 +442,29 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    import errno
+    import ipaddress
+
     from nbfanout.sandbox import run_server
 
-    run_server(args.host, args.port, args.scenario, args.write_config)
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not args.allow_remote:
+        raise UsageError(f"--host {args.host}: not a loopback address; the sandbox serves 127.0.0.1 unless you "
+                         "pass --allow-remote as well")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
+    if args.write_config and not Path(args.write_config).resolve().parent.is_dir():
+        raise UsageError(f"--write-config {args.write_config}: its directory does not exist; create it first")
+    try:
+        run_server(args.host, args.port, args.scenario, args.write_config)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"--port {args.port}: already in use on {args.host}; pass another port, or --port 0 "
+                             "for any free one") from exc
+        raise
     return 0
 
 
@@ -513,8 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only list models (free), without the 1-token request that shows an exhausted quota")
 
     sandbox = sub.add_parser("sandbox", help="serve the simulated providers on loopback")
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--host", default="127.0.0.1", help="loopback unless --allow-remote")
+    sandbox.add_argument("--allow-remote", action="store_true",
+                         help="let --host be an address other machines can reach (the sandbox has no real keys, "
+                              "but its ledger and faults are anyone's to use)")
+    sandbox.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     sandbox.add_argument("--scenario", default="seed15", help="built-in name (seed15, storm, fast) or a TOML file")
     sandbox.add_argument("--write-config", metavar="FILE", help="write an nbfanout.toml pointing at this sandbox")
 

@@ -344,10 +344,17 @@ def _read_source(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> t
         return {}, "<defaults>"
     if not path.exists():
         raise ConfigError(f"{path}: config file not found (pass an existing path, or omit it to use defaults).")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; pass the config file itself (e.g. {path / DEFAULT_FILE}).")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8")), str(path)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                          "TOML files are UTF-8: save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from exc
 
 
 def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog: Catalog) -> Config:

@@ -233,3 +233,40 @@ def test_values_no_provider_takes_are_usage_errors_naming_the_flag(config_file, 
     """Seen: --timeout -1 made six instant attempts; --timeout 0 and --max-tokens 0 silently meant "default"."""
     out = nbfanout("run", "--config", str(config_file), "--models", MODELS, "--prompt", "Say hi", flag, value)
     assert out.returncode == 2 and flag in out.stderr and expected in out.stderr, out.stderr
+
+
+def test_files_that_are_missing_binary_or_directories_are_usage_errors_before_any_request(config_file, tmp_path):
+    """Seen: a missing --prompt-file, --file or --prompts path, or --out naming a file, ended in a traceback
+    (the last one after the run, with every answer lost)."""
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\x89PNG\x00\x00\x01")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("x", encoding="utf-8")
+    base = ["run", "--config", str(config_file), "--models", MODELS]
+    cases = [
+        (base + ["--prompt-file", str(tmp_path / "nope.txt")], "--prompt-file", "no such file"),
+        (base + ["--prompt", "hi", "--file", str(tmp_path)], "--file", "is a directory"),
+        (base + ["--prompt", "hi", "--file", str(binary)], "--file", "looks binary"),
+        (base + ["--prompt", "hi", "--out", str(taken)], "--out", "exists and is not a directory"),
+        (["map", "--config", str(config_file), "--models", MODELS, "--prompts", str(tmp_path / "none.jsonl")],
+         "--prompts", "no such file"),
+    ]
+    for argv, flag, expected in cases:
+        out = nbfanout(*argv)
+        assert out.returncode == 2 and flag in out.stderr and expected in out.stderr, (argv, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_the_sandbox_command_refuses_a_busy_port_a_missing_directory_and_a_public_address(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = nbfanout("sandbox", "--port", str(port))
+        assert out.returncode == 2 and f"--port {port}: already in use" in out.stderr, out.stderr
+    out = nbfanout("sandbox", "--port", "0", "--write-config", str(tmp_path / "missing" / "nbfanout.toml"))
+    assert out.returncode == 2 and "its directory does not exist" in out.stderr, out.stderr
+    out = nbfanout("sandbox", "--host", "0.0.0.0", "--port", "0")
+    assert out.returncode == 2 and "--allow-remote" in out.stderr, out.stderr

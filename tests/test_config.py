@@ -92,6 +92,16 @@ def test_malformed_toml_names_the_file(tmp_path):
         load_config(path, env={})
 
 
+def test_a_config_that_is_not_utf8_or_is_a_directory_is_a_config_error_naming_it(tmp_path):
+    """Seen: a non-UTF-8 nbfanout.toml raised UnicodeDecodeError; --config naming a directory, IsADirectoryError."""
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('[defaults]\n# café\nconcurrency = 4\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(byte 16 is b'\\xe9'\).*save it as UTF-8"):
+        load_config(latin, env={})
+    with pytest.raises(ConfigError, match=r"is a directory; pass the config file itself"):
+        load_config(tmp_path, env={})
+
+
 def test_missing_file_is_reported():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("/nonexistent/nbfanout.toml", env={})

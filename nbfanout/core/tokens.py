@@ -107,8 +107,31 @@ def estimate_text_tokens(text: str, encoding: str | None = None) -> int:
     if encoding:
         enc = exact_encoder(encoding)
         if enc is not None:
-            return len(enc.encode(text))
+            try:
+                return _exact_count(enc, text)
+            except Exception:  # noqa: BLE001 - a tokenizer's own refusal must not lose a run: count bytes
+                return len(text.encode("utf-8", "surrogatepass"))  # no byte-level BPE counts more
     return _heuristic(text)
+
+
+#: Characters per call to an encoder: bpe-openai refuses inputs past its own limits ("Input too
+#: long to encode safely" above about a million characters, TokenLimitError past its chunk limit).
+_CHUNK = 100_000
+
+
+def _exact_count(enc: _Encoder, text: str) -> int:
+    """``len(enc.encode(text))``, in pieces cut at whitespace, where BPE's pre-tokenizer cuts anyway."""
+    if len(text) <= _CHUNK:
+        return len(enc.encode(text))
+    total, start = 0, 0
+    while start < len(text):
+        end = min(len(text), start + _CHUNK)
+        if end < len(text):
+            cut = max(text.rfind(" ", start + _CHUNK // 2, end), text.rfind("\n", start + _CHUNK // 2, end))
+            end = cut if cut > start else end
+        total += len(enc.encode(text[start:end]))
+        start = end
+    return total
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

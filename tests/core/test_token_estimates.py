@@ -101,3 +101,38 @@ def test_the_first_request_is_sent_before_the_tokenizer_has_loaded():
     out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], capture_output=True, text=True, timeout=120, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"ok": True, "loaded_at_first_request": False, "model_tokenizer": "o200k_base"}
+
+
+def test_a_prompt_past_the_tokenizers_own_limit_is_counted_in_pieces_not_raised():
+    """Seen: a ~250k-token prompt raised bpe_openai's TokenLimitError and >1M characters its ValueError."""
+    import random
+
+    from nbfanout.core.tokens import estimate_text_tokens, exact_encoder
+
+    enc = exact_encoder("o200k_base")
+    if enc is None:
+        pytest.skip("no o200k_base vocabulary")
+    rng = random.Random(7)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(300_000)]
+    text = " ".join(words)  # ~1.95M characters
+    with pytest.raises(Exception):  # noqa: B017 - the tokenizer itself refuses it whole
+        enc.encode(text)
+    counted = estimate_text_tokens(text, "o200k_base")
+    by_parts = sum(len(enc.encode(" ".join(words[i:i + 10_000]))) for i in range(0, len(words), 10_000))
+    assert abs(counted - by_parts) <= len(words) // 10_000 + 2  # differs only where the pieces meet
+
+
+@pytest.mark.looptime
+async def test_one_huge_prompt_in_a_map_fails_for_small_windows_only_and_loses_nothing(sandbox_app_factory):
+    import asyncio
+
+    from nbfanout import Fanout
+
+    app = sandbox_app_factory("fast", time_scale=None, clock=lambda: asyncio.get_running_loop().time())
+    fx = Fanout(app.config, transport=app.transport(), learn=False)
+    huge = "lorem ipsum dolor " * 70_000  # ~1.26M characters, ~210k tokens
+    batch = await fx.map(["Say one.", huge, "Say three."], ["openai/gpt-4o-mini", "openai/gpt-4.1-nano"], max_tokens=20)
+    by = {(r.prompt_index, r.requested): r for r in batch.results}
+    assert all(by[(i, m)].ok for i in (0, 2) for m in ("openai/gpt-4o-mini", "openai/gpt-4.1-nano"))
+    assert by[(1, "openai/gpt-4o-mini")].category == "context_length"  # 128K window
+    assert by[(1, "openai/gpt-4.1-nano")].ok  # 1M window

@@ -150,3 +150,42 @@ def test_secret_like_values_are_described_not_echoed_in_config_errors():
 def test_limits_must_be_finite_and_kinds_strings(bad):
     with pytest.raises(ConfigError):
         load_config({"providers": {"local": {"base_url": "http://127.0.0.1:1/v1", **bad}}}, env={})
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_KEYS = st.sampled_from(["defaults", "providers", "models", "pools", "concurrency", "timeout_s", "max_attempts",
+                         "rpm", "tpm", "rpd", "ash", "limiter", "api_key", "api_key_env", "base_url", "kind",
+                         "openai", "groq", "custom", "models", "openai/gpt-4.1", "context_window", "priority",
+                         "learn_limits", "cache", "fallback", "provider_order"]) | st.text(max_size=12)
+_VALUES = (st.none() | st.booleans() | st.integers(min_value=-10**20, max_value=10**20)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)
+           | st.sampled_from(["http://127.0.0.1:1/v1", "sliding_window", "OPENAI_API_KEY", "sk-" + "a" * 30]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=st.recursive(_VALUES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=5),
+                        max_leaves=25).filter(lambda d: isinstance(d, dict)))
+def test_any_config_document_loads_or_is_a_config_error(doc) -> None:
+    try:
+        config = load_config({k: v for k, v in doc.items()}, env={})
+    except ConfigError as exc:
+        assert str(exc) and "sk-" + "a" * 30 not in str(exc)  # a secret-like value is described, never echoed
+    else:
+        assert config.providers
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: ("[defaults]\n" + t).encode("utf-8", "surrogatepass")))
+def test_any_bytes_as_a_config_file_load_or_are_a_config_error(raw) -> None:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "nbfanout.toml"
+        path.write_bytes(raw)
+        try:
+            load_config(path, env={})
+        except ConfigError as exc:
+            assert str(path) in str(exc)

@@ -658,3 +658,36 @@ def test_fuzz_random_bytes_and_json_fragments() -> None:
         assert isinstance(info, ErrorInfo)
         assert info.retry_after_s is None or 0 <= info.retry_after_s <= 7 * 24 * 3600
         assert isinstance(classify_error("p", status, headers, body), ErrorInfo)
+
+
+# ---------------------------------------------------------------- properties (hypothesis)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PROVIDERS = st.sampled_from(["openai", "anthropic", "gemini", "groq", "openrouter", "together", "mistral",
+                              "deepseek", "azure", "custom"])
+_HEADER_NAMES = st.sampled_from(["retry-after", "retry-after-ms", "x-ratelimit-reset-requests", "x-ratelimit-remaining-tokens",
+                                 "x-ratelimit-limit-requests", "anthropic-ratelimit-tokens-reset", "x-ratelimit-reset",
+                                 "content-type", "x-request-id"]) | st.text(min_size=1, max_size=20)
+_HEADER_VALUES = st.sampled_from(["1", "-3", "1e309", "nan", "inf", "0.5s", "2m0s", "99999999h", "Wed, 21 Oct 2015 07:28:00 GMT",
+                                  "", "1ms", "garbage"]) | st.text(max_size=40)
+
+
+def _json_bodies() -> st.SearchStrategy[str]:
+    leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=60)
+    doc = st.recursive(leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["error", "message", "code", "type", "status", "details", "metadata", "retryDelay", "@type",
+                         "violations", "quotaId", "raw", "headers"]) | st.text(max_size=10), inner, max_size=5),
+        max_leaves=20)
+    return doc.map(json.dumps)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(provider=_PROVIDERS, status=st.none() | st.integers(min_value=100, max_value=599) | st.integers(),
+       headers=st.dictionaries(_HEADER_NAMES, _HEADER_VALUES, max_size=6),
+       body=st.none() | _json_bodies() | st.text(max_size=200) | st.binary(max_size=200))
+def test_classify_error_never_raises_and_always_names_a_category(provider, status, headers, body) -> None:
+    info = classify_error(provider, status, headers, body)
+    assert isinstance(info.category, ErrorCategory) and isinstance(info.message, str)
+    assert info.retry_after_s is None or (info.retry_after_s >= 0 and info.retry_after_s == info.retry_after_s)

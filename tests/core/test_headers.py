@@ -239,3 +239,27 @@ def test_fuzz_header_values() -> None:
             assert value is None or 0 <= value <= MAX_WAIT_S
         for count in (snap.limit_requests, snap.remaining_requests, snap.limit_tokens, snap.remaining_tokens):
             assert count is None or count >= 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_RATE_NAMES = [f"{p}-{k}-{w}" for p in ("x-ratelimit", "anthropic-ratelimit") for k in ("limit", "remaining", "reset")
+               for w in ("requests", "tokens", "input-tokens", "output-tokens")] + [
+    "retry-after", "retry-after-ms", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+    "x-ratelimit-limit-requests-day", "x-ratelimit-reset-requests-day"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(provider=st.sampled_from(["openai", "anthropic", "gemini", "groq", "openrouter", "together", "custom"]),
+       headers=st.dictionaries(st.sampled_from(_RATE_NAMES) | st.text(max_size=12),
+                               st.sampled_from(["0", "-1", "12", "1e400", "nan", "inf", "6m0s", "1.5s", "20ms",
+                                                "99999999h", "2026-12-03T10:00:00Z", "Thu, 03 Dec 2026 10:00:00 GMT",
+                                                "", "x"]) | st.text(max_size=30), max_size=10))
+def test_parse_rate_headers_never_raises_and_gives_no_negative_or_infinite_numbers(provider, headers) -> None:
+    snap = parse_rate_headers(provider, headers)
+    assert isinstance(snap, RateSnapshot)
+    for name in ("limit_requests", "remaining_requests", "reset_requests_s", "limit_tokens", "remaining_tokens",
+                 "reset_tokens_s"):
+        value = getattr(snap, name, None)
+        assert value is None or (value >= 0 and value == value and value != float("inf")), (name, value)

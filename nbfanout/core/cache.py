@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from nbfanout.core.headers import RateSnapshot
 from nbfanout.providers.base import ChatRequest, ChatResponse, ToolCall, Usage
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ResponseCache"]
 
@@ -28,7 +31,10 @@ class ResponseCache:
         self.path = path or _default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        # several kernels may share one cache: WAL lets readers go on while one writes, and a
+        # writer waits up to the timeout for another's lock instead of failing
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
         self.hits = 0
         self.misses = 0
@@ -52,8 +58,12 @@ class ResponseCache:
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
     def get(self, model: str, request: ChatRequest) -> ChatResponse | None:
-        with self._lock:
-            row = self._db.execute("SELECT body FROM responses WHERE key = ?", (self.key(model, request),)).fetchone()
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT body FROM responses WHERE key = ?", (self.key(model, request),)).fetchone()
+        except sqlite3.OperationalError as exc:  # locked past the timeout, or the disk is gone: ask the provider
+            log.warning("response cache %s unreadable (%s); asking the provider", self.path, exc)
+            row = None
         if row is None:
             self.misses += 1
             return None
@@ -67,9 +77,13 @@ class ResponseCache:
         body = json.dumps({"text": response.text, "usage": asdict(response.usage),
                            "finish_reason": response.finish_reason, "model": response.model,
                            "tool_calls": [asdict(c) for c in response.tool_calls]})
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses (key, body) VALUES (?, ?)", (self.key(model, request), body))
-            self._db.commit()
+        try:
+            with self._lock:
+                self._db.execute("INSERT OR REPLACE INTO responses (key, body) VALUES (?, ?)",
+                                 (self.key(model, request), body))
+                self._db.commit()
+        except sqlite3.OperationalError as exc:  # the answer is returned all the same; only its copy is lost
+            log.warning("response cache %s not written (%s)", self.path, exc)
 
     def __repr__(self) -> str:
         return f"<ResponseCache {self.path} hits={self.hits} misses={self.misses}>"

@@ -1,16 +1,22 @@
 """What persists between runs: limits learned from providers and the cooldowns they asked for.
 
 One JSON file (``state_path``; ``$NBFANOUT_STATE``, else the user's cache directory), written
-atomically. Every entry carries the wall-clock time it was learned: a learned limit expires
+atomically (a temporary file of this process's own, then a rename). Several kernels may share
+it: a save takes a lock file, reads what the others saved, keeps the newer of each entry (and
+what this process forgot stays forgotten), then writes; on systems without ``fcntl`` the merge
+still happens, unlocked. Every entry carries the wall-clock time it was learned: a learned limit expires
 after ``learned_ttl_s`` (a provider may raise a key's tier), a cooldown when its wait is over.
 Wall-clock time is injected (``wall``), so tests of expiry need not wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+import uuid
+from collections.abc import Iterator
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,16 +65,21 @@ class LearnedLimits:
         self.path = path or default_state_path()
         self.ttl_s = ttl_s
         self.wall = wall
-        self._data: dict[str, dict[str, Any]] = {}
-        self._cooldowns: dict[str, dict[str, Any]] = {}
+        self._forgotten: set[tuple[str, str]] = set()  # (scope, metric) this process dropped
+        self._cleared: set[str] = set()  # cooldown scopes this process cleared
+        self._data, self._cooldowns = self._read()
+
+    def _read(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """(limits by scope, cooldowns by scope) as saved, or empty when the file is missing or broken."""
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raw = {}
-        if isinstance(raw, dict):
-            cooldowns = raw.pop("__cooldowns__", {})
-            self._cooldowns = {k: v for k, v in cooldowns.items() if isinstance(v, dict)} if isinstance(cooldowns, dict) else {}
-            self._data = {k: v for k, v in raw.items() if isinstance(v, dict)}
+        if not isinstance(raw, dict):
+            return {}, {}
+        cooldowns = raw.pop("__cooldowns__", {})
+        saved = {k: v for k, v in cooldowns.items() if isinstance(v, dict)} if isinstance(cooldowns, dict) else {}
+        return {k: v for k, v in raw.items() if isinstance(v, dict)}, saved
 
     # --- limits ----------------------------------------------------------------------------
     def get(self, scope: str) -> dict[str, float]:
@@ -77,6 +88,7 @@ class LearnedLimits:
 
     def record(self, scope: str, metric: str, value: float) -> None:
         self._data.setdefault(scope, {})[metric] = {"value": value, "learned_at": self.wall()}
+        self._forgotten.discard((scope, metric))
 
     def entries(self) -> list[LearnedLimit]:
         """Every unexpired learned limit, by scope and metric."""
@@ -96,12 +108,14 @@ class LearnedLimits:
         dropped = 0
         for scope in list(self._data):
             if match is None or match in scope:
+                self._forgotten.update((scope, metric) for metric in self._data[scope])
                 dropped += len(self._data.pop(scope))
         return dropped
 
     # --- cooldowns -------------------------------------------------------------------------
     def record_cooldown(self, scope: str, seconds: float, reason: str) -> None:
         until = self.wall() + seconds
+        self._cleared.discard(scope)
         held = self._cooldowns.get(scope)
         if held is None or float(held.get("until", 0.0)) < until:
             self._cooldowns[scope] = {"until": until, "reason": reason}
@@ -129,18 +143,59 @@ class LearnedLimits:
         dropped = [s for s in self._cooldowns if match is None or match(s)]
         for scope in dropped:
             del self._cooldowns[scope]
+        self._cleared.update(dropped)
         return len(live & set(dropped))
 
     def save(self) -> None:
-        doc: dict[str, Any] = {**self._data, "__cooldowns__": {c.scope: {"until": c.until, "reason": c.reason}
-                                                               for c in self.cooldowns()}}
+        """Merge with what other processes saved (the newer entry wins), then write atomically."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
-            tmp.replace(self.path)
+            with self._locked():
+                self._merge(*self._read())
+                doc: dict[str, Any] = {**self._data, "__cooldowns__": {
+                    c.scope: {"until": c.until, "reason": c.reason} for c in self.cooldowns()}}
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+                try:
+                    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
+                    tmp.replace(self.path)
+                finally:
+                    tmp.unlink(missing_ok=True)
         except OSError:
             pass  # a read-only home must not fail a run; the limits are simply learned again
 
+    def _merge(self, data: dict[str, dict[str, Any]], cooldowns: dict[str, dict[str, Any]]) -> None:
+        def at(v: Any) -> float:
+            return float(v.get("learned_at", 0.0)) if isinstance(v, dict) and isinstance(v.get("learned_at"), (int, float)) else 0.0
+
+        for scope, metrics in data.items():
+            for metric, theirs in metrics.items():
+                mine = self._data.get(scope, {}).get(metric)
+                if (scope, metric) not in self._forgotten and (mine is None or at(theirs) > at(mine)):
+                    self._data.setdefault(scope, {})[metric] = theirs
+        for scope, theirs in cooldowns.items():
+            mine = self._cooldowns.get(scope)
+            if scope not in self._cleared and (mine is None or _until(theirs) > _until(mine)):
+                self._cooldowns[scope] = theirs
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on ``<state>.lock`` while this process reads, merges and writes."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: merge unlocked
+            yield
+            return
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def __repr__(self) -> str:
         return f"<LearnedLimits {self.path} {len(self.entries())} limits, {len(self.cooldowns())} cooldowns>"
+
+
+def _until(v: dict[str, Any]) -> float:
+    until = v.get("until")
+    return float(until) if isinstance(until, (int, float)) else 0.0

@@ -121,3 +121,44 @@ async def test_one_keys_own_1_rpm_limit_slows_that_key_only_and_is_learned_for_i
                                                    for scope, metric in learned), learned
     limits = {(s.scope, s.name): s.rpm_limit for s in fx.statistics()}
     assert limits[("model", "relay/m")] is None and limits[("key", "relay …f002")] is None
+
+
+def test_two_processes_saving_state_and_caching_at_once_lose_nothing(tmp_path):
+    """Learned limits, cooldowns and cached answers written by two kernels at the same time all survive."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent('''
+        import sys
+        from pathlib import Path
+        from nbfanout.core.cache import ResponseCache
+        from nbfanout.core.headers import RateSnapshot
+        from nbfanout.core.state import LearnedLimits
+        from nbfanout.providers.base import ChatRequest, ChatResponse, Message, Usage
+
+        who, state, db = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+        cache = ResponseCache(db)
+        for i in range(150):
+            learned = LearnedLimits(state)  # as each new kernel would: read, learn, save
+            learned.record(f"key:{who} {i}", "rpm", float(i + 1))
+            learned.record_cooldown(f"model-key:{who} {i}", 3600.0, "asked")
+            learned.save()
+            request = ChatRequest(model="m", messages=(Message("user", f"{who} {i}"),))
+            cache.put("p/m", request, ChatResponse(text=f"answer {who} {i}", usage=Usage(1, 1), finish_reason="stop",
+                                                     model="m", status=200, rate=RateSnapshot()))
+    ''')
+    state, db = tmp_path / "state.json", tmp_path / "cache.sqlite"
+    procs = [subprocess.Popen([sys.executable, "-c", script, who, str(state), str(db)]) for who in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    from nbfanout.core.cache import ResponseCache
+    from nbfanout.core.state import LearnedLimits
+
+    learned = LearnedLimits(state)
+    assert len(learned.entries()) == 300 and len(learned.cooldowns()) == 300
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 300
+    assert ResponseCache(db).path == db
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote, quote_plus
 
+import json
+
 import pytest
 
 from nbfanout._secrets import mask, redact, remember
@@ -72,3 +74,72 @@ async def test_an_answer_that_echoes_the_key_is_stored_with_its_last_four_only(t
     for path in [tmp_path / "cache.sqlite", *sorted(saved.iterdir())]:
         data = path.read_bytes()
         assert key.encode() not in data and key.upper().encode() not in data, path
+
+
+async def test_a_canary_key_echoed_by_every_wire_appears_in_no_output_channel(tmp_path, caplog):
+    """Every key is configured, and servers on all three wire formats echo it back: in 429 and 401
+    bodies (as sent, upper-cased, percent-encoded), in a response header and in the answer. No repr,
+    HTML view, DEBUG log line (ours and httpx's), event, error, saved result, cache or state file
+    holds more of it than its last four characters."""
+    import logging
+    from urllib.parse import quote
+
+    import httpx
+
+    from nbfanout import Fanout
+
+    canary = "sk-canary-" + "Zq8" * 10 + "c4n4"
+    answered: dict[str, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        n = answered[path] = answered.get(path, 0) + 1
+        echo = f"key {canary} / {canary.upper()} / {quote(canary, safe='')}"
+        headers = {"x-echo-key": canary}
+        if "denied" in path:
+            return httpx.Response(401, json={"error": {"message": f"Invalid key: {echo}", "type": "invalid_request_error"}},
+                                  headers=headers)
+        if n == 1:  # a rate limit first, then the answer
+            return httpx.Response(429, json={"error": {"message": f"Rate limit for {echo}", "type": "rate_limit"}},
+                                  headers={**headers, "retry-after": "0"})
+        if path.endswith("/messages"):
+            body = {"id": "m1", "type": "message", "role": "assistant", "model": "c", "stop_reason": "end_turn",
+                    "content": [{"type": "text", "text": f"Anthropic saw {echo}"}], "usage": {"input_tokens": 3, "output_tokens": 5}}
+        elif ":generateContent" in path:
+            body = {"candidates": [{"content": {"role": "model", "parts": [{"text": f"Gemini saw {echo}"}]},
+                                    "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 5}}
+        else:
+            body = {"id": "c1", "object": "chat.completion", "model": "o", "created": 0,
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": f"OpenAI saw {echo}"}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
+        return httpx.Response(200, json=body, headers=headers)
+
+    providers = {
+        "o": {"kind": "openai", "base_url": "http://o.local/v1", "api_key": canary, "models": ["m"]},
+        "a": {"kind": "anthropic", "base_url": "http://a.local/v1", "api_key": canary, "models": ["m"]},
+        "g": {"kind": "gemini", "base_url": "http://g.local/v1beta", "api_key": canary, "models": ["m"]},
+        "d": {"kind": "openai", "base_url": "http://d.local/denied/v1", "api_key": canary, "models": ["m"]},
+    }
+    state = tmp_path / "state.json"
+    config = {"defaults": {"cache": True, "cache_path": str(tmp_path / "cache.sqlite"), "state_path": str(state),
+                           "base_backoff_s": 0.01, "max_attempts": 3},
+              "providers": providers}
+    events: list[str] = []
+    caplog.set_level(logging.DEBUG)
+    async with Fanout(config, transport=httpx.MockTransport(handler)) as fx:
+        fx.subscribe(lambda e: events.append(repr(e)))
+        result = await fx.run("Echo my key.", ["o/m", "a/m", "g/m", "d/m"])
+        batch = await fx.map(["Echo it again."], ["o/m", "d/m"])
+        shown = [repr(fx), repr(result), result._repr_html_(), repr(batch), batch._repr_html_(), str(fx.statistics())]
+    assert [r.ok for r in result] == [True, True, True, False] and result[3].category == "auth"
+    saved = result.save(tmp_path / "out")
+    texts = [*shown, *events, caplog.text, *(r.error.message for r in result if r.error),
+             *(a.message or "" for r in result for a in r.attempts), result.to_json(), json.dumps(batch.to_records())]
+    files = [tmp_path / "cache.sqlite", state, *sorted(saved.iterdir())]
+    leaks = [canary, canary.upper(), canary.lower(), quote(canary, safe=""), canary[:-4]]
+    for text in texts:
+        assert not any(leak in text for leak in leaks), text[:300]
+    for path in files:
+        data = path.read_bytes()
+        assert not any(leak.encode() in data for leak in leaks), path
+    assert "c4n4" in result[0].text and any("…c4n4" in t for t in events)  # the last four remain, to tell keys apart

@@ -83,3 +83,54 @@ def test_provider_rpm_rejects_unknown_providers_and_non_finite_values():
         Fanout({}, env={}, provider_rpm={"opnai": 10})
     with pytest.raises(UsageError, match="at least 1"):
         Fanout({}, env={}, concurrency=-1)
+
+
+def _imports(path) -> list[tuple[str, bool, bool]]:
+    """(module imported, at module level?, under TYPE_CHECKING?) for every nbfanout import in ``path``."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[tuple[str, bool, bool]] = []
+
+    def visit(node, top: bool, typing_only: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                visit(child, top, True)
+                continue
+            if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("nbfanout") and child.level == 0:
+                found.append((child.module, top, typing_only))
+            elif isinstance(child, ast.Import):
+                found.extend((a.name, top, typing_only) for a in child.names if a.name.startswith("nbfanout"))
+            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            visit(child, inner, typing_only)
+
+    visit(tree, True, False)
+    return found
+
+
+def test_modules_import_only_what_their_layer_allows():
+    """The base layer imports nothing of ours; the core, providers, catalog and config never import the
+    notebook, the CLI or the sandbox (and the presentation layer only lazily, for ``_repr_*``); the
+    sandbox, a reference for providers' behaviour, uses none of the client's core but its errors."""
+    from pathlib import Path
+
+    root = Path(nbfanout.__file__).parent
+    base = {"nbfanout._secrets", "nbfanout._argtypes", "nbfanout.core.error_types", "nbfanout.core.headers",
+            "nbfanout.core.shapes", "nbfanout.core.clock"}
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        for module, top, typing_only in _imports(path):
+            if typing_only:
+                continue
+            if name in base:
+                problems.append(f"{name} imports {module}")
+            core_side = name.startswith(("nbfanout.core", "nbfanout.providers", "nbfanout.catalog", "nbfanout.config"))
+            if core_side and module.startswith(("nbfanout.notebook", "nbfanout.cli", "nbfanout.sandbox")):
+                problems.append(f"{name} imports {module}")
+            if core_side and module.startswith("nbfanout.render") and top:
+                problems.append(f"{name} imports {module} at module level")
+            if name.startswith("nbfanout.sandbox") and module.startswith("nbfanout.") and not module.startswith(
+                    ("nbfanout.sandbox", "nbfanout._secrets", "nbfanout.core.errors", "nbfanout.core.error_types")):
+                problems.append(f"{name} imports {module}")
+    assert problems == []

@@ -55,7 +55,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from nbfanout._secrets import redact
-from nbfanout.core.errors import RETRYABLE, ErrorCategory, ErrorInfo, LimitHint
+from nbfanout.core.error_types import RETRYABLE, ErrorCategory, ErrorInfo, LimitHint
 from nbfanout.core.headers import MAX_WAIT_S, normalize_headers, parse_duration, parse_rate_headers
 
 __all__ = ["classify_error"]

@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,7 +35,12 @@ class ResponseCache:
         # several kernels may share one cache: WAL lets readers go on while one writes, and a
         # writer waits up to the timeout for another's lock instead of failing
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        for _ in range(100):  # switching to WAL takes an exclusive lock that the busy timeout does not wait for
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:  # another process holds it, and is likely switching it too
+                time.sleep(0.01)
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
         self.hits = 0
         self.misses = 0

@@ -149,8 +149,10 @@ def test_two_processes_saving_state_and_caching_at_once_lose_nothing(tmp_path):
                                                      model="m", status=200, rate=RateSnapshot()))
     ''')
     state, db = tmp_path / "state.json", tmp_path / "cache.sqlite"
-    procs = [subprocess.Popen([sys.executable, "-c", script, who, str(state), str(db)]) for who in ("a", "b")]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    procs = [subprocess.Popen([sys.executable, "-c", script, who, str(state), str(db)], stderr=subprocess.PIPE, text=True)
+             for who in ("a", "b")]
+    outcomes = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outcomes]
     from nbfanout.core.cache import ResponseCache
     from nbfanout.core.state import LearnedLimits
 

@@ -219,7 +219,8 @@ class Router:
         model_b, model_key_b, key_b = choice.budgets[0], choice.budgets[1], choice.budgets[2]
         cat = info.category
         text = info.message.lower()
-        names_model = choice.model.model_id.lower() in text
+        # the model's id as a word of its own: "m" or "o3" inside other words is not a mention
+        names_model = re.search(rf"(?<![\w.\-/]){re.escape(choice.model.model_id.lower())}(?![\w.\-])", text) is not None
         if cat == ErrorCategory.RATE_LIMIT:
             reservation.refund()  # a refused request is not counted by the provider
             emit(RateLimited, request=req_id, model=choice.model.name, key_id=choice.key_id,

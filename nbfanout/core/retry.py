@@ -2,7 +2,14 @@
 
 Shaped like stamina: you say what is retryable (``on=``), attempts and total time are both
 bounded, and the provider's own wait (retry-after, "try again in", retryDelay) always wins
-over our backoff. Backoff is exponential with full jitter, capped.
+over our backoff. Backoff is exponential with full jitter, capped; where waiting too little
+would only hammer a provider (a refusal with no wait named) or give up inside a short outage (a
+dropped connection, a 5xx), the jitter is equal: at least half of each step is always waited.
+
+Outages: a network or server fault is retried past ``max_attempts`` while less than
+``outage_s`` has passed since the request began (at most ``3 × max_attempts`` attempts), so a
+provider or network that is down for a few seconds is ridden out instead of failing every
+request sent meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +20,11 @@ from dataclasses import dataclass, field
 from nbfanout.core.errors import RETRYABLE, ErrorCategory, ErrorInfo
 
 __all__ = ["RetryPolicy"]
+
+#: Faults of a provider or network that may be down for a few seconds.
+_OUTAGE = frozenset({ErrorCategory.NETWORK, ErrorCategory.SERVER_ERROR})
+#: Failures after which a short wait would only hammer or give up too soon: at least half of each step.
+_EQUAL_JITTER = frozenset({ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED, *_OUTAGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +41,7 @@ class RetryPolicy:
     base_s: float = 0.5
     max_backoff_s: float = 30.0
     max_wait_s: float = 600.0  # a provider asking for longer (a daily quota) ends the request instead
+    outage_s: float = 30.0  # network and server faults are retried at least this long (see the module docstring)
     jitter: bool = True
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
@@ -52,7 +65,7 @@ class RetryPolicy:
         if info.retry_after_s is not None and info.retry_after_s >= 0:
             return float(info.retry_after_s), "provider asked"
         wait = self.backoff(attempt)
-        if info.category in (ErrorCategory.RATE_LIMIT, ErrorCategory.OVERLOADED):
+        if info.category in _EQUAL_JITTER:
             ceiling = min(self.max_backoff_s, self.base_s * 2 ** (attempt - 1))
             wait = ceiling / 2 + wait / 2 if self.jitter else ceiling
         return wait, "backoff"
@@ -64,7 +77,8 @@ class RetryPolicy:
         """(retry?, wait seconds, reason) after failed attempt ``attempt`` at ``elapsed_s`` into the request."""
         if not self.retryable(info):
             return False, 0.0, f"{info.category.value} is not retried"
-        if attempt >= self.max_attempts:
+        riding_out = info.category in _OUTAGE and elapsed_s < self.outage_s and attempt < 3 * self.max_attempts
+        if attempt >= self.max_attempts and not riding_out:
             return False, 0.0, f"gave up after {attempt} attempts"
         wait, reason = self.wait_after(attempt, info)
         if wait > self.max_wait_s:

@@ -68,3 +68,16 @@ async def test_each_fault_on_each_wire_is_classified_ridden_out_or_reported(sand
     else:
         assert all(r.ok and r.text for r in faulty), [(r.category, r.error) for r in faulty]
     assert elapsed < 45.0, elapsed  # a 5-s timeout and the provider's waits, never an unbounded one
+
+
+async def test_a_provider_down_for_three_and_a_half_seconds_is_ridden_out(sandbox_app_factory):
+    """Seen: the sandbox killed for ~3.4 s during a map of 400: 6 ended `network` after 6 attempts inside 3.5 s."""
+    loop = asyncio.get_running_loop()
+    outage = [{"kind": "drop", "during_s": [0.5, 3.9], "delay_s": 0.02}]
+    app = sandbox_app_factory({"name": "outage", "seed": 4, "providers": {"p": {
+        "style": "openai", "keys": ["sk-sbx-outage-0001"], "faults": outage,
+        "models": {"m": {"latency": {"base_ms": 100}}}}}}, time_scale=None, clock=loop.time)
+    fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=64)
+    batch = await fx.map([f"Question {i}" for i in range(400)], ["p/m"], max_tokens=20)
+    assert all(r.ok for r in batch.results), {r.category for r in batch.results if not r.ok}
+    assert app.stats()["totals"]["rejected"].get("drop", 0) > 50  # it was down, for many requests

@@ -44,7 +44,11 @@ def test_backoff_is_exponential_capped_and_full_jitter():
 
 def test_attempts_and_deadline_bound_retries():
     policy = RetryPolicy(max_attempts=3, deadline_s=10, jitter=False)
-    assert not policy.decide(3, info("server_error"), 0.0)[0]
+    assert not policy.decide(3, info("timeout"), 0.0)[0]
+    assert not policy.decide(3, info("server_error"), 31.0)[0]  # past outage_s: attempts bound it again
+    riding = RetryPolicy(max_attempts=3, jitter=False)
+    assert riding.decide(3, info("server_error"), 4.0)[0] and riding.decide(8, info("network"), 4.0)[0]  # an outage
+    assert not riding.decide(9, info("network"), 4.0)[0]  # ... for at most 3 x max_attempts attempts
     assert not policy.decide(1, info("rate_limit", retry_after=20), 0.0)[0]
     assert policy.decide(1, info("rate_limit", retry_after=5), 0.0)[0]
 
@@ -52,3 +56,14 @@ def test_attempts_and_deadline_bound_retries():
 def test_only_named_categories_are_retried():
     policy = RetryPolicy(on=frozenset({ErrorCategory.TIMEOUT}))
     assert policy.decide(1, info("timeout"), 0)[0] and not policy.decide(1, info("rate_limit"), 0)[0]
+
+
+def test_outage_faults_and_refusals_always_wait_at_least_half_of_each_step():
+    policy = RetryPolicy(base_s=0.5, max_backoff_s=30, rng=random.Random(3))
+    for category in ("network", "server_error", "rate_limit"):
+        waits = [policy.wait_after(4, info(category))[0] for _ in range(200)]
+        assert 2.0 <= min(waits) and max(waits) <= 4.0, category
+    # five such retries always span more than a few seconds' outage
+    for seed in range(50):
+        fresh = RetryPolicy(rng=random.Random(seed))
+        assert sum(fresh.wait_after(a, info("network"))[0] for a in range(1, 6)) >= 7.75

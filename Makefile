@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench soak venv clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(VENV)/bin/python benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts

@@ -660,6 +660,15 @@ CLIENT_NOTES = [
 ]
 
 
+def _soak_section(path: Path) -> str:
+    """The section benchmarks/soak.py wrote into ``path`` (between its markers), or ""."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    begin, end = "<!-- soak:begin -->", "<!-- soak:end -->"
+    if begin not in text or end not in text:
+        return ""
+    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+
+
 def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started: dt.datetime, took_s: float,
                  resolved: dict[str, Resolved]) -> None:
     from nbfanout.sandbox.scenario import lower_bound_s
@@ -785,6 +794,9 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
                      f"{x['cpu_us_per_request']:.0f} | {x['maxrss_kb'] / 1024:.0f} | {x['setup_s']:.1f} |")
     lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = _soak_section(out)
+    if kept:  # make soak's own section, with its own date: kept as it wrote it
+        lines += [kept, ""]
     out.write_text("\n".join(lines), encoding="utf-8")
     raw = [{k: v for k, v in u.result.items()} | {"client": u.client} for u in units]
     meta = {"command": cmd, "started_utc": started.isoformat(), "took_s": took_s, "reps": reps,

@@ -418,7 +418,7 @@ async def _doctor(args: argparse.Namespace) -> int:
             adapter = adapter_for(provider.wire)
             probe = None if args.no_request else _probe_model(config, provider.id)
             for key in provider.keys:
-                endpoint = Endpoint(provider.id, provider.base_url, key.value, dict(provider.headers))
+                endpoint = Endpoint(provider.id, provider.base_url, key.value, dict(provider.headers), dict(provider.params))
                 where = f"{provider.id} {key.id} ({key.origin})"
                 try:
                     found = await adapter.list_models(client, endpoint)

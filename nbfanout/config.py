@@ -95,6 +95,7 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     max_audio_mb: float | None = None
     fallback: tuple[str, ...] = ()  # where a request goes when this provider cannot answer, in order
+    params: Mapping[str, str] = field(default_factory=dict)  # query parameters of every call (Azure's api-version)
 
     @property
     def has_key(self) -> bool:
@@ -158,6 +159,17 @@ class _Problems:
         if self.items:
             head = f"{len(self.items)} problem(s) in the nbfanout configuration:\n  - "
             raise ConfigError(head + "\n  - ".join(self.items), problems=tuple(self.items))
+
+
+#: The api-version sent to Azure OpenAI when the config names none: the latest GA version of the
+#: data-plane inference API (learn.microsoft.com/azure/ai-services/openai/reference, 2024-10-21).
+AZURE_API_VERSION = "2024-10-21"
+
+
+def _params(raw: Mapping[str, Any], wire: str) -> dict[str, str]:
+    if wire != "azure":
+        return {}
+    return {"api-version": raw.get("api_version", AZURE_API_VERSION)}
 
 
 def _shown(value: Any) -> str:
@@ -267,6 +279,8 @@ _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {
     "headers": (lambda v: isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "a table of strings"),
     "max_audio_mb": (_positive, "a positive number of megabytes"),
     "fallback": (_str_list, "a list of provider ids to fail over to, in order"),
+    "api_version": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9A-Za-z.\-]+", v) is not None,
+                    "an Azure OpenAI api-version such as '2024-10-21'"),
     "published_limits": (_is(bool), "true or false (false: ignore the catalog's published limits for this provider)"),
 }
 
@@ -403,6 +417,7 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             headers=dict(raw.get("headers", {})),
             max_audio_mb=raw.get("max_audio_mb", spec.max_audio_mb if spec else None),
             fallback=tuple(raw.get("fallback", ())),
+            params=_params(raw, raw.get("kind", spec.wire if spec else "openai")),
         )
         for model_id in raw.get("models", []):
             name = f"{pid}/{model_id}"

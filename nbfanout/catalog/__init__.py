@@ -24,7 +24,7 @@ __all__ = ["Catalog", "Limits", "ModelSpec", "ProviderSpec", "load_catalog", "pa
 LIMITERS = ("token_bucket", "sliding_window", "fixed_window", "per_second")
 TOKENS_COUNTED = ("max_tokens", "usage")
 CAPABILITIES = frozenset({"tools", "parallel_tools", "vision", "transcription", "reasoning", "streaming"})
-WIRES = frozenset({"openai", "anthropic", "gemini"})
+WIRES = frozenset({"openai", "anthropic", "gemini", "azure"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,11 @@ Conventions (the choices the taxonomy makes where providers leave room):
   ``Requested`` exceeds its ``Limit`` (Groq, OpenAI TPM) → ``context_length``: waiting
   can't help, a smaller prompt or a model with a bigger budget can. The LimitHint names the
   exceeded window (``"tpm"``/``"tpd"``) so the core can learn it, or ``"request_tokens"``
-  for a model's context window.
+  for a model's context window. A body too many *bytes* for the endpoint (OpenAI's
+  "Maximum content size limit (26214400) exceeded" for audio, Anthropic's 32 MB
+  ``request_too_large``) names no tokens and is ``bad_request``: no other model's window helps.
+* **Retired models** (OpenAI "has been deprecated", Groq ``model_decommissioned``, Anthropic
+  ``not_found_error``, Gemini "is not found for API version") → ``not_found``, 400 or 404.
 * **Gateways.** 504, 408, 522, 524 and ``DEADLINE_EXCEEDED`` → ``timeout`` (a gateway gave up
   waiting for the model; retryable). 503, 529, 498 and "overloaded"/"at capacity" →
   ``overloaded``; 500, 502 and other 5xx → ``server_error``.
@@ -29,11 +33,13 @@ Conventions (the choices the taxonomy makes where providers leave room):
   violation ``retry_after_s`` is the time until then, not Google's ``retryDelay`` (which
   stays "36s" all day). Google's text "check your plan and billing details" is on every
   429 and is not read as a quota signal. A stated limit of 0 (the model is not offered to
-  this project or tier) is ``quota_exhausted``.
+  this project or tier), in the details or only in the message ("Quota exceeded for metric:
+  ..., limit: 0"), is ``quota_exhausted``.
 * **Quota exhausted** (not retried): ``insufficient_quota``, 402, Anthropic's credit-balance
   400 and spend-limit 429, OpenRouter/DeepSeek credit and balance errors.
 * ``retry_after_s`` is set only when retrying can help. In order: ``retry-after-ms``,
-  ``retry-after``, Google ``RetryInfo``, "try again in …" in the message, OpenRouter's
+  ``retry-after``, Google ``RetryInfo``, "try again in …" / "retry after N seconds" (Azure) in
+  the message, OpenRouter's
   ``metadata.headers`` reset, then the reset of whichever ``x-ratelimit``/``anthropic-
   ratelimit`` window has 0 remaining. Negative waits are dropped, huge ones clamped.
 * ``missing_key`` is never produced here: a missing key is caught before any call.
@@ -418,8 +424,11 @@ _CONTEXT_CODES = {"context_length_exceeded", "request_too_large", "string_above_
 _CONTEXT_PHRASES = ("maximum context length", "context length", "context window", "prompt is too long",
                     "input token count", "exceeds the maximum number of tokens", "request too large",
                     "input is too long", "reduce the length of the messages")
-_NOT_FOUND_CODES = {"model_not_found", "not_found_error", "not_found", "unknown_model"}
-_NOT_FOUND_PHRASES = ("does not exist", "is not found for api version", "no endpoints found", "model not found")
+_SIZE_PHRASES = ("maximum content size", "bytes read", "exceeds the maximum size", "entity too large",
+                 "payload too large")
+_NOT_FOUND_CODES = {"model_not_found", "not_found_error", "not_found", "unknown_model", "model_decommissioned"}
+_NOT_FOUND_PHRASES = ("does not exist", "is not found for api version", "no endpoints found", "model not found",
+                      "has been decommissioned")
 _PERMISSION_CODES = {"permission_error", "permission_denied", "forbidden", "failed_precondition", "service_disabled",
                      "consumer_suspended", "api_key_service_blocked", "unsupported_country_region_territory"}
 _PERMISSION_PHRASES = ("location is not supported", "not supported in your region",
@@ -434,17 +443,22 @@ _OVERLOAD_CODES = {"overloaded_error", "overloaded", "unavailable", "model_capac
 _OVERLOAD_PHRASES = ("overloaded", "at capacity", "over capacity", "high demand", "no capacity available",
                      "server is busy", "too busy", "temporarily unavailable", "capacity exceeded")
 _TIMEOUT_CODES = {"deadline_exceeded", "timeout_error", "timeout", "request_timeout", "gateway_timeout"}
+# Gemini states a zero quota in the message too, which some SDKs pass on without the details.
+_ZERO_LIMIT_RE = re.compile(r"quota exceeded for metric: [^,\s]+, limit: 0(?![\d.])")
 
 
 def _category(status: int | None, err: _Err | None, blob: str, hint: LimitHint | None) -> ErrorCategory:
     """Hard, provider-stated signals first; then retryable ones; then the HTTP status."""
     codes = _codes(err)
-    if status == 402 or codes & _QUOTA_CODES or _has(blob, _QUOTA_PHRASES) or (hint is not None and hint.limit == 0):
+    if (status == 402 or codes & _QUOTA_CODES or _has(blob, _QUOTA_PHRASES) or (hint is not None and hint.limit == 0)
+            or _ZERO_LIMIT_RE.search(blob)):
         return C.QUOTA_EXHAUSTED
     if codes & _POLICY_CODES or _has(blob, _POLICY_PHRASES):
         return C.CONTENT_POLICY
     if status == 401 or codes & _AUTH_CODES or _has(blob, _AUTH_PHRASES):
         return C.AUTH
+    if (status == 413 or "request_too_large" in codes) and _has(blob, _SIZE_PHRASES) and "token" not in blob:
+        return C.BAD_REQUEST  # too many bytes, not tokens
     if status == 413 or codes & _CONTEXT_CODES or _has(blob, _CONTEXT_PHRASES) or _never_fits(hint):
         return C.CONTEXT_LENGTH
     client_side = status is None or 400 <= status < 500
@@ -634,7 +648,7 @@ def _search_num(pattern: re.Pattern[str], text: str) -> float | None:
 _TRY_AGAIN_RE = re.compile(r"(?:try again|retry) in\s+~?((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))+)(?![a-z])",
                            re.IGNORECASE)
 _TRY_AGAIN_WORDS_RE = re.compile(
-    r"(?:try again|retry) in\s+(\d+(?:\.\d+)?)\s*(milliseconds?|seconds?|secs?|minutes?|mins?|hours?)\b",
+    r"(?:try again|retry) (?:in|after)\s+(\d+(?:\.\d+)?)\s*(milliseconds?|seconds?|secs?|minutes?|mins?|hours?)\b",
     re.IGNORECASE)
 _WORD_UNITS = {"mil": 1e-3, "sec": 1.0, "min": 60.0, "hou": 3600.0}
 
@@ -682,7 +696,8 @@ def _retry_info(err: _Err | None) -> float | None:
 
 
 def _text_wait(message: str) -> float | None:
-    """ "Please try again in 7.66s" (OpenAI, Groq), "Please retry in 36.4s" (Gemini)."""
+    """ "Please try again in 7.66s" (OpenAI, Groq), "Please retry in 36.4s" (Gemini), "Please retry after 7
+    seconds" (Azure OpenAI)."""
     match = _TRY_AGAIN_RE.search(message)
     if match:
         return parse_duration(match.group(1))

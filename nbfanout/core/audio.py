@@ -110,6 +110,7 @@ class Transcriber:
             choice = choices[reservation.index]
             spec, provider = choice.model, choice.provider
             endpoint = Endpoint(provider=provider.id, base_url=provider.base_url, api_key=choice.key.value,
+                                params=dict(provider.params),
                                 headers=dict(provider.headers))
             start = clock.now() - t0
             async with reservation:

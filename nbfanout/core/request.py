@@ -246,6 +246,7 @@ class RequestPipeline:
                           chars_so_far=chars)
 
         endpoint = Endpoint(provider=choice.provider.id, base_url=choice.provider.base_url, api_key=choice.key.value,
+                            params=dict(choice.provider.params),
                             headers=dict(choice.provider.headers))
         try:
             with run.http.lease() as client:

@@ -33,7 +33,7 @@ __all__ = ["KEY_FAULTS", "Choice", "Router", "auto_pool"]
 KEY_FAULTS = frozenset({ErrorCategory.AUTH, ErrorCategory.PERMISSION, ErrorCategory.QUOTA_EXHAUSTED})
 #: Wire formats whose providers state limits in response headers (Gemini's do not), so a budget
 #: that knows no limit sends one request and reads them before a burst.
-_HEADER_WIRES = frozenset({"openai", "anthropic"})
+_HEADER_WIRES = frozenset({"openai", "anthropic", "azure"})
 
 POOLS = ("fast", "research", "code", "vision", "audio")
 _CODE_WORDS = re.compile(

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from nbfanout.core.errors import UsageError
 from nbfanout.providers.anthropic import AnthropicAdapter
+from nbfanout.providers.azure import AzureOpenAIAdapter
 from nbfanout.providers.base import Adapter
 from nbfanout.providers.gemini import GeminiAdapter
 from nbfanout.providers.openai import OpenAIAdapter
 
-__all__ = ["AnthropicAdapter", "GeminiAdapter", "OpenAIAdapter", "adapter_for"]
+__all__ = ["AnthropicAdapter", "AzureOpenAIAdapter", "GeminiAdapter", "OpenAIAdapter", "adapter_for"]
 
 _ADAPTERS: dict[str, Adapter] = {
     "anthropic": AnthropicAdapter(),
+    "azure": AzureOpenAIAdapter(),
     "gemini": GeminiAdapter(),
     "openai": OpenAIAdapter(),
 }

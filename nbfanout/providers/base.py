@@ -86,6 +86,7 @@ class Endpoint:
     base_url: str
     api_key: str = field(repr=False)
     headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)  # query parameters of every call (Azure's api-version)
 
     @property
     def key_id(self) -> str:

@@ -71,7 +71,8 @@ from nbfanout.sandbox.wire import BadRequest, CallContext, ChatCall, Denial, Err
 
 __all__ = ["RAW_SEND_KEY", "RawSendCapture", "SandboxState", "create_app"]
 
-WIRES: dict[str, ModuleType] = {"openai": wire_openai, "anthropic": wire_anthropic, "gemini": wire_gemini}
+WIRES: dict[str, ModuleType] = {"openai": wire_openai, "anthropic": wire_anthropic, "gemini": wire_gemini,
+                                 "azure": wire_openai}
 
 #: Where RawSendCapture leaves the server's own ``send`` so a "drop" fault can reach the socket.
 RAW_SEND_KEY = "nbfanout.sandbox.raw_send"
@@ -402,6 +403,11 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
             body = json.loads(raw or b"null")
         except json.JSONDecodeError as exc:
             raise BadRequest(f"Invalid JSON payload received. {exc.msg} at position {exc.pos}.") from exc
+        if route_wire == "azure":  # the deployment in the URL is the model; an api-version is required
+            if not request.query_params.get("api-version"):
+                raise BadRequest("Missing required query parameter 'api-version'.", "api-version")
+            if isinstance(body, dict):
+                body = {**body, "model": request.path_params["deployment"]}
         if isinstance(body, dict) and isinstance(body.get("model"), str):
             model_id = body["model"]
         if route_wire == "anthropic":
@@ -553,6 +559,10 @@ async def openai_chat(request: Request) -> Response:
     return await _chat(request, "openai")
 
 
+async def azure_chat(request: Request) -> Response:
+    return await _chat(request, "azure")
+
+
 async def anthropic_messages(request: Request) -> Response:
     return await _chat(request, "anthropic")
 
@@ -631,6 +641,8 @@ async def list_models(request: Request) -> Response:
         return _unknown_provider(state, request.path_params["provider"])
     if "/v1beta/" in request.url.path:
         route_wire = "gemini"
+    elif request.url.path.endswith("/openai/models"):
+        route_wire = "azure"
     else:
         route_wire = provider.wire if provider.wire in ("openai", "anthropic") else "openai or anthropic"
     if provider.wire != route_wire:
@@ -686,8 +698,10 @@ def create_app(
         Route("/_sandbox/scenario", sandbox_scenario, methods=["GET"]),
         Route("/_sandbox/health", sandbox_health, methods=["GET"]),
         Route("/{provider}/v1/chat/completions", openai_chat, methods=["POST"]),
+        Route("/{provider}/openai/deployments/{deployment}/chat/completions", azure_chat, methods=["POST"]),
         Route("/{provider}/v1/audio/transcriptions", openai_transcriptions, methods=["POST"]),
         Route("/{provider}/v1/models", list_models, methods=["GET"]),
+        Route("/{provider}/openai/models", list_models, methods=["GET"]),
         Route("/{provider}/v1/messages", anthropic_messages, methods=["POST"]),
         Route("/{provider}/v1beta/models", list_models, methods=["GET"]),
         Route("/{provider}/v1beta/models/{rest:path}", gemini_post, methods=["POST"]),

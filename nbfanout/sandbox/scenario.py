@@ -156,8 +156,10 @@ STYLES: Mapping[str, str] = {
     "generic": "openai",
     "anthropic": "anthropic",
     "gemini": "gemini",
+    # OpenAI's bodies behind Azure's deployment URLs, api-key header and api-version (its own wire)
+    "azure": "azure",
 }
-WIRES = frozenset({"openai", "anthropic", "gemini"})
+WIRES = frozenset({"openai", "anthropic", "gemini", "azure"})
 
 FAULT_KINDS: tuple[str, ...] = (
     "rate_limit_burst",
@@ -421,7 +423,7 @@ class Scenario:
             keys = [k.key for k in p.keys]
             entry: dict[str, Any] = {
                 "kind": p.wire,
-                "base_url": f"{url}/{p.id}/{'v1beta' if p.wire == 'gemini' else 'v1'}",
+                "base_url": f"{url}/{p.id}" if p.wire == "azure" else f"{url}/{p.id}/{'v1beta' if p.wire == 'gemini' else 'v1'}",
                 "api_key": keys[0] if len(keys) == 1 else keys,
                 "models": [m.id for m in p.models],
             }

@@ -87,6 +87,8 @@ __all__ = [
 ]
 
 OPENAI_RATE_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
+#: The api-version the sandbox's Azure refusals name (what nbfanout sends by default).
+AZURE_API_VERSION = "2024-10-21"
 GROQ_UPSELL = "Need more tokens? Upgrade to Dev Tier today at https://console.groq.com/settings/billing"
 
 # Which upstream OpenRouter names when it forwards a model's error (illustrative names).
@@ -94,7 +96,9 @@ _UPSTREAMS = {"deepseek": "Chutes", "meta-llama": "DeepInfra", "x-ai": "xAI", "g
 
 
 def extract_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """``Authorization: Bearer <key>``."""
+    """``Authorization: Bearer <key>``, or Azure's ``api-key: <key>``."""
+    if headers.get("api-key"):
+        return headers["api-key"].strip()
     auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -445,6 +449,17 @@ def rate_headers(ctx: CallContext, views: Mapping[str, WindowView], denial: Deni
         if denial is not None and denial.is_rate_limit and denial.limit is not None and not denial.upstream:
             h.update(_openrouter_limit_headers(ctx, denial))
         return h
+    if style == "azure":
+        # Azure states what remains, not the limit or its reset (Azure OpenAI quota docs), and
+        # retry-after in whole seconds with retry-after-ms beside it on a 429
+        if "rpm" in views:
+            h["x-ratelimit-remaining-requests"] = str(views["rpm"].remaining)
+        if "tpm" in views:
+            h["x-ratelimit-remaining-tokens"] = str(views["tpm"].remaining)
+        if denial is not None and denial.retry_after_s is not None and math.isfinite(denial.retry_after_s):
+            h["retry-after"] = str(max(1, math.ceil(denial.retry_after_s)))
+            h["retry-after-ms"] = str(max(1, math.ceil(denial.retry_after_s * 1000)))
+        return h
     # Groq's request headers describe requests per day; everyone else's requests per minute.
     order = ("rpd", "rpm") if style == "groq" else ("rpm", "rpd")
     req = next((views[k] for k in order if k in views), None)
@@ -522,6 +537,18 @@ def _rate_limit_body(ctx: CallContext, d: Denial) -> tuple[int, dict[str, Any]]:
             f"In flight {d.used}. Please try again once a request completes."
         )
         return 429, _err(msg, "requests", "rate_limit_exceeded")
+    if style == "azure":
+        # Azure's wording for a deployment's token or call rate (seen in Azure OpenAI 429 bodies,
+        # e.g. Azure/azure-sdk-for-python issues); code "429", no type
+        what = "token rate limit" if kind == "tpm" else "call rate limit"
+        wait = d.retry_after_s if d.retry_after_s is not None and math.isfinite(d.retry_after_s) else 1.0
+        msg = (
+            f"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version {AZURE_API_VERSION} "
+            f"have exceeded {what} of your current OpenAI S0 pricing tier. Please retry after "
+            f"{max(1, math.ceil(wait))} seconds. Please go here: https://aka.ms/oai/quotaincrease if you would like "
+            "to further increase the default rate limit."
+        )
+        return 429, {"error": {"code": "429", "message": msg}}
     if style == "groq":
         unit, type_ = _GROQ_UNITS.get(kind, _GROQ_UNITS["rpm"])
         where = f"for model `{model}` in organization `{org}` service tier `on_demand` on {unit}"
@@ -561,6 +588,10 @@ def render_error(ctx: CallContext, d: Denial, key: str | None = None) -> ErrorRe
             body = {"error": {"message": "No auth credentials found" if d.missing_key else "User not found.", "code": 401}}
         elif style == "groq":
             body = {"error": {"message": "Invalid API Key", "type": "invalid_request_error", "code": "invalid_api_key"}}
+        elif style == "azure":
+            body = {"error": {"code": "401", "message": (
+                "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid "
+                "key for an active subscription and use a correct regional API endpoint for your resource.")}}
         elif d.missing_key:
             body = _err(
                 "You didn't provide an API key. You need to provide your API key in an Authorization header using "

@@ -443,23 +443,15 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 def _sandbox(args: argparse.Namespace) -> int:
     import errno
-    import ipaddress
 
     from nbfanout.sandbox import run_server
 
-    try:
-        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not args.allow_remote:
-        raise UsageError(f"--host {args.host}: not a loopback address; the sandbox serves 127.0.0.1 unless you "
-                         "pass --allow-remote as well")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0 (any free port) to 65535")
     if args.write_config and not Path(args.write_config).resolve().parent.is_dir():
         raise UsageError(f"--write-config {args.write_config}: its directory does not exist; create it first")
     try:
-        run_server(args.host, args.port, args.scenario, args.write_config)
+        run_server(args.host, args.port, args.scenario, args.write_config, allow_remote=args.allow_remote)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise UsageError(f"--port {args.port}: already in use on {args.host}; pass another port, or --port 0 "

@@ -269,4 +269,4 @@ def test_the_sandbox_command_refuses_a_busy_port_a_missing_directory_and_a_publi
     out = nbfanout("sandbox", "--port", "0", "--write-config", str(tmp_path / "missing" / "nbfanout.toml"))
     assert out.returncode == 2 and "its directory does not exist" in out.stderr, out.stderr
     out = nbfanout("sandbox", "--host", "0.0.0.0", "--port", "0")
-    assert out.returncode == 2 and "--allow-remote" in out.stderr, out.stderr
+    assert out.returncode == 2 and "--allow-remote" in out.stderr and "loopback only" in out.stderr, out.stderr

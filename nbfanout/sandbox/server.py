@@ -7,6 +7,7 @@ runs uvicorn on it in a daemon thread, waits until it accepts requests and retur
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -19,13 +20,24 @@ from typing import Any
 import httpx
 import uvicorn
 
+from nbfanout.core.errors import UsageError
 from nbfanout.sandbox.app import RawSendCapture, SandboxState, create_app
 from nbfanout.sandbox.scenario import LowerBound, Scenario, load_scenario
 
 __all__ = ["Sandbox", "config_to_toml", "run_server", "start_sandbox", "write_config"]
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int, allow_remote: bool = False) -> socket.socket:
+    if not allow_remote and not _is_loopback(host):
+        raise UsageError(f"the sandbox serves loopback only; {host!r} is reachable from other machines "
+                         "(pass allow_remote=True, or --allow-remote, to serve it anyway)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -133,11 +145,12 @@ def start_sandbox(
     time_scale: float | None = None,
     clock: Callable[[], float] | None = None,
     ready_timeout: float = 15.0,
+    allow_remote: bool = False,
 ) -> Sandbox:
     """Run the sandbox in a background thread on ``host:port`` (0: a free port) and return its handle."""
     app = create_app(scenario, clock=clock, time_scale=time_scale)
     state: SandboxState = app.state.sandbox
-    sock = _bind(host, port)
+    sock = _bind(host, port, allow_remote)
     bound_port = sock.getsockname()[1]
     server = uvicorn.Server(_uvicorn_config(app, foreground=False))
     errors: list[BaseException] = []
@@ -170,11 +183,12 @@ def run_server(
     write_config: str | Path | None = None,
     *,
     time_scale: float | None = None,
+    allow_remote: bool = False,
 ) -> None:
     """Serve in the foreground until Ctrl-C (``nbfanout sandbox``); prints the URL first."""
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     app = create_app(sc, time_scale=time_scale)
-    sock = _bind(host, port)
+    sock = _bind(host, port, allow_remote)
     url = _url(host, sock.getsockname()[1])
     print(f"nbfanout sandbox: scenario {sc.name!r} serving at {url}", flush=True)
     for pid, entry in sc.client_config(url)["providers"].items():

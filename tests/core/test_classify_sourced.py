@@ -159,7 +159,8 @@ AZURE = [
         "type": None, "param": "prompt", "code": "content_filter", "status": 400,
         "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
             "hate": {"filtered": False, "severity": "safe"}, "self_harm": {"filtered": False, "severity": "safe"},
-            "sexual": {"filtered": False, "severity": "safe"}, "violence": {"filtered": True, "severity": "medium"}}}}}),
+            "sexual": {"filtered": False, "severity": "safe"},
+            "violence": {"filtered": True, "severity": "medium"}}}}}),
         C.CONTENT_POLICY, code="content_filter"),
     # https://github.com/chatboxai/chatbox/issues/861 — "try again" here is not a wait
     Case("azure-deployment-not-found", "azure", 404,
@@ -266,7 +267,8 @@ GEMINI = [
                             "Requests per day per user per tier' of service 'cloudcode-pa.googleapis.com' for "
                             "consumer 'project_number:681255809395'.",
                  "domain": "global", "reason": "rateLimitExceeded"}])]),
-        C.RATE_LIMIT, retry=TO_PACIFIC_MIDNIGHT, hint=LimitHint("rpd"), code="RATE_LIMIT_EXCEEDED", now=NOON_PST),
+        C.RATE_LIMIT, retry=TO_PACIFIC_MIDNIGHT, hint=LimitHint("rpd"), code="RATE_LIMIT_EXCEEDED",
+        now=NOON_PST),
     # https://github.com/google-gemini/gemini-cli-action/issues/36 — per-minute input tokens
     # (up to its truncation: no RetryInfo quoted, so no wait)
     Case("gemini-per-minute-tokens-pro", "gemini", 429, json.dumps(google_error(
@@ -375,7 +377,7 @@ REQUEST_SIZE = [
 ]
 
 
-# ==================================================================== 6. Anthropic max_tokens above the model's output cap
+# ==================================================================== 6. Anthropic max_tokens above the output cap
 # bad_request (a parameter to fix, not a context overflow). The brief asks for
 # LimitHint("max_output_tokens", limit=M, requested=N); tests/core/test_classify.py case
 # "anthropic-max-tokens-param" asserts limit_hint is None for this message, so these cases keep
@@ -397,7 +399,7 @@ ANTHROPIC_MAX_TOKENS = [
 ]
 
 
-# ==================================================================== 7. Groq 413: one request above the per-minute budget
+# ==================================================================== 7. Groq 413: one request above the TPM budget
 GROQ_413 = [
     # https://github.com/cottongeeks/podscript/issues/20
     Case("groq-413-tpm-10338", "groq", 413,
@@ -432,8 +434,8 @@ STREAMING = [
     Case("anthropic-stream-overloaded", "anthropic", 200, json.dumps(
         {"type": "error", "error": {"details": None, "type": "overloaded_error", "message": "Overloaded"}}),
         C.OVERLOADED, code="overloaded_error"),
-    # https://github.com/mito-ds/mito/issues/1842 — "Anthropic Overload Error with Streaming", no status in body
-    Case("anthropic-stream-overloaded-no-status", "anthropic", 201, json.dumps(
+    # https://github.com/mito-ds/mito/issues/1842 — "Anthropic Overload Error with Streaming" (same event body)
+    Case("anthropic-stream-overloaded-mito", "anthropic", 200, json.dumps(
         {"type": "error", "error": {"details": None, "type": "overloaded_error", "message": "Overloaded"}}),
         C.OVERLOADED),
 ]
@@ -472,7 +474,7 @@ OTHER = [
         "message": "No capacity available for model on the server", "status": "UNAVAILABLE"}}),
         C.OVERLOADED, code="MODEL_CAPACITY_EXHAUSTED"),
     # https://github.com/anthropics/claude-code/issues/3197 — Cloudflare 520 page for api.anthropic.com
-    # (the reporter elided the body as "[...]")
+    # (shortened: two of the IE conditional comments left out; the reporter elided the body as "[...]")
     Case("anthropic-520-cloudflare-html", "anthropic", 520,
          '<!DOCTYPE html>\n<!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->\n'
          '<!--[if gt IE 8]><!--> <html class="no-js" lang="en-US"> <!--<![endif]-->\n<head>\n\n\n'
@@ -480,7 +482,7 @@ OTHER = [
          '<meta charset="UTF-8" />\n</head>\n<body>\n[...]\n',
          C.SERVER_ERROR, contains="HTML body from a gateway (api.anthropic.com | 520: Web server is returning an "
                                   "unknown error)"),
-    # https://github.com/Helicone/helicone/issues/798 — Cloudflare 522 from an OpenAI gateway
+    # https://github.com/Helicone/helicone/issues/798 — Cloudflare 522 from an OpenAI gateway (shortened)
     Case("gateway-522-cloudflare-html", "openai-compatible", 522,
          '<!DOCTYPE html>\n<!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->\n'
          '<!--[if gt IE 8]><!--> <html class="no-js" lang="en-US"> <!--<![endif]-->\n<head>\n\n\n'
@@ -492,7 +494,8 @@ OTHER = [
 ]
 
 
-CASES = AZURE + RETIRED + OPENROUTER_DAILY + GEMINI + REQUEST_SIZE + ANTHROPIC_MAX_TOKENS + GROQ_413 + STREAMING + OTHER
+CASES = (AZURE + RETIRED + OPENROUTER_DAILY + GEMINI + REQUEST_SIZE + ANTHROPIC_MAX_TOKENS + GROQ_413 + STREAMING
+         + OTHER)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -558,8 +561,8 @@ def test_streamed_error_as_the_adapter_hands_it_over() -> None:
     assert info.category is C.OVERLOADED and info.retryable and info.status == 200
 
 
-@pytest.mark.xfail(strict=True, reason="limit_hint kind 'max_output_tokens' not implemented: tests/core/test_classify.py "
-                                       "'anthropic-max-tokens-param' pins limit_hint=None for this message")
+@pytest.mark.xfail(strict=True, reason="limit_hint kind 'max_output_tokens' not implemented: "
+                   "tests/core/test_classify.py 'anthropic-max-tokens-param' pins limit_hint=None for this message")
 def test_anthropic_max_tokens_hint_wanted() -> None:
     info = classify_error("anthropic", 400, {}, ANTHROPIC_MAX_TOKENS[0].body)
     assert info.limit_hint == LimitHint("max_output_tokens", limit=64000, requested=128001)

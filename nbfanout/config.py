@@ -70,7 +70,6 @@ class Defaults:
     max_rotations: int = 8
     max_backoff_s: float = 30.0
     max_wait_s: float = 600.0
-    outage_s: float = 30.0
     base_backoff_s: float = 0.5
     provider_order: tuple[str, ...] = ()
     cache: bool = False
@@ -257,7 +256,6 @@ _DEFAULTS_SPEC: dict[str, tuple[Any, str]] = {
     "max_rotations": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
     "max_backoff_s": (_positive, "a positive number of seconds"),
     "max_wait_s": (_positive, "a positive number of seconds (longest provider-requested wait to honour)"),
-    "outage_s": (_positive, "a positive number of seconds (how long network and server faults are retried)"),
     "base_backoff_s": (_positive, "a positive number of seconds"),
     "provider_order": (_str_list, "a list of provider ids"),
     "cache": (_is(bool), "true or false"),

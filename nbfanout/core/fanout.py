@@ -91,7 +91,7 @@ class Fanout:
         self.clock = clock or LoopClock()
         self.retry = retry or RetryPolicy(
             max_attempts=d.max_attempts, timeout_s=d.timeout_s, deadline_s=d.deadline_s,
-            base_s=d.base_backoff_s, max_backoff_s=d.max_backoff_s, max_wait_s=d.max_wait_s, outage_s=d.outage_s,
+            base_s=d.base_backoff_s, max_backoff_s=d.max_backoff_s, max_wait_s=d.max_wait_s,
         )
         if concurrency is not None and concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")

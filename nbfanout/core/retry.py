@@ -5,11 +5,9 @@ bounded, and the provider's own wait (retry-after, "try again in", retryDelay) a
 over our backoff. Backoff is exponential with full jitter, capped; where waiting too little
 would only hammer a provider (a refusal with no wait named) or give up inside a short outage (a
 dropped connection, a 5xx), the jitter is equal: at least half of each step is always waited.
-
-Outages: a network or server fault is retried past ``max_attempts`` while less than
-``outage_s`` has passed since the request began (at most ``3 × max_attempts`` attempts), so a
-provider or network that is down for a few seconds is ridden out instead of failing every
-request sent meanwhile.
+With the defaults (6 attempts from 0.5 s) the five waits after dropped connections or 5xx
+answers add up to at least 7.75 s, so a provider or network that is down for a few seconds is
+ridden out instead of failing every request sent meanwhile; ``max_attempts`` stays the bound.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ class RetryPolicy:
     base_s: float = 0.5
     max_backoff_s: float = 30.0
     max_wait_s: float = 600.0  # a provider asking for longer (a daily quota) ends the request instead
-    outage_s: float = 30.0  # network and server faults are retried at least this long (see the module docstring)
     jitter: bool = True
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
@@ -77,8 +74,7 @@ class RetryPolicy:
         """(retry?, wait seconds, reason) after failed attempt ``attempt`` at ``elapsed_s`` into the request."""
         if not self.retryable(info):
             return False, 0.0, f"{info.category.value} is not retried"
-        riding_out = info.category in _OUTAGE and elapsed_s < self.outage_s and attempt < 3 * self.max_attempts
-        if attempt >= self.max_attempts and not riding_out:
+        if attempt >= self.max_attempts:
             return False, 0.0, f"gave up after {attempt} attempts"
         wait, reason = self.wait_after(attempt, info)
         if wait > self.max_wait_s:

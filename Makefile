@@ -1,6 +1,7 @@
 # `make demo`, `make test` and `make bench` each build .venv from scratch when it is missing
 # or stale (older than pyproject.toml), then run. `make bench` rewrites benchmarks/RESULTS.md
-# (24 minutes on 2 CPUs for 3 repetitions; BENCH_ARGS="--reps 1" about 9); BENCH_ARGS passes options to benchmarks/bench.py (see its --help).
+# (18 minutes on 2 CPUs for 3 repetitions, measured; BENCH_ARGS="--reps 1" about 7); BENCH_ARGS passes options to benchmarks/bench.py (see its --help).
+# `make soak` (about 2.5 minutes) runs 20,000 requests through one Fanout and writes its section into RESULTS.md.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed

@@ -545,7 +545,15 @@ def _limit_hint(err: _Err | None, message: str) -> LimitHint | None:
     return _google_hint(err, message) or _openrouter_hint(err, message) or _text_hint(message)
 
 
+#: Anthropic's 400 for a max_tokens above the model's output cap: "max_tokens: 10000 > 4096, which is
+#: the maximum allowed number of output tokens for <model>" (quoted in NextChat#4964, claude-code#24451)
+_MAX_OUTPUT_RE = re.compile(r"max_tokens:\s*(\d+)\s*>\s*(\d+),\s*which is the maximum allowed number of output tokens")
+
+
 def _text_hint(message: str) -> LimitHint | None:
+    cap = _MAX_OUTPUT_RE.search(message)
+    if cap is not None:  # not a rate: the largest answer this model may be asked for
+        return LimitHint("max_output_tokens", limit=float(cap.group(2)), requested=float(cap.group(1)))
     kind = _window_kind(message)
     if kind is None:
         return None

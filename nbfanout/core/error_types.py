@@ -63,8 +63,9 @@ RETRYABLE: frozenset[ErrorCategory] = frozenset(
 class LimitHint:
     """A limit stated by the provider in an error body, e.g. Groq's "Limit 30000, Requested 83690".
 
-    ``kind`` is one of ``"rpm"``, ``"tpm"``, ``"rpd"``, ``"tpd"``, ``"concurrency"``,
-    ``"request_tokens"`` (a single request larger than allowed).
+    ``kind`` is one of ``"rpm"``, ``"tpm"``, ``"rpd"``, ``"tpd"``, ``"ash"``, ``"asd"``, ``"concurrency"``,
+    ``"request_tokens"`` (a single request larger than allowed), ``"max_output_tokens"`` (a
+    ``max_tokens`` above the model's output cap: ``limit`` is the cap, ``requested`` what was asked).
     """
 
     kind: str

@@ -217,7 +217,7 @@ CASES = [
     Case("anthropic-max-tokens-param", "anthropic", 400, anthropic_error(
         "invalid_request_error", "max_tokens: 10000 > 4096, which is the maximum allowed number of output tokens for "
         "claude-3-5-sonnet-20240620"),
-        C.BAD_REQUEST),
+        C.BAD_REQUEST, hint=LimitHint("max_output_tokens", limit=4096, requested=10000)),
     # ---------------------------------------------------------------- Gemini
     # https://github.com/diegosouzapw/OmniRoute/issues/9504 — per-day free tier: retryDelay says 36s, the quota
     # resets at midnight Pacific (ai.google.dev/gemini-api/docs/rate-limits). 06:14:23Z = 23:14:23 PDT.

@@ -378,24 +378,22 @@ REQUEST_SIZE = [
 
 
 # ==================================================================== 6. Anthropic max_tokens above the output cap
-# bad_request (a parameter to fix, not a context overflow). The brief asks for
-# LimitHint("max_output_tokens", limit=M, requested=N); tests/core/test_classify.py case
-# "anthropic-max-tokens-param" asserts limit_hint is None for this message, so these cases keep
-# that; test_anthropic_max_tokens_hint_wanted below records the wanted hint as a strict xfail.
+# bad_request (a parameter to fix, not a context overflow), with LimitHint("max_output_tokens",
+# limit=M, requested=N): the largest answer the model may be asked for.
 
 ANTHROPIC_MAX_TOKENS = [
     # https://github.com/anthropics/claude-code/issues/24451
     Case("anthropic-max-tokens-opus-4-5", "anthropic", 400, anthropic_error(
         "invalid_request_error", "max_tokens: 128001 > 64000, which is the maximum allowed number of output tokens "
         "for claude-opus-4-5-20251101", "req_011CXxg3eqF8ZMvqtkKHNjKQ"),
-        C.BAD_REQUEST, code="invalid_request_error"),
+        C.BAD_REQUEST, hint=LimitHint("max_output_tokens", limit=64000, requested=128001), code="invalid_request_error"),
     # https://github.com/anthropics/claude-code/issues/11302 — relayed by a LiteLLM proxy (code "400")
     Case("anthropic-max-tokens-via-litellm", "anthropic", 400, json.dumps({"error": {
         "message": '{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: 21333 > 4096, '
                    'which is the maximum allowed number of output tokens for claude-3-opus-20240229"},'
                    '"request_id":"req_011CUwZTS7TYAH8UyTro83sP"}. Received Model Group=claude-haiku-4-5-20251001\n'
                    'Available Model Group Fallbacks=None', "type": "None", "param": "None", "code": "400"}}),
-        C.BAD_REQUEST, contains="max_tokens: 21333 > 4096"),
+        C.BAD_REQUEST, hint=LimitHint("max_output_tokens", limit=4096, requested=21333), contains="max_tokens: 21333 > 4096"),
 ]
 
 
@@ -561,8 +559,6 @@ def test_streamed_error_as_the_adapter_hands_it_over() -> None:
     assert info.category is C.OVERLOADED and info.retryable and info.status == 200
 
 
-@pytest.mark.xfail(strict=True, reason="limit_hint kind 'max_output_tokens' not implemented: "
-                   "tests/core/test_classify.py 'anthropic-max-tokens-param' pins limit_hint=None for this message")
 def test_anthropic_max_tokens_hint_wanted() -> None:
     info = classify_error("anthropic", 400, {}, ANTHROPIC_MAX_TOKENS[0].body)
     assert info.limit_hint == LimitHint("max_output_tokens", limit=64000, requested=128001)

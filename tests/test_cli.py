@@ -270,3 +270,74 @@ def test_the_sandbox_command_refuses_a_busy_port_a_missing_directory_and_a_publi
     assert out.returncode == 2 and "its directory does not exist" in out.stderr, out.stderr
     out = nbfanout("sandbox", "--host", "0.0.0.0", "--port", "0")
     assert out.returncode == 2 and "--allow-remote" in out.stderr and "loopback only" in out.stderr, out.stderr
+
+
+def test_a_key_echoed_back_by_a_server_never_reaches_the_cli_output(tmp_path):
+    """The canary key a server puts in its 401 and 429 bodies, a header and its answer is not in the
+    CLI's table, its --json, its stderr, nor the --out directory, beyond its last four characters."""
+    import http.server
+    import threading
+    from urllib.parse import quote
+
+    canary = "sk-clicanary-" + "Q7w" * 9 + "k3y9"
+    calls = {"n": 0}
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            key = self.headers.get("authorization", "").removeprefix("Bearer ")
+            echo = f"{key} {key.upper()} {quote(key, safe='')}"
+            calls["n"] += 1
+            if "/denied/" in self.path:
+                status, body = 401, {"error": {"message": f"Invalid key {echo}", "type": "invalid_request_error"}}
+            elif calls["n"] == 1:
+                status, body = 429, {"error": {"message": f"Slow down, {echo}", "type": "requests"}}
+            else:
+                status, body = 200, {"id": "c", "object": "chat.completion", "model": "m", "created": 0, "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": f"I saw {echo}"}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("x-echo", key)
+            if status == 429:
+                self.send_header("retry-after", "0")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    config = tmp_path / "nbfanout.toml"
+    config.write_text(f'''[defaults]
+learn_limits = false
+base_backoff_s = 0.01
+[providers.echo]
+kind = "openai"
+base_url = "{base}/v1"
+api_key_env = "ECHO_KEY"
+models = ["m"]
+[providers.denied]
+kind = "openai"
+base_url = "{base}/denied/v1"
+api_key_env = "ECHO_KEY"
+models = ["m"]
+''', encoding="utf-8")
+    try:
+        env = {"ECHO_KEY": canary}
+        runs = [nbfanout("run", "--config", str(config), "--models", "echo/m,denied/m", "--prompt", "hi", *extra, env=env)
+                for extra in ([], ["--json"], ["--out", str(tmp_path / "out")])]
+    finally:
+        server.shutdown()
+    leaks = [canary, canary.upper(), canary.lower(), quote(canary, safe=""), canary[:-4]]
+    assert "k3y9" in runs[1].stdout  # the answer came, with the key's last four to tell it
+    for out in runs:
+        assert out.returncode == 1, out.stderr  # one model answered, one was refused
+        for text in (out.stdout, out.stderr):
+            assert not any(leak in text for leak in leaks), text[:400]
+    for path in sorted((tmp_path / "out").iterdir()):
+        assert not any(leak.encode() in path.read_bytes() for leak in leaks), path

@@ -318,17 +318,18 @@ class _Call:
         self.views = Limiter.views(self.pools, now)
         return _Lease(self.state, self.pools, self.entities)
 
-    async def after_admission(self) -> tuple[Response | None, Fault | None, bool]:
-        """The busy-upstream check, then the post-admission fault: (refusal, fault, answer comes back empty)."""
+    async def after_admission(self) -> tuple[Response | None, Fault | None, str | None]:
+        """The busy-upstream check, then the post-admission fault: (refusal, fault, and the finish of an
+        answer that comes back empty: "stop", "content_filter", or None)."""
         stop = await self.busy_upstream()
         if stop is not None:
-            return stop, None, False
+            return stop, None, None
         assert self.model is not None
         fault = self.state.faults.pick(self.provider, self.model, "post")
-        if fault is not None and fault.kind == "empty_answer":
-            self.state.ledger.fault(self.entities, "empty_answer")
-            return None, None, True
-        return None, fault, False
+        if fault is not None and fault.kind in ("empty_answer", "content_filter"):
+            self.state.ledger.fault(self.entities, fault.kind)
+            return None, None, "stop" if fault.kind == "empty_answer" else "content_filter"
+        return None, fault, None
 
     async def busy_upstream(self) -> Response | None:
         """``while_busy`` rules: after the upstream queue time, fail if another listed request runs."""
@@ -458,7 +459,7 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
         if stop is not None:
             return stop
         if empty:
-            text, usage, tool = "", Usage(input_tokens, 0, "stop"), None
+            text, usage, tool = "", Usage(input_tokens, 0, empty), None
         if fault is not None and fault.kind != "slow":
             # A broken body arrives when the answer would have; a 500 or a drop after the first-token time.
             default = latency if fault.kind == "malformed" else model.latency.base_ms / 1000.0

@@ -76,7 +76,9 @@ RPM that applies, or 60 when none is set; ``retry_after_s`` (default 1 s),
 a response), ``malformed`` (200 with a broken JSON body), ``invalid_key`` (401),
 ``empty_answer`` (200 with no text at all, as models sometimes answer; a judge client
 must ask again), ``quota_exhausted`` (OpenAI ``insufficient_quota`` 429, OpenRouter 402, Anthropic credit
-balance 400, Gemini quota 429). Rejections (rate limits, overload, auth, quota) happen
+balance 400, Gemini quota 429), ``permission_denied`` (403: OpenAI's region refusal, Anthropic's
+``permission_error``, Gemini's ``PERMISSION_DENIED``), ``content_filter`` (200 with no text and the
+provider's filtered finish: ``content_filter``, ``refusal``, ``SAFETY``). Rejections (rate limits, overload, auth, quota) happen
 before admission and use no quota; ``server_error``, ``slow``, ``drop`` and ``malformed``
 happen after admission, take time (``delay_s``, default the model's base latency) and
 count against the limits, as a real failed call does.
@@ -172,11 +174,14 @@ FAULT_KINDS: tuple[str, ...] = (
     "empty_answer",
     "invalid_key",
     "quota_exhausted",
+    "permission_denied",
+    "content_filter",
 )
 #: Faults decided before admission: they use no quota and answer at once.
-PRE_ADMISSION = frozenset({"rate_limit_burst", "unavailable", "overloaded", "invalid_key", "quota_exhausted"})
+PRE_ADMISSION = frozenset({"rate_limit_burst", "unavailable", "overloaded", "invalid_key", "quota_exhausted",
+                           "permission_denied"})
 #: Faults decided after admission: they take time and count against the limits.
-POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed", "empty_answer"})
+POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed", "empty_answer", "content_filter"})
 
 BUILTIN_SCENARIOS: tuple[str, ...] = (
     "batch_fixed_window",

@@ -216,7 +216,7 @@ def parse_chat(body: Any) -> ChatCall:
 
 
 def _stop(usage: Usage) -> str:
-    return {"length": "max_tokens", "tool_calls": "tool_use"}.get(usage.finish, "end_turn")
+    return {"length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}.get(usage.finish, "end_turn")
 
 
 def _msg_id(ctx: CallContext) -> str:
@@ -359,6 +359,9 @@ def render_error(ctx: CallContext, d: Denial, key: str | None = None) -> ErrorRe
     elif d.reason in ("auth", "invalid_key"):
         msg = "x-api-key header is required" if d.missing_key else "invalid x-api-key"
         reply = ErrorReply(401, _err(ctx, "authentication_error", d.message or msg))
+    elif d.reason == "permission_denied":  # Anthropic's errors page, 403 permission_error
+        msg = "Your API key does not have permission to use the specified resource."
+        reply = ErrorReply(403, _err(ctx, "permission_error", d.message or msg))
     elif d.reason == "quota_exhausted":
         msg = "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."
         reply = ErrorReply(400, _err(ctx, "invalid_request_error", d.message or msg))

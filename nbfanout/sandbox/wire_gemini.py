@@ -237,7 +237,7 @@ def parse_chat(body: Any, model: str, stream: bool) -> ChatCall:
 
 
 def _finish(usage: Usage) -> str:
-    return "MAX_TOKENS" if usage.finish == "length" else "STOP"
+    return {"length": "MAX_TOKENS", "content_filter": "SAFETY"}.get(usage.finish, "STOP")
 
 
 def _usage(usage: Usage) -> dict[str, int]:
@@ -383,6 +383,8 @@ def render_error(ctx: CallContext, d: Denial, key: str | None = None) -> ErrorRe
             }
         ]
         return ErrorReply(400, _error(400, "INVALID_ARGUMENT", d.message or "API key not valid. Please pass a valid API key.", details))
+    if d.reason == "permission_denied":  # google.rpc PERMISSION_DENIED, the standard wording
+        return ErrorReply(403, _error(403, "PERMISSION_DENIED", d.message or "The caller does not have permission"))
     if d.reason == "quota_exhausted":
         msg = (
             "You exceeded your current quota, please check your plan and billing details. For more information on this "

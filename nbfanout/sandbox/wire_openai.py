@@ -607,6 +607,11 @@ def render_error(ctx: CallContext, d: Denial, key: str | None = None) -> ErrorRe
                 "invalid_request_error",
                 "invalid_api_key",
             )
+    elif d.reason == "permission_denied":
+        # OpenAI's 403 for a region it does not serve (its error-codes guide)
+        status = 403
+        body = _err(d.message or "Country, region, or territory not supported", "request_forbidden",
+                    "unsupported_country_region_territory")
     elif d.reason == "quota_exhausted":
         if style == "openrouter":
             status = 402

@@ -30,9 +30,11 @@ FIRST: dict[str, set[str]] = {
     "empty_answer": {"server_error"},
     "invalid_key": {"auth"},
     "quota_exhausted": {"quota_exhausted"},
+    "permission_denied": {"permission"},
+    "content_filter": {"content_policy"},
 }
-#: Faults after which the model's key is out of use for the run: its later prompts fail the same way.
-FINAL = {"invalid_key", "quota_exhausted"}
+#: Faults that end the request: retrying cannot help (the key, the account, or the content).
+FINAL = {"invalid_key", "quota_exhausted", "permission_denied", "content_filter"}
 
 
 def scenario(style: str, kind: str) -> dict[str, Any]:

@@ -81,7 +81,7 @@ class ModelResult:
             "provider_message": None if self.error is None else self.error.message,
             "retry_after_s": None if self.error is None else self.error.retry_after_s,
             "attempts": len(self.attempts),
-            "latency_s": round(self.latency_s, 4),
+            "latency_s": self.latency_s,  # unrounded: a view that rounds it again must show what the run showed
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost": self.cost,

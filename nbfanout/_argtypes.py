@@ -4,35 +4,30 @@ what a provider would refuse or misread, naming what it expected."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["positive_float", "positive_int", "temperature"]
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], kind: str, allowed: str) -> Any:
+    """``convert(text)`` if ``ok`` accepts it; else an error saying ``kind`` (unparsable) or ``allowed`` (out of range)."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {value}")
+        raise argparse.ArgumentTypeError(f"expected {kind}, found {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {allowed}, found {text.strip()}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v > 0, "a whole number", "a number above 0")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, found {text}")
-    return value
+    return _number(text, float, lambda v: v > 0, "a number of seconds", "a number above 0")  # NaN is not > 0
 
 
 def temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, found {text!r}") from None
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2, found {text}")
-    return value
+    return _number(text, float, lambda v: 0.0 <= v <= 2.0, "a number from 0 to 2", "a number from 0 to 2")

@@ -16,6 +16,7 @@ failure (or no response at all: ``status=None``) into a category from ``ErrorCat
 
 from __future__ import annotations
 
+from nbfanout.core import error_types
 from nbfanout.core._classify import classify_error
 from nbfanout.core.error_types import (
     RETRYABLE,
@@ -31,17 +32,4 @@ from nbfanout.core.error_types import (
     UsageError,
 )
 
-__all__ = [
-    "ConfigError",
-    "ErrorCategory",
-    "ErrorInfo",
-    "FanoutError",
-    "LimitHint",
-    "MissingKeyError",
-    "NoModelsAvailable",
-    "ProviderError",
-    "UnknownModelError",
-    "UsageError",
-    "RETRYABLE",
-    "classify_error",
-]
+__all__ = [*error_types.__all__, "classify_error"]

@@ -17,53 +17,20 @@ Complements tests/core/test_classify.py (no body there is repeated here). Conven
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
 
 import pytest
+from classify_cases import C, Case, anthropic_error, check, epoch, google_error, openai_error, sdk_wrapped
 
-from nbfanout.core.errors import RETRYABLE, ErrorCategory, LimitHint, classify_error
-
-C = ErrorCategory
-
-
-def epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp()
-
+from nbfanout.core.errors import LimitHint, classify_error
 
 #: 2026-01-30 12:00 PST: Gemini's per-day quotas reset at midnight Pacific, 12 h later.
 NOON_PST = epoch("2026-01-30T20:00:00Z")
 TO_PACIFIC_MIDNIGHT = 12 * 3600.0
 
 
-def openai_error(message: str, type_: str | None, code: str | None, param: str | None = None) -> str:
-    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
-
-
 def azure_429(message: str) -> str:
     """Azure OpenAI's 429 envelope, as quoted verbatim in jasonacox/TinyLLM#17 and Paper2Poster#9."""
     return json.dumps({"error": {"code": "429", "message": message}})
-
-
-def anthropic_error(type_: str, message: str, request_id: str | None = None) -> str:
-    body: dict[str, Any] = {"type": "error", "error": {"type": type_, "message": message}}
-    if request_id:
-        body["request_id"] = request_id
-    return json.dumps(body)
-
-
-def google_error(code: int, message: str, status: str, details: list[dict[str, Any]] | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message, **extra, "status": status}
-    if details is not None:
-        error["details"] = details
-    return {"error": error}
-
-
-def sdk_wrapped(inner: Any, code: int, reason: str) -> str:
-    """How @google/genai (gemini-cli, continue, Roo-Code) re-wraps Google's JSON error text."""
-    return json.dumps({"error": {"message": json.dumps(inner, indent=2) + "\n", "code": code, "status": reason}})
 
 
 GEMINI_HELP = {"@type": "type.googleapis.com/google.rpc.Help",
@@ -73,20 +40,6 @@ GEMINI_HELP = {"@type": "type.googleapis.com/google.rpc.Help",
 GEMINI_QUOTA_TEXT = ("You exceeded your current quota, please check your plan and billing details. For more "
                      "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.")
 
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    provider: str
-    status: int | None
-    body: str | bytes | None
-    category: ErrorCategory
-    retry: float | None = None
-    hint: LimitHint | None = None
-    code: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    now: float | None = None
-    contains: str | None = None
 
 
 # ==================================================================== 1. Azure OpenAI
@@ -498,20 +451,7 @@ CASES = (AZURE + RETIRED + OPENROUTER_DAILY + GEMINI + REQUEST_SIZE + ANTHROPIC_
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_sourced_provider_errors(case: Case) -> None:
-    info = classify_error(case.provider, case.status, case.headers, case.body, now=case.now)
-    assert info.category is case.category
-    assert info.retryable == (case.category in RETRYABLE)
-    assert info.status == case.status
-    if case.retry is None:
-        assert info.retry_after_s is None
-    else:
-        assert info.retry_after_s == pytest.approx(case.retry, abs=1e-3)
-    assert info.limit_hint == case.hint
-    if case.code is not None:
-        assert info.provider_code == case.code
-    if case.contains is not None:
-        assert case.contains in info.message
-    assert info.message and "<html" not in info.message.lower()
+    check(case)
 
 
 def test_at_least_45_sourced_cases_with_unique_ids() -> None:

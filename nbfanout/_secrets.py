@@ -18,6 +18,9 @@ __all__ = ["mask", "redact", "redact_url", "remember"]
 _MIN_SECRET = 8
 
 _known: set[str] = set()
+#: (form, mask) for every form of every known key, longest key first: rebuilt when a key is learned,
+#: not at every redaction (answers and streamed fragments are redacted as they arrive)
+_known_forms: list[tuple[str, str]] = []
 
 _KEY_PATTERNS = (
     # OpenAI, Anthropic (sk-ant-), OpenRouter (sk-or-v1-), DeepSeek; also half-masked "sk-PMafP****E873"
@@ -43,8 +46,9 @@ def mask(key: str | None) -> str:
 
 def remember(key: str) -> None:
     """Redact ``key`` from every text ``redact`` sees from now on."""
-    if len(key) >= _MIN_SECRET:
+    if len(key) >= _MIN_SECRET and key not in _known:
         _known.add(key)
+        _known_forms[:] = [(form, mask(k)) for k in sorted(_known, key=len, reverse=True) for form in _forms(k)]
 
 
 def _forms(secret: str) -> set[str]:
@@ -56,10 +60,10 @@ def redact(text: str, *secrets: str) -> str:
     strings and URL passwords too."""
     if not text:
         return text
-    for secret in sorted(_known.union(s for s in secrets if len(s) >= _MIN_SECRET), key=len, reverse=True):
-        for form in _forms(secret):
-            if form in text:
-                text = text.replace(form, mask(secret))
+    extra = [(form, mask(s)) for s in secrets if len(s) >= _MIN_SECRET and s not in _known for form in _forms(s)]
+    for form, shown in (*extra, *_known_forms):
+        if form in text:
+            text = text.replace(form, shown)
     for pattern in _KEY_PATTERNS:
         text = pattern.sub(lambda m: mask(m.group(0)), text)
     return redact_url(text)

@@ -25,9 +25,9 @@ Learning: rate-limit headers are the provider's own accounting, so they set unkn
 and correct each shape's count on every response; a budget that has never seen a response
 sends one request first, so the first headers arrive before a burst. Where nothing at all is
 known, in flight grows from that one request like TCP's slow start (``Budget.ramp``): one
-more each time an answer comes back while the ceiling is full, so in-flight requests grow one
-arrival at a time (doubling per round trip) and a hidden concurrency limit is overshot by one
-request, not by a burst. Limits a 429 body
+more each time an answer comes back while the ceiling holds requests back, so in-flight
+requests grow one arrival at a time (doubling per round trip) and a hidden concurrency limit is
+overshot only by the answers that arrive before its first refusal does, not by a whole burst. Limits a 429 body
 states are adopted; where no limit is known at all the rate adapts (AIMD) from what was
 achieved. Learned limits persist in a JSON state file.
 """

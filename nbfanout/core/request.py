@@ -223,11 +223,12 @@ class RequestPipeline:
         choice = options[reservation.index][0]
         return reservation, choice, int(reservation.tokens) - spec.max_output(choice.model.max_output_tokens)
 
-    async def send_once(self, run: _Run, req_id: str, choice: Choice, spec: RequestSpec, timeout: float
-                        ) -> tuple[ChatResponse, bool]:
-        """One call to the provider (or the cache); ProviderError on any failure."""
+    async def send_once(self, run: _Run, req_id: str, choice: Choice, spec: RequestSpec, timeout: float,
+                        messages: tuple[Message, ...]) -> tuple[ChatResponse, bool]:
+        """One call to the provider (or the cache) with ``messages``, the spec's as fitted to this provider
+        (``_messages_for``); ProviderError on any failure."""
         rejects = choice.model.rejects
-        request = ChatRequest(model=choice.model.model_id, messages=self._messages_for(choice, spec)[0], system=spec.system,
+        request = ChatRequest(model=choice.model.model_id, messages=messages, system=spec.system,
                               max_tokens=spec.max_output(choice.model.max_output_tokens),
                               temperature=None if "temperature" in rejects else spec.temperature,
                               extra={k: v for k, v in spec.params.items() if k not in rejects},
@@ -412,11 +413,12 @@ class RequestPipeline:
         info: ErrorInfo | None = None
         rate = None
         cached = False
+        messages, downscaled = self._messages_for(choice, spec)
         async with reservation:
             try:
                 left = None if deadline is None else max(0.001, deadline - (start - t_start))
                 limit = min(x for x in (spec.timeout or self.policy.timeout_s, left) if x is not None)
-                response, cached = await self.send_once(run, req_id, choice, spec, limit)
+                response, cached = await self.send_once(run, req_id, choice, spec, limit, messages)
                 rate = response.rate
             except ProviderError as exc:
                 info, rate = exc.info, exc.rate
@@ -454,7 +456,7 @@ class RequestPipeline:
             input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens, cost=cost,
             latency_s=end - t_start, finish_reason=response.finish_reason, attempts=tuple(attempts),
             prompt_index=index, cached=cached, dropped_params=spec.dropped(model.rejects), saved_cost=saved,
-            tool_calls=response.tool_calls, downscaled=self._messages_for(choice, spec)[1],
+            tool_calls=response.tool_calls, downscaled=downscaled,
         )
         fx._emit(ModelCompleted, request=req_id, requested=requested, model=model.name, latency_s=end - t_start,
                  input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost=cost, attempts=len(attempts))

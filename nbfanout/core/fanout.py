@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import re
 import uuid
 import weakref
@@ -358,7 +359,7 @@ class Fanout:
         temperature = params.pop("temperature", None)
         check_options(max_tokens=max_tokens, temperature=temperature, timeout=timeout)
         # the run's own in-flight cap; not registered with the budget set, so it ends with the run
-        run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock)
+        run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock, ranked=True)
         run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), http=self._http())
         token = _RUN.set(run)
         self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
@@ -379,15 +380,24 @@ class Fanout:
 
         scores: dict[int, Score | None] = {}
 
-        async def lane(queue: list[int]) -> None:
+        def spec_for(i: int) -> RequestSpec:
+            return RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout,
+                               conversation=conversation, tools=tools)
+
+        async def lane(queue: list[int], width: int, holds: float) -> None:
             while queue:
                 j = queue.pop(0)
+                # Critical path first: a request whose sliding-window share a later request of its
+                # model must wait a minute for goes before any that none does, and then the lane
+                # with the most requests left per worker (the rank orders the run's slots only).
+                left = len(queue) + 1
+                windows_after = (left - 1) // holds if math.isfinite(holds) else 0
+                rank = -(windows_after * (len(jobs) + 1) + left / width)
                 i, name, cands = jobs[j]
-                spec = RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout,
-                                   conversation=conversation, tools=tools)
-                results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget)
+                spec = spec_for(i)
+                results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget, rank=rank)
                 if judge is not None and results[j].ok:  # the answer is kept even if judging is cancelled
-                    scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget)
+                    scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget, rank)
 
         # One lane of workers per requested model, as wide as that model may run at once: a model
         # that must wait for its limits never holds the workers that other models could use.
@@ -397,7 +407,9 @@ class Fanout:
             queue = [j for j, job in enumerate(jobs) if job[1] == name]
             # a routed request may go to any member: its lane is as wide as the run
             cap = width if route else self.config.models[name].limits.concurrency or width
-            workers += [asyncio.ensure_future(lane(queue)) for _ in range(min(cap, width, len(queue)))]
+            n = min(cap, width, len(queue))
+            holds = self._pipeline.window_holds(name, spec_for(jobs[queue[0]][0])) if queue and not route else math.inf
+            workers += [asyncio.ensure_future(lane(queue, n, holds)) for _ in range(n)]
         try:
             await asyncio.gather(*workers)
             done = results
@@ -437,13 +449,14 @@ class Fanout:
         fan = tuple(FanoutResult(prompt=p, results=tuple(r), elapsed_s=elapsed) for p, r in zip(prompts, rows))
         return BatchResult(prompts=tuple(prompts), models=tuple(names), rows=fan, elapsed_s=elapsed, scores=by_model)
 
-    async def _judge(self, run: _Run, index: int, judge: str, prompt: str, answer: ModelResult, run_budget: Budget) -> Score:
+    async def _judge(self, run: _Run, index: int, judge: str, prompt: str, answer: ModelResult, run_budget: Budget,
+                     rank: float = 0.0) -> Score:
         """Score an answer 0-10 with the judge model; an empty or unparsable verdict is asked again."""
         spec = RequestSpec(judge_prompt(prompt, answer.text), max_tokens=200, temperature=0.0)
         last_text = ""
         for attempt in range(JUDGE_TRIES):
             verdict = await self._pipeline.run(run, index, judge, [judge], spec, run_budget,
-                                               tag=f"/judge:{answer.requested}#{attempt + 1}")
+                                               tag=f"/judge:{answer.requested}#{attempt + 1}", rank=rank)
             if not verdict.ok:
                 return Score(None, "", judge, verdict.error)
             last_text = verdict.text

@@ -15,6 +15,10 @@ Admission (``BudgetSet.reserve``) is event-driven:
   by concurrency are woken when a request they wait on finishes. No interval is guessed.
 * Every path out of a wait (admitted, cancelled, gave up) passes the baton, so no wake-up
   is lost.
+* The run's own in-flight cap is the one budget served by rank before arrival: a map ranks
+  each request by its model's remaining requests per slot (longest lane first), so a model whose
+  own concurrency limit makes it the slowest to finish is never left short of run slots by
+  models that could finish sooner. Provider budgets stay first come, first served.
 
 A reservation charges one request and an estimate of tokens (input estimate + max output)
 and settles to the real usage afterwards: extra input is charged, and where the provider
@@ -47,7 +51,7 @@ from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.errors import ErrorCategory, ErrorInfo
 from nbfanout.core.events import BudgetStats, Cooldown
 from nbfanout.core.headers import RateSnapshot
-from nbfanout.core.shapes import DEFAULT_LIMITER, Shape, make_shape
+from nbfanout.core.shapes import DEFAULT_LIMITER, Shape, SlidingWindow, make_shape
 from nbfanout.core.state import LearnedLimits, default_state_path
 
 __all__ = ["Budget", "BudgetSet", "CapacityError", "LearnedLimits", "Reservation", "default_state_path"]
@@ -113,6 +117,7 @@ class Budget:
     ramp: int | None = None  # concurrency unknown: in-flight ceiling, one more per answer while full
     on_learned: LearnedCallback | None = field(default=None, repr=False)
     on_cooldown: Callable[[Budget, float, str], None] | None = field(default=None, repr=False)
+    ranked: bool = False  # claimants served by (rank, arrival), not arrival alone: the run's cap
 
     def __post_init__(self) -> None:
         self.in_flight = 0
@@ -123,7 +128,7 @@ class Budget:
         self._shapes: dict[str, Shape] = {}
         self._requests: deque[float] = deque()  # admission times in the last 60 s, for statistics
         self._taken = {"rpm": 0.0, "tpm": 0.0, "rpd": 0.0}  # running totals, for "sent after" in observe()
-        self._claims: list[tuple[int, _Waiter]] = []  # heap of (seq, waiter)
+        self._claims: list[tuple[tuple[float, int], _Waiter]] = []  # heap of (order, waiter)
         self._watchers: set[_Waiter] = set()
         for kind in RATE_KINDS:
             if getattr(self, kind):
@@ -204,6 +209,19 @@ class Budget:
         while self._requests and self._requests[0] <= now - WINDOW_S:
             self._requests.popleft()
 
+    def window_holds(self, tokens: float) -> float:
+        """How many requests of ``tokens`` one sliding minute of this budget holds (inf: none slides).
+
+        Under a sliding window a request's share comes back a minute after it was admitted, so a
+        batch that needs more than one window finishes a minute after the requests it reuses went.
+        """
+        holds = math.inf
+        for kind, amount in (("rpm", 1.0), ("tpm", tokens)):
+            shape = self._shapes.get(kind)
+            if isinstance(shape, SlidingWindow) and amount > 0:
+                holds = min(holds, max(1.0, shape.limit // amount))
+        return holds
+
     def statistics(self) -> BudgetStats:
         now = self.clock.now()
         self._trim(now)
@@ -266,6 +284,14 @@ class Budget:
             head.wake()
         for w in list(self._watchers):
             w.wake()
+
+    def _order(self, waiter: _Waiter) -> tuple[float, int]:
+        """Where ``waiter`` queues here: by arrival, or on a ranked budget by rank first."""
+        return (waiter.rank if self.ranked else 0.0, waiter.seq)
+
+    def _ahead(self, head: _Waiter | None, waiter: _Waiter) -> bool:
+        """Whether ``head`` is another waiter served before ``waiter`` here."""
+        return head is not None and head is not waiter and self._order(head) < self._order(waiter)
 
     def _head(self) -> _Waiter | None:
         claims = self._claims
@@ -432,10 +458,11 @@ class Budget:
 class _Waiter:
     """One request waiting for any of its options; its claims and the future that wakes it."""
 
-    __slots__ = ("seq", "claims", "watching", "future")
+    __slots__ = ("seq", "rank", "claims", "watching", "future")
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, rank: float = 0.0) -> None:
         self.seq = seq
+        self.rank = rank  # lower first, on ranked budgets only
         self.claims: set[Budget] = set()
         self.watching: set[Budget] = set()
         self.future: asyncio.Future[None] | None = None
@@ -550,8 +577,8 @@ class _Reserve:
     """``async with budgets.reserve(options) as r``: waits for admission, releases on exit."""
 
     def __init__(self, budgets: BudgetSet, options: Sequence[Option], max_wait_s: float,
-                 on_wait: Callable[[float, str], None] | None) -> None:
-        self._args = (options, max_wait_s, on_wait)
+                 on_wait: Callable[[float, str], None] | None, rank: float = 0.0) -> None:
+        self._args = (options, max_wait_s, on_wait, rank)
         self._budgets = budgets
         self._reservation: Reservation | None = None
 
@@ -631,20 +658,21 @@ class BudgetSet:
             listener(scope, metric, old, new, source)
 
     def reserve(self, options: Sequence[Option], *, max_wait_s: float = math.inf,
-                on_wait: Callable[[float, str], None] | None = None) -> _Reserve:
+                on_wait: Callable[[float, str], None] | None = None, rank: float = 0.0) -> _Reserve:
         """``async with budgets.reserve(options) as r``: the first option all of whose budgets admit it.
 
         Raises CapacityError when no option can ever fit, or only after longer than ``max_wait_s``.
-        ``on_wait(seconds, why)`` is called once, when the request first has to wait.
+        ``on_wait(seconds, why)`` is called once, when the request first has to wait. ``rank``
+        orders this request on ranked budgets (lower first; equal ranks by arrival).
         """
-        return _Reserve(self, options, max_wait_s, on_wait)
+        return _Reserve(self, options, max_wait_s, on_wait, rank)
 
     async def acquire(self, options: Sequence[Option], max_wait_s: float = math.inf,
-                      on_wait: Callable[[float, str], None] | None = None) -> Reservation:
+                      on_wait: Callable[[float, str], None] | None = None, rank: float = 0.0) -> Reservation:
         """Wait until one option fits, charge it, and return its Reservation (see ``reserve``)."""
         if not options:
             raise CapacityError(math.inf, "no option to send the request to")
-        waiter = _Waiter(next(self._seq))
+        waiter = _Waiter(next(self._seq), rank)
         started = self.clock.now()
         announced = False
         last_wake, repeats = math.nan, 0
@@ -694,8 +722,7 @@ class BudgetSet:
             for b in option.budgets:
                 blk = b.block(tokens, now, option.audio_s)
                 if blk is None:
-                    head = b._head()
-                    if head is not None and head is not waiter and head.seq < waiter.seq:
+                    if b._ahead(b._head(), waiter):
                         blk = _Block(b, None, f"queued behind earlier requests for {b.scope} {b.name}")
                 if blk is not None:
                     blocks.append(blk)
@@ -719,8 +746,7 @@ class BudgetSet:
                 claims.add(sole)  # first come, first served on the one budget in the way
             if latest is not None:
                 # nothing frees this option before its latest time; only a head claimant keeps a timer
-                head = sole._head() if sole is not None else None
-                if head is not None and head is not waiter and head.seq < waiter.seq:
+                if sole is not None and sole._ahead(sole._head(), waiter):
                     woken_by_others = True
                 elif latest.until is not None and latest.until < wake_at:
                     wake_at, why, blocker = latest.until, latest.why, latest.budget
@@ -739,7 +765,7 @@ class BudgetSet:
             b.changed()  # it was perhaps the head: the next claimant looks now
         for b in claims - waiter.claims:
             waiter.claims.add(b)
-            heapq.heappush(b._claims, (waiter.seq, waiter))
+            heapq.heappush(b._claims, (b._order(waiter), waiter))
         for b in waiter.watching - watching:
             b._watchers.discard(waiter)
         for b in watching:

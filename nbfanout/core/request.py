@@ -177,6 +177,13 @@ class RequestPipeline:
             out.append((replace(choice, budgets=(*choice.budgets, run_budget)), prompt_tokens, tokens))
         return out
 
+    def window_holds(self, name: str, spec: RequestSpec) -> float:
+        """How many requests like ``spec`` one sliding window of ``name``'s own limits holds (inf: not windowed)."""
+        choices = self.router.choices([name], spec.needs)
+        if not choices:
+            return math.inf
+        return self.router.model_budget(choices[0].model).window_holds(self._tokens_for(choices[0], spec)[1])
+
     def _messages_for(self, choice: Choice, spec: RequestSpec) -> tuple[tuple[Message, ...], tuple[str, ...]]:
         """The messages as sent to this provider (images made to fit its limits) and a note per image changed."""
         if not self.fx.downscale_images or not spec.all_images:
@@ -208,7 +215,7 @@ class RequestPipeline:
         return self.prompt_tokens(choice, spec)
 
     async def wait_for_capacity(self, options: list[tuple[Choice, int, int]], spec: RequestSpec,
-                                on_wait: Callable[[float, str], None], max_wait_s: float
+                                on_wait: Callable[[float, str], None], max_wait_s: float, rank: float = 0.0
                                 ) -> tuple[Reservation, Choice, int]:
         """Reserve the first option all of whose budgets admit it; raises CapacityError past ``max_wait_s``.
 
@@ -219,7 +226,7 @@ class RequestPipeline:
             return lambda: float(self._tokens_for(choice, spec)[1])
 
         reservation = await self.fx.budgets.acquire(
-            [Option(c.budgets, t, estimate(c)) for c, _, t in options], max_wait_s, on_wait)
+            [Option(c.budgets, t, estimate(c)) for c, _, t in options], max_wait_s, on_wait, rank)
         choice = options[reservation.index][0]
         return reservation, choice, int(reservation.tokens) - spec.max_output(choice.model.max_output_tokens)
 
@@ -269,14 +276,16 @@ class RequestPipeline:
 
     # --- the request -------------------------------------------------------------------------
     async def run(self, run: _Run, index: int, requested: str, candidates: list[str], spec: RequestSpec,
-                  run_budget: Budget, tag: str = "") -> ModelResult:
+                  run_budget: Budget, tag: str = "", rank: float = 0.0) -> ModelResult:
         """Answer one request: wait, send, learn, decide, until done or failed.
+
+        ``rank`` orders it for the run's slots (lower first; see ``core/limits.py``).
 
         Whatever goes wrong inside (a bug, an input nothing checked) ends this request only, as a
         failure that says what happened: the other requests of a run and every answer received stand.
         """
         try:
-            return await self._run(run, index, requested, candidates, spec, run_budget, tag)
+            return await self._run(run, index, requested, candidates, spec, run_budget, tag, rank)
         except Exception as exc:  # noqa: BLE001 - contained on purpose, reported below
             req_id = f"{index}:{requested}{tag}"
             log.exception("request %s failed inside nbfanout", req_id)
@@ -285,7 +294,7 @@ class RequestPipeline:
             return self.failed(req_id, requested, requested, info, list(run.attempts.get(req_id, [])), index, 0.0)
 
     async def _run(self, run: _Run, index: int, requested: str, candidates: list[str], spec: RequestSpec,
-                   run_budget: Budget, tag: str) -> ModelResult:
+                   run_budget: Budget, tag: str, rank: float) -> ModelResult:
         fx = self.fx
         req_id = f"{index}:{requested}{tag}"
         if tag:  # batch jobs were announced when the batch was queued; extra requests (judging) now
@@ -329,7 +338,7 @@ class RequestPipeline:
             try:
                 if not options:
                     raise CapacityError(math.inf, "no candidate can take it")
-                reservation, choice, prompt_tokens = await self.wait_for_capacity(options, spec, on_wait, max_wait)
+                reservation, choice, prompt_tokens = await self.wait_for_capacity(options, spec, on_wait, max_wait, rank)
             except CapacityError as exc:
                 info = self.router.explain(candidates, spec, last_info, exc, self._tokens_for)
                 return self.failed(req_id, requested, selected or requested, info, attempts, index,

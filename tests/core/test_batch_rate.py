@@ -79,3 +79,41 @@ async def test_500_prompts_by_5_models_run_at_95_percent_of_the_limits_without_r
         report.append((name, round(achieved, 1), round(share, 3)))
     print("\nachieved requests/minute and share of what the limits allow:", report)  # shown with -s
     assert all(share >= 0.95 for _, _, share in report), report
+
+
+SLIDING = {  # three models, each needing a second sliding window; one capped at 2 in flight
+    "name": "sliding-critical-path",
+    "seed": 12,
+    "providers": {
+        "bench": {
+            "style": "openai",
+            "keys": ["sk-sbx-bench-0002"],
+            "limits": {"limiter": "sliding_window"},
+            "models": {
+                name: {
+                    "limits": {"rpm": 20, **extra},
+                    "latency": {"base_ms": 1000, "per_output_token_ms": 0, "jitter": 0.0},
+                    "output_tokens": [20, 20],
+                }
+                for name, extra in (("a", {}), ("b", {"concurrency": 2}), ("c", {}))
+            },
+        }
+    },
+}
+
+
+@pytest.mark.looptime
+async def test_under_sliding_windows_the_requests_a_later_window_reuses_go_first(sandbox_app_factory):
+    """30 prompts × 3 models at rpm 20 (sliding) and 4 in flight: each model's 10 last requests
+    reuse the shares of its 10 first, a minute after those went. Sent first, those 30 take 7.5 s
+    of the run's 4 slots, so the tails start by 67.5 s and end by 69 s; interleaved with the
+    requests nothing reuses, they take the first window's whole 15 s and end at 74 s."""
+    app = sandbox_app_factory(SLIDING, time_scale=None, clock=lambda: asyncio.get_running_loop().time())
+    fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=4)
+    prompts = [f"Question {i:03d}: what is the square of {i:04d} then?" for i in range(30)]
+    models = ["bench/a", "bench/b", "bench/c"]
+    batch = await fx.map(prompts, models, max_tokens=20)
+    assert all(r.ok for r in batch.results)
+    assert {k: v for k, v in app.stats()["totals"]["rejected"].items() if k in {"rpm", "concurrency"}} == {}
+    bound = app.state.scenario.lower_bound(models, 12, 20, prompts=30, concurrency=4).seconds
+    assert 67.5 <= bound <= batch.elapsed_s <= 69.5, (bound, batch.elapsed_s)

@@ -375,3 +375,33 @@ def test_a_days_log_keeps_an_entry_a_minute_and_never_lets_a_request_go_early() 
     for k in (0, 999, 50_000, 99_999):  # each request still counts until a day after it was taken
         assert day.used(times[k] + 86_400 - 1e-6) >= 100_000 - k
     assert day.used(times[-1] + 86_400 + 60.0) == 0  # and is forgotten at most a minute late
+
+
+async def test_a_ranked_budget_serves_its_claimants_by_rank_then_arrival_and_others_by_arrival():
+    bs = BudgetSet()
+    run = bs.budget("run", "r", concurrency=1)
+    run.ranked = True
+    shared = bs.budget("provider", "p", concurrency=1)
+    for budget, expected in ((run, [2, 0, 1]), (shared, [0, 1, 2])):
+        order: list[int] = []
+        holder = await bs.acquire([Option((budget,), 0)])
+
+        async def one(i: int, rank: float) -> None:
+            async with bs.reserve([Option((budget,), 0)], rank=rank):
+                order.append(i)
+
+        tasks = []
+        for i, rank in enumerate((0.0, 0.0, -5.0)):  # the last to arrive has the most work left
+            tasks.append(asyncio.ensure_future(one(i, rank)))
+            await asyncio.sleep(0)
+        holder.release()
+        await asyncio.gather(*tasks)
+        assert order == expected, budget
+
+
+def test_a_budget_says_how_many_requests_one_sliding_minute_holds():
+    sliding = Budget("model", "m", rpm=300, tpm=15600, limiter="sliding_window")
+    assert sliding.window_holds(52) == 300  # 15600 // 52 = 300 by tokens, 300 by requests
+    assert sliding.window_holds(100) == 156  # tokens bind
+    assert Budget("model", "m", rpm=300, limiter="token_bucket").window_holds(52) == math.inf
+    assert Budget("model", "m").window_holds(52) == math.inf

@@ -447,7 +447,7 @@ class RequestPipeline:
                 # what the provider charged at admission is what it counts, except where it counts usage
                 charged_input = response.usage.input_tokens if choice.provider.wire != "openai" else prompt_tokens
                 reservation.settle(charged_input, response.usage.output_tokens, max_output, prompt_tokens)
-                self.router.learn_success(choice)
+                self.router.learn_success(choice, None if cached else self.clock.now() - start)
                 if self._counts_exactly(choice):  # a bound says nothing about how our counts compare
                     self._reconcile(model.name, self.prompt_tokens(choice, spec), response.usage.input_tokens)
         end = self.clock.now()

@@ -209,9 +209,10 @@ class Router:
         kind = "rpd" if choice.provider.id == "groq" else "rpm"  # Groq's request headers count per day
         target.observe(rate, reservation.sent_after(target), requests_kind=kind, refused=refused)
 
-    def learn_success(self, choice: Choice) -> None:
+    def learn_success(self, choice: Choice, latency_s: float | None = None) -> None:
+        """An answer from ``choice`` after ``latency_s`` (None: from the cache) grows what was learning."""
         for b in choice.budgets:
-            b.learn_success()
+            b.learn_success(latency_s)
 
     def learn_failure(self, choice: Choice, info: ErrorInfo, reservation: Reservation, wait: float,
                       emit: Callable[..., None], req_id: str) -> None:

@@ -300,6 +300,8 @@ class _Call:
             return self.refuse(self.fault_denial(fault), fault=fault.kind)
         rej = Limiter.try_admit(self.pools, now, tokens, audio_s)
         if isinstance(rej, Rejection):
+            if self.model.latency.refusal_ms:  # decided at arrival, answered a round trip later
+                await self.state.sleep(self.model.latency.refusal_ms / 1000.0)
             return self.refuse(
                 Denial(
                     rej.kind,

@@ -251,11 +251,13 @@ def _advertised(lim: Limits) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """How long an answer takes: base + per output token, times (1 ± jitter), in ms."""
+    """How long an answer takes: base + per output token, times (1 ± jitter), in ms; and how long a
+    limit's refusal takes to come back (``refusal_ms``: the network's round trip, no work done)."""
 
     base_ms: float = 0.0
     per_output_token_ms: float = 0.0
     jitter: float = 0.0
+    refusal_ms: float = 0.0
 
     def seconds(self, output_tokens: int, u: float = 0.0) -> float:
         """Latency in seconds for ``output_tokens``, with ``u`` in [-1, 1] picking the jitter."""
@@ -499,6 +501,7 @@ class Scenario:
                                 "base_ms": m.latency.base_ms,
                                 "per_output_token_ms": m.latency.per_output_token_ms,
                                 "jitter": m.latency.jitter,
+                                "refusal_ms": m.latency.refusal_ms,
                             },
                             "output_tokens": list(m.output_tokens),
                             "faults": faults(m.faults),
@@ -1046,11 +1049,12 @@ def _model(pr: _Problems, where: str, model_id: str, value: Any, limiter: str | 
         pr.add(f"{where}.kind", kind, '"chat" or "transcription"')
         kind = "chat"
     lat_t = _table(pr, f"{where}.latency", t.get("latency"))
-    _check_keys(pr, f"{where}.latency", lat_t, ("base_ms", "per_output_token_ms", "jitter"))
+    _check_keys(pr, f"{where}.latency", lat_t, ("base_ms", "per_output_token_ms", "jitter", "refusal_ms"))
     latency = Latency(
         base_ms=_number(pr, f"{where}.latency.base_ms", lat_t.get("base_ms"), default=0.0),
         per_output_token_ms=_number(pr, f"{where}.latency.per_output_token_ms", lat_t.get("per_output_token_ms"), default=0.0),
         jitter=_number(pr, f"{where}.latency.jitter", lat_t.get("jitter"), default=0.0, hi=1.0),
+        refusal_ms=_number(pr, f"{where}.latency.refusal_ms", lat_t.get("refusal_ms"), default=0.0),
     )
     out_raw = t.get("output_tokens", [50, 150])
     out: tuple[int, int] = (50, 150)

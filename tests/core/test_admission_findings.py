@@ -71,11 +71,14 @@ async def test_limits_stated_only_in_headers_cost_at_most_one_refusal_per_kind(s
     assert learned == {"model-key": (30, 3000)}
 
 
-async def test_a_concurrency_limit_no_header_states_costs_at_most_one_refusal(sandbox_app_factory):
-    """Seen: rpm and tpm in headers, a hidden concurrency limit of 16: 9-30 concurrency refusals per batch."""
+@pytest.mark.parametrize("refusal_ms", [0, 40])
+async def test_a_concurrency_limit_no_header_states_costs_at_most_one_refusal(sandbox_app_factory, refusal_ms):
+    """Seen: rpm and tpm in headers, a hidden concurrency limit of 16: 9-30 concurrency refusals per batch;
+    with the refusal a round trip away (40 ms, while answers arrive every 25 ms), 2-6 in the benchmark."""
     scenario = one_model({"rpm": 600, "tpm": 60_000, "concurrency": 16, "hidden": ["rpm", "tpm", "concurrency"]})
     model = scenario["providers"]["local"]["models"]["m"]
-    model["latency"] = {"base_ms": 280, "per_output_token_ms": 7.0, "jitter": 0.05}  # answers spread, as they do
+    model["latency"] = {"base_ms": 280, "per_output_token_ms": 7.0, "jitter": 0.05,  # answers spread, as they do
+                        "refusal_ms": refusal_ms}
     app = virtual(sandbox_app_factory, scenario)
     fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=64)
     batch = await fx.map(PROMPTS[:120], ["local/m"], max_tokens=40)
@@ -105,10 +108,11 @@ async def test_a_server_without_limits_is_not_paced_by_the_catalog(sandbox_app_f
             peak = max(peak, e.in_flight)
 
     fx.subscribe(on)
-    batch = await fx.map([f"p{i}" for i in range(200)], [model], concurrency=64)
+    # 400: the slow start, paced to 8 steps per answer's time, reaches 64 in flight after about 10 round trips
+    batch = await fx.map([f"p{i}" for i in range(400)], [model], concurrency=64)
     assert all(r.ok for r in batch.results)
     assert peak == 64
-    assert kinds.count("no_models_available") <= 200 - 64  # waits are for the run's own 64, none for a budget
+    assert kinds.count("no_models_available") <= 400 - 64  # no request waits twice
     assert all(s.rpm_limit is None and s.tpm_limit is None for s in fx.statistics())
 
 

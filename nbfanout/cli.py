@@ -9,13 +9,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from nbfanout._argtypes import positive_float, positive_int
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import FanoutError, UsageError
+from nbfanout.core.events import RequestEvent
+from nbfanout.progress import FINAL_STATES, DashboardModel
+from nbfanout.render import duration, row_state
 
 __all__ = ["main"]
 
@@ -26,66 +29,108 @@ def _redrawable(out: TextIO) -> bool:
     return out.isatty() and "JPY_PARENT_PID" not in os.environ
 
 
+T = TypeVar("T")
+
+#: Seconds of silence after which the plain-text progress says what is still open.
+HEARTBEAT_S = 10.0
+
+
+async def with_heartbeat(work: Awaitable[T], progress: TerminalProgress | None, every_s: float = HEARTBEAT_S) -> T:
+    """Await ``work``; every ``every_s`` until it ends, let ``progress`` say what is still open."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every_s)
+            if done:
+                return task.result()
+            if progress is not None:
+                progress.heartbeat(every_s)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _answer_row(event: Any) -> str | None:
+    """The model row an event belongs to: its requested model's, for answers (not judging or a synthesis)."""
+    if isinstance(event, RequestEvent) and event.purpose == "answer":
+        return event.requested
+    return None
+
+
 class TerminalProgress:
-    """One line per model, redrawn in place on a terminal; plain event lines otherwise."""
+    """One line per model, redrawn in place on a terminal; a line per change worth one otherwise.
 
-    STATES = {"model_queued": "queued", "request_started": "running", "model_completed": "done"}
+    Its rows are the notebook's (``nbfanout.progress``, rendered by ``render.row_state``), so the
+    terminal and the dashboard say the same about every model: who asked to wait, via whom, why.
+    """
 
-    def __init__(self, models: Sequence[str], out: TextIO = sys.stderr) -> None:
+    LOUD = frozenset({"done", "failed", "rate_limited", "cancelled"})
+
+    def __init__(self, models: Sequence[str], out: TextIO = sys.stderr,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.models = list(models)
+        self.model = DashboardModel(self.models)
         self.out = out
-        self.rows: dict[str, str] = {m: "queued" for m in self.models}
         self.tty = _redrawable(out)
-        self.finished = 0
+        self.clock = clock  # for the heartbeat's silences and the elapsed time shown
         self._drawn = 0
         self._last = 0.0
+        self._started = self._said_at = clock()
+        self._said: dict[str, str] = {}
+
+    @property
+    def finished(self) -> int:
+        return sum(row.state in FINAL_STATES for row in self.model.rows.values())
+
+    def state(self, name: str) -> str:
+        """What model ``name`` is doing, as the dashboard says it, with the CLI's extra facts."""
+        row = self.model.rows[name]
+        text = row_state(row, self.model.now())
+        if row.state == "running" and row.chars:
+            text += f", {row.chars:,} characters"
+        elif row.state == "done" and row.latency_s is not None:
+            text += f" in {row.latency_s:.2f}s, {row.input_tokens}+{row.output_tokens} tokens"
+        return text
 
     def __call__(self, event: Any) -> None:
-        model = getattr(event, "requested", "") or getattr(event, "model", "")
-        req = getattr(event, "request", "")
-        name = req.split(":", 1)[1] if ":" in req else model
-        if name not in self.rows:
+        if not self.model.apply(event):
             return
-        kind = event.kind
-        if kind == "request_started":
-            self.rows[name] = f"running (attempt {event.attempt}, {event.in_flight} in flight)"
-        elif kind == "rate_limited":
-            wait = f", retry in {event.retry_after_s:.1f}s" if event.retry_after_s is not None else ""
-            self.rows[name] = f"rate-limited{wait}"
-        elif kind == "retry_scheduled":
-            self.rows[name] = f"{event.category}, retry in {event.wait_s:.1f}s"
-        elif kind == "model_rotation":
-            self.rows[name] = f"rotated to {event.to_model}"
-        elif kind == "no_models_available":
-            self.rows[name] = f"waiting {event.wait_s:.1f}s for capacity"
-        elif kind == "model_completed":
-            self.rows[name] = f"done in {event.latency_s:.2f}s, {event.input_tokens}+{event.output_tokens} tokens"
-        elif kind == "model_failed":
-            self.rows[name] = f"FAILED {event.category}" + (f" (HTTP {event.status})" if event.status else "") + f": {event.message[:70]}"
-        elif kind == "text_delta":
-            self.rows[name] = f"streaming, {event.chars_so_far:,} characters"
-            if not self.tty:
-                return  # a line per fragment would flood a log
-        else:
-            return
-        if kind in ("model_completed", "model_failed"):
-            self.finished += 1
         if self.tty:
-            self._redraw(force=kind in ("model_completed", "model_failed"))
-        elif kind in ("model_completed", "model_failed", "rate_limited", "model_rotation"):
-            print(f"  [{self.finished}/{len(self.models)}] {name}: {self.rows[name]}", file=self.out, flush=True)
+            self._redraw(force=event.kind in ("model_completed", "model_failed"))
+            return
+        for name, row in self.model.rows.items():
+            said = self._said.get(name)
+            if (row.state in self.LOUD or row.detail.startswith("rotated")) and said != row.detail:
+                self._said[name] = row.detail
+                print(f"  [{self.finished}/{len(self.models)}] {name}: {self.state(name)}", file=self.out, flush=True)
+                self._said_at = self.clock()
+
+    def heartbeat(self, quiet_s: float = HEARTBEAT_S) -> None:
+        """While nothing happens (a long wait, slow answers): what is still open, at most every ``quiet_s``."""
+        now = self.clock()
+        if self.tty:
+            self._redraw(force=True)  # countdowns and the elapsed time move on
+            return
+        if now - self._said_at < quiet_s or self.finished == len(self.models):
+            return
+        self._said_at = now
+        open_rows = [f"{m} {self.state(m)}" for m in self.models if self.model.rows[m].state not in FINAL_STATES]
+        more = f" (+{len(open_rows) - 3} more)" if len(open_rows) > 3 else ""
+        print(f"  [{self.finished}/{len(self.models)}] {now - self._started:.0f} s, still open: "
+              + "; ".join(open_rows[:3]) + more, file=self.out, flush=True)
 
     def _redraw(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not force and now - self._last < 0.1:
             return
         self._last = now
         width = max(len(m) for m in self.models)
         if self._drawn:
             self.out.write(f"\x1b[{self._drawn}F")
-        self.out.write(f"\x1b[2K  {self.finished}/{len(self.models)} finished\n")
+        self.out.write(f"\x1b[2K  {self.finished}/{len(self.models)} finished · {now - self._started:.0f} s\n")
         for m in self.models:
-            self.out.write(f"\x1b[2K  {m:<{width}}  {self.rows[m]}\n")
+            self.out.write(f"\x1b[2K  {m:<{width}}  {self.state(m)}\n")
         self._drawn = len(self.models) + 1
         self.out.flush()
 
@@ -100,14 +145,14 @@ class BatchProgress:
         self.done = {m: 0 for m in self.models}
         self.failed = {m: 0 for m in self.models}
         self.tty = _redrawable(out)
+        self._started = time.monotonic()
         self._drawn = 0
         self._last = 0.0
 
     def __call__(self, event: Any) -> None:
         if event.kind not in ("model_completed", "model_failed"):
             return
-        req = getattr(event, "request", "")
-        name = req.split(":", 1)[1] if ":" in req else getattr(event, "requested", "")
+        name = _answer_row(event)
         if name not in self.done:
             return
         self.done[name] += 1
@@ -122,8 +167,15 @@ class BatchProgress:
             print(f"  {self._line(name)}", file=self.out, flush=True)
 
     def _line(self, name: str) -> str:
+        """``model: Completed 30/100, 2 failed, 3.1/s, ETA 23 s`` (rate and ETA from this model's pace so far)."""
+        done = self.done[name]
         failed = f", {self.failed[name]} failed" if self.failed[name] else ""
-        return f"{name}: Completed {self.done[name]}/{self.total}{failed}"
+        elapsed = time.monotonic() - self._started
+        pace = ""
+        if done and elapsed > 0:
+            rate = done / elapsed
+            pace = f", {rate:.1f}/s" + (f", ETA {duration((self.total - done) / rate)}" if done < self.total else "")
+        return f"{name}: Completed {done}/{self.total}{failed}{pace}"
 
     def _redraw(self) -> None:
         if self._drawn:
@@ -253,8 +305,10 @@ async def _run(args: argparse.Namespace) -> int:
     live = args.stream and len(names) == 1 and not args.json and not args.one
     if live:  # one answer: print it as it arrives
         fx.subscribe(lambda e: print(e.text, end="", flush=True) if e.kind == "text_delta" else None)
-    elif not args.json:
-        fx.subscribe(TerminalProgress(names))
+    progress: TerminalProgress | None = None
+    if not live and not args.json:
+        progress = TerminalProgress(names)
+        fx.subscribe(progress)
     params: dict[str, Any] = {}
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
@@ -263,11 +317,11 @@ async def _run(args: argparse.Namespace) -> int:
     if args.one:
         if args.synthesize:
             raise UsageError("--one asks for one answer, so there is nothing to synthesize: drop --synthesize or --one")
-        await fx.ask(prompt, models=models, pool=args.pool, timeout=args.timeout, **params)
+        await with_heartbeat(fx.ask(prompt, models=models, pool=args.pool, timeout=args.timeout, **params), progress)
         assert isinstance(fx.last_result, FanoutResult)
         result = fx.last_result
     else:
-        result = await fx.run(prompt, models, pool=args.pool, timeout=args.timeout, **params)
+        result = await with_heartbeat(fx.run(prompt, models, pool=args.pool, timeout=args.timeout, **params), progress)
     if args.synthesize and result.succeeded:
         result = await fx.synthesize(result, args.synthesize)
     elif args.synthesize:

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 DEFAULT_FILE = "nbfanout.toml"
+BUILT_IN = "built-in defaults (no nbfanout.toml)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,7 @@ class Config:
     providers: Mapping[str, ProviderConfig]
     models: Mapping[str, ModelSpec]
     pools: Mapping[str, tuple[str, ...]]
-    source: str = "<defaults>"
+    source: str = BUILT_IN  # the file's path, a config dict's name, or BUILT_IN
 
     def model(self, name: str) -> ModelSpec:
         """The model called ``name``; UnknownModelError lists the closest known names."""
@@ -280,6 +281,7 @@ _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {
     "api_version": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9A-Za-z.\-]+", v) is not None,
                     "an Azure OpenAI api-version such as '2024-10-21'"),
     "published_limits": (_is(bool), "true or false (false: ignore the catalog's published limits for this provider)"),
+    "catalog_models": (_is(bool), "true or false (false: only the models listed in `models`, none of the catalog's others)"),
 }
 
 _MODEL_SPEC: dict[str, tuple[Any, str]] = {
@@ -300,6 +302,7 @@ _TOP_SPEC: dict[str, tuple[Any, str]] = {
     "providers": (_is(Mapping), "a table of [providers.<id>] tables"),
     "models": (_is(Mapping), 'a table of [models."provider/model"] tables'),
     "pools": (_is(Mapping), "a table of [pools.<name>] tables"),
+    "name": (_is(str), "a display name for this configuration (shown by status)"),
 }
 
 
@@ -351,11 +354,13 @@ def load_config(
 
 
 def _read_source(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> tuple[Mapping[str, Any], str]:
+    """The raw table and where it came from: the file's path, or what a dict calls itself."""
     if isinstance(source, Mapping):
-        return source, "<dict config>"
+        name = source.get("name")
+        return source, name if isinstance(name, str) and name else "config dict"
     path = Path(source) if source is not None else Path(DEFAULT_FILE)
     if source is None and not path.exists():
-        return {}, "<defaults>"
+        return {}, BUILT_IN
     if not path.exists():
         raise ConfigError(f"{path}: config file not found (pass an existing path, or omit it to use defaults).")
     if path.is_dir():
@@ -417,6 +422,10 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             fallback=tuple(raw.get("fallback", ())),
             params=_params(raw, raw.get("kind", spec.wire if spec else "openai")),
         )
+        if raw.get("catalog_models", True) is False:  # the endpoint serves what it lists, nothing else
+            listed = {f"{pid}/{m}" for m in raw.get("models", [])}
+            for name in [n for n, m in models.items() if m.provider == pid and n not in listed]:
+                del models[name]
         for model_id in raw.get("models", []):
             name = f"{pid}/{model_id}"
             models.setdefault(name, ModelSpec(name=name, provider=pid, model_id=model_id, source=where))

@@ -14,13 +14,14 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nbfanout._secrets import mask
+from nbfanout.progress import FINAL_STATES
 
 if TYPE_CHECKING:
     from nbfanout.config import Config
     from nbfanout.core.events import BudgetStats
     from nbfanout.core.fanout import Plan
     from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
-    from nbfanout.notebook.dashboard import DashboardModel, Row
+    from nbfanout.progress import DashboardModel, Row
 
 __all__ = [
     "answer_preview",
@@ -49,7 +50,6 @@ STATE_COLOURS = {
     "queued": GREY, "waiting": AMBER, "running": BLUE, "rate_limited": AMBER, "retrying": AMBER,
     "done": GREEN, "failed": RED, "cancelled": GREY,
 }
-FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 MAX_TABLE_ROWS = 300  # a batch of thousands still renders quickly; the rest is counted
 MAX_MODEL_BUDGETS = 6  # model budgets shown besides providers and keys: the fullest ones
 
@@ -81,6 +81,13 @@ div.nbf.nbf .nbf-card{border:1px solid var(--jp-border-color2,#e0e0e0);border-ra
 div.nbf.nbf .nbf-card-head{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 div.nbf.nbf .nbf-text{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0 0 0;font-family:inherit;
   max-height:32em;overflow-y:auto}
+div.nbf.nbf .nbf-md{white-space:normal}
+div.nbf.nbf .nbf-md>:first-child{margin-top:0}
+div.nbf.nbf .nbf-md p,div.nbf.nbf .nbf-md ul,div.nbf.nbf .nbf-md ol,div.nbf.nbf .nbf-md pre{margin:4px 0}
+div.nbf.nbf .nbf-md h1,div.nbf.nbf .nbf-md h2,div.nbf.nbf .nbf-md h3,div.nbf.nbf .nbf-md h4{font-size:13px;margin:6px 0 2px 0}
+div.nbf.nbf .nbf-md pre{background:var(--jp-layout-color2,#f5f5f5);padding:4px 6px;overflow-x:auto;white-space:pre}
+div.nbf.nbf .nbf-md code{font-family:var(--jp-code-font-family,monospace);font-size:11px}
+div.nbf.nbf .nbf-md td,div.nbf.nbf .nbf-md th{white-space:normal}
 div.nbf.nbf img.nbf-timeline{max-width:100%;height:auto}
 </style>"""
 
@@ -165,10 +172,16 @@ def _bar(fraction: float | None, colour: str, *, small: bool = False, label: str
             f'<div class="nbf-fill" style="width:{pct:.1f}%;background:{colour}"></div></div>')
 
 
-def _level_colour(fraction: float | None) -> str:
-    """Green well inside a limit, amber approaching it, red at it; grey when the limit is unknown."""
+def _level_colour(fraction: float | None, *, slots: bool = False) -> str:
+    """Green well inside a limit, amber approaching it, red at it; grey when the limit is unknown.
+
+    ``slots``: a concurrency limit, where every slot in use is the point (a model capped at one
+    request at a time is working as meant with 1 / 1), so full reads blue, never red.
+    """
     if fraction is None:
         return GREY
+    if slots:
+        return GREEN if fraction < 1.0 else BLUE
     return GREEN if fraction < 0.6 else AMBER if fraction < 0.85 else RED
 
 
@@ -424,12 +437,13 @@ def _budget_cells(s: BudgetStats) -> str:
     cells = []
     for label, used, limit in (("RPM", s.rpm_used, s.rpm_limit), ("TPM", s.tpm_used, s.tpm_limit),
                                ("in flight", float(s.in_flight), s.concurrency_limit)):
+        slots = label == "in flight"
         if not limit:  # no bar against an unknown limit: the count alone
             cells.append(f'<td title="{_e(label)}: limit unknown"><span class="nbf-muted">{_count(used)}</span></td>')
             continue
         frac = used / limit
         text = f"{_count(used)} / {_count(limit)}"
-        cells.append(f'<td>{_bar(frac, _level_colour(frac), small=True, label=f"{label} {text}")} '
+        cells.append(f'<td>{_bar(frac, _level_colour(frac, slots=slots), small=True, label=f"{label} {text}")} '
                      f'<span class="nbf-muted">{text}</span></td>')
     notes = []
     if s.cooldown_s > 0:
@@ -481,7 +495,7 @@ def budgets_text(budgets: Sequence[BudgetStats]) -> str:
 
 
 # --- the dashboard ------------------------------------------------------------------------------------
-def _row_state(row: Row, now: float) -> str:
+def row_state(row: Row, now: float) -> str:
     """The state column: what the model is doing, with live countdowns."""
     text = row.detail or row.state
     left = None if row.until is None or not math.isfinite(row.until) else row.until - now  # inf: until a slot frees
@@ -536,7 +550,7 @@ def _dashboard_body(model: DashboardModel, now: float | None) -> str:
         colour = STATE_COLOURS.get(row.state, GREY)
         via = f"via {row.model}" if row.model and row.model != row.name else ""
         name = _e(row.label) + (f' <span class="nbf-muted">{_e(via)}</span>' if via else "")
-        state_text = _batch_state(model, row) if model.batch and row is not model.synthesis else _row_state(row, now)
+        state_text = _batch_state(model, row) if model.batch and row is not model.synthesis else row_state(row, now)
         key = f" {mask_key(row.key_id)}" if row.key_id and row.state == "running" else ""
         tokens = f"{row.input_tokens:,}+{row.output_tokens:,}" if row.input_tokens or row.output_tokens else "–"
         rows.append(
@@ -580,9 +594,17 @@ def _facts(r: ModelResult) -> str:
     return f"{_seconds(r.latency_s)} · {_count(r.tokens)} tokens · {_cost(r.cost)}{via}"
 
 
+def markdown_html(text: str) -> str:
+    """An answer's Markdown as HTML (CommonMark plus tables and strikethrough). Raw HTML in it is
+    shown as text, never run: an answer is untrusted input inside the notebook's page."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(["table", "strikethrough"]).render(text)
+
+
 def _answer_body(r: ModelResult) -> str:
     if r.ok:
-        return f'<div class="nbf-text">{_e(r.text)}</div>'
+        return f'<div class="nbf-text nbf-md">{markdown_html(r.text)}</div>'
     return f'<div class="nbf-text" style="color:{RED}">{_e(_failure(r))}</div>'
 
 

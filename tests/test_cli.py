@@ -150,6 +150,7 @@ def test_map_sends_a_prompts_file_to_many_models_and_writes_ordered_jsonl(config
         for m in ("openai/gpt-4.1", "gemini/gemini-2.5-flash")]
     assert all(r["status"] == "ok" for r in rows)
     assert "openai/gpt-4.1: Completed 3/3" in out.stderr and "gemini/gemini-2.5-flash: Completed 3/3" in out.stderr
+    assert re.search(r"openai/gpt-4\.1: Completed 3/3, \d+\.\d/s", out.stderr), out.stderr  # with its pace
     assert "6/6 succeeded" in out.stderr
 
 
@@ -341,3 +342,55 @@ models = ["m"]
             assert not any(leak in text for leak in leaks), text[:400]
     for path in sorted((tmp_path / "out").iterdir()):
         assert not any(leak.encode() in path.read_bytes() for leak in leaks), path
+
+
+@pytest.mark.looptime
+async def test_a_quiet_run_says_what_is_still_open_every_heartbeat() -> None:
+    """Seen: the text progress went silent for the whole of a long wait."""
+    import asyncio
+    import io
+
+    from nbfanout.cli import TerminalProgress, with_heartbeat
+    from nbfanout.core.events import ModelCompleted, RateLimited, RequestStarted
+
+    out = io.StringIO()  # not a terminal: plain lines
+    progress = TerminalProgress(["openai/a", "gemini/b"], out, clock=asyncio.get_running_loop().time)
+    progress(RequestStarted(0.0, "r", request="0:openai/a", requested="openai/a", model="openai/a", attempt=1))
+    progress(RateLimited(0.1, "r", request="0:gemini/b", requested="gemini/b", model="gemini/b", retry_after_s=25))
+    progress(ModelCompleted(0.2, "r", request="0:openai/a", requested="openai/a", model="openai/a", latency_s=0.2))
+    said = out.getvalue().count("\n")
+
+    async def slow() -> str:
+        await asyncio.sleep(25)
+        return "answered"
+
+    assert await with_heartbeat(slow(), progress, every_s=10) == "answered"
+    beats = out.getvalue().splitlines()[said:]
+    assert len(beats) == 2  # at 10 s and 20 s; none once the work is done
+    assert all("[1/2]" in b and "gemini/b rate-limited" in b and "openai/a" not in b for b in beats)
+
+
+@pytest.mark.looptime
+async def test_cancelling_a_heartbeat_run_cancels_the_work() -> None:
+    import asyncio
+
+    from nbfanout.cli import with_heartbeat
+
+    started = asyncio.Event()
+    cancelled = False
+
+    async def work() -> None:
+        nonlocal cancelled
+        started.set()
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+
+    outer = asyncio.ensure_future(with_heartbeat(work(), None, every_s=1))
+    await started.wait()
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert cancelled

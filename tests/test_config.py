@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbfanout.config import load_config
+from nbfanout.config import BUILT_IN, load_config
 from nbfanout.core.errors import ConfigError, UnknownModelError
 
 
@@ -12,7 +12,7 @@ def test_defaults_without_a_file_know_every_builtin_provider(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     config = load_config(env={})
     assert set(config.providers) >= {"openai", "anthropic", "gemini", "groq", "together", "openrouter", "mistral", "deepseek"}
-    assert config.source == "<defaults>"
+    assert config.source == BUILT_IN and "no nbfanout.toml" in config.source
     assert not any(p.keys for p in config.providers.values())
 
 
@@ -47,6 +47,15 @@ def test_generic_openai_compatible_endpoint_adds_its_models():
     assert {"local/m1", "local/m2"} <= set(config.models)
     local = config.providers["local"]
     assert (local.wire, local.base_url, local.limits.rpm, local.limits.concurrency) == ("openai", "http://127.0.0.1:8765/v1", 60, 4)
+
+
+def test_a_provider_can_say_it_serves_only_the_models_it_lists():
+    config = load_config({"providers": {"openai": {"models": ["gpt-4o-mini", "house-model"], "catalog_models": False}}},
+                         env={})
+    assert {n for n, m in config.models.items() if m.provider == "openai"} == {"openai/gpt-4o-mini", "openai/house-model"}
+    assert config.models["openai/gpt-4o-mini"].context_window  # a listed catalog model keeps what the catalog knows
+    assert "anthropic/claude-sonnet-5" in config.models  # other providers are untouched
+    assert config.source == "config dict"
 
 
 def test_every_problem_is_reported_with_file_key_found_and_expected(tmp_path):

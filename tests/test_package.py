@@ -111,7 +111,8 @@ def _imports(path) -> list[tuple[str, bool, bool]]:
 def test_modules_import_only_what_their_layer_allows():
     """The base layer imports nothing of ours; the core, providers, catalog and config never import the
     notebook, the CLI or the sandbox (and the presentation layer only lazily, for ``_repr_*``); the
-    sandbox, a reference for providers' behaviour, uses none of the client's core but its errors."""
+    sandbox, a reference for providers' behaviour, uses none of the client's core but its errors; progress
+    and render, shared by the notebook and the CLI, import neither."""
     from pathlib import Path
 
     root = Path(nbfanout.__file__).parent
@@ -128,8 +129,12 @@ def test_modules_import_only_what_their_layer_allows():
             core_side = name.startswith(("nbfanout.core", "nbfanout.providers", "nbfanout.catalog", "nbfanout.config"))
             if core_side and module.startswith(("nbfanout.notebook", "nbfanout.cli", "nbfanout.sandbox")):
                 problems.append(f"{name} imports {module}")
-            if core_side and module.startswith("nbfanout.render") and top:
+            if core_side and module.startswith(("nbfanout.render", "nbfanout.progress")) and top:
                 problems.append(f"{name} imports {module} at module level")
+            # the presentation layer is shared by the notebook and the CLI: it uses neither
+            if name in ("nbfanout.render", "nbfanout.progress") and module.startswith(
+                    ("nbfanout.notebook", "nbfanout.cli", "nbfanout.sandbox")):
+                problems.append(f"{name} imports {module}")
             if name.startswith("nbfanout.sandbox") and module.startswith("nbfanout.") and not module.startswith(
                     ("nbfanout.sandbox", "nbfanout._secrets", "nbfanout.core.errors", "nbfanout.core.error_types")):
                 problems.append(f"{name} imports {module}")

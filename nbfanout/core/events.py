@@ -22,7 +22,9 @@ __all__ = [
     "ModelRotation",
     "ModelSelected",
     "NoModelsAvailableEvent",
+    "PURPOSES",
     "RateLimited",
+    "RequestEvent",
     "RequestStarted",
     "RetryScheduled",
     "RunCompleted",
@@ -41,36 +43,48 @@ class Event:
     run_id: str
 
 
+#: What a request is for: an answer to the prompt, a score of one answer, or the answers combined.
+PURPOSES = ("answer", "judge", "synthesis")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent(Event):
+    """An event about one request. ``request`` is unique in the run; ``requested`` is the model
+    the caller named (a pool member or a fallback may answer in its place), ``prompt_index`` the
+    prompt's place in a batch and ``purpose`` one of PURPOSES: what views need, with no id to parse."""
+
+    request: str = ""
+    requested: str = ""
+    purpose: str = "answer"
+    prompt_index: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class RunStarted(Event):
     kind: ClassVar[str] = "run_started"
     models: tuple[str, ...] = ()
     prompts: int = 1
+    purpose: str = "answer"  # one of PURPOSES: a synthesis is a run of its own
 
 
 @dataclass(frozen=True, slots=True)
-class ModelQueued(Event):
-    """A (prompt, model) request entered the queue; ``request`` identifies it for the whole run."""
+class ModelQueued(RequestEvent):
+    """A (prompt, model) request entered the queue."""
 
     kind: ClassVar[str] = "model_queued"
-    request: str = ""
     model: str = ""
-    prompt_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class ModelSelected(Event):
+class ModelSelected(RequestEvent):
     kind: ClassVar[str] = "model_selected"
-    request: str = ""
-    requested: str = ""
     model: str = ""
     key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
-class RequestStarted(Event):
+class RequestStarted(RequestEvent):
     kind: ClassVar[str] = "request_started"
-    request: str = ""
     model: str = ""
     key_id: str = ""
     attempt: int = 1
@@ -78,20 +92,18 @@ class RequestStarted(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class TextDelta(Event):
+class TextDelta(RequestEvent):
     """A streamed fragment of an answer (only when streaming)."""
 
     kind: ClassVar[str] = "text_delta"
-    request: str = ""
     model: str = ""
     text: str = ""
     chars_so_far: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class RateLimited(Event):
+class RateLimited(RequestEvent):
     kind: ClassVar[str] = "rate_limited"
-    request: str = ""
     model: str = ""
     key_id: str = ""
     retry_after_s: float | None = None
@@ -99,9 +111,8 @@ class RateLimited(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class RetryScheduled(Event):
+class RetryScheduled(RequestEvent):
     kind: ClassVar[str] = "retry_scheduled"
-    request: str = ""
     model: str = ""
     attempt: int = 1  # the attempt that failed
     wait_s: float = 0.0
@@ -110,9 +121,8 @@ class RetryScheduled(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelRotation(Event):
+class ModelRotation(RequestEvent):
     kind: ClassVar[str] = "model_rotation"
-    request: str = ""
     from_model: str = ""
     to_model: str = ""
     reason: str = ""
@@ -129,10 +139,8 @@ class LimitsLearned(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelCompleted(Event):
+class ModelCompleted(RequestEvent):
     kind: ClassVar[str] = "model_completed"
-    request: str = ""
-    requested: str = ""
     model: str = ""
     latency_s: float = 0.0
     input_tokens: int = 0
@@ -142,10 +150,8 @@ class ModelCompleted(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelFailed(Event):
+class ModelFailed(RequestEvent):
     kind: ClassVar[str] = "model_failed"
-    request: str = ""
-    requested: str = ""
     model: str = ""
     category: str = ""
     status: int | None = None
@@ -154,20 +160,18 @@ class ModelFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class NoModelsAvailableEvent(Event):
+class NoModelsAvailableEvent(RequestEvent):
     kind: ClassVar[str] = "no_models_available"
-    request: str = ""
     candidates: tuple[str, ...] = ()
     wait_s: float = 0.0
     reason: str = ""  # what holds it: "3/3 in flight", "rpm 500 (sliding_window) full for 4.2s", a cooldown's cause
 
 
 @dataclass(frozen=True, slots=True)
-class ModelRecovered(Event):
+class ModelRecovered(RequestEvent):
     """A model, key or provider that had been cooling down admits requests again."""
 
     kind: ClassVar[str] = "model_recovered"
-    request: str = ""
     model: str = ""
     scope: str = ""  # the budget that had cooled: "model-key openai/gpt-4.1 …k1a7"
     cooled_for_s: float = 0.0  # how long it was out, from the refusal to this admission

@@ -215,13 +215,13 @@ class Fanout:
     async def _one(self, prompt: str | Sequence[Message | Mapping[str, Any]], models: Sequence[str] | None, *,
                    pool: str | None, system: str | None, images: Sequence[Any], tools: Sequence[Any],
                    fallbacks: Mapping[str, Sequence[str]] | None, stream: bool, timeout: float | None,
-                   params: dict[str, Any], route: bool) -> FanoutResult:
+                   params: dict[str, Any], route: bool, purpose: str = "answer") -> FanoutResult:
         """One prompt or conversation: fanned out (``run``) or routed to one answer (``ask``)."""
         text, conversation, system = as_conversation(prompt, system)
         try:
             batch = await self._batch([text], models, pool=pool, system=system, images=images, fallbacks=fallbacks,
                                       stream=stream, timeout=timeout, concurrency=None, judge=None, params=params,
-                                      route=route, conversation=conversation, tools=as_tools(tools))
+                                      route=route, conversation=conversation, tools=as_tools(tools), purpose=purpose)
         except asyncio.CancelledError:
             if isinstance(self.last_result, BatchResult):
                 self.last_result = self.last_result.rows[0]  # what had finished, the rest marked cancelled
@@ -270,7 +270,9 @@ class Fanout:
              "resolves where they differ, and corrects any mistakes. Do not mention the individual answers.")
             + f"\n\n## Question\n{result.prompt}\n\n## Answers\n" + "\n\n".join(parts)
         )
-        synth = await self.run(prompt, [model], **params)
+        synth = await self._one(prompt, [model], pool=None, system=params.pop("system", None), images=(), tools=(),
+                                fallbacks=None, stream=params.pop("stream", False), timeout=params.pop("timeout", None),
+                                params=params, route=False, purpose="synthesis")
         merged = replace(result, synthesis=synth.results[0])
         self.last_result = merged
         return merged
@@ -331,8 +333,8 @@ class Fanout:
     async def _batch(self, prompts: list[str], models: Sequence[str] | None, *, pool: str | None, system: str | None,
                      images: Sequence[Any], fallbacks: Mapping[str, Sequence[str]] | None, stream: bool,
                      timeout: float | None, concurrency: int | None, judge: str | None, params: dict[str, Any],
-                     route: bool = False, conversation: tuple[Message, ...] = (), tools: tuple[Tool, ...] = ()
-                     ) -> BatchResult:
+                     route: bool = False, conversation: tuple[Message, ...] = (), tools: tuple[Tool, ...] = (),
+                     purpose: str = "answer") -> BatchResult:
         if not prompts:
             raise UsageError("no prompts to send")
         for i, p in enumerate(prompts):  # refused before anything is sent, so nothing received is lost
@@ -362,7 +364,7 @@ class Fanout:
         run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock, ranked=True)
         run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), http=self._http())
         token = _RUN.set(run)
-        self._emit(RunStarted, models=tuple(names), prompts=len(prompts))
+        self._emit(RunStarted, models=tuple(names), prompts=len(prompts), purpose=purpose)
         self._start_ticker(run)
         # routed: one request per prompt, which any member may answer, the first ones first; fanned
         # out with a pool, each request may be answered by any model of the pool; with models, only by itself
@@ -375,7 +377,7 @@ class Fanout:
                 for k, name in enumerate(names)
             ]
         for i, name, _ in jobs:
-            self._emit(ModelQueued, request=f"{i}:{name}", model=name, prompt_index=i)
+            self._emit(ModelQueued, request=f"{i}:{name}", requested=name, purpose=purpose, prompt_index=i, model=name)
         results: list[Any] = [None] * len(jobs)
 
         scores: dict[int, Score | None] = {}
@@ -395,7 +397,7 @@ class Fanout:
                 rank = -(windows_after * (len(jobs) + 1) + left / width)
                 i, name, cands = jobs[j]
                 spec = spec_for(i)
-                results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget, rank=rank)
+                results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget, rank=rank, purpose=purpose)
                 if judge is not None and results[j].ok:  # the answer is kept even if judging is cancelled
                     scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget, rank)
 
@@ -418,7 +420,8 @@ class Fanout:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             partial = self._collect(prompts, names, jobs, [
-                r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0], run) for j, r in enumerate(results)],
+                r if r is not None else _cancelled_result(jobs[j][1], jobs[j][0], run, self.clock.now())
+                for j, r in enumerate(results)],
                 run, scores)
             self.last_result = partial
             ok = sum(1 for r in partial.results if r.ok)
@@ -456,7 +459,7 @@ class Fanout:
         last_text = ""
         for attempt in range(JUDGE_TRIES):
             verdict = await self._pipeline.run(run, index, judge, [judge], spec, run_budget,
-                                               tag=f"/judge:{answer.requested}#{attempt + 1}", rank=rank)
+                                               tag=f"/judge:{answer.requested}#{attempt + 1}", rank=rank, purpose="judge")
             if not verdict.ok:
                 return Score(None, "", judge, verdict.error)
             last_text = verdict.text
@@ -526,8 +529,11 @@ def _image_part(image: str | Path | bytes | ImagePart) -> ImagePart:
     return ImagePart(data=path.read_bytes(), mime_type=mime)
 
 
-def _cancelled_result(name: str, index: int, run: _Run) -> ModelResult:
+def _cancelled_result(name: str, index: int, run: _Run, now: float) -> ModelResult:
+    """A request the user stopped: its attempts so far, and how long it had been under way (queued
+    since the run started, or since its first attempt)."""
     attempts = tuple(run.attempts.get(f"{index}:{name}", ()))
+    began = attempts[0].start_s if attempts else 0.0
     return ModelResult(requested=name, model=attempts[-1].model if attempts else name, ok=False, prompt_index=index,
-                       attempts=attempts,
+                       attempts=attempts, latency_s=max(0.0, now - run.t0 - began),
                        error=ErrorInfo(ErrorCategory.CANCELLED, False, "cancelled before an answer arrived"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import asyncio
+import contextvars
 import functools
 import json
 import math
@@ -30,8 +31,9 @@ from nbfanout.core.events import (
     ModelRotation,
     ModelSelected,
     NoModelsAvailableEvent,
-    RetryScheduled,
+    RequestEvent,
     RequestStarted,
+    RetryScheduled,
     TextDelta,
 )
 from nbfanout.core.images import fit_messages, image_problem
@@ -154,6 +156,11 @@ def default_max_tokens(max_output: int | None) -> int:
     return min(max_output or DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS)
 
 
+#: Whose request the running task is answering (requested model, purpose, prompt index): set for
+#: the length of one ``RequestPipeline.run``, read by every event it emits, callbacks included.
+_WHO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("nbfanout_request", default=None)
+
+
 class RequestPipeline:
     """Runs one request through its steps for a Fanout (its config, router, budgets, clock, events)."""
 
@@ -250,7 +257,7 @@ class RequestPipeline:
         def on_delta(text: str) -> None:
             nonlocal chars
             chars += len(text)
-            self.fx._emit(TextDelta, request=req_id, model=choice.model.name, text=redact(text, choice.key.value),
+            self._emit(TextDelta, request=req_id, model=choice.model.name, text=redact(text, choice.key.value),
                           chars_so_far=chars)
 
         endpoint = Endpoint(provider=choice.provider.id, base_url=choice.provider.base_url, api_key=choice.key.value,
@@ -276,29 +283,37 @@ class RequestPipeline:
 
     # --- the request -------------------------------------------------------------------------
     async def run(self, run: _Run, index: int, requested: str, candidates: list[str], spec: RequestSpec,
-                  run_budget: Budget, tag: str = "", rank: float = 0.0) -> ModelResult:
+                  run_budget: Budget, tag: str = "", rank: float = 0.0, purpose: str = "answer") -> ModelResult:
         """Answer one request: wait, send, learn, decide, until done or failed.
 
-        ``rank`` orders it for the run's slots (lower first; see ``core/limits.py``).
+        ``rank`` orders it for the run's slots (lower first; see ``core/limits.py``); ``purpose``
+        (one of PURPOSES) goes into its events, with ``requested`` and ``index``, for the views.
 
         Whatever goes wrong inside (a bug, an input nothing checked) ends this request only, as a
         failure that says what happened: the other requests of a run and every answer received stand.
         """
+        req_id = f"{index}:{requested}{tag}"
+        token = _WHO.set({"requested": requested, "purpose": purpose, "prompt_index": index})
         try:
             return await self._run(run, index, requested, candidates, spec, run_budget, tag, rank)
         except Exception as exc:  # noqa: BLE001 - contained on purpose, reported below
-            req_id = f"{index}:{requested}{tag}"
             log.exception("request %s failed inside nbfanout", req_id)
             info = ErrorInfo(ErrorCategory.BAD_REQUEST, False,
                              f"nbfanout could not complete this request: {type(exc).__name__}: {exc}")
             return self.failed(req_id, requested, requested, info, list(run.attempts.get(req_id, [])), index, 0.0)
+        finally:
+            _WHO.reset(token)
+
+    def _emit(self, cls: type[RequestEvent], *, request: str, **fields: Any) -> None:
+        """Emit an event about ``request`` (the one this task is answering), saying whose it is."""
+        self.fx._emit(cls, request=request, **(_WHO.get() or {}), **fields)
 
     async def _run(self, run: _Run, index: int, requested: str, candidates: list[str], spec: RequestSpec,
                    run_budget: Budget, tag: str, rank: float) -> ModelResult:
         fx = self.fx
         req_id = f"{index}:{requested}{tag}"
         if tag:  # batch jobs were announced when the batch was queued; extra requests (judging) now
-            fx._emit(ModelQueued, request=req_id, model=requested, prompt_index=index)
+            self._emit(ModelQueued, request=req_id, model=requested)
         attempts = run.attempts.setdefault(req_id, [])
         first = fx.config.models[candidates[0]]
         if len(candidates) == 1 and not fx.config.providers[first.provider].keys:
@@ -330,7 +345,7 @@ class RequestPipeline:
                 nonlocal announced
                 if not announced:  # once per wait, not on every wake-up
                     announced = True
-                    fx._emit(NoModelsAvailableEvent, request=req_id, candidates=candidates, wait_s=seconds, reason=why)
+                    self._emit(NoModelsAvailableEvent, request=req_id, candidates=candidates, wait_s=seconds, reason=why)
 
             max_wait = self.policy.max_wait_s
             if deadline is not None:
@@ -347,7 +362,7 @@ class RequestPipeline:
             for b in choice.budgets:
                 lasted = b.recovered(now)
                 if lasted is not None:
-                    fx._emit(ModelRecovered, request=req_id, model=choice.model.name, scope=f"{b.scope} {b.name}",
+                    self._emit(ModelRecovered, request=req_id, model=choice.model.name, scope=f"{b.scope} {b.name}",
                              cooled_for_s=lasted)
             if attempts and attempts[-1].outcome != "ok":  # the wait that really happened
                 attempts[-1] = replace(attempts[-1], wait_s=max(0.0, self.clock.now() - run.t0 - attempts[-1].end_s))
@@ -355,10 +370,10 @@ class RequestPipeline:
             tried.add(model.name)
             if model.name != selected:
                 if selected is not None:
-                    fx._emit(ModelRotation, request=req_id, from_model=selected, to_model=model.name,
+                    self._emit(ModelRotation, request=req_id, from_model=selected, to_model=model.name,
                              reason=last_info.category.value if last_info else "busy")
                 selected = model.name
-                fx._emit(ModelSelected, request=req_id, requested=requested, model=model.name, key_id=choice.key_id)
+                self._emit(ModelSelected, request=req_id, model=model.name, key_id=choice.key_id)
             attempt_no += 1
             result, info, others = await self._attempt(run, req_id, requested, index, choice, spec, reservation,
                                                        prompt_tokens, attempt_no, attempts, t_start, deadline)
@@ -378,7 +393,7 @@ class RequestPipeline:
                 info.category == ErrorCategory.RATE_LIMIT and info.retry_after_s is None
                 and decision.action == "retry") else set()
             wait = self.policy.max_backoff_s if drain else decision.wait_s
-            self.router.learn_failure(choice, info, reservation, 0.0 if drain else wait, fx._emit, req_id)
+            self.router.learn_failure(choice, info, reservation, 0.0 if drain else wait, self._emit, req_id)
             if decision.action == "rotate":
                 rotations += len(candidates) > 1 and info.category in ROTATE_ON
                 last_failed = model.name if len(candidates) > 1 else None
@@ -389,7 +404,7 @@ class RequestPipeline:
             if decision.action == "fail":
                 return self.failed(req_id, requested, model.name, info, attempts, index, self.clock.now() - t_start)
             if decision.action == "retry":
-                fx._emit(RetryScheduled, request=req_id, model=model.name, attempt=attempt_no, wait_s=wait,
+                self._emit(RetryScheduled, request=req_id, model=model.name, attempt=attempt_no, wait_s=wait,
                          category=info.category.value,
                          reason="until the provider's busy requests finish" if drain else decision.reason)
                 if drain:
@@ -412,7 +427,7 @@ class RequestPipeline:
         run.in_flight += 1
         in_flight = run.in_flight
         start = self.clock.now()
-        fx._emit(RequestStarted, request=req_id, model=model.name, key_id=choice.key_id, attempt=attempt_no,
+        self._emit(RequestStarted, request=req_id, model=model.name, key_id=choice.key_id, attempt=attempt_no,
                  in_flight=in_flight)
         finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         busy = run.busy.setdefault(choice.provider.id, set())
@@ -467,7 +482,7 @@ class RequestPipeline:
             prompt_index=index, cached=cached, dropped_params=spec.dropped(model.rejects), saved_cost=saved,
             tool_calls=response.tool_calls, downscaled=downscaled,
         )
-        fx._emit(ModelCompleted, request=req_id, requested=requested, model=model.name, latency_s=end - t_start,
+        self._emit(ModelCompleted, request=req_id, model=model.name, latency_s=end - t_start,
                  input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost=cost, attempts=len(attempts))
         return result, None, others
 
@@ -481,7 +496,7 @@ class RequestPipeline:
 
     def failed(self, req_id: str, requested: str, model: str, info: ErrorInfo, attempts: list[Attempt], index: int,
                latency: float) -> ModelResult:
-        self.fx._emit(ModelFailed, request=req_id, requested=requested, model=model, category=info.category.value,
+        self._emit(ModelFailed, request=req_id, model=model, category=info.category.value,
                       status=info.status, message=info.message, attempts=len(attempts))
         return ModelResult(requested=requested, model=model, ok=False, latency_s=latency, attempts=tuple(attempts),
                            error=info, prompt_index=index)

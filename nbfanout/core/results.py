@@ -55,7 +55,10 @@ class ModelResult:
 
     @property
     def status(self) -> str:
-        return "ok" if self.ok else "failed"
+        """"ok", "failed", or "cancelled" (stopped by the user before an answer: not the provider's failure)."""
+        if self.ok:
+            return "ok"
+        return "cancelled" if self.error is not None and self.error.category is ErrorCategory.CANCELLED else "failed"
 
     @property
     def category(self) -> str | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 from IPython.display import Image, display
 
 from nbfanout.config import parse_provider_rpm
@@ -91,13 +91,44 @@ def fill_prompt(template: str, namespace: Mapping[str, Any], *, join_lists: bool
         raise UsageError(f"could not fill {{...}} from the notebook: {type(exc).__name__}: {exc}") from None
 
 
+_CELL_EXAMPLES = """examples:
+  %%fanout --models openai/gpt-5.5 anthropic/claude-sonnet-5 gemini/gemini-3.5-flash
+  Explain {topic} in two sentences.
+
+  %%fanout --pool fast --synthesize openai/gpt-5.5 --out answers
+  What are three risks of this plan? {plan}
+
+  %%fanout --config sandbox.config --models openai/gpt-4o-mini --dry-run
+  Hello
+
+  %%fanout --rerun answers      (only the models that failed in `answers`)
+"""
+
+_LINE_EXAMPLES = """examples:
+  %fanout models --provider openrouter
+  %fanout status
+  %fanout cooldowns --clear
+"""
+
+#: The core's messages name the terminal command; in a notebook the line magic does the same.
+_NOTEBOOK_COMMANDS = {"`nbfanout models`": "`%fanout models`", "`nbfanout status`": "`%fanout status`"}
+
+
+def _in_notebook_words(exc: BaseException) -> str:
+    """The message of ``exc`` with the commands it suggests as a notebook user types them."""
+    text = str(exc)
+    for cli, magic in _NOTEBOOK_COMMANDS.items():
+        text = text.replace(cli, magic)
+    return text
+
+
 @contextmanager
 def _clean_errors() -> Iterator[None]:
     """Misuse (bad config, unknown model, bad argument) becomes one UsageError line, not a traceback."""
     try:
         yield
     except (FanoutUsageError, ConfigError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_in_notebook_words(exc)) from None
 
 
 # --- what one cell asks for ----------------------------------------------------------------------
@@ -216,7 +247,8 @@ class FanoutMagics(Magics):
         return fx
 
     # -- %%fanout ------------------------------------------------------------------------------------
-    @magic_arguments()
+    @magic_arguments(name="%fanout")  # shown as %%fanout: IPython prefixes one %
+    @kwds(epilog=_CELL_EXAMPLES)
     @argument("--models", "-m", nargs="+", metavar="MODEL",
               help="models to ask, space or comma separated (provider/model, e.g. openai/gpt-4.1)")
     @argument("--pool", "-p",
@@ -288,7 +320,7 @@ class FanoutMagics(Magics):
             if kind == "widgets":  # whatever went wrong, no live widget is left for a saved notebook to lose
                 view.freeze(None)
             if isinstance(exc, (FanoutUsageError, ConfigError)):
-                raise UsageError(str(exc)) from None
+                raise UsageError(_in_notebook_words(exc)) from None
             raise
         if req.out:
             self._ns[req.out] = result
@@ -400,8 +432,6 @@ class FanoutMagics(Magics):
                                       stream=req.stream, timeout=req.timeout, **req.params)
             progress.main = result
             if req.synthesize and result.succeeded:
-                if view is not None:
-                    view.model.begin_synthesis(req.synthesize)
                 result = await fx.synthesize(result, req.synthesize, timeout=req.timeout, **req.params)
             progress.final = result
             return result
@@ -481,7 +511,8 @@ class FanoutMagics(Magics):
             self._ns[req.out] = plan
 
     # -- %fanout models | status | config -----------------------------------------------------------
-    @magic_arguments()
+    @magic_arguments(name="fanout")
+    @kwds(epilog=_LINE_EXAMPLES)
     @argument("command", choices=["models", "status", "config", "cooldowns"],
               help="models: every model and whether it is usable; status: live budgets and cooldowns; "
                    "config: the configuration; cooldowns: the waits providers asked for that are not over")

@@ -420,8 +420,9 @@ class Scenario:
 
         Each provider and model table states its advertised limits, with ``limiter`` next
         to them where the scenario names a shape; a provider table states
-        ``tokens_counted`` where set, and always ``published_limits = false``: a simulated
-        provider has only the limits written here, never the catalog's published ones.
+        ``tokens_counted`` where set, and always ``published_limits = false`` and
+        ``catalog_models = false``: a simulated provider has only the limits and the models
+        written here, never the catalog's published limits or its other models.
         """
         url = url.rstrip("/")
         providers: dict[str, Any] = {}
@@ -438,6 +439,7 @@ class Scenario:
             if p.tokens_counted is not None:
                 entry["tokens_counted"] = p.tokens_counted
             entry["published_limits"] = False
+            entry["catalog_models"] = False  # it serves these models only: none of the catalog's others
             providers[p.id] = entry
             for m in p.models:
                 adv = _advertised(m.limits)
@@ -446,7 +448,8 @@ class Scenario:
                 if adv:
                     models[f"{p.id}/{m.id}"] = adv
         # Limits learned from a simulated provider must not be saved where real runs would read them.
-        out: dict[str, Any] = {"defaults": {"learn_limits": False}, "providers": providers, "models": models}
+        out: dict[str, Any] = {"name": f"sandbox {self.name} at {url}", "defaults": {"learn_limits": False},
+                               "providers": providers, "models": models}
         if self.pools:
             out["pools"] = {name: {"models": list(members)} for name, members in self.pools}
         return out

@@ -9,7 +9,7 @@ import pytest
 
 from nbfanout import Fanout
 from nbfanout.core.errors import UnknownModelError, UsageError
-from nbfanout.core.events import Event
+from nbfanout.core.events import Event, RequestEvent
 
 LIMIT_REASONS = {"rpm", "tpm", "rpd", "concurrency"}
 SEED15 = [
@@ -166,6 +166,10 @@ async def test_cancelling_a_run_cancels_every_request_and_keeps_what_finished(sa
     assert cancelled
     # a request cancelled in flight keeps its attempt, so timelines can draw it
     assert any(r.attempts and r.attempts[-1].outcome == "cancelled" for r in cancelled)
+    # stopped by the user, not failed; and under way until then: 2 s after the run began
+    assert {r.status for r in cancelled} == {"cancelled"} and {r.status for r in partial if r.ok} == {"ok"}
+    assert all(r.latency_s == pytest.approx(2.0 - (r.attempts[0].start_s if r.attempts else 0.0), abs=0.01)
+               for r in cancelled)
     completed = [e for e in events if e.kind == "run_completed"]
     assert completed[-1].cancelled and completed[-1].succeeded == sum(ok for ok, _ in states.values())
     await asyncio.sleep(0.1)
@@ -243,6 +247,27 @@ async def test_map_with_a_judge_scores_every_answer_and_asks_again_after_an_empt
     records = batch.to_records()
     assert [r["prompt"] for r in records] == [p for p in prompts for _ in range(2)]
     assert all(r["score"] is not None for r in records)
+    # every event about a request says whose it is and what for: views never parse request ids
+    about = [e for e in events if isinstance(e, RequestEvent)]
+    assert {(e.purpose, e.requested) for e in about} == {
+        ("answer", "openai/answerer-a"), ("answer", "openai/answerer-b"), ("judge", "openai/judge")}
+    answered = {(e.prompt_index, e.requested) for e in about if e.kind == "model_completed" and e.purpose == "answer"}
+    assert answered == {(i, m) for i in range(3) for m in ("openai/answerer-a", "openai/answerer-b")}
+    assert all(e.prompt_index in range(3) for e in about)
+
+
+@pytest.mark.looptime
+async def test_a_synthesis_runs_as_a_run_of_its_own_purpose(sandbox_app_factory):
+    app = virtual_sandbox(sandbox_app_factory, JUDGE_SCENARIO)
+    fx = fanout_for(app)
+    events: list[Event] = []
+    fx.subscribe(events.append)
+    first = await fx.run("What is 2 + 2?", ["openai/answerer-a", "openai/answerer-b"])
+    merged = await fx.synthesize(first, "openai/answerer-a", timeout=30)
+    assert merged.synthesis is not None and merged.synthesis.ok
+    starts = [(e.purpose, e.models) for e in events if e.kind == "run_started"]
+    assert starts == [("answer", ("openai/answerer-a", "openai/answerer-b")), ("synthesis", ("openai/answerer-a",))]
+    assert [e.purpose for e in events if e.kind == "model_completed"] == ["answer", "answer", "synthesis"]
 
 
 @pytest.mark.looptime

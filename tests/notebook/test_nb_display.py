@@ -18,6 +18,7 @@ from nbfanout.core.events import (
     NoModelsAvailableEvent,
     RateLimited,
     RequestStarted,
+    RetryScheduled,
     RunCompleted,
     RunStarted,
     TextDelta,
@@ -112,16 +113,25 @@ def test_utilization_bars_turn_amber_then_red_near_a_limit_and_show_cooldowns() 
     assert ">0</span>" in page and "limit unknown" in page  # the unknown TPM limit: its count alone, no bar
 
 
+def test_a_full_concurrency_limit_reads_as_in_use_not_as_a_warning() -> None:
+    """Seen: "in flight 1/1" turned red for a model capped at one request at a time by design."""
+    capped = BudgetStats("model", "openrouter/x:free", None, 0, None, 0, None, 0, 1, 1, 0.0)
+    page = render.budgets_html([capped])
+    assert render.RED not in page and render.BLUE in page and "1 / 1" in page
+    half = BudgetStats("model", "openrouter/y", None, 0, None, 0, None, 0, 4, 2, 0.0)
+    assert render.GREEN in render.budgets_html([half])
+
+
 def test_dashboard_model_follows_the_events() -> None:
     m = DashboardModel(["openai/gpt-4.1", "openrouter/x:free", "gemini/pro"], stream=True)
     run = "r1"
     for event in (
         RunStarted(0.0, run, models=tuple(m.rows)),
-        ModelQueued(0.0, run, request="0:openai/gpt-4.1", model="openai/gpt-4.1"),
-        RequestStarted(0.1, run, request="0:openai/gpt-4.1", model="openai/gpt-4.1", key_id="…k1a7", attempt=1),
-        TextDelta(0.2, run, request="0:openai/gpt-4.1", model="openai/gpt-4.1", text="Hello ", chars_so_far=6),
-        RequestStarted(0.1, run, request="0:openrouter/x:free", model="openrouter/x:free", attempt=1),
-        RateLimited(0.3, run, request="0:openrouter/x:free", model="openrouter/x:free", retry_after_s=3.1),
+        ModelQueued(0.0, run, request="0:openai/gpt-4.1", requested="openai/gpt-4.1", model="openai/gpt-4.1"),
+        RequestStarted(0.1, run, request="0:openai/gpt-4.1", requested="openai/gpt-4.1", model="openai/gpt-4.1", key_id="…k1a7", attempt=1),
+        TextDelta(0.2, run, request="0:openai/gpt-4.1", requested="openai/gpt-4.1", model="openai/gpt-4.1", text="Hello ", chars_so_far=6),
+        RequestStarted(0.1, run, request="0:openrouter/x:free", requested="openrouter/x:free", model="openrouter/x:free", attempt=1),
+        RateLimited(0.3, run, request="0:openrouter/x:free", requested="openrouter/x:free", model="openrouter/x:free", retry_after_s=3.1),
         Utilization(0.3, run, budgets=(BudgetStats("provider", "openrouter", 20, 1, None, 0, None, 0, None, 1, 0.0),
                                        BudgetStats("provider", "anthropic", 20, 1, None, 0, None, 0, None, 0, 0.0))),
     ):
@@ -129,9 +139,9 @@ def test_dashboard_model_follows_the_events() -> None:
     assert m.rows["openai/gpt-4.1"].state == "running" and m.rows["openai/gpt-4.1"].text == "Hello "
     assert 0.1 < m.progress(m.rows["openai/gpt-4.1"]) < 0.97
     page = render.dashboard_html(m, now=0.3)
-    assert "rate-limited, retry in 3.1 s" in page
+    assert "rate-limited by openrouter, retry in 3.1 s" in page  # who refused, and the wait it asked for
     assert [b.name for b in m.budgets] == ["openrouter"]  # only the providers of this run
-    m.apply(ModelRotation(0.4, run, request="0:openrouter/x:free", from_model="openrouter/x:free", to_model="openrouter/x",
+    m.apply(ModelRotation(0.4, run, request="0:openrouter/x:free", requested="openrouter/x:free", from_model="openrouter/x:free", to_model="openrouter/x",
                           reason="rate_limit"))
     assert "rotated to openrouter/x" in render.dashboard_html(m)
     m.apply(ModelCompleted(1.0, run, request="0:openai/gpt-4.1", requested="openai/gpt-4.1", model="openai/gpt-4.1",
@@ -175,7 +185,7 @@ def test_up_to_four_answers_are_cards_side_by_side_with_full_names_and_facts() -
     assert page.count('class="nbf-card"') == 2 and "repeat(2,minmax(0,1fr))" in page
     assert "openrouter/deepseek/deepseek-r1-0528:free" in page  # the full provider/model, not "✓ deep"
     assert "via openrouter/deepseek/deepseek-r1-0528" in page and "1.50 s" in page and "$0.0012" in page
-    assert "First line &lt;b&gt;bold&lt;/b&gt;\n\nSecond line\nThird\nFourth" in page  # the whole answer, escaped
+    assert "<p>First line &lt;b&gt;bold&lt;/b&gt;</p>\n<p>Second line\nThird\nFourth</p>" in page  # whole, as Markdown, HTML escaped
 
 
 def test_more_than_four_answers_are_rows_that_open_to_the_whole_answer_synthesis_first() -> None:
@@ -204,7 +214,7 @@ def test_waits_read_as_people_say_them(seconds: float, said: str) -> None:
 
 
 def test_core_and_render_import_no_ui_library() -> None:
-    code = ("import sys, nbfanout.core, nbfanout.core.fanout, nbfanout.render; "
+    code = ("import sys, nbfanout.core, nbfanout.core.fanout, nbfanout.render, nbfanout.progress; "
             "print(sorted(m for m in ('IPython', 'ipywidgets', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -212,7 +222,7 @@ def test_core_and_render_import_no_ui_library() -> None:
 
 def test_a_row_held_by_a_budget_says_which_and_never_reads_as_a_retry() -> None:
     m = DashboardModel(["openai/m"])
-    m.apply(NoModelsAvailableEvent(1.0, "r", request="0:openai/m", candidates=("openai/m",), wait_s=2.0,
+    m.apply(NoModelsAvailableEvent(1.0, "r", request="0:openai/m", requested="openai/m", candidates=("openai/m",), wait_s=2.0,
                                    reason="3/3 in flight"))
     assert render.dashboard_html(m, now=1.5).count("waiting: 3/3 in flight (1.5 s left)") == 2  # the cell and its tooltip
     later = render.dashboard_html(m, now=3.5)
@@ -253,8 +263,8 @@ def test_a_batch_row_counts_its_models_requests_with_rate_and_eta() -> None:
     m = DashboardModel()  # a view made before the run: it learns the models from RunStarted
     m.apply(RunStarted(0.0, "r", models=("openai/a", "openai/b"), prompts=3))
     for i in range(3):
-        m.apply(ModelQueued(0.0, "r", request=f"{i}:openai/a", model="openai/a"))
-        m.apply(RequestStarted(0.1, "r", request=f"{i}:openai/a", model="openai/a", attempt=1))
+        m.apply(ModelQueued(0.0, "r", request=f"{i}:openai/a", requested="openai/a", model="openai/a"))
+        m.apply(RequestStarted(0.1, "r", request=f"{i}:openai/a", requested="openai/a", model="openai/a", attempt=1))
     m.apply(ModelCompleted(1.0, "r", request="0:openai/a", requested="openai/a", model="openai/a", latency_s=0.9,
                            input_tokens=5, output_tokens=7, cost=0.01))
     m.apply(ModelFailed(1.1, "r", request="1:openai/a", requested="openai/a", model="openai/a", category="auth",
@@ -271,9 +281,21 @@ def test_a_batch_row_counts_its_models_requests_with_rate_and_eta() -> None:
     assert m.rows["openai/b"].state == "queued" and m.progress(row) == 1.0
 
 
+def test_a_retry_says_whether_the_provider_asked_for_the_wait_or_it_is_our_backoff() -> None:
+    """Seen: a model honouring a provider's 2-s retry-after read like any other wait."""
+    m = DashboardModel(["openai/m", "gemini/g"])
+    m.apply(RetryScheduled(1.0, "r", request="0:openai/m", requested="openai/m", model="openai/m", attempt=1,
+                           wait_s=2.0, category="rate_limit", reason="provider asked"))
+    m.apply(RetryScheduled(1.0, "r", request="0:gemini/g", requested="gemini/g", model="gemini/g", attempt=2,
+                           wait_s=1.5, category="server_error", reason="backoff"))
+    page = render.dashboard_html(m, now=1.5)
+    assert "openai asked to wait (rate_limit), retry in 1.5 s" in page
+    assert "server_error on attempt 2, backing off, retry in 1.0 s" in page
+
+
 def test_a_row_waiting_for_a_slot_without_a_known_end_renders() -> None:
     m = DashboardModel(["openai/m"])
-    m.apply(NoModelsAvailableEvent(1.0, "r", request="0:openai/m", candidates=("openai/m",), wait_s=float("inf"),
+    m.apply(NoModelsAvailableEvent(1.0, "r", request="0:openai/m", requested="openai/m", candidates=("openai/m",), wait_s=float("inf"),
                                    reason="3/3 in flight"))
     assert "waiting: 3/3 in flight" in render.dashboard_html(m, now=2.0)  # it raised OverflowError
     assert render.duration(float("inf")) == "–"
@@ -282,9 +304,14 @@ def test_a_row_waiting_for_a_slot_without_a_known_end_renders() -> None:
 def test_a_synthesis_adds_no_row_of_its_own_beyond_the_synthesis() -> None:
     m = DashboardModel(["openai/a", "openai/b"])
     m.apply(RunStarted(0.0, "r", models=("openai/a", "openai/b")))
-    m.begin_synthesis("openai/x")
-    m.apply(RunStarted(1.0, "s", models=("openai/x",)))
+    m.apply(RunStarted(1.0, "s", models=("openai/x",), purpose="synthesis"))  # told by the events, not by a call
+    m.apply(RequestStarted(1.1, "s", request="0:openai/x", requested="openai/x", purpose="synthesis", model="openai/x"))
     assert list(m.rows) == ["openai/a", "openai/b"] and m.totals()["total"] == 3
+    assert m.synthesis is not None and m.synthesis.state == "running"
+    # judging an answer is a request of its own, not a change to the answer's row
+    m.apply(ModelFailed(1.2, "r", request="0:openai/j/judge:openai/a#1", requested="openai/j", purpose="judge",
+                        model="openai/j", category="auth"))
+    assert m.rows["openai/a"].state != "failed"
 
 
 def test_a_second_run_in_one_watch_view_starts_its_rows_afresh() -> None:
@@ -297,3 +324,12 @@ def test_a_second_run_in_one_watch_view_starts_its_rows_afresh() -> None:
     m.apply(ModelCompleted(1.5, "r2", request="0:openai/a", requested="openai/a", model="openai/a", latency_s=0.5))
     row = m.rows["openai/a"]
     assert (row.answered, row.total, row.state) == (1, 5, "queued")
+
+
+def test_answers_are_rendered_as_markdown_and_raw_html_in_them_is_shown_not_run() -> None:
+    text = "## Plan\n**Bold** and `code`:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n<script>alert(1)</script> <img src=x onerror=y>"
+    answer = ModelResult(requested="openai/gpt-4.1", model="openai/gpt-4.1", ok=True, text=text)
+    page = render.answers_html(FanoutResult(prompt="Q?", results=(answer,)))
+    assert "<strong>Bold</strong>" in page and "<code>code</code>" in page and "<h2>Plan</h2>" in page
+    assert "<td>1</td>" in page  # tables, as models write them
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<img src=x" not in page

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from IPython.core.magic_arguments import parse_argstring
 from _nb_helpers import many_models_scenario  # type: ignore[import-not-found]
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -87,6 +88,7 @@ def test_comma_and_space_separated_models_and_a_list_variable(ip: InteractiveShe
         (FAST + " --image /no/such.png", "Hi", "--image /no/such.png: no such file"),
         (FAST + " --provider-rpm openai:many", "Hi", "provider:N pairs"),
         (FAST + " --synthesize openai/nope", "Hi", "Unknown model"),
+        ("--config sb.config --models openai/nope", "Hi", "Run `%fanout models` to list every model"),
         ("--config missing.toml --models openai/gpt-4o-mini", "Hi", "--config missing.toml: no such file"),
         (FAST + " --bogus", "Hi", "unrecognized arguments"),
         (FAST + " --one --synthesize openai/gpt-4o-mini", "Hi", "--one asks for one answer"),
@@ -115,6 +117,19 @@ def test_help_lists_every_option(ip: InteractiveShell, capsys: pytest.CaptureFix
                    "--concurrency", "--timeout", "--file", "--image", "--synthesize", "--out", "--rerun", "--stream",
                    "--dry-run", "--no-dashboard", "--background"):
         assert option in shown, option
+    assert "%%fanout [--models" in shown and "%fanout_cell" not in shown  # named as typed
+    # every example is a line the magic accepts, naming models the catalog knows
+    from nbfanout.config import load_config
+    from nbfanout.notebook.magics import FanoutMagics
+
+    examples = [ln.strip()[len("%%fanout "):].split("  (")[0] for ln in shown.split("examples:", 1)[1].splitlines()
+                if ln.strip().startswith("%%fanout ")]
+    assert len(examples) >= 3
+    catalog = load_config(None)
+    for line in examples:
+        args = parse_argstring(FanoutMagics.fanout_cell, line)
+        for name in args.models or []:
+            catalog.model(name)
 
 
 def test_dry_run_shows_the_plan_and_sends_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
@@ -241,3 +256,30 @@ def test_ctrl_c_cancels_in_flight_requests_and_returns_what_finished(sandbox_fac
     assert totals["in_flight"] == 0 and totals["accepted"] == 2, "the sandbox still holds cancelled requests"
     assert "interrupted: 2 of 4 models had answered" in capsys.readouterr().err
     ip.user_ns.pop("cfg")
+
+
+def test_the_cli_and_the_notebook_print_the_same_models_and_plan(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Any) -> None:
+    """One presentation layer: `nbfanout models` and `%fanout models`, `nbfanout run --dry-run` and
+    `%%fanout --dry-run` show the same rows for the same configuration."""
+    import subprocess
+    import sys
+
+    path = ip.user_ns["sb"].write_config(tmp_path / "nbfanout.toml")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "NBFANOUT_STATE": os.devnull}
+
+    def cli(*args: str) -> set[str]:
+        out = subprocess.run([sys.executable, "-m", "nbfanout", *args, "--config", str(path)], capture_output=True,
+                             text=True, env=env, timeout=120, check=True).stdout
+        return {line.rstrip() for line in out.splitlines() if line.strip()}
+
+    def notebook(run: Any) -> set[str]:
+        capsys.readouterr()
+        run()
+        return {line.rstrip() for line in capsys.readouterr().out.splitlines() if line.strip()}
+
+    models = "openai/gpt-4o-mini gemini/gemini-2.5-flash"
+    shown = notebook(lambda: ip.run_line_magic("fanout", f"models --config {path}"))
+    assert shown == cli("models") and any("openai/gpt-4o-mini" in line for line in shown)
+    planned = notebook(lambda: ip.run_cell_magic("fanout", f"--config {path} --models {models} --dry-run", "Hello"))
+    assert planned == cli("run", "--models", models, "--prompt", "Hello", "--dry-run") and len(planned) >= 3

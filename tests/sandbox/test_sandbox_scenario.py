@@ -94,7 +94,8 @@ def test_more_validation() -> None:
 
 def test_client_config_has_nbfanouts_shape_and_only_advertised_limits() -> None:
     cfg = load_scenario("storm").client_config("http://127.0.0.1:9/")
-    assert set(cfg) == {"defaults", "providers", "models"}
+    assert set(cfg) == {"name", "defaults", "providers", "models"}
+    assert cfg["name"] == "sandbox storm at http://127.0.0.1:9"
     assert cfg["defaults"] == {"learn_limits": False}  # sandbox limits never reach the real state file
     openai = cfg["providers"]["openai"]
     assert openai["kind"] == "openai" and openai["base_url"] == "http://127.0.0.1:9/openai/v1"
@@ -103,12 +104,29 @@ def test_client_config_has_nbfanouts_shape_and_only_advertised_limits() -> None:
     assert cfg["providers"]["gemini"]["base_url"].endswith("/gemini/v1beta")
     assert cfg["providers"]["gemini"]["kind"] == "gemini"
     for entry in cfg["providers"].values():
-        assert set(entry) <= {"kind", "base_url", "api_key", "models", "rpm", "tpm", "rpd", "concurrency", "published_limits"}
+        assert set(entry) <= {"kind", "base_url", "api_key", "models", "rpm", "tpm", "rpd", "concurrency", "published_limits",
+                              "catalog_models"}
         assert entry["published_limits"] is False  # a simulated provider has only the limits written here
+        assert entry["catalog_models"] is False  # and only the models it serves
     assert cfg["models"]["openai/gpt-4o-mini"] == {"rpm": 30, "tpm": 60000}
     assert cfg["models"]["openrouter/meta-llama/llama-3.3-70b-instruct:free"] == {"concurrency": 1}
     assert "groq/llama-3.3-70b-versatile" not in cfg["models"]  # hidden
     assert "rpm" not in cfg["providers"]["groq"]  # key limits are never advertised
+
+
+def test_a_sandbox_config_lists_only_the_models_the_sandbox_serves() -> None:
+    """Seen: the seed15 config listed 46 models (every catalog model of its providers); most 404ed."""
+    from nbfanout.config import load_config
+
+    scenario = load_scenario("seed15")
+    config = load_config(scenario.client_config("http://127.0.0.1:9"), env={})
+    served = {f"{p.id}/{m.id}" for p in scenario.providers for m in p.models}
+    ours = {p.id for p in scenario.providers}
+    sandboxed = {name for name, m in config.models.items() if m.provider in ours}
+    assert sandboxed == served
+    assert config.source == "sandbox seed15 at http://127.0.0.1:9"
+    # a pool never sends a sandboxed provider a model it does not serve (the seeds' 404s)
+    assert all(m in served for members in config.pools.values() for m in members if m.split("/", 1)[0] in ours)
 
 
 def test_written_config_round_trips_through_tomllib(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
     python benchmarks/dashboard_overhead.py [--models 50] [--repeats 7] [--out benchmarks/results/dashboard_overhead.md]
 
 A sandbox (real HTTP on loopback) serves ``--models`` unlimited models that stream their
-answers, so one run produces thousands of events. Each repeat runs the fan-out twice, once
+answers, so one run produces thousands of events; a second kind of run is a batch (``map`` of
+40 prompts to 10 of them), whose rows count requests. Each repeat runs each kind twice, once
 with a ``Dashboard`` subscribed and once without, alternating which goes first; the figure
-is median(with) / median(without). Widgets talk to a comm that JSON-encodes every message
+is median(with) / median(without), per kind. Widgets talk to a comm that JSON-encodes every message
 as ipykernel's session would, so the cost of sending updates is counted too. The design
 target is a ratio within 1.05 (design.md: "within 5 %"); the result is written as markdown.
 """
@@ -63,19 +64,28 @@ def scenario(n: int) -> dict[str, Any]:
                                      "models": {f"m{i:02d}": model for i in range(n)}}}}
 
 
-def one_run(fx: Fanout, names: list[str], with_dashboard: bool) -> tuple[float, int, int, int]:
-    """Wall seconds of one streamed fan-out (start to result); events; widget messages; most messages in a second."""
+BATCH_PROMPTS = 40  # the batch run: this many prompts to each of the first BATCH_MODELS models, not streamed
+BATCH_MODELS = 10
+
+
+def one_run(fx: Fanout, names: list[str], with_dashboard: bool, batch: bool = False) -> tuple[float, int, int, int]:
+    """Wall seconds of one fan-out (streamed, or a batch ``map``) from start to result; events; widget
+    messages; most messages in a second."""
     events: list[int] = [0]
-    dash = Dashboard(names, stream=True) if with_dashboard else None
+    asked = names[:BATCH_MODELS] if batch else names
+    dash = Dashboard(asked, stream=not batch) if with_dashboard else None
     sent_before = SerializingComm.messages
 
     def count(_: Any) -> None:
         events[0] += 1
 
-    async def drive() -> Any:
+    async def drive() -> list[Any]:
         unsubscribe = [fx.subscribe(count)] + ([fx.subscribe(dash.on_event)] if dash else [])
         try:
-            return await fx.run("Explain leaky buckets to a new engineer.", names, stream=True)
+            if batch:
+                prompts = [f"Question {i}: explain leaky buckets briefly." for i in range(BATCH_PROMPTS)]
+                return list((await fx.map(prompts, asked, max_tokens=40)).results)
+            return list((await fx.run("Explain leaky buckets to a new engineer.", asked, stream=True)).results)
         finally:
             for u in unsubscribe:
                 u()
@@ -83,31 +93,27 @@ def one_run(fx: Fanout, names: list[str], with_dashboard: bool) -> tuple[float, 
                 await dash.aclose()
 
     started = time.perf_counter()
-    result = LoopJob(drive()).wait()
+    results = LoopJob(drive()).wait()
     elapsed = time.perf_counter() - started
-    if len(result.succeeded) != len(names):
-        raise RuntimeError(f"only {len(result.succeeded)}/{len(names)} models answered")
+    if not all(r.ok for r in results):
+        raise RuntimeError(f"only {sum(r.ok for r in results)}/{len(results)} requests answered")
     sent = SerializingComm.times[sent_before:]
     return elapsed, events[0], len(sent), most_in_one_second(sent)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("NBFANOUT_STATE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "nbfanout-bench-state.json"))
-    comm.create_comm = lambda *a, **k: SerializingComm(*a, **k)  # the comm package's documented hook
-    names = [f"openai/m{i:02d}" for i in range(args.models)]
-    with start_sandbox(parse_scenario(scenario(args.models))) as sb:
-        fx = Fanout(sb.config, learn=False)
-        one_run(fx, names, True)  # warm up: connections, imports, first widgets
-        one_run(fx, names, False)
-        rows: list[tuple[int, str, float, int, int, int]] = []
-        for i in range(args.repeats):
-            for with_dashboard in ((True, False) if i % 2 == 0 else (False, True)):
-                rows.append((i + 1, "with" if with_dashboard else "without", *one_run(fx, names, with_dashboard)))
+def measure(fx: Fanout, names: list[str], repeats: int, batch: bool) -> list[tuple[int, str, float, int, int, int]]:
+    """``repeats`` pairs of runs, with and without the dashboard, alternating which goes first."""
+    one_run(fx, names, True, batch)  # warm up: connections, imports, first widgets
+    one_run(fx, names, False, batch)
+    rows = []
+    for i in range(repeats):
+        for with_dashboard in ((True, False) if i % 2 == 0 else (False, True)):
+            rows.append((i + 1, "with" if with_dashboard else "without", *one_run(fx, names, with_dashboard, batch)))
+    return rows
+
+
+def report(title: str, rows: list[tuple[int, str, float, int, int, int]]) -> tuple[list[str], float, int]:
+    """Markdown for one kind of run; its ratio (median with / median without); the most messages in a second."""
     with_t = [r[2] for r in rows if r[1] == "with"]
     without_t = [r[2] for r in rows if r[1] == "without"]
     ratio = statistics.median(with_t) / statistics.median(without_t)
@@ -116,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(r[5] for r in rows)
     verdict = "within" if ratio <= 1.05 else "OUTSIDE"
     lines = [
-        "# Dashboard overhead",
-        "",
-        f"Generated by `python benchmarks/dashboard_overhead.py --models {args.models} --repeats {args.repeats}`.",
-        "",
-        f"One streamed fan-out to {args.models} sandbox models (real loopback HTTP), run {args.repeats} times with the",
-        "live dashboard subscribed and as many times without, alternating which goes first, in one process.",
-        "Widget messages are JSON-encoded as ipykernel would before sending.",
+        f"## {title}",
         "",
         f"**Ratio (median with / median without): {ratio:.3f}** — {verdict} the 5 % target.",
         "",
@@ -138,13 +138,44 @@ def main(argv: list[str] | None = None) -> int:
         "|---:|---|---:|---:|---:|---:|",
         *[f"| {i} | {kind} | {t:.3f} s | {e:,} | {m} | {p} |" for i, kind, t, e, m, p in rows],
         "",
+    ]
+    return lines, ratio, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NBFANOUT_STATE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "nbfanout-bench-state.json"))
+    comm.create_comm = lambda *a, **k: SerializingComm(*a, **k)  # the comm package's documented hook
+    names = [f"openai/m{i:02d}" for i in range(args.models)]
+    with start_sandbox(parse_scenario(scenario(args.models))) as sb:
+        fx = Fanout(sb.config, learn=False)
+        streamed = measure(fx, names, args.repeats, batch=False)
+        batched = measure(fx, names, args.repeats, batch=True)
+    stream_lines, stream_ratio, stream_peak = report(f"One streamed fan-out to {args.models} models", streamed)
+    batch_lines, batch_ratio, batch_peak = report(
+        f"A batch: map of {BATCH_PROMPTS} prompts x {BATCH_MODELS} models (one row per model)", batched)
+    lines = [
+        "# Dashboard overhead",
+        "",
+        f"Generated by `python benchmarks/dashboard_overhead.py --models {args.models} --repeats {args.repeats}`.",
+        "",
+        f"Each kind of run against {args.models} sandbox models (real loopback HTTP, unlimited), {args.repeats} times with",
+        "the live dashboard subscribed and as many times without, alternating which goes first, in one process.",
+        "Widget messages are JSON-encoded as ipykernel would before sending.",
+        "",
+        *stream_lines,
+        *batch_lines,
         f"Machine: {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines), encoding="utf-8")
-    print(f"dashboard overhead ratio {ratio:.3f} ({verdict} 5 %); {events:,.0f} events and {messages:.0f} "
-          f"widget messages per run, at most {peak} in one second; report: {args.out}")
+    print(f"dashboard overhead: streamed {stream_ratio:.3f}, batch {batch_ratio:.3f} (target 1.05); at most "
+          f"{max(stream_peak, batch_peak)} widget messages in one second; report: {args.out}")
     return 0
 
 

@@ -376,22 +376,30 @@ def _price(r: dict[str, Any]) -> str:
 
 
 def models_html(config: Config, **filters: str | None) -> str:
+    """The models grouped under one heading row per provider, which says its keys or the variable to set."""
     rows = models_rows(config, **filters)
-    body = "".join(
-        f'<tr><td>{"✓" if r["usable"] else "✗"}</td><td>{_e(r["model"])}</td><td>{_e(r["provider"])}</td>'
-        f'<td class="num">{_e(_price(r))}</td>'
-        f'<td class="num">{_count(r["context_window"])}</td><td class="num">{_count(r["max_output_tokens"])}</td>'
-        f'<td class="num">{_count(r["rpm"])}</td><td class="num">{_count(r["tpm"])}</td>'
-        f'<td class="num">{_count(r["concurrency"])}</td>'
-        f'<td>{_e(r["limits_read_on"] or "")}</td>'
-        f'<td>{_e(r["capabilities"])}</td><td>{_e(r["pools"])}</td><td>{_e(r["why"])}</td></tr>'
-        for r in rows)
+    body = []
+    provider = None
+    for r in rows:
+        if r["provider"] != provider:
+            provider = r["provider"]
+            colour = GREEN if r["usable"] else RED
+            body.append(f'<tr class="nbf-provider" data-provider="{_e(provider)}"><td colspan="11"><b>{_e(provider)}</b> '
+                        f'<span style="color:{colour}">{_e(r["why"])}</span></td></tr>')
+        body.append(
+            f'<tr data-model="{_e(r["model"])}"><td>{"✓" if r["usable"] else "✗"}</td><td>{_e(r["model"])}</td>'
+            f'<td class="num">{_e(_price(r))}</td>'
+            f'<td class="num">{_count(r["context_window"])}</td><td class="num">{_count(r["max_output_tokens"])}</td>'
+            f'<td class="num">{_count(r["rpm"])}</td><td class="num">{_count(r["tpm"])}</td>'
+            f'<td class="num">{_count(r["concurrency"])}</td>'
+            f'<td>{_e(r["limits_read_on"] or "")}</td>'
+            f'<td>{_e(r["capabilities"])}</td><td>{_e(r["pools"])}</td></tr>')
     usable = sum(1 for r in rows if r["usable"])
     head = f'<div class="nbf-head">{len(rows)} models, {usable} usable now ({_e(config.source)})</div>'
-    table = ('<table><thead><tr><th></th><th>model</th><th>provider</th><th class="num">$ / 1M in / out</th>'
+    table = ('<table><thead><tr><th></th><th>model</th><th class="num">$ / 1M in / out</th>'
              '<th class="num">context</th><th class="num">max out</th><th class="num">rpm</th><th class="num">tpm</th>'
-             '<th class="num">concurrency</th><th>limits read on</th><th>capabilities</th><th>pools</th><th>keys</th>'
-             '</tr></thead><tbody>' + body + "</tbody></table>")
+             '<th class="num">concurrency</th><th>limits read on</th><th>capabilities</th><th>pools</th>'
+             '</tr></thead><tbody>' + "".join(body) + "</tbody></table>")
     return _wrap(head + table)
 
 

@@ -283,7 +283,8 @@ class Fanout:
         if not failed:
             return result
         again = await self.run(result.prompt, failed, **params)
-        fresh = {r.requested: r for r in again.results}
+        # the new attempts happened after the first run: on its clock they start where it ended
+        fresh = {r.requested: _shifted(r, result.elapsed_s) for r in again.results}
         merged = tuple(fresh.get(r.requested, r) for r in result.results)
         out = replace(result, results=merged, elapsed_s=result.elapsed_s + again.elapsed_s)
         self.last_result = out
@@ -527,6 +528,12 @@ def _image_part(image: str | Path | bytes | ImagePart) -> ImagePart:
     path = Path(text)
     mime = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}.get(path.suffix.lower(), "image/png")
     return ImagePart(data=path.read_bytes(), mime_type=mime)
+
+
+def _shifted(result: ModelResult, seconds: float) -> ModelResult:
+    """``result`` with its attempts moved ``seconds`` later (a rerun's, on the first run's clock)."""
+    moved = tuple(replace(a, start_s=a.start_s + seconds, end_s=a.end_s + seconds) for a in result.attempts)
+    return replace(result, attempts=moved)
 
 
 def _cancelled_result(name: str, index: int, run: _Run, now: float) -> ModelResult:

@@ -333,3 +333,22 @@ def test_answers_are_rendered_as_markdown_and_raw_html_in_them_is_shown_not_run(
     assert "<strong>Bold</strong>" in page and "<code>code</code>" in page and "<h2>Plan</h2>" in page
     assert "<td>1</td>" in page  # tables, as models write them
     assert "<script>" not in page and "&lt;script&gt;" in page and "<img src=x" not in page
+
+
+def test_models_html_groups_models_under_their_provider_with_the_key_or_the_variable_to_set() -> None:
+    import re
+
+    from nbfanout.config import load_config
+
+    config = load_config({"providers": {"openai": {"api_key": "sk-test-models-html-7d2e"}}}, env={})
+    page = render.models_html(config, provider=None)
+    order = re.findall(r'<tr class="nbf-provider" data-provider="([^"]+)"|<tr data-model="([^"]+)"', page)
+    current = None
+    for provider, model in order:  # every model row sits under its own provider's heading
+        if provider:
+            current = provider
+        else:
+            assert model.split("/", 1)[0] == current, model
+    providers = [p for p, _ in order if p]
+    assert len(providers) == len(set(providers)) == len({m.provider for m in config.models.values()})
+    assert "1 key(s): …7d2e" in page and "no key: set GEMINI_API_KEY" in page and "sk-test" not in page

@@ -74,6 +74,22 @@ def test_a_saved_seed15_notebook_keeps_its_dashboard_timeline_and_answers_withou
     # the saved file itself, read back as a viewer would: the snapshot is there
     saved = nbformat.read(tmp_path / "nb_seed15_dashboard.ipynb", as_version=4)
     assert _snapshot(saved.cells[2]) == final
+    from nbfanout.sandbox import load_scenario
+
+    keys = [k.key for p in load_scenario("seed15").providers for k in p.keys] + ["sk-revoked-by-the-browser-test-0000"]
+    _assert_no_key_saved(tmp_path / "nb_seed15_dashboard.ipynb", keys)
+
+
+def _assert_no_key_saved(path: Path, keys: list[str]) -> None:
+    """Canary: no key, whole or in any of the forms redaction catches, in what the saved notebook holds
+    besides its code: outputs, widget state and metadata (the last four characters are allowed)."""
+    from urllib.parse import quote
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    held = json.dumps([c.get("outputs", []) for c in nb["cells"]]) + json.dumps(nb.get("metadata", {}))
+    for key in keys:
+        for form in (key, key.upper(), quote(key, safe=""), key[:-4]):
+            assert form not in held, f"a key ({form[:6]}…) was saved in {path.name}"
 
 
 def _saved_result(nb: Any) -> Any:
@@ -111,6 +127,7 @@ def test_kernel_interrupt_then_a_background_run(tmp_path: Path) -> None:
     finals = [m for m in state.values() if m.get("model_name") == "OutputModel"
               and any("image/png" in o.get("data", {}) for o in m["state"].get("outputs", []))]
     assert len(finals) == 1, "the background run's timeline was not appended to its dashboard"
+    _assert_no_key_saved(tmp_path / "nb_interrupt_background.ipynb", ["sk-sbx-interrupt-key-i001"])
 
 
 @pytest.fixture(autouse=True)

@@ -162,14 +162,14 @@ class Budget:
         if self.cooldown_until > now:
             return _Block(self, self.cooldown_until, self.cooldown_reason or "cooling down")
         if self.concurrency is not None and self.in_flight >= self.concurrency:
-            return _Block(self, None, f"{self.in_flight}/{self.concurrency} in flight")
+            return _Block(self, None, f"{self.label}: {self.in_flight}/{self.concurrency} in flight")
         if self.probe and self.in_flight >= 1:
-            return _Block(self, None, "waiting for the first response's rate-limit headers")
+            return _Block(self, None, f"{self.label}: waiting for the first response's rate-limit headers")
         if self.ramp is not None and self.concurrency is None and self.in_flight >= self.ramp:
             next_step = self._ramp_step(now)
             if self.ramp is not None and self.in_flight >= self.ramp:
-                return _Block(self, next_step, f"{self.in_flight} in flight while its concurrency limit is "
-                                               "unknown (one more per answer)")
+                return _Block(self, next_step, f"{self.label}: {self.in_flight} in flight while its concurrency "
+                                               "limit is unknown (one more per answer)")
         latest: _Block | None = None
         for kind, shape in self._shapes.items():
             amount = self._amount(kind, tokens, audio_s)
@@ -180,6 +180,11 @@ class Budget:
                 latest = _Block(self, now + wait, self._limit_text(kind, amount, wait))
         return latest
 
+    @property
+    def label(self) -> str:
+        """The budget as a wait reason names it: ``model openai/gpt-4.1``, ``key openai …k1a7``, ``this run``."""
+        return "this run" if self.scope == "run" else f"{self.scope} {self.name}"
+
     def _limit_text(self, kind: str, tokens: float, wait: float) -> str:
         limit = getattr(self, kind)
         if math.isinf(wait) and kind in AUDIO_KINDS:
@@ -189,7 +194,7 @@ class Budget:
         if math.isinf(wait):
             return (f"~{tokens:.0f} tokens (prompt + max output) exceed the {limit:g} tokens per minute allowed for "
                     f"{self.scope} {self.name}; lower max_tokens or shorten the prompt")
-        return f"{kind} {limit:g} ({self.limiter}) full for {wait:.1f}s"
+        return f"{self.label}: {kind} {limit:g} ({self.limiter}) full for {wait:.1f}s"
 
     def wait_time(self, tokens: float = 0) -> float:
         """Seconds until a request of ``tokens`` fits (0 now; ``inf`` never; 0.0 is never a guess)."""
@@ -751,7 +756,7 @@ class BudgetSet:
                 blk = b.block(tokens, now, option.audio_s)
                 if blk is None:
                     if b._ahead(b._head(), waiter):
-                        blk = _Block(b, None, f"queued behind earlier requests for {b.scope} {b.name}")
+                        blk = _Block(b, None, f"queued behind earlier requests for {b.label}")
                 if blk is not None:
                     blocks.append(blk)
             if not blocks:

@@ -239,3 +239,22 @@ async def test_a_burst_that_reaches_a_full_bucket_late_is_not_followed_by_refusa
     assert all(r.ok for r in batch.results)
     assert refusals(app) == {}
 
+
+
+async def test_every_wait_names_the_budget_that_holds_it(sandbox_app_factory):
+    """Seen: rows read "waiting: 3/3 in flight" without saying whose slots were full."""
+    scenario = one_model({"concurrency": 1})
+    scenario["providers"]["local"]["models"]["n"] = {"latency": {"base_ms": 200}, "output_tokens": [20, 30]}
+    app = virtual(sandbox_app_factory, scenario)
+    fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=2)
+    reasons: list[str] = []
+    fx.subscribe(lambda e: reasons.append(e.reason) if e.kind == "no_models_available" else None)
+    batch = await fx.map(PROMPTS[:3], ["local/m", "local/n"], max_tokens=20)
+    assert all(r.ok for r in batch.results)
+    # the run's concurrency=2 holds most of them; the unknown model's first answer holds the rest
+    assert any(r in ("this run: 2/2 in flight", "queued behind earlier requests for this run") for r in reasons)
+    assert any(r.startswith("model-key local/n …0001: ") for r in reasons), reasons
+    import re
+
+    budget = re.compile(r"^(queued behind earlier requests for )?(this run|(model|model-key|key|provider) \S+)")
+    assert reasons and all(budget.match(r) for r in reasons), reasons

@@ -109,6 +109,30 @@ COLUMN_EDGES = """(cell) => Array.from(cell.querySelectorAll('table.nbf-models t
     const r = th.getBoundingClientRect(); return [Math.round(r.left), Math.round(r.right)];
 })"""
 
+CARDS = """(cell) => {
+    const area = cell.querySelector('.jp-Cell-outputArea').getBoundingClientRect();
+    return {area: [Math.round(area.left), Math.round(area.right)],
+            cards: Array.from(cell.querySelectorAll('.nbf-card')).map(c => {
+                const r = c.getBoundingClientRect();
+                return [Math.round(r.left), Math.round(r.right), Math.round(r.top), c.dataset.model,
+                        !!c.querySelector('.nbf-md p, .nbf-md ul'), !!c.querySelector('.nbf-md strong, .nbf-md li')];
+            })};
+}"""
+
+
+def _assert_cards_side_by_side(cell: Any, models: int) -> None:
+    """The answers of a few models: one card each, in one row, left to right, inside the output area,
+    each with the full ``provider/model`` and its answer rendered from Markdown."""
+    boxes = cell.evaluate(CARDS)
+    cards, (left, right) = boxes["cards"], boxes["area"]
+    assert len(cards) == models, cards
+    assert len({top for _, _, top, *_ in cards}) == 1, f"the cards are not in one row: {cards}"
+    assert all(a[1] <= b[0] for a, b in zip(cards, cards[1:])), f"cards overlap or are out of order: {cards}"
+    assert left - 1 <= cards[0][0] and cards[-1][1] <= right + 1, f"a card leaves the output area: {cards}"
+    assert all(r - lft > 150 for lft, r, *_ in cards), "a card is too narrow to read"
+    assert all("/" in model and md for _, _, _, model, md, _ in cards), "an answer was not rendered as Markdown"
+
+
 OVERFLOW = """(cell) => {
     const area = cell.querySelector('.jp-Cell-outputArea').getBoundingClientRect();
     return Array.from(cell.querySelectorAll('table.nbf-models td, table.nbf-util td')).filter(td => {
@@ -188,6 +212,14 @@ def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survi
         assert broken.evaluate(COLUMN_EDGES) == static_edges, "long messages moved the columns"
         broken.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_failures.png"))
 
+        # three models: their answers side by side
+        cards = page.locator(".jp-Cell").nth(9)
+        cards.locator(".jp-OutputArea-output .nbf-card").first.wait_for(timeout=120_000)
+        page.wait_for_function("() => document.querySelectorAll('.jp-Cell')[9].querySelectorAll('.jupyter-widgets')"
+                               ".length === 0", timeout=60_000)
+        _assert_cards_side_by_side(cards, 3)
+        cards.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_cards.png"))
+
         # saved, then reopened with its kernel gone: the snapshot is still there, with no widget error
         page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
         page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
@@ -218,3 +250,22 @@ def test_notebook_7_shows_the_snapshot_whole_and_in_bounds(chromium: str, jupyte
             assert cell.locator("details.nbf-answer-row").count() == 15
         page.locator(".jp-Cell").nth(6).locator(".jp-Cell-outputArea").screenshot(
             path=str(ARTIFACTS / "notebook7_failures.png"))
+        cards = page.locator(".jp-Cell").nth(9)
+        cards.locator(".jp-OutputArea-output .nbf-card").first.wait_for(timeout=120_000)
+        page.wait_for_function("() => document.querySelectorAll('.jp-Cell')[9].querySelectorAll('.jupyter-widgets')"
+                               ".length === 0", timeout=60_000)
+        _assert_cards_side_by_side(cards, 3)
+
+        # saved, then reopened with its kernel gone: the snapshots are there, with no widget error
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+        page.wait_for_timeout(1000)
+        page.reload()
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.locator(".jp-Cell").nth(2).locator(".nbf-row").first.wait_for(timeout=60_000)
+        assert page.locator(".jp-Cell").nth(2).locator(".nbf-row").count() == 15
+        assert page.locator(".jp-Cell").nth(9).locator(".nbf-card").count() == 3
+        assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
+        assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "notebook7_reopened.png"))

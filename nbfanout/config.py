@@ -96,6 +96,7 @@ class ProviderConfig:
     max_audio_mb: float | None = None
     fallback: tuple[str, ...] = ()  # where a request goes when this provider cannot answer, in order
     params: Mapping[str, str] = field(default_factory=dict)  # query parameters of every call (Azure's api-version)
+    endpoint_vars: tuple[str, ...] = ()  # variables that can hold base_url, for "no endpoint" messages (Azure)
 
     @property
     def has_key(self) -> bool:
@@ -306,6 +307,13 @@ _TOP_SPEC: dict[str, tuple[Any, str]] = {
 }
 
 
+def _endpoint(spec: ProviderSpec | None, env: Mapping[str, str]) -> str:
+    """A catalog provider's base URL: from its endpoint variable where it has one (Azure), else the catalog's."""
+    if spec is None:
+        return ""
+    return next((env[v] for v in spec.base_url_env if env.get(v)), spec.base_url)
+
+
 def _env_prefix(provider: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", provider).upper()
 
@@ -413,7 +421,7 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             id=pid,
             name=raw.get("name", spec.name if spec else pid),
             wire=raw.get("kind", spec.wire if spec else "openai"),
-            base_url=raw.get("base_url", spec.base_url if spec else "").rstrip("/"),
+            base_url=raw.get("base_url", _endpoint(spec, env)).rstrip("/"),
             keys=keys,
             key_vars=key_vars,
             limits=base_limits.merged(overrides),
@@ -421,6 +429,7 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             max_audio_mb=raw.get("max_audio_mb", spec.max_audio_mb if spec else None),
             fallback=tuple(raw.get("fallback", ())),
             params=_params(raw, raw.get("kind", spec.wire if spec else "openai")),
+            endpoint_vars=spec.base_url_env if spec else (),
         )
         if raw.get("catalog_models", True) is False:  # the endpoint serves what it lists, nothing else
             listed = {f"{pid}/{m}" for m in raw.get("models", [])}

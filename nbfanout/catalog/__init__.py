@@ -68,11 +68,12 @@ class ProviderSpec:
     id: str
     name: str
     wire: str
-    base_url: str
+    base_url: str  # "" where every account has its own endpoint (Azure): then base_url_env says where it is
     key_env: tuple[str, ...]
     limits: Limits = Limits()
     docs: str | None = None
     max_audio_mb: float | None = None
+    base_url_env: tuple[str, ...] = ()  # variables that hold the endpoint, read before base_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
             limits=_limits(p.get("limits"), f"{where}.limits"),
             docs=p.get("docs"),
             max_audio_mb=p.get("max_audio_mb"),
+            base_url_env=tuple(p.get("base_url_env", ())),
         )
     models: dict[str, ModelSpec] = {}
     pools: dict[str, list[str]] = {}

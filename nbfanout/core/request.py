@@ -316,11 +316,18 @@ class RequestPipeline:
             self._emit(ModelQueued, request=req_id, model=requested)
         attempts = run.attempts.setdefault(req_id, [])
         first = fx.config.models[candidates[0]]
-        if len(candidates) == 1 and not fx.config.providers[first.provider].keys:
-            provider = fx.config.providers[first.provider]
+        provider = fx.config.providers[first.provider]
+        if len(candidates) == 1 and not provider.keys:
             info = ErrorInfo(ErrorCategory.MISSING_KEY, False,
                              f"no API key for {provider.id}: set {' or '.join(provider.key_vars)} "
                              f"(or api_key_env under [providers.{provider.id}] in nbfanout.toml)", provider=provider.id)
+            return self.failed(req_id, requested, requested, info, attempts, index, 0.0)
+        if len(candidates) == 1 and not provider.base_url:  # set up but not told where (an Azure resource)
+            where = " or ".join(provider.endpoint_vars)
+            info = ErrorInfo(ErrorCategory.MISSING_KEY, False,
+                             f"no endpoint for {provider.id}: set {where + ' or ' if where else ''}base_url under "
+                             f"[providers.{provider.id}] in nbfanout.toml (e.g. https://RESOURCE.openai.azure.com)",
+                             provider=provider.id)
             return self.failed(req_id, requested, requested, info, attempts, index, 0.0)
         t_start = self.clock.now()
         last_failed: str | None = None

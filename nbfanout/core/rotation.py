@@ -147,7 +147,7 @@ class Router:
     def unusable_reason(self, model: ModelSpec) -> str | None:
         """Why a model cannot be used at all right now (no key, every key rejected), or None."""
         provider = self.config.providers[model.provider]
-        if not provider.keys:
+        if not provider.keys or not provider.base_url:
             return "missing_key"
         if all(self.key_budget(provider, k).disabled for k in provider.keys):
             return "auth"

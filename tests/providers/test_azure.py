@@ -67,3 +67,23 @@ def test_the_official_sdks_azure_client_reads_the_sandboxs_answers(sandbox_facto
     with pytest.raises(openai.AuthenticationError):
         openai.AzureOpenAI(api_key="f" * 32, api_version="2024-10-21", azure_endpoint=f"{sandbox.url}/azure") \
             .chat.completions.create(model="gpt-4o-prod", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.looptime
+async def test_azure_is_built_in_with_its_endpoint_and_key_from_microsofts_variables(sandbox_app_factory):
+    app = sandbox_app_factory(scenario({}), time_scale=None, clock=lambda: asyncio.get_running_loop().time())
+    endpoint = app.config["providers"]["azure"]["base_url"]
+    config = {"providers": {"azure": {"models": ["gpt-4o-prod"]}}}  # a deployment: no kind, URL or key written here
+    env = {"AZURE_OPENAI_ENDPOINT": endpoint, "AZURE_OPENAI_API_KEY": KEY}
+    fx = Fanout(config, env=env, transport=app.transport(), learn=False)
+    azure = fx.config.providers["azure"]
+    assert (azure.wire, azure.base_url, azure.limits.limiter) == ("azure", endpoint, "per_second")
+    (result,) = await fx.run("hi", ["azure/gpt-4o-prod"])
+    assert result.ok and result.text
+    # a key but no endpoint: that request fails at once, saying which variable to set; nothing is sent
+    before = app.stats()["totals"]["requests"]
+    no_endpoint = Fanout(config, env={"AZURE_OPENAI_API_KEY": KEY}, transport=app.transport(), learn=False)
+    (missing,) = await no_endpoint.run("hi", ["azure/gpt-4o-prod"])
+    assert not missing.ok and missing.category == "missing_key"
+    assert "no endpoint for azure: set AZURE_OPENAI_ENDPOINT or base_url" in missing.error.message
+    assert app.stats()["totals"]["requests"] == before

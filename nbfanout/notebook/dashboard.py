@@ -68,7 +68,7 @@ class Dashboard:
         if stream:
             self.tab = widgets.Tab(children=[widgets.Output() for _ in models], titles=[m.split("/", 1)[-1] for m in models])
             children.append(self.tab)
-        # a background run appends its final outputs here (Output.append_* is thread-safe; display() is not)
+        # a background run that fails writes its message here (Output.append_* is thread-safe)
         self.after = widgets.Output() if background else None
         if self.after is not None:
             children.append(self.after)
@@ -97,7 +97,8 @@ class Dashboard:
     def freeze(self, result: FanoutResult | BatchResult | None, timeline_png: bytes | None = None) -> None:
         """Replace the live widget by a static snapshot (final dashboard, timeline, answers) and close
         the widgets: a saved notebook, nbviewer or GitHub then shows the run without a kernel and
-        without "Error displaying widget". Call from the cell's thread after ``aclose``."""
+        without "Error displaying widget". Call after ``aclose``: from the cell's thread, or for a
+        background run from the loop thread once it ends (a display update is one iopub message)."""
         self._closed = True  # a tick still pending on the loop thread does nothing now
         if self._timer is not None:
             self._timer.cancel()

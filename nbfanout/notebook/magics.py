@@ -29,7 +29,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
-from IPython.display import Image, display
+from IPython.display import display
 
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import ConfigError, ErrorCategory, ErrorInfo
@@ -160,18 +160,37 @@ class _Progress:
 
     main: FanoutResult | None = None
     final: FanoutResult | None = None
+    handle: BackgroundRun | None = None  # a background run's handle, told when the run ends
+    failed: bool = False  # the run raised: a background dashboard keeps its message rather than a snapshot
 
 
 class BackgroundRun:
-    """The handle ``%%fanout --background`` returns: the run goes on; ``result()`` waits for it."""
+    """The handle ``%%fanout --background`` returns: the run goes on; ``result()`` waits for it.
+
+    Shown as the cell's output with a display id, so the line says "done" once the run is over
+    (``refresh``, from the loop thread) instead of "running" for ever.
+    """
 
     def __init__(self, job: LoopJob[FanoutResult], names: list[str], out: str | None) -> None:
         self.job = job
         self.names = names
         self.out = out
+        self._display: Any = None
+        self._ended = False
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        self._display = display(_Bundle({"text/plain": repr(self)}), display_id=True)
+
+    def refresh(self, *, ended: bool = False) -> None:
+        """Update the cell's line to the run's state now (``ended``: the run's last step is running it)."""
+        self._ended = self._ended or ended
+        if self._display is not None:
+            self._display.update(_Bundle({"text/plain": repr(self)}))
 
     def done(self) -> bool:
-        return self.job.done()
+        return self._ended or self.job.done()
 
     def result(self, timeout: float | None = None) -> FanoutResult:
         """The FanoutResult (waits; Ctrl-C while waiting cancels the run)."""
@@ -182,9 +201,10 @@ class BackgroundRun:
         self.job.cancel()
 
     def __repr__(self) -> str:
+        if self.done():
+            return f"<BackgroundRun {len(self.names)} models, done" + (f"; stored as {self.out!r}>" if self.out else ">")
         where = f"; stored as {self.out!r} when done" if self.out else ""
-        state = "done" if self.done() else "running in the background"
-        return f"<BackgroundRun {len(self.names)} models, {state}{where}>"
+        return f"<BackgroundRun {len(self.names)} models, running in the background{where}>"
 
 
 # --- the magics ----------------------------------------------------------------------------------
@@ -309,7 +329,8 @@ class FanoutMagics(Magics):
         job: LoopJob[FanoutResult] = LoopJob(self._drive(fx, req, view, kind, progress), name="nbfanout-cell")
         if req.background:
             self._jobs[id(fx)] = job
-            return BackgroundRun(job, req.names, req.out)
+            progress.handle = BackgroundRun(job, req.names, req.out)
+            return progress.handle
         interrupted = False
         try:
             result = job.wait()
@@ -440,6 +461,7 @@ class FanoutMagics(Magics):
             raise
         except Exception as exc:
             if req.background:  # nobody is waiting on this cell: say so where its outputs are
+                progress.failed = True
                 message = f"nbfanout: the background run failed: {type(exc).__name__}: {exc}\n"
                 if kind == "widgets" and view.after is not None:
                     view.after.append_stderr(message)
@@ -449,6 +471,8 @@ class FanoutMagics(Magics):
         finally:
             if unsubscribe is not None:
                 unsubscribe()
+            if req.background and req.out and progress.final is not None:  # stored before anything says "done"
+                self._ns[req.out] = progress.final
             if kind == "widgets":
                 await view.aclose(cancelled=cancelled, result=progress.main)
                 if req.background:
@@ -457,20 +481,22 @@ class FanoutMagics(Magics):
                 view.close(cancelled=cancelled)
                 if req.background and progress.final is not None:
                     print(render.result_text(progress.final), flush=True)
-            if req.background and req.out and progress.final is not None:
-                self._ns[req.out] = progress.final
 
     async def _finish_background(self, req: CellRequest, progress: _Progress, view: Any) -> None:
-        """A background run's final outputs go into its dashboard's Output widget (thread-safe appends)."""
+        """A background run ends as a foreground one does: its dashboard becomes the static snapshot
+        (timeline and answers included) through its display id, so a saved notebook keeps it; and
+        the handle's line says it is done."""
         result = progress.final or progress.main
-        if result is None or view.after is None:
+        if progress.failed:  # the widget keeps the message it shows (in its Output) where the snapshot has none
             return
-        from nbfanout.notebook.timeline import timeline_png
+        png = None
+        if result is not None and any(r.attempts for r in result.results):
+            from nbfanout.notebook.timeline import timeline_png
 
-        png = await asyncio.get_running_loop().run_in_executor(None, timeline_png, result)
-        view.after.append_display_data(Image(data=png, format="png"))
-        view.after.append_display_data(_Bundle({"text/html": render.answers_html(result),
-                                                "text/plain": render.result_text(result)}))
+            png = await asyncio.get_running_loop().run_in_executor(None, timeline_png, result)
+        view.freeze(result, png)
+        if progress.handle is not None:
+            progress.handle.refresh(ended=True)
 
     def _partial(self, fx: Fanout, req: CellRequest, progress: _Progress, before: Any) -> FanoutResult:
         """After an interrupt: what had finished (Fanout.last_result holds the cancelled run's partial batch)."""

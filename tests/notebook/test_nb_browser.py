@@ -220,6 +220,13 @@ def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survi
         _assert_cards_side_by_side(cards, 3)
         cards.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_cards.png"))
 
+        # a background run, ended after the last cell: its live widget became the snapshot and its line says done
+        background = page.locator(".jp-Cell").nth(10)
+        background.locator(".jp-OutputArea-output").filter(has_text="BackgroundRun 3 models, done").wait_for(
+            timeout=120_000)
+        assert background.locator(".jupyter-widgets").count() == 0, "the background run's widget is still there"
+        assert background.locator(".nbf-row").count() == 3 and background.locator(".nbf-card").count() == 3
+
         # saved, then reopened with its kernel gone: the snapshot is still there, with no widget error
         page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
         page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
@@ -230,6 +237,10 @@ def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survi
         reopened = page.locator(".jp-Cell").nth(2)
         reopened.locator(".nbf-row").first.wait_for(timeout=60_000)
         assert reopened.locator(".nbf-row").count() == 15
+        saved_background = page.locator(".jp-Cell").nth(10)  # the background run's snapshot, saved
+        saved_background.scroll_into_view_if_needed()
+        saved_background.locator(".nbf-row").first.wait_for(timeout=60_000)
+        assert saved_background.locator(".nbf-row").count() == 3
         assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
         assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
         page.screenshot(path=str(ARTIFACTS / "browser_reopened.png"))

@@ -266,6 +266,11 @@ def test_notebook_7_shows_the_snapshot_whole_and_in_bounds(chromium: str, jupyte
         page.wait_for_function("() => document.querySelectorAll('.jp-Cell')[9].querySelectorAll('.jupyter-widgets')"
                                ".length === 0", timeout=60_000)
         _assert_cards_side_by_side(cards, 3)
+        background = page.locator(".jp-Cell").nth(10)  # the background run ends after the last cell
+        background.scroll_into_view_if_needed()
+        background.locator(".jp-OutputArea-output").filter(has_text="BackgroundRun 3 models, done").wait_for(
+            timeout=120_000)
+        assert background.locator(".jupyter-widgets").count() == 0 and background.locator(".nbf-row").count() == 3
 
         # saved, then reopened with its kernel gone: the snapshots are there, with no widget error
         page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")

@@ -12,6 +12,7 @@ plain-text view for IPython without a widget frontend.
 from __future__ import annotations
 
 import asyncio
+import html
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from nbfanout.core.events import Event
 from nbfanout.progress import FINAL_STATES, DashboardModel, Row
-from nbfanout.render import dashboard_html, mask_key, result_text, snapshot_html
+from nbfanout.render import GRID_MAX, dashboard_html, mask_key, result_text, snapshot_html
 
 if TYPE_CHECKING:
     from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
@@ -62,11 +63,21 @@ class Dashboard:
         self.min_tick_s = min_tick_s
         self.html = widgets.HTML(value=dashboard_html(self.model))
         children: list[Any] = [self.html]
-        self.tab = None
+        self.tab: Any = None  # the streamed answers' container
+        self._streams: list[Any] = []  # one Output per model, its answer as it grows
         self._shown_chars: dict[int, int] = {}
         self._sent_at: dict[int, int] = {}
         if stream:
-            self.tab = widgets.Tab(children=[widgets.Output() for _ in models], titles=[m.split("/", 1)[-1] for m in models])
+            self._streams = [widgets.Output() for _ in models]
+            if len(models) <= GRID_MAX:  # side by side, each under its full provider/model
+                cards = [widgets.VBox([widgets.HTML(f'<b title="{html.escape(m)}">{html.escape(m)}</b>'), out],
+                                      layout=widgets.Layout(min_width="0", padding="4px 6px",
+                                                            border="1px solid var(--jp-border-color2, #e0e0e0)"))
+                         for m, out in zip(models, self._streams)]
+                self.tab = widgets.GridBox(cards, layout=widgets.Layout(
+                    grid_template_columns=f"repeat({len(models)}, minmax(0, 1fr))", grid_gap="8px"))
+            else:  # one full-width title per model (tabs cut fifteen names down to "deep", "deep", ...)
+                self.tab = widgets.Accordion(children=self._streams, titles=list(models))
             children.append(self.tab)
         # a background run that fails writes its message here (Output.append_* is thread-safe)
         self.after = widgets.Output() if background else None
@@ -108,7 +119,8 @@ class Dashboard:
         bundle = {"text/html": snapshot_html(self.model, result, timeline_png), "text/plain": text}
         if self._handle is not None:
             self._handle.update(bundle, raw=True)
-        for w in [self.html, self.after, self.tab, *(self.tab.children if self.tab is not None else ()), self.widget]:
+        containers = list(self.tab.children) if isinstance(self.tab, import_widgets().GridBox) else []
+        for w in [self.html, self.after, self.tab, *containers, *self._streams, self.widget]:
             if w is not None:
                 w.close()
 
@@ -127,15 +139,15 @@ class Dashboard:
         self._timer = loop.call_later(delay, self._tick)
 
     def _stale_streams(self) -> list[int]:
-        """Stream tabs whose answer grew since they were last sent."""
+        """Streamed answers that grew since they were last sent."""
         if self.tab is None:
             return []
         return [i for i, row in enumerate(self.model.rows.values()) if len(row.text) != self._shown_chars.get(i, 0)]
 
     def _tick(self) -> None:
-        """Send one widget message: the table, or (taking turns) the stream tab longest out of date.
+        """Send one widget message: the table, or (taking turns) the streamed answer longest out of date.
 
-        Every tab is refreshed in turn rather than only the selected one, because while a cell
+        Every answer is refreshed in turn rather than only the open one, because while a cell
         runs the kernel does not process the frontend's messages, so the selection is unknown.
         """
         self._timer = None
@@ -156,7 +168,7 @@ class Dashboard:
 
     def _send_stream(self, i: int) -> None:
         row = list(self.model.rows.values())[i]
-        out = self.tab.children[i]  # type: ignore[union-attr]
+        out = self._streams[i]
         with out.hold_sync():
             out.outputs = (markdown_output(row.text),)
         self._shown_chars[i] = len(row.text)
@@ -180,8 +192,8 @@ class Dashboard:
             final = {r.requested: r for r in result.results}
             for i, name in enumerate(self.model.rows):
                 if name in final:
-                    with self.tab.children[i].hold_sync():
-                        self.tab.children[i].outputs = (markdown_output(answer_markdown(final[name])),)
+                    with self._streams[i].hold_sync():
+                        self._streams[i].outputs = (markdown_output(answer_markdown(final[name])),)
 
     def __repr__(self) -> str:
         t = self.model.totals()

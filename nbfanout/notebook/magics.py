@@ -287,7 +287,7 @@ class FanoutMagics(Magics):
     @argument("--synthesize", metavar="MODEL", help="afterwards, have MODEL combine the answers into one")
     @argument("--out", "-o", metavar="NAME", help="store the FanoutResult in the notebook as NAME")
     @argument("--rerun", metavar="NAME", help="send NAME's prompt again to only the models that failed in that FanoutResult")
-    @argument("--stream", action="store_true", help="stream answers: each grows live in its tab")
+    @argument("--stream", action="store_true", help="stream answers: each grows live, side by side (up to four), else in a section per model")
     @argument("--dry-run", action="store_true", help="show the plan (models, keys, tokens, cost); send nothing")
     @argument("--no-dashboard", action="store_true", help="no live dashboard, timeline or answers; the cell returns the FanoutResult")
     @argument("--background", action="store_true",

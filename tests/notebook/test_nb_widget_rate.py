@@ -53,3 +53,16 @@ def test_fifty_streaming_models_stay_under_ten_updates_a_second(sandbox_factory:
     final = dash.html.value
     assert final.count('class="nbf-row"') == 50
     assert final.count('data-state="done"') == 50
+
+
+def test_streamed_answers_sit_side_by_side_under_full_names_or_in_full_width_sections(recording_comm: list) -> None:
+    """Seen: fifteen tabs labelled "deep" ×4, "meta" ×3; two pooled models both read "steady"."""
+    import ipywidgets
+
+    few = ["openrouter/deepseek/deepseek-r1-0528:free", "together/deepseek-ai/DeepSeek-R1", "openai/o3"]
+    grid = Dashboard(few, stream=True).tab
+    assert isinstance(grid, ipywidgets.GridBox) and "repeat(3," in grid.layout.grid_template_columns
+    assert [box.children[0].value.count(name) for box, name in zip(grid.children, few)] == [2, 2, 2]  # text and title
+    many = [f"openrouter/deepseek/model-{i}" for i in range(15)]
+    sections = Dashboard(many, stream=True).tab
+    assert isinstance(sections, ipywidgets.Accordion) and list(sections.titles) == many

@@ -327,8 +327,7 @@ def plan_text(plan: Plan) -> str:
         cost = _cost(r["cost"]) if r["cost"] is not None else "unpriced"
         lines.append(f"{r['model']:<{width}}  {key:<14} {r['requests']:>4} request(s)  "
                      f"~{r['prompt_tokens']:,}+{r['max_output_tokens']:,} tokens  {fit}  {cost}")
-    lines.append(f"dry run, nothing sent: {len(plan.rows)} request(s) to {len(rows)} model(s); "
-                 f"lower bound by limits {duration(plan.lower_bound_s)}; ≈{_cost(plan.projected_cost)}")
+    lines.append(_plan_head(plan))  # the same sentence as the HTML's head
     return "\n".join(lines)
 
 

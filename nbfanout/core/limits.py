@@ -16,8 +16,10 @@ Admission (``BudgetSet.reserve``) is event-driven:
 * Every path out of a wait (admitted, cancelled, gave up) passes the baton, so no wake-up
   is lost.
 * The run's own in-flight cap is the one budget served by rank before arrival: a map ranks
-  each request by its model's remaining requests per slot (longest lane first), so a model whose
-  own concurrency limit makes it the slowest to finish is never left short of run slots by
+  each request by its critical path. First come the requests whose sliding-window share a
+  later request of their model will reuse a minute on (sent late, they push that minute
+  later), then the model with the most requests left per slot, so a model whose own
+  concurrency limit makes it the slowest to finish is never left short of run slots by
   models that could finish sooner. Provider budgets stay first come, first served.
 
 A reservation charges one request and an estimate of tokens (input estimate + max output)
@@ -35,8 +37,8 @@ comes back within that step: a hidden concurrency limit costs one refusal, not o
 answer that arrived while it was on its way (with refusals 40 ms away and answers every 25 ms,
 4 before the pacing). The price is a longer ramp to a high ceiling: 64 in flight after about
 10 round trips instead of 6 (1,000 requests at 0.2 s to a server without limits: 4.6 s, not
-4.2 s). Limits a 429 body states are adopted; where no limit is known at all the rate adapts (AIMD) from what was
-achieved. Learned limits persist in a JSON state file.
+4.2 s). Limits a 429 body states are adopted; where no limit is known at all the rate adapts
+(AIMD) from what was achieved. Learned limits persist in a JSON state file.
 """
 
 from __future__ import annotations

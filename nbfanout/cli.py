@@ -17,7 +17,7 @@ from nbfanout._argtypes import positive_float, positive_int
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import FanoutError, UsageError
 from nbfanout.core.events import RequestEvent
-from nbfanout.progress import FINAL_STATES, DashboardModel
+from nbfanout.progress import FINAL_STATES, DashboardModel, TextNews
 from nbfanout.render import duration, row_state
 
 __all__ = ["main"]
@@ -65,8 +65,6 @@ class TerminalProgress:
     terminal and the dashboard say the same about every model: who asked to wait, via whom, why.
     """
 
-    LOUD = frozenset({"done", "failed", "rate_limited", "cancelled"})
-
     def __init__(self, models: Sequence[str], out: TextIO = sys.stderr,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.models = list(models)
@@ -77,7 +75,7 @@ class TerminalProgress:
         self._drawn = 0
         self._last = 0.0
         self._started = self._said_at = clock()
-        self._said: dict[str, str] = {}
+        self._news = TextNews()
 
     @property
     def finished(self) -> int:
@@ -99,12 +97,11 @@ class TerminalProgress:
         if self.tty:
             self._redraw(force=event.kind in ("model_completed", "model_failed"))
             return
-        for name, row in self.model.rows.items():
-            said = self._said.get(name)
-            if (row.state in self.LOUD or row.detail.startswith("rotated")) and said != row.detail:
-                self._said[name] = row.detail
-                print(f"  [{self.finished}/{len(self.models)}] {name}: {self.state(name)}", file=self.out, flush=True)
-                self._said_at = self.clock()
+        for row in self._news(self.model):
+            if row is self.model.synthesis:  # printed with the summary, after the run
+                continue
+            print(f"  [{self.finished}/{len(self.models)}] {row.name}: {self.state(row.name)}", file=self.out, flush=True)
+            self._said_at = self.clock()
 
     def heartbeat(self, quiet_s: float = HEARTBEAT_S) -> None:
         """While nothing happens (a long wait, slow answers): what is still open, at most every ``quiet_s``."""

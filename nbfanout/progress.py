@@ -37,7 +37,7 @@ from nbfanout.core.events import (
     Utilization,
 )
 
-__all__ = ["FINAL_STATES", "DashboardModel", "Row"]
+__all__ = ["FINAL_STATES", "DashboardModel", "Row", "TextNews"]
 
 #: States a row does not leave.
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
@@ -295,3 +295,21 @@ def _apply_to_batch_row(row: Row, e: Event) -> None:
         row.state = "running"
     elif isinstance(e, (RateLimited, RetryScheduled, NoModelsAvailableEvent)):
         row.state = "waiting"
+
+
+class TextNews:
+    """For plain-text views (IPython without widgets, the CLI off a terminal): the rows that reached
+    a state worth a line (done, failed, rate limited, cancelled, rotated) since last asked, once each."""
+
+    LOUD = frozenset({"done", "failed", "rate_limited", "cancelled"})
+
+    def __init__(self) -> None:
+        self._said: dict[str, str] = {}
+
+    def __call__(self, model: DashboardModel) -> list[Row]:
+        fresh = []
+        for row in model.ordered():
+            if (row.state in self.LOUD or row.detail.startswith("rotated")) and self._said.get(row.name) != row.detail:
+                self._said[row.name] = row.detail
+                fresh.append(row)
+        return fresh

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from nbfanout.core.events import Event
-from nbfanout.progress import FINAL_STATES, DashboardModel, Row
+from nbfanout.progress import FINAL_STATES, DashboardModel, Row, TextNews
 from nbfanout.render import GRID_MAX, dashboard_html, mask_key, result_text, snapshot_html
 
 if TYPE_CHECKING:
@@ -65,16 +65,17 @@ class Dashboard:
         children: list[Any] = [self.html]
         self.tab: Any = None  # the streamed answers' container
         self._streams: list[Any] = []  # one Output per model, its answer as it grows
+        self._cards: list[Any] = []  # up to GRID_MAX models: each Output under its name, side by side
         self._shown_chars: dict[int, int] = {}
         self._sent_at: dict[int, int] = {}
         if stream:
             self._streams = [widgets.Output() for _ in models]
             if len(models) <= GRID_MAX:  # side by side, each under its full provider/model
-                cards = [widgets.VBox([widgets.HTML(f'<b title="{html.escape(m)}">{html.escape(m)}</b>'), out],
+                self._cards = [widgets.VBox([widgets.HTML(f'<b title="{html.escape(m)}">{html.escape(m)}</b>'), out],
                                       layout=widgets.Layout(min_width="0", padding="4px 6px",
                                                             border="1px solid var(--jp-border-color2, #e0e0e0)"))
                          for m, out in zip(models, self._streams)]
-                self.tab = widgets.GridBox(cards, layout=widgets.Layout(
+                self.tab = widgets.GridBox(self._cards, layout=widgets.Layout(
                     grid_template_columns=f"repeat({len(models)}, minmax(0, 1fr))", grid_gap="8px"))
             else:  # one full-width title per model (tabs cut fifteen names down to "deep", "deep", ...)
                 self.tab = widgets.Accordion(children=self._streams, titles=list(models))
@@ -119,8 +120,7 @@ class Dashboard:
         bundle = {"text/html": snapshot_html(self.model, result, timeline_png), "text/plain": text}
         if self._handle is not None:
             self._handle.update(bundle, raw=True)
-        containers = list(self.tab.children) if isinstance(self.tab, import_widgets().GridBox) else []
-        for w in [self.html, self.after, self.tab, *containers, *self._streams, self.widget]:
+        for w in [self.html, self.after, self.tab, *self._cards, *self._streams, self.widget]:
             if w is not None:
                 w.close()
 
@@ -203,31 +203,24 @@ class Dashboard:
 class TextProgress:
     """Plain-text progress for IPython without widgets: a line whenever a model changes state for good."""
 
-    LOUD = frozenset({"done", "failed", "rate_limited", "cancelled"})
-
     def __init__(self, models: Sequence[str], out: TextIO | None = None) -> None:
         self.model = DashboardModel(models)
         self.out = out or sys.stdout
-        self._said: dict[str, str] = {}
+        self._news = TextNews()
 
     def on_event(self, event: Event) -> None:
         """Event subscriber: print the rows whose state changed to one worth a line."""
         if not self.model.apply(event):
             return
-        for row in self.model.ordered():
-            said = self._said.get(row.name)
-            if row.state in self.LOUD and said != row.detail or (row.detail.startswith("rotated") and said != row.detail):
-                self._said[row.name] = row.detail
-                when = f"{self.model.now():6.2f}s"
-                print(f"[{when}] {row.label}: {row.detail}", file=self.out, flush=True)
+        for row in self._news(self.model):
+            print(f"[{self.model.now():6.2f}s] {row.label}: {row.detail}", file=self.out, flush=True)
 
     def close(self, *, cancelled: bool = False) -> None:
         """Report the rows an interrupt cancelled."""
         self.model.finish(cancelled=cancelled)
         if cancelled:
-            for row in self.model.ordered():
-                if row.state == "cancelled" and self._said.get(row.name) != "cancelled":
-                    self._said[row.name] = "cancelled"
+            for row in self._news(self.model):
+                if row.state == "cancelled":
                     print(f"  {row.label}: cancelled", file=self.out, flush=True)
 
     def __repr__(self) -> str:

@@ -133,6 +133,39 @@ def _assert_cards_side_by_side(cell: Any, models: int) -> None:
     assert all("/" in model and md for _, _, _, model, md, _ in cards), "an answer was not rendered as Markdown"
 
 
+def _assert_cards_and_background_ended(page: Any) -> None:
+    """Cell 9: three models' answers as cards side by side; cell 10: the background run, ended after
+    the last cell, became its snapshot and its handle's line says done."""
+    cards = page.locator(".jp-Cell").nth(9)
+    cards.locator(".jp-OutputArea-output .nbf-card").first.wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelectorAll('.jp-Cell')[9].querySelectorAll('.jupyter-widgets')"
+                           ".length === 0", timeout=60_000)
+    _assert_cards_side_by_side(cards, 3)
+    background = page.locator(".jp-Cell").nth(10)
+    background.scroll_into_view_if_needed()
+    background.locator(".jp-OutputArea-output").filter(has_text="BackgroundRun 3 models, done").wait_for(timeout=120_000)
+    assert background.locator(".jupyter-widgets").count() == 0, "the background run's widget is still there"
+    assert background.locator(".nbf-row").count() == 3 and background.locator(".nbf-card").count() == 3
+
+
+def _save_and_reopen(page: Any) -> None:
+    """Save the notebook, shut its kernel down and reload the page: then check every snapshot is
+    still there (the fifteen rows, the cards, the background run's) and no widget error or placeholder."""
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
+    page.wait_for_timeout(1000)
+    page.reload()
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    for index, selector, count in ((2, ".nbf-row", 15), (9, ".nbf-card", 3), (10, ".nbf-row", 3)):
+        cell = page.locator(".jp-Cell").nth(index)
+        cell.scroll_into_view_if_needed()  # cells far down render only when in view
+        cell.locator(selector).first.wait_for(timeout=60_000)
+        assert cell.locator(selector).count() == count, (index, selector)
+    assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
+    assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
+
+
 OVERFLOW = """(cell) => {
     const area = cell.querySelector('.jp-Cell-outputArea').getBoundingClientRect();
     return Array.from(cell.querySelectorAll('table.nbf-models td, table.nbf-util td')).filter(td => {
@@ -212,37 +245,10 @@ def test_dashboard_holds_its_layout_live_and_leaves_a_static_snapshot_that_survi
         assert broken.evaluate(COLUMN_EDGES) == static_edges, "long messages moved the columns"
         broken.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_failures.png"))
 
-        # three models: their answers side by side
-        cards = page.locator(".jp-Cell").nth(9)
-        cards.locator(".jp-OutputArea-output .nbf-card").first.wait_for(timeout=120_000)
-        page.wait_for_function("() => document.querySelectorAll('.jp-Cell')[9].querySelectorAll('.jupyter-widgets')"
-                               ".length === 0", timeout=60_000)
-        _assert_cards_side_by_side(cards, 3)
-        cards.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "browser_cards.png"))
-
-        # a background run, ended after the last cell: its live widget became the snapshot and its line says done
-        background = page.locator(".jp-Cell").nth(10)
-        background.locator(".jp-OutputArea-output").filter(has_text="BackgroundRun 3 models, done").wait_for(
-            timeout=120_000)
-        assert background.locator(".jupyter-widgets").count() == 0, "the background run's widget is still there"
-        assert background.locator(".nbf-row").count() == 3 and background.locator(".nbf-card").count() == 3
-
-        # saved, then reopened with its kernel gone: the snapshot is still there, with no widget error
-        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-        page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
-        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
-        page.wait_for_timeout(1000)
-        page.reload()
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        reopened = page.locator(".jp-Cell").nth(2)
-        reopened.locator(".nbf-row").first.wait_for(timeout=60_000)
-        assert reopened.locator(".nbf-row").count() == 15
-        saved_background = page.locator(".jp-Cell").nth(10)  # the background run's snapshot, saved
-        saved_background.scroll_into_view_if_needed()
-        saved_background.locator(".nbf-row").first.wait_for(timeout=60_000)
-        assert saved_background.locator(".nbf-row").count() == 3
-        assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
-        assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
+        _assert_cards_and_background_ended(page)
+        page.locator(".jp-Cell").nth(9).locator(".jp-Cell-outputArea").screenshot(
+            path=str(ARTIFACTS / "browser_cards.png"))
+        _save_and_reopen(page)
         page.screenshot(path=str(ARTIFACTS / "browser_reopened.png"))
 
 
@@ -261,27 +267,6 @@ def test_notebook_7_shows_the_snapshot_whole_and_in_bounds(chromium: str, jupyte
             assert cell.locator("details.nbf-answer-row").count() == 15
         page.locator(".jp-Cell").nth(6).locator(".jp-Cell-outputArea").screenshot(
             path=str(ARTIFACTS / "notebook7_failures.png"))
-        cards = page.locator(".jp-Cell").nth(9)
-        cards.locator(".jp-OutputArea-output .nbf-card").first.wait_for(timeout=120_000)
-        page.wait_for_function("() => document.querySelectorAll('.jp-Cell')[9].querySelectorAll('.jupyter-widgets')"
-                               ".length === 0", timeout=60_000)
-        _assert_cards_side_by_side(cards, 3)
-        background = page.locator(".jp-Cell").nth(10)  # the background run ends after the last cell
-        background.scroll_into_view_if_needed()
-        background.locator(".jp-OutputArea-output").filter(has_text="BackgroundRun 3 models, done").wait_for(
-            timeout=120_000)
-        assert background.locator(".jupyter-widgets").count() == 0 and background.locator(".nbf-row").count() == 3
-
-        # saved, then reopened with its kernel gone: the snapshots are there, with no widget error
-        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-        page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
-        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
-        page.wait_for_timeout(1000)
-        page.reload()
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.locator(".jp-Cell").nth(2).locator(".nbf-row").first.wait_for(timeout=60_000)
-        assert page.locator(".jp-Cell").nth(2).locator(".nbf-row").count() == 15
-        assert page.locator(".jp-Cell").nth(9).locator(".nbf-card").count() == 3
-        assert page.locator(".jp-OutputArea-output").filter(has_text="Error displaying widget").count() == 0
-        assert page.locator(".jp-OutputArea-output").filter(has_text="Loading widget").count() == 0
+        _assert_cards_and_background_ended(page)
+        _save_and_reopen(page)
         page.screenshot(path=str(ARTIFACTS / "notebook7_reopened.png"))

@@ -9,6 +9,7 @@ what was expected. API keys come from the config (``api_key``), the variables na
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 from nbfanout.catalog import CAPABILITIES, LIMITERS, TOKENS_COUNTED, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
 from nbfanout.core.errors import ConfigError, UnknownModelError, UsageError
+from nbfanout.core.store import ON_UNAVAILABLE, REDIS_URL_ENV, SharedConfig
 from nbfanout._secrets import mask, redact, remember
 
 if sys.version_info >= (3, 11):
@@ -53,6 +55,12 @@ class ApiKey:
     @property
     def id(self) -> str:
         return mask(self.value)
+
+    @property
+    def digest(self) -> str:
+        """A one-way name for the key that is the same in every process: how a shared store tells keys
+        apart (two keys may end in the same four characters) without holding them."""
+        return hashlib.sha256(self.value.encode("utf-8")).hexdigest()[:20]
 
     def __repr__(self) -> str:
         return f"ApiKey({self.id} from {self.origin})"
@@ -112,6 +120,7 @@ class Config:
     models: Mapping[str, ModelSpec]
     pools: Mapping[str, tuple[str, ...]]
     source: str = BUILT_IN  # the file's path, a config dict's name, or BUILT_IN
+    shared: SharedConfig | None = None  # [shared]: budgets kept in Redis with every other process using it
 
     def model(self, name: str) -> ModelSpec:
         """The model called ``name``; UnknownModelError lists the closest known names."""
@@ -298,12 +307,22 @@ _MODEL_SPEC: dict[str, tuple[Any, str]] = {
     "rejects": (_str_list, "a list of request parameter names the model refuses, e.g. [\"temperature\"]"),
 }
 
+_SHARED_SPEC: dict[str, tuple[Any, str]] = {
+    "url": (lambda v: isinstance(v, str) and v.split("://", 1)[0] in ("redis", "rediss", "unix"),
+            "a Redis URL: redis://[user:password@]host:port/db, rediss://... (TLS) or unix:///path"),
+    "on_unavailable": (lambda v: v in ON_UNAVAILABLE, '"fail" (the run fails at once) or "local" (warn, keep budgets in process)'),
+    "lease_s": (_positive, "a positive number of seconds (how soon a dead process's slots are freed)"),
+    "namespace": (lambda v: isinstance(v, str) and re.fullmatch(r"[\w.\-]+", v) is not None,
+                  "a prefix for the store's keys: letters, digits, '_', '.', '-'"),
+}
+
 _TOP_SPEC: dict[str, tuple[Any, str]] = {
     "defaults": (_is(Mapping), "a table"),
     "providers": (_is(Mapping), "a table of [providers.<id>] tables"),
     "models": (_is(Mapping), 'a table of [models."provider/model"] tables'),
     "pools": (_is(Mapping), "a table of [pools.<name>] tables"),
     "name": (_is(str), "a display name for this configuration (shown by status)"),
+    "shared": (_is(Mapping), "a table: [shared] url = \"redis://host:port/0\""),
 }
 
 
@@ -484,6 +503,7 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
         for pid in provider.fallback:
             if pid not in providers or pid == provider.id:
                 p.add(f"providers.{provider.id}.fallback", pid, f"another provider id, one of {sorted(set(providers) - {provider.id})}")
+    shared = _shared(p, top.get("shared"), env)
     p.raise_if_any()
     for pool_name, pool in pools.items():
         if pool_name not in explicit:  # an explicit [pools.x] keeps the user's order
@@ -494,7 +514,26 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
         models=models,
         pools={k: tuple(v) for k, v in pools.items()},
         source=where,
+        shared=shared,
     )
+
+
+def _shared(p: _Problems, raw: Any, env: Mapping[str, str]) -> SharedConfig | None:
+    """The ``[shared]`` table; its URL may come from NBFANOUT_REDIS_URL instead (keeps a password out of the file)."""
+    if not isinstance(raw, Mapping):
+        return None
+    table = _check(p, raw, "shared", _SHARED_SPEC)
+    url = table.get("url") or env.get(REDIS_URL_ENV, "")
+    if not url:
+        if "url" not in raw:
+            p.add("shared.url", None, f"a Redis URL (or set {REDIS_URL_ENV})")
+        return None
+    try:
+        return SharedConfig(url, on_unavailable=table.get("on_unavailable", "fail"),
+                            lease_s=float(table.get("lease_s", 30.0)), namespace=table.get("namespace", "nbfanout"))
+    except UsageError as exc:
+        p.add("shared.url", url, str(exc))
+        return None
 
 
 def parse_provider_rpm(text: str | None) -> dict[str, float]:

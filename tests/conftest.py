@@ -17,6 +17,12 @@ In-process (no socket; fake clock)::
         .app / .state / .clock / .config / .client() -> httpx.AsyncClient
     fake_clock      a FakeClock at t = 1000.0; ``advance(seconds)``
 
+Shared budgets (a real ``redis-server`` from Debian's package, on a free loopback port, no
+persistence; skipped when it is missing unless NBFANOUT_REQUIRE_REDIS is set, as CI does)::
+
+    redis_server    the session's RedisServer (``.url``); tests keep apart by namespace
+    redis_namespace a fresh namespace for this test's keys
+
 ``scenario`` is a built-in name, a TOML path, a Scenario, or a dict in the scenario
 schema (see nbfanout/sandbox/scenario.py).
 """
@@ -27,12 +33,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import os
+import uuid
+
 import httpx
 import pytest
 
 from nbfanout.sandbox import Sandbox, Scenario, create_app, load_scenario, parse_scenario, start_sandbox
 from nbfanout.core.tokens import exact_encoder
 from nbfanout.sandbox.app import SandboxState
+from nbfanout.sandbox.redis_server import RedisServer, redis_server_binary
 
 IN_PROCESS_URL = "http://sandbox.local"
 
@@ -157,3 +167,25 @@ def fresh_sandbox(sandbox: Sandbox) -> Sandbox:
     """The session seed15 sandbox with its ledger, windows and fault counters cleared."""
     sandbox.reset()
     return sandbox
+
+
+def require_redis() -> None:
+    """Skip a test that needs redis-server when it is not installed, or fail under NBFANOUT_REQUIRE_REDIS."""
+    if redis_server_binary() is None:
+        if os.environ.get("NBFANOUT_REQUIRE_REDIS"):
+            pytest.fail("NBFANOUT_REQUIRE_REDIS is set but redis-server is not installed (apt-get install -y redis-server)")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session, stopped at its end."""
+    require_redis()
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -207,6 +207,7 @@ class BudgetStats:
     ash_used: float = 0.0
     asd_limit: float | None = None  # audio seconds per day
     asd_used: float = 0.0
+    processes: int | None = None  # shared budgets: how many processes use it now (the counts are all of theirs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
 from nbfanout.core.events import Cooldown, Event, EventBus, LimitsLearned, ModelQueued, RunCompleted, RunStarted, Utilization
 from nbfanout.core.judge import JUDGE_TRIES, judge_prompt, parse_score
 from nbfanout.core.limits import Budget, BudgetSet, LearnedLimits
+from nbfanout.core.store import SharedConfig, SharedStore
 from nbfanout.core.plan import Plan, PlanRow, build_plan
 from nbfanout.core.request import RequestPipeline, RequestSpec
 from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResult, Score
@@ -86,6 +87,7 @@ class Fanout:
         state_path: str | Path | None = None,
         cache: bool | str | Path | None = None,
         downscale_images: bool | None = None,
+        shared: str | SharedConfig | bool | None = None,
     ) -> None:
         self.config = load_config(config, env=env)
         d = self.config.defaults
@@ -110,7 +112,10 @@ class Fanout:
         learn = d.learn_limits if learn is None else learn
         where = state_path or d.state_path
         self.learned = LearnedLimits(Path(where) if where else None, ttl_s=d.learned_ttl_s) if learn else None
-        self.budgets = BudgetSet(self.clock, self.learned)
+        # shared budgets: None takes the config's [shared] table; False keeps budgets in process whatever it says
+        shared_config = self.config.shared if shared is None else SharedConfig.resolve(shared, env)
+        self.shared = SharedStore(shared_config) if shared_config is not None else None
+        self.budgets = BudgetSet(self.clock, self.learned, shared=self.shared)
         self.budgets.listeners.append(self._on_learned)
         self.downscale_images = d.downscale_images if downscale_images is None else downscale_images
         self.router = Router(self.config, self.budgets, clock=self.clock, provider_rpm=dict(provider_rpm or {}),
@@ -363,6 +368,8 @@ class Fanout:
         check_options(max_tokens=max_tokens, temperature=temperature, timeout=timeout)
         # the run's own in-flight cap; not registered with the budget set, so it ends with the run
         run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock, ranked=True)
+        if self.shared is not None:  # unreachable with on_unavailable = "fail": raised here, before any request
+            await self.shared.open()
         run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), http=self._http())
         token = _RUN.set(run)
         self._emit(RunStarted, models=tuple(names), prompts=len(prompts), purpose=purpose)
@@ -435,6 +442,8 @@ class Fanout:
             await asyncio.gather(*workers, return_exceptions=True)
             await self._stop_ticker(run)
             self._emit_utilization()
+            if self.shared is not None:
+                await self.shared.close()
             if self.learned is not None:
                 self.learned.save()
             _RUN.reset(token)

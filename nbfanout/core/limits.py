@@ -44,11 +44,13 @@ answer that arrived while it was on its way (with refusals 40 ms away and answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
+import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -58,6 +60,7 @@ from nbfanout.core.events import BudgetStats, Cooldown
 from nbfanout.core.headers import RateSnapshot
 from nbfanout.core.shapes import DEFAULT_LIMITER, Shape, SlidingWindow, make_shape
 from nbfanout.core.state import LearnedLimits, default_state_path
+from nbfanout.core.store import SharedStore, SharedUse, Verdict
 
 __all__ = ["Budget", "BudgetSet", "CapacityError", "LearnedLimits", "Reservation", "default_state_path"]
 
@@ -124,6 +127,7 @@ class Budget:
     on_learned: LearnedCallback | None = field(default=None, repr=False)
     on_cooldown: Callable[[Budget, float, str], None] | None = field(default=None, repr=False)
     ranked: bool = False  # claimants served by (rank, arrival), not arrival alone: the run's cap
+    shared_id: str | None = None  # its name in a shared store (keys by digest, never by value); None: this process's own
 
     def __post_init__(self) -> None:
         self.in_flight = 0
@@ -139,6 +143,12 @@ class Budget:
         self._fastest = math.inf  # the shortest answer seen, in seconds: paces the slow start
         self._ramp_grown_at = -math.inf
         self._ramp_credit = 0  # slow-start steps earned by answers, not yet taken
+        # shared budgets (core/store.py): what the store says holds this budget, all processes' use,
+        # and where to tell the others what this process learned
+        self._held: _Block | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self.shared_use: SharedUse | None = None
+        self.share: Callable[..., None] | None = None
         for kind in RATE_KINDS:
             if getattr(self, kind):
                 self._shapes[kind] = make_shape(self.limiter, kind, getattr(self, kind), self._now())
@@ -163,6 +173,8 @@ class Budget:
             return _Block(self, math.inf, f"{self.disabled[0].value}: {self.disabled[1]}")
         if self.cooldown_until > now:
             return _Block(self, self.cooldown_until, self.cooldown_reason or "cooling down")
+        if self._held is not None and (self._held.until is None or self._held.until > now):
+            return self._held
         if self.concurrency is not None and self.in_flight >= self.concurrency:
             return _Block(self, None, f"{self.label}: {self.in_flight}/{self.concurrency} in flight")
         if self.probe and self.in_flight >= 1:
@@ -197,6 +209,47 @@ class Budget:
             return (f"~{tokens:.0f} tokens (prompt + max output) exceed the {limit:g} tokens per minute allowed for "
                     f"{self.scope} {self.name}; lower max_tokens or shorten the prompt")
         return f"{self.label}: {kind} {limit:g} ({self.limiter}) full for {wait:.1f}s"
+
+    # --- shared with other processes (core/store.py) ----------------------------------------
+    def shapes(self) -> dict[str, Shape]:
+        """Each counted limit's shape, by kind."""
+        return dict(self._shapes)
+
+    def hold(self, why: str, until: float | None, release_by: float | None = None) -> None:
+        """The shared store refused: wait ``until`` then (None: until another process releases a
+        request, or at the latest ``release_by`` seconds from now, when its lease runs out)."""
+        self.unhold(wake=False)
+        self._held = _Block(self, until, why)
+        if until is None and release_by is not None:
+            self._hold_timer = self.clock.call_later(max(0.0, release_by), self.unhold)
+
+    def unhold(self, wake: bool = True) -> None:
+        """What the store said no longer holds (a request was released, or the store is gone): look again."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if self._held is not None:
+            self._held = None
+            if wake:
+                self.changed()
+
+    def adopt_shared(self, metric: str, value: float) -> None:
+        """A limit another process learned (it told the store, so it is not told back)."""
+        with self._quietly():
+            self.set_limit(metric, value, "shared")
+
+    @contextlib.contextmanager
+    def _quietly(self) -> Iterator[None]:
+        """Apply what the store said without telling the store."""
+        share, self.share = self.share, None
+        try:
+            yield
+        finally:
+            self.share = share
+
+    def _tell(self, what: str, *args: object) -> None:
+        if self.share is not None:
+            self.share(self, what, *args)
 
     def wait_time(self, tokens: float = 0) -> float:
         """Seconds until a request of ``tokens`` fits (0 now; ``inf`` never; 0.0 is never a guess)."""
@@ -242,7 +295,11 @@ class Budget:
         now = self.clock.now()
         self._trim(now)
 
+        joint = self.shared_use
+
         def used(kind: str, fallback: float) -> float:
+            if joint is not None and kind in joint.used:  # every process's use, as the store counts it
+                return max(0.0, float(joint.used[kind]))
             shape = self._shapes.get(kind)
             return max(0.0, shape.used(now)) if shape is not None else fallback
 
@@ -256,10 +313,11 @@ class Budget:
             rpd_limit=self.rpd,
             rpd_used=int(round(used("rpd", 0.0))),
             concurrency_limit=self.concurrency,
-            in_flight=self.in_flight,
+            in_flight=max(self.in_flight, joint.in_flight) if joint is not None else self.in_flight,
             cooldown_s=max(0.0, self.cooldown_until - now),
             disabled=f"{self.disabled[0].value}: {self.disabled[1]}" if self.disabled else None,
             ash_limit=self.ash, ash_used=used("ash", 0.0), asd_limit=self.asd, asd_used=used("asd", 0.0),
+            processes=joint.processes if joint is not None else None,
         )
 
     # --- charging (through a Reservation) -------------------------------------------------
@@ -333,6 +391,7 @@ class Budget:
             self._shapes[metric] = shape
         if source != "adaptive":
             self.adaptive = False
+            self._tell("limit", metric, value)
         if self.on_learned:
             self.on_learned(f"{self.scope}:{self.name}", metric, old, value, source)
         self.changed()
@@ -344,11 +403,13 @@ class Budget:
                 self.cooldown_started = self.clock.now()
             self.cooldown_until = until
             self.cooldown_reason = reason or f"cooling down {seconds:.1f}s"
+            self._tell("cooldown", seconds, self.cooldown_reason)
             if self.on_cooldown is not None:
                 self.on_cooldown(self, seconds, self.cooldown_reason)
 
     def clear_cooldown(self) -> None:
         self.cooldown_until = 0.0
+        self._tell("clear_cooldown")
         self.changed()
 
     def recovered(self, now: float) -> float | None:
@@ -361,6 +422,7 @@ class Budget:
 
     def disable(self, category: ErrorCategory, message: str) -> None:
         self.disabled = (category, message[:160])
+        self._tell("disabled", category.value, self.disabled[1])
         self.changed()
 
     def observe(self, snap: RateSnapshot, sent_after: dict[str, float], *, requests_kind: str = "rpm",
@@ -543,6 +605,13 @@ class Reservation:
         self._marks: dict[Budget, dict[str, float]] = {}
         self._open = False
         self.waited_s = 0.0
+        self.rid = uuid.uuid4().hex  # its id in the shared store
+        self.store: SharedStore | None = None  # set once the shared store admitted it too
+
+    @property
+    def shared(self) -> tuple[Budget, ...]:
+        """Its budgets that the shared store keeps (every one but this run's own)."""
+        return tuple(b for b in self.option.budgets if b.shared_id is not None)
 
     def _take(self, now: float) -> None:
         for b in self.option.budgets:
@@ -557,6 +626,7 @@ class Reservation:
 
     def settle(self, input_tokens: int, output_tokens: int, max_output: int, estimated_input: int) -> None:
         """Count the real usage: extra input always; where the provider counts usage, unused input and output back."""
+        extras: dict[str, float] = {}
         for b, stamps in self._stamps.items():
             if b.tokens_counted == "usage":  # the provider counts what was used: both ways
                 extra = input_tokens - estimated_input - max(0, max_output - output_tokens)
@@ -566,10 +636,16 @@ class Reservation:
                 b._charge("tpm", extra, stamps.get("tpm"))
             elif extra < 0:
                 b._give_back("tpm", -extra, stamps.get("tpm"))
+            if extra and b.shared_id is not None:
+                extras[b.shared_id] = float(extra)
+        if self.store is not None and extras:
+            self.store.adjust(self.rid, tpm=extras)
 
     def settle_audio(self, seconds: float) -> None:
         """Count the audio the provider reported (``seconds``) instead of the estimate admitted."""
         extra = seconds - self.option.audio_s
+        if self.store is not None and extra:
+            self.store.adjust(self.rid, audio_s=extra)
         for b, stamps in self._stamps.items():
             for kind in AUDIO_KINDS:
                 if extra > 0:
@@ -579,6 +655,11 @@ class Reservation:
 
     def refund(self) -> None:
         """The provider refused the request: it counted none of it, so neither do we."""
+        if self.store is not None:
+            self.store.adjust(self.rid, refund=True)
+        self._refund_here()
+
+    def _refund_here(self) -> None:
         for b, stamps in self._stamps.items():
             b._give_back("rpm", 1.0, stamps.get("rpm"))
             b._give_back("rpd", 1.0, stamps.get("rpd"))
@@ -589,6 +670,8 @@ class Reservation:
                 b._requests.pop()
 
     def release(self) -> None:
+        if self._open and self.store is not None:
+            self.store.release(self.rid)
         if self._open:
             self._open = False
             now = self._set.clock.now()
@@ -630,20 +713,23 @@ class _Reserve:
 class BudgetSet:
     """All budgets of a Fanout; admits a request only when all budgets of one option have room."""
 
-    def __init__(self, clock: Clock | None = None, learned: LearnedLimits | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, learned: LearnedLimits | None = None,
+                 shared: SharedStore | None = None) -> None:
         self.clock = clock or LoopClock()
         self.learned = learned
+        self.shared = shared  # None: every budget is this process's own
         self._budgets: dict[tuple[str, str], Budget] = {}
         self._seq = itertools.count()
         self.listeners: list[LearnedCallback] = []
 
     def budget(self, scope: str, name: str, *, limiter: str | None = None, tokens_counted: str | None = None,
-               adaptive: bool = False, probe: bool = False, ramp: bool = False,
+               adaptive: bool = False, probe: bool = False, ramp: bool = False, shared_as: str | None = None,
                **limits: float | int | None) -> Budget:
         """The budget for (scope, name), created on first use with ``limits`` (learned ones fill gaps).
 
         ``probe``: with no limit known, one request goes before any other; ``ramp``: with no limit
-        known, in flight then grows by slow start (see the module docstring).
+        known, in flight then grows by slow start (see the module docstring). ``shared_as``: its
+        name in a shared store where ``name`` is not the same in every process (a key's digest).
         """
         key = (scope, name)
         if key not in self._budgets:
@@ -662,6 +748,10 @@ class BudgetSet:
             if saved is not None:  # a wait a provider asked for in an earlier run, not over yet
                 budget.cool_down(*saved)
             budget.on_cooldown = self._cooled
+            if self.shared is not None:
+                budget.shared_id = f"{scope}:{shared_as or name}"
+                budget.share = self.shared.share
+                self.shared.track(budget)
         return self._budgets[key]
 
     def _cooled(self, budget: Budget, seconds: float, reason: str) -> None:
@@ -715,9 +805,11 @@ class BudgetSet:
             while True:
                 now = self.clock.now()
                 reservation, wake_at, why, blocker, woken_by_others = self._evaluate(waiter, options, now)
-                if reservation is not None:
-                    reservation.waited_s = now - started
+                if reservation is not None and await self._admitted_by_store(reservation):
+                    reservation.waited_s = self.clock.now() - started
                     return reservation
+                if reservation is not None:  # the store refused: a budget is held; look again
+                    continue
                 if not woken_by_others and math.isinf(wake_at):
                     raise CapacityError(math.inf, why, blocker)
                 if not woken_by_others and wake_at - now > max_wait_s:
@@ -740,6 +832,55 @@ class BudgetSet:
                     waiter.future = None
         finally:
             self._leave(waiter)
+
+    async def _admitted_by_store(self, reservation: Reservation) -> bool:
+        """Whether the shared store admits what this process admitted (always, without a store).
+
+        Refused, the reservation is undone here and the budget the store named is held (until the
+        time it gave, or until a release), so this process's other waiters do not ask again first.
+        """
+        store = self.shared
+        shared = reservation.shared
+        if store is None or not store.active or not shared:
+            return True
+        try:
+            verdict = await store.reserve(reservation.rid, list(shared), reservation.tokens, reservation.option.audio_s)
+        except BaseException:
+            self._undo(reservation)
+            raise
+        if verdict.admitted:
+            if store.active:
+                reservation.store = store
+            return True
+        budget = shared[min(max(verdict.budget, 0), len(shared) - 1)]
+        self._apply(budget, verdict)
+        self._undo(reservation)
+        return False
+
+    def _apply(self, budget: Budget, verdict: Verdict) -> None:
+        """Hold ``budget`` as the store's refusal says (the others told the store; it is not told back)."""
+        wait = verdict.wait_s
+        with budget._quietly():
+            if verdict.why == "disabled":
+                category, _, message = verdict.text.partition("\t")
+                try:
+                    budget.disable(ErrorCategory(category), message)
+                except ValueError:
+                    budget.disable(ErrorCategory.AUTH, verdict.text)
+            elif verdict.why == "cooldown" and wait is not None:
+                budget.cool_down(wait, verdict.text or f"cooling down {wait:.1f}s")
+            elif verdict.why == "concurrency":
+                budget.hold(f"{budget.label}: {verdict.text}", None, wait)
+            else:
+                until = self.clock.now() + (wait if wait is not None else math.inf)
+                budget.hold(f"{budget.label}: {verdict.text} ({budget.limiter}) full for {wait or 0:.1f}s "
+                            "across processes", until)
+
+    @staticmethod
+    def _undo(reservation: Reservation) -> None:
+        """Give back what this process took for a request the store did not admit."""
+        reservation._refund_here()
+        reservation.release()
 
     def _evaluate(self, waiter: _Waiter, options: Sequence[Option], now: float
                   ) -> tuple[Reservation | None, float, str, Budget | None, bool]:

@@ -38,6 +38,7 @@ from nbfanout.core.events import (
 )
 from nbfanout.core.images import fit_messages, image_problem
 from nbfanout.core.limits import Budget, CapacityError, Option, Reservation
+from nbfanout.core.store import SharedUnavailable
 from nbfanout.core.results import Attempt, ModelResult
 from nbfanout.core.retry import RetryPolicy
 from nbfanout.core.rotation import KEY_FAULTS, Choice
@@ -363,6 +364,10 @@ class RequestPipeline:
                 reservation, choice, prompt_tokens = await self.wait_for_capacity(options, spec, on_wait, max_wait, rank)
             except CapacityError as exc:
                 info = self.router.explain(candidates, spec, last_info, exc, self._tokens_for)
+                return self.failed(req_id, requested, selected or requested, info, attempts, index,
+                                   self.clock.now() - t_start)
+            except SharedUnavailable as exc:  # the shared store went away ("fail"): nothing else is lost
+                info = ErrorInfo(ErrorCategory.NETWORK, False, str(exc))
                 return self.failed(req_id, requested, selected or requested, info, attempts, index,
                                    self.clock.now() - t_start)
             now = self.clock.now()

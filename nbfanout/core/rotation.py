@@ -114,7 +114,8 @@ class Router:
 
     def key_budget(self, provider: ProviderConfig, key: ApiKey) -> Budget:
         """What one key may do: learned from its rate-limit headers and 429s (adaptive until then)."""
-        return self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True, **self._shape(provider.limits))
+        return self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True, shared_as=f"{provider.id} {key.digest}",
+                                   **self._shape(provider.limits))
 
     def model_key_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
         """One model on one key: what most providers' limits and rate-limit headers describe (per model, per org)."""
@@ -123,7 +124,8 @@ class Router:
         concurrency_known = any(lim.concurrency is not None for lim in (model.limits, provider.limits))
         unknown = not limits_known and provider.wire in _HEADER_WIRES
         return self.budgets.budget("model-key", f"{model.name} {key.id}", **self._shape(model.limits, provider.limits),
-                                   probe=unknown, ramp=unknown and not concurrency_known)
+                                   probe=unknown, ramp=unknown and not concurrency_known,
+                                   shared_as=f"{model.name} {key.digest}")
 
     def header_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
         """The budget a response's rate-limit headers describe: OpenRouter's describe the key as a whole."""

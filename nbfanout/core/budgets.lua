@@ -253,7 +253,9 @@ for i, f in ipairs(LIMIT_FIELDS) do FIELD_INDEX[f] = i end
 local function stats(b)
   local B = base(b.id)
   local out = {id = b.id, used = {}, limits = {}}
-  for _, k in ipairs(b.kinds) do out.used[k.kind] = used(skey(b.id, k), k) end
+  for _, k in ipairs(b.kinds) do
+    if k.limit >= 0 then out.used[k.kind] = used(skey(b.id, k), k) end
+  end
   out.in_flight = redis.call('ZCOUNT', B .. ':lease', '(' .. now, '+inf')
   out.processes = redis.call('ZCOUNT', B .. ':procs', '(' .. now, '+inf')
   local lim = redis.call('HMGET', B .. ':meta', unpack(LIMIT_FIELDS))
@@ -314,12 +316,17 @@ if cmd == 'reserve' then
         end
       end
     end
+    local counted = {}
     for _, k in ipairs(b.kinds) do
       local stored = tonumber(meta[FIELD_INDEX[k.kind] + 1])
       if stored and stored ~= k.limit then  -- a limit another process learned
-        if k.cap == k.limit then k.cap = stored end
+        if k.cap == k.limit or k.limit < 0 then k.cap = stored end
         k.limit = stored
       end
+      if k.limit >= 0 then counted[#counted + 1] = k end  -- a limit nobody knows yet counts nothing
+    end
+    b.kinds = counted
+    for _, k in ipairs(b.kinds) do
       if k.amount > 0 then
         local w = wait(skey(b.id, k), k, k.amount)
         if w > 0 and (worst == nil or worst.why == 'concurrency' or worst.wait < w) then
@@ -408,6 +415,38 @@ elseif cmd == 'cooldown' then
 elseif cmd == 'clear_cooldown' then
   redis.call('DEL', base(ARGV[3]) .. ':cd')
   released({ARGV[3]})
+  return cjson.encode({ok = true})
+
+elseif cmd == 'observe' then
+  -- ARGV: budget JSON with one kind, the provider's remaining, its reset in ms (-1: none), what this
+  -- process sent since. Headers count use the store never saw (another client, requests sent before
+  -- the limit was known): counts only rise to meet them, so nothing is counted twice.
+  local b = cjson.decode(ARGV[3])
+  local k = b.kinds[1]
+  local remaining, reset, newer = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  local K = skey(b.id, k)
+  local low = math.max(0, k.limit - remaining)
+  if k.shape == 'tb' then
+    local st = tb_state(K, k)
+    local level = math.min(k.cap - st.pending, remaining - newer)
+    if level < st.level then st.level = level; tb_save(K, k, st) end
+  elseif k.shape == 'sw' then
+    local total = sw_total(K, k) - newer
+    if total < low - EPS then
+      local at = now
+      if reset >= 0 then at = math.min(now, now + reset - k.span) end
+      local member = 'h' .. string.format('%.3f', now)
+      redis.call('ZADD', K, at, member)
+      redis.call('HINCRBYFLOAT', K .. ':a', member, low - total)
+      redis.call('HSET', K .. ':a', '#', low + newer)
+      keep(K, k.span + 60000); keep(K .. ':a', k.span + 60000)
+    end
+  else
+    local key = fw_key(K, fw_index(k, now))
+    if num(redis.call('GET', key)) - newer < low then
+      redis.call('SET', key, low + newer); keep(key, 2 * k.span + 60000)
+    end
+  end
   return cjson.encode({ok = true})
 
 elseif cmd == 'learn' then

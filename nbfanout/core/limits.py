@@ -446,6 +446,7 @@ class Budget:
                 continue
             if shape is not None:
                 shape.observe(float(remaining), reset, sent_after.get(kind, 0.0), now)
+                self._tell("observe", kind, remaining, reset, sent_after.get(kind, 0.0))
             span = DAY_S if kind == "rpd" else WINDOW_S
             if remaining == 0 and reset and not refused and (shape is None or reset > span):
                 # a reset no window of this kind can have: honour it as a wait (max_wait_s applies)

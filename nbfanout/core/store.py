@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nbfanout.core.errors import FanoutError, UsageError
+from nbfanout.core.shapes import SPANS
 
 if TYPE_CHECKING:
     from nbfanout.core.limits import Budget
@@ -319,15 +320,28 @@ class SharedStore:
         if budget.shared_id is not None:
             self._budgets[budget.shared_id] = budget
 
-    def describe(self, budget: Budget, tokens: float = 0.0, audio_s: float = 0.0) -> dict[str, Any]:
-        """A budget as the script reads it: limits, shape and this request's amounts."""
+    def describe(self, budget: Budget, tokens: float = 0.0, audio_s: float = 0.0,
+                 only: str | None = None) -> dict[str, Any]:
+        """A budget as the script reads it: limits, shape and this request's amounts (``only``: one kind).
+
+        A request or token limit this process does not know goes as limit -1: the script uses the
+        one another process learned, if any (and says so in its reply)."""
         kinds = []
-        for kind, shape in budget.shapes().items():
+        shapes = budget.shapes()
+        for kind in ("rpm", "tpm", "rpd", "ash", "asd"):
+            if only is not None and kind != only:
+                continue
+            shape = shapes.get(kind)
+            if shape is None and kind in ("ash", "asd"):
+                continue
+            span = shape.span if shape is not None else SPANS[kind]
             amount = budget._amount(kind, tokens, audio_s) if tokens >= 0 else 0.0
-            kinds.append({"kind": kind, "shape": _SHAPES[budget.limiter], "limit": shape.limit,
-                          "cap": shape.capacity, "span": shape.span * 1000.0, "amount": amount,
+            kinds.append({"kind": kind, "shape": _SHAPES[budget.limiter],
+                          "limit": shape.limit if shape is not None else -1,
+                          "cap": shape.capacity if shape is not None else -1,
+                          "span": span * 1000.0, "amount": amount,
                           "phase": getattr(shape, "_phase", 0.0) * 1000.0,
-                          "slice": (shape.span / 1440 * 1000.0) if shape.span > 60.0 else 0.0})
+                          "slice": (span / 1440 * 1000.0) if span > 60.0 else 0.0})
         out: dict[str, Any] = {"id": budget.shared_id, "kinds": kinds}
         if budget.concurrency is not None:
             out["conc"] = budget.concurrency
@@ -414,6 +428,11 @@ class SharedStore:
         elif what == "limit":
             metric, value = args
             link.post("learn", budget.shared_id, metric, repr(float(value)))
+        elif what == "observe":
+            kind, remaining, reset_s, newer = args
+            if budget.shapes().get(kind) is not None:
+                link.post("observe", json.dumps(self.describe(budget, 0.0, only=kind)), float(remaining),
+                          -1.0 if reset_s is None else reset_s * 1000.0, float(newer))
         elif what == "disabled":
             category, message = args
             link.post("learn", budget.shared_id, "disabled", f"{category}\t{message}")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,175 @@ def test_without_the_store_the_same_four_processes_are_refused(shared_key_sandbo
     stats = sb.stats()
     assert stats["totals"]["rejected_total"] > 0  # each process kept the limits alone: together they did not
     assert sum(r["refusals"] for r in runs) > 0
+
+
+SLOW_SLOTS = {
+    "name": "shared_slow_slots",
+    "seed": 13,
+    "time_scale": 1.0,
+    "providers": {"team": {
+        "style": "openai", "keys": ["sk-sbx-team-slowslot-s0s1"],
+        "models": {"m": {"limits": {"rpm": 1000, "concurrency": 2}, "latency": {"base_ms": 3000},
+                         "output_tokens": [5, 5]}},
+    }},
+}
+
+
+def _store_client(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def _shared_in_flight(client, namespace: str, budget: str) -> int:
+    seconds, micros = client.time()
+    return client.zcount(f"{namespace}:b:{budget}:lease", f"({seconds * 1000 + micros / 1000}", "+inf")
+
+
+async def test_a_killed_process_frees_its_slots_within_the_lease(redis_server, redis_namespace):
+    """SIGKILL a process holding both slots: its leases run out, and another process gets every answer."""
+    from nbfanout import Fanout
+
+    lease_s = 1.5
+    with start_sandbox(SLOW_SLOTS) as sb:
+        config = {**sb.config, "shared": {"url": redis_server.url, "namespace": redis_namespace, "lease_s": lease_s}}
+        victim = subprocess.Popen([sys.executable, str(WORKER), json.dumps({
+            "config": config, "prompts": 2, "model": "team/m", "tag": "victim"})],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = _store_client(redis_server.url)
+        try:
+            deadline = time.monotonic() + 30
+            while _shared_in_flight(client, redis_namespace, "model:team/m") < 2:
+                assert victim.poll() is None and time.monotonic() < deadline, victim.stderr.read() if victim.stderr else ""
+                time.sleep(0.05)
+            victim.kill()
+            victim.wait()
+            killed_at = time.monotonic()
+            assert _shared_in_flight(client, redis_namespace, "model:team/m") == 2  # nobody released them
+            while _shared_in_flight(client, redis_namespace, "model:team/m") > 0:
+                assert time.monotonic() - killed_at < 3 * lease_s, "a dead process's leases never ran out"
+                time.sleep(0.05)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+            client.close()
+        async with Fanout(config, learn=False) as fx:
+            batch = await fx.map([f"survivor {i}" for i in range(4)], models=["team/m"], max_tokens=5)
+        assert [r.ok for r in batch.results] == [True] * 4
+
+
+def _config_with_store(sb, url: str, namespace: str, **shared: Any) -> dict[str, Any]:
+    return {**sb.config, "shared": {"url": url, "namespace": namespace, **shared}}
+
+
+PACED = {
+    "name": "shared_paced",
+    "seed": 14,
+    "time_scale": 1.0,
+    "providers": {"team": {
+        "style": "openai", "keys": ["sk-sbx-team-paced-p0p1"],
+        "models": {"m": {"limits": {"rpm": 1000, "concurrency": 2}, "latency": {"base_ms": 250}, "output_tokens": [5, 5]}},
+    }},
+}
+
+
+@pytest.mark.parametrize("on_unavailable", ["fail", "local"])
+async def test_redis_stopped_mid_run_loses_no_answer(redis_namespace, on_unavailable):
+    """The store dies after some answers: "fail" fails the rest naming the URL and the fix; "local"
+    warns once and finishes them with budgets in process. Either way every answer received is kept."""
+    import asyncio
+
+    from nbfanout import Fanout
+    from nbfanout.sandbox.redis_server import RedisServer
+
+    from tests.conftest import require_redis
+
+    require_redis()
+    with RedisServer() as server, start_sandbox(PACED) as sb:
+        config = _config_with_store(sb, server.url, redis_namespace, on_unavailable=on_unavailable)
+        async with Fanout(config, learn=False) as fx:
+            run = asyncio.ensure_future(fx.map([f"q{i}" for i in range(12)], models=["team/m"], max_tokens=5))
+            while sb.stats()["totals"]["accepted"] < 3:
+                await asyncio.sleep(0.02)
+            server.stop()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                batch = await run
+        answered = [r for r in batch.results if r.ok]
+        assert len(batch.results) == 12 and len(answered) >= 3
+        assert len(answered) == sb.stats()["totals"]["accepted"]  # every answer the provider gave is in the result
+        fallbacks = [w for w in caught if "shared budget store" in str(w.message)]
+        if on_unavailable == "local":
+            assert len(answered) == 12
+            assert len(fallbacks) == 1 and server.url in str(fallbacks[0].message)
+        else:
+            failed = [r for r in batch.results if not r.ok]
+            assert failed and {r.error.category.value for r in failed} == {"network"}
+            assert all(server.url in r.error.message and "on_unavailable" in r.error.message for r in failed)
+
+
+async def test_an_unreachable_store_fails_the_run_at_once_naming_the_url_without_its_password():
+    from nbfanout import Fanout
+    from nbfanout.core.store import SharedUnavailable
+    from nbfanout.sandbox.redis_server import _free_port
+
+    port = _free_port()
+    url = f"redis://team:hunter2-s3cret@127.0.0.1:{port}/0"
+    with start_sandbox(PACED) as sb:
+        fx = Fanout({**sb.config, "shared": {"url": url}}, learn=False)
+        with pytest.raises(SharedUnavailable) as err:
+            await fx.map(["q"], models=["team/m"])
+        assert sb.stats()["totals"]["requests"] == 0
+    text = str(err.value)
+    assert f"127.0.0.1:{port}" in text and "make redis" in text and 'on_unavailable = "local"' in text
+    assert "hunter2" not in text and "hunter2" not in repr(fx.shared) and "hunter2" not in repr(fx.config.shared)
+
+
+HIDDEN = {
+    "name": "shared_hidden",
+    "seed": 15,
+    "time_scale": 1.0,
+    "providers": {"team": {
+        "style": "openai", "keys": ["sk-sbx-team-hidden-h0h1"],
+        "limits": {"limiter": "sliding_window"},
+        "models": {"m": {"limits": {"rpm": 4, "hidden": ["rpm"]}, "latency": {"base_ms": 30}, "output_tokens": [5, 5]}},
+    }},
+}
+
+
+async def test_what_one_process_learns_every_process_knows_at_once(redis_server, redis_namespace):
+    """One process learns a hidden limit from headers and fills its window; another, sharing the store,
+    knows both before its first request: it waits (and gives up at max_wait_s) instead of being refused."""
+    from nbfanout import Fanout
+
+    with start_sandbox(HIDDEN) as sb:
+        config = _config_with_store(sb, redis_server.url, redis_namespace)
+        config["defaults"] = {**config.get("defaults", {}), "max_wait_s": 2.0}
+        async with Fanout(config, learn=False) as first:
+            filled = await first.map([f"q{i}" for i in range(4)], models=["team/m"], max_tokens=5)
+        assert all(r.ok for r in filled.results)
+        sent = sb.stats()["totals"]["requests"]
+        async with Fanout(config, learn=False) as second:
+            budget = second.router.model_key_budget(second.config.model("team/m"), second.config.providers["team"].keys[0])
+            assert budget.rpm is None  # nothing known in this process before it asks
+            late = await second.run("one more", models=["team/m"], max_tokens=5)
+        assert budget.rpm == 4  # the limit the first process learned, from the store
+        assert not late.results[0].ok and "rpm 4" in late.results[0].error.message
+        assert sb.stats()["totals"]["requests"] == sent  # never sent: the provider refused nothing
+        assert sb.stats()["totals"]["rejected_total"] == 0
+
+
+async def test_every_key_the_store_writes_expires(shared_key_sandbox, redis_server, redis_namespace):
+    from nbfanout import Fanout
+
+    sb = shared_key_sandbox
+    sb.reset()
+    async with Fanout(_config_with_store(sb, redis_server.url, redis_namespace), learn=False) as fx:
+        await fx.map([f"q{i}" for i in range(5)], models=["team/m"], max_tokens=5)
+    client = _store_client(redis_server.url)
+    try:
+        keys = client.keys(f"{redis_namespace}:*")
+        assert keys
+        assert {k: client.pttl(k) for k in keys if client.pttl(k) < 0} == {}
+    finally:
+        client.close()

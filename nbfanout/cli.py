@@ -249,7 +249,6 @@ def _summary_table(result: Any, out: TextIO) -> None:
 
 async def _rerun(args: argparse.Namespace) -> int:
     """``run --rerun DIR``: ask again only the models that failed in DIR/results.json, and merge."""
-    from nbfanout.core.fanout import Fanout
     from nbfanout.core.results import FanoutResult
 
     if args.models or args.pool or args.prompt is not None or args.prompt_file or args.one or args.file:
@@ -260,7 +259,7 @@ async def _rerun(args: argparse.Namespace) -> int:
         raise UsageError(f"--rerun {args.rerun}: no results.json in it (write one with run --out DIR)")
     before = FanoutResult.from_json(saved.read_text(encoding="utf-8"))
     failed = [r.requested for r in before.results if not r.ok]
-    fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
+    fx = _fanout(args)
     print(f"rerunning {len(failed)} of {len(before.results)} models: {', '.join(failed) or 'none failed'}", file=sys.stderr)
     if failed and not args.json:
         fx.subscribe(TerminalProgress(failed))
@@ -271,12 +270,32 @@ async def _rerun(args: argparse.Namespace) -> int:
         print(result.to_json())
     else:
         _summary_table(result, sys.stdout)
+    _say_shared(fx)
     ok = len(result.succeeded)
     return 0 if ok == len(result.results) or (args.partial_success_ok and ok) else 1
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _fanout(args: argparse.Namespace) -> Any:
+    """The Fanout a run or map command asks for: config, request caps, concurrency, shared budgets."""
     from nbfanout.core.fanout import Fanout
+
+    return Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency,
+                  shared=getattr(args, "shared", None))
+
+
+def _say_shared(fx: Any) -> None:
+    """The summary's last word when budgets were kept with other processes (or could not be)."""
+    if fx.shared is None:
+        return
+    joint = max((b.processes or 0 for b in fx.budgets.statistics()), default=0)
+    if fx.shared.active:
+        print(f"budgets shared through {fx.shared.config.shown}"
+              + (f" with up to {joint} processes" if joint > 1 else " (no other process was using them)"), file=sys.stderr)
+    else:
+        print(f"budgets were kept in this process: {fx.shared.config.shown} was unreachable", file=sys.stderr)
+
+
+async def _run(args: argparse.Namespace) -> int:
     from nbfanout.core.results import FanoutResult
 
     if args.rerun:
@@ -292,7 +311,7 @@ async def _run(args: argparse.Namespace) -> int:
     for f in args.file or []:
         prompt += f"\n\n--- {f} ---\n" + read_text_file(f, "--file")
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
-    fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
+    fx = _fanout(args)
     if args.dry_run:
         from nbfanout.render import plan_text  # the notebook's %%fanout --dry-run shows the same rows
 
@@ -331,6 +350,7 @@ async def _run(args: argparse.Namespace) -> int:
         _summary_table(result, sys.stdout)
         if result.synthesis is not None:
             print(f"\nSynthesis by {result.synthesis.model}:\n{result.synthesis.text}")
+    _say_shared(fx)
     ok = len(result.succeeded)
     if ok == len(result.results):
         return 0
@@ -338,12 +358,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _map(args: argparse.Namespace) -> int:
-    from nbfanout.core.fanout import Fanout
-
     prompts = read_prompts(args.prompts, args.column)
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
     check_out_dir(args.out)
-    fx = Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency)
+    fx = _fanout(args)
     names = fx._resolve(models, args.pool, prompts[0])
     if args.judge:
         fx.config.model(args.judge)
@@ -366,6 +384,7 @@ async def _map(args: argparse.Namespace) -> int:
     ok = sum(r.ok for r in results)
     unpriced = f" + {len(batch.unpriced)} unpriced" if batch.unpriced else ""
     print(f"{ok}/{len(results)} succeeded in {batch.elapsed_s:.2f}s; ${batch.total_cost:.5f}{unpriced}", file=sys.stderr)
+    _say_shared(fx)
     if ok == len(results):
         return 0
     return 0 if (args.partial_success_ok and ok) else 1
@@ -545,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--provider-rpm", help="override request limits: openai:1000,gemini:60")
     run.add_argument("--concurrency", type=positive_int, help="requests in flight at most, over all models")
     run.add_argument("--timeout", type=positive_float, help="seconds per request")
+    run.add_argument("--shared", nargs="?", const=True, metavar="URL",
+                     help="keep budgets jointly with other processes in Redis at URL (default: $NBFANOUT_REDIS_URL)")
     run.add_argument("--max-tokens", type=positive_int, help="maximum output tokens per answer")
     run.add_argument("--rerun", metavar="DIR",
                      help="ask again only the models that failed in DIR/results.json (from --out), and merge")
@@ -571,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--provider-rpm", help="override request limits: openai:1000,gemini:60")
     batch.add_argument("--concurrency", type=positive_int, help="requests in flight at most, over all models")
     batch.add_argument("--timeout", type=positive_float, help="seconds per request")
+    batch.add_argument("--shared", nargs="?", const=True, metavar="URL",
+                       help="keep budgets jointly with other processes in Redis at URL (default: $NBFANOUT_REDIS_URL)")
     batch.add_argument("--max-tokens", type=positive_int, help="maximum output tokens per answer")
     batch.add_argument("--out", metavar="DIR", help="write results.jsonl into DIR instead of printing it")
     batch.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one answer came")

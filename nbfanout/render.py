@@ -453,6 +453,9 @@ def _budget_cells(s: BudgetStats) -> str:
         cells.append(f'<td>{_bar(frac, _level_colour(frac, slots=slots), small=True, label=f"{label} {text}")} '
                      f'<span class="nbf-muted">{text}</span></td>')
     notes = []
+    if s.processes is not None:  # kept in a shared store: the counts are every process's together
+        notes.append(f'<span class="nbf-badge nbf-shared" style="background:{BLUE}" title="counts are all processes\' together">'
+                     f'shared · {s.processes} process{"es" if s.processes != 1 else ""}</span>')
     if s.cooldown_s > 0:
         notes.append(f'<span class="nbf-badge" style="background:{AMBER}">cooldown {duration(s.cooldown_s)}</span>')
     if s.disabled:
@@ -493,6 +496,8 @@ def budgets_text(budgets: Sequence[BudgetStats]) -> str:
         parts = [f"rpm {_count(s.rpm_used)}/{_count(s.rpm_limit) if s.rpm_limit else '?'}",
                  f"tpm {_count(s.tpm_used)}/{_count(s.tpm_limit) if s.tpm_limit else '?'}",
                  f"in flight {s.in_flight}/{s.concurrency_limit if s.concurrency_limit else '?'}"]
+        if s.processes is not None:
+            parts.append(f"shared by {s.processes} process{'es' if s.processes != 1 else ''}")
         if s.cooldown_s > 0:
             parts.append(f"cooldown {duration(s.cooldown_s)}")
         if s.disabled:

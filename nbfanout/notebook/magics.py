@@ -102,6 +102,9 @@ _CELL_EXAMPLES = """examples:
   Hello
 
   %%fanout --rerun answers      (only the models that failed in `answers`)
+
+  %%fanout --shared redis://localhost:6379/0 --models openai/gpt-5.5
+  Budgets kept jointly with every kernel using that Redis.
 """
 
 _LINE_EXAMPLES = """examples:
@@ -254,15 +257,15 @@ class FanoutMagics(Magics):
         return obj
 
     def fanout_for(self, ref: str | None, provider_rpm: dict[str, float] | None = None,
-                   concurrency: int | None = None) -> Fanout:
+                   concurrency: int | None = None, shared: str | bool | None = None) -> Fanout:
         """The session's Fanout for this configuration, created on first use."""
         key, source = self._config_source(ref)
-        key = (*key, tuple(sorted((provider_rpm or {}).items())), concurrency)
+        key = (*key, tuple(sorted((provider_rpm or {}).items())), concurrency, shared)
         held = self._fanouts.get(key)  # an object's id is only its key while we hold the object itself
         if held is not None and (key[0] != "object" or held[0] is source):
             return held[1]
         with _clean_errors():
-            fx = Fanout(source, provider_rpm=provider_rpm, concurrency=concurrency)
+            fx = Fanout(source, provider_rpm=provider_rpm, concurrency=concurrency, shared=shared)
         self._fanouts[key] = (source, fx)
         return fx
 
@@ -280,6 +283,9 @@ class FanoutMagics(Magics):
     @argument("--provider-rpm", metavar="P:N,...", help="cap requests per minute per provider, e.g. openai:500,gemini:60")
     @argument("--concurrency", type=positive_int, metavar="N", help="most requests in flight at once")
     @argument("--timeout", type=positive_float, metavar="S", help="seconds one request may take")
+    @argument("--shared", nargs="?", const=True, default=None, metavar="URL",
+              help="keep budgets jointly with other kernels and processes in Redis at URL "
+                   "(default: $NBFANOUT_REDIS_URL; see [shared] in nbfanout.toml)")
     @argument("--file", "-f", action="append", default=[], metavar="PATH", help="attach a text file's contents (repeatable)")
     @argument("--image", "-i", action="append", default=[], metavar="PATH|URL", help="attach an image (repeatable)")
     @argument("--one", action="store_true",
@@ -394,7 +400,7 @@ class FanoutMagics(Magics):
                 raise UsageError(f"--image {img}: no such file (or pass an http(s) URL)")
         with _clean_errors():
             provider_rpm = parse_provider_rpm(args.provider_rpm)
-        fx = self.fanout_for(args.config, provider_rpm or None, args.concurrency)
+        fx = self.fanout_for(args.config, provider_rpm or None, args.concurrency, args.shared)
         system = args.system or None
         params: dict[str, Any] = {}
         if args.max_tokens is not None:
@@ -600,6 +606,9 @@ class FanoutMagics(Magics):
             budgets = list(call_in_loop(fx.statistics))
             running = [j for j in self._jobs.values() if not j.done()]
             title = f"{fx.config.source}" + (f" · {len(running)} background run(s) going" if running else "")
+            if fx.shared is not None:
+                title += (f" · budgets shared through {fx.shared.config.shown}" if fx.shared.active
+                          else f" · {fx.shared.config.shown} unreachable: budgets kept in this kernel")
             sections.append((title, budgets))
             texts.append(f"{title}\n{render.budgets_text(budgets)}")
         display(_Bundle({"text/html": render.status_html(sections),

@@ -261,3 +261,55 @@ async def test_every_key_the_store_writes_expires(shared_key_sandbox, redis_serv
         assert {k: client.pttl(k) for k in keys if client.pttl(k) < 0} == {}
     finally:
         client.close()
+
+
+SLOW_OPEN = {
+    "name": "shared_slow_open",
+    "seed": 16,
+    "time_scale": 1.0,
+    "providers": {"team": {
+        "style": "openai", "keys": ["sk-sbx-team-slowopen-o0o1"],
+        "models": {"m": {"limits": {"rpm": 1000, "concurrency": 8}, "latency": {"base_ms": 2500},
+                         "output_tokens": [5, 5]}},
+    }},
+}
+
+
+async def test_each_process_sees_every_process_use_of_a_budget_and_how_many_they_are(redis_server, redis_namespace):
+    """Two processes (two Fanouts, each its own store connection) run at once: each one's utilization
+    counts both runs' requests, says two processes use the budget, and the text view says so."""
+    import asyncio
+
+    from nbfanout import Fanout
+    from nbfanout.render import budgets_html, budgets_text
+
+    with start_sandbox(SLOW_OPEN) as sb:
+        config = _config_with_store(sb, redis_server.url, redis_namespace)
+        async with Fanout(config, learn=False) as a, Fanout(config, learn=False) as b:
+            runs = [asyncio.ensure_future(a.map([f"a{i}" for i in range(3)], models=["team/m"], max_tokens=5)),
+                    asyncio.ensure_future(b.map([f"b{i}" for i in range(2)], models=["team/m"], max_tokens=5))]
+            await asyncio.sleep(1.5)  # all five in flight; each store has renewed (and read the joint use) since
+            seen = {s.name: s for s in a.budgets.statistics()}["team/m"]
+            text, html = budgets_text(a.budgets.statistics()), budgets_html(a.budgets.statistics())
+            await asyncio.gather(*runs)
+    assert (seen.in_flight, seen.processes, seen.rpm_used) == (5, 2, 5)
+    assert "in flight 5/8" in text and "shared by 2 processes" in text
+    assert "shared · 2 processes" in html
+
+
+def test_the_cli_says_when_its_budgets_were_shared(shared_key_sandbox, redis_server, redis_namespace, tmp_path):
+    sb = shared_key_sandbox
+    path = tmp_path / "nbfanout.toml"
+    sb.write_config(path)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f'\n[shared]\nnamespace = "{redis_namespace}"\n')
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "NBFANOUT_STATE": os.devnull,
+           "NBFANOUT_REDIS_URL": redis_server.url}
+    out = subprocess.run([sys.executable, "-m", "nbfanout", "run", "--config", str(path), "--models", "team/m",
+                          "--prompt", "hi", "--max-tokens", "5"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"budgets shared through {redis_server.url}" in out.stderr
+    local = subprocess.run([sys.executable, "-m", "nbfanout", "run", "--config", str(path), "--models", "team/m",
+                            "--prompt", "hi", "--max-tokens", "5"], capture_output=True, text=True,
+                           env={**env, "NBFANOUT_REDIS_URL": ""}, timeout=120)
+    assert local.returncode == 2 and "shared.url" in local.stderr and "NBFANOUT_REDIS_URL" in local.stderr

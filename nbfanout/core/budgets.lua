@@ -10,6 +10,8 @@
 -- Keys are built here from ARGV[2] (the namespace): a standalone or single-shard Redis.
 
 local cmd, P = ARGV[1], ARGV[2]
+-- writes after TIME need effects replication: Redis 7 always does it, 6.x is asked to
+if redis.replicate_commands then pcall(redis.replicate_commands) end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local ARRIVAL = 500   -- TokenBucket.ARRIVAL_S

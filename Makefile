@@ -1,6 +1,6 @@
 # `make demo`, `make test` and `make bench` each build .venv from scratch when it is missing
 # or stale (older than pyproject.toml), then run. `make bench` rewrites benchmarks/RESULTS.md
-# (18 minutes on 2 CPUs for 3 repetitions, measured; BENCH_ARGS="--reps 1" about 7); BENCH_ARGS passes options to benchmarks/bench.py (see its --help).
+# (18 minutes on 2 CPUs for 3 repetitions, measured, then 1.5 for the shared-key run; BENCH_ARGS="--reps 1" about 7); BENCH_ARGS passes options to benchmarks/bench.py (see its --help).
 # `make soak` (about 2.5 minutes) runs 20,000 requests through one Fanout and writes its section into RESULTS.md.
 # `make redis` starts a local Redis for shared budgets and prints its URL.
 PYTHON ?= python3
@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/shared_key.py
 
 soak: $(STAMP)
 	$(VENV)/bin/python benchmarks/soak.py

@@ -660,13 +660,16 @@ CLIENT_NOTES = [
 ]
 
 
-def _soak_section(path: Path) -> str:
-    """The section benchmarks/soak.py wrote into ``path`` (between its markers), or ""."""
+def _kept_sections(path: Path) -> list[str]:
+    """The sections other scripts wrote into ``path`` between their markers (benchmarks/soak.py's and
+    benchmarks/shared_key.py's), each kept as its script wrote it, with its own date."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    begin, end = "<!-- soak:begin -->", "<!-- soak:end -->"
-    if begin not in text or end not in text:
-        return ""
-    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+    kept = []
+    for name in ("soak", "shared"):
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text and end in text:
+            kept.append(begin + text.split(begin, 1)[1].split(end, 1)[0] + end)
+    return kept
 
 
 def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started: dt.datetime, took_s: float,
@@ -794,8 +797,7 @@ def write_report(out: Path, units: list[Unit], args: argparse.Namespace, started
                      f"{x['cpu_us_per_request']:.0f} | {x['maxrss_kb'] / 1024:.0f} | {x['setup_s']:.1f} |")
     lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = _soak_section(out)
-    if kept:  # make soak's own section, with its own date: kept as it wrote it
+    for kept in _kept_sections(out):  # make soak's and the shared-key run's own sections, as they wrote them
         lines += [kept, ""]
     out.write_text("\n".join(lines), encoding="utf-8")
     raw = [{k: v for k, v in u.result.items()} | {"client": u.client} for u in units]

@@ -334,6 +334,8 @@ class Budget:
         return stamps
 
     def _give_back(self, kind: str, amount: float, stamp: float | None) -> None:
+        if kind in self._taken and amount > 0:  # never sent, or not counted: not "sent after" a response either
+            self._taken[kind] -= amount
         shape = self._shapes.get(kind)
         if shape is not None and amount > 0 and stamp is not None:
             shape.give_back(amount, stamp, self.clock.now())

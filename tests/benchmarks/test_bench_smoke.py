@@ -48,3 +48,23 @@ def test_smoke_run_reports_every_client(tmp_path: Path) -> None:
     assert sorted(r["client"] for r in runs) == sorted(CLIENTS)
     # The compared clients never leave loopback (litellm's price map stays the bundled one).
     assert all(r["off_loopback_count"] == 0 for r in runs if r["client"] != "nbfanout"), runs
+
+
+@pytest.mark.timeout(240)
+def test_shared_key_smoke_run_reports_both_modes(tmp_path: Path) -> None:
+    """benchmarks/shared_key.py --smoke: four processes with and without Redis, and the store's latency."""
+    from tests.conftest import require_redis
+
+    require_redis()
+    out = tmp_path / "smoke.md"
+    out.write_text("# results\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shared_key.py"), "--smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, f"shared_key.py --smoke failed:\n{proc.stderr[-3000:]}"
+    report = out.read_text(encoding="utf-8")
+    assert report.startswith("# results") and "<!-- shared:begin -->" in report  # added, nothing else lost
+    result = json.loads(out.with_suffix(".shared.json").read_text(encoding="utf-8"))
+    modes = {r["mode"]: r for r in result["runs"]}
+    assert set(modes) == {"redis", "none"}
+    assert modes["redis"]["answered"] == modes["redis"]["asked"] == 20 and modes["redis"]["refusals"] == 0
+    assert result["latency"]["n"] == 200 and result["latency"]["p95_ms"] > 0

@@ -291,16 +291,22 @@ if cmd == 'reserve' then
   local budgets = cjson.decode(ARGV[6])
   local R = P .. ':r:' .. rid
   if redis.call('EXISTS', R) == 1 then  -- a retried call: it was admitted the first time
-    return cjson.encode({ok = true, now = now, stats = all_stats(budgets)})
+    return cjson.encode({ok = true})
   end
   local worst = nil
+  local learned = {}  -- limits other processes learned, per budget: the client adopts them
   for i, b in ipairs(budgets) do
     local B = base(b.id)
     touch_process(b, proc, lease)
     local meta = redis.call('HMGET', B .. ':meta', 'disabled', unpack(LIMIT_FIELDS))
     if meta[1] then
-      return cjson.encode({ok = false, i = i, why = 'disabled', text = meta[1], wait = -1, stats = all_stats(budgets)})
+      return cjson.encode({ok = false, i = i, why = 'disabled', text = meta[1], wait = -1})
     end
+    local limits, any = {}, false
+    for f, name in ipairs(LIMIT_FIELDS) do
+      if meta[f + 1] then limits[name] = tonumber(meta[f + 1]); any = true end
+    end
+    if any then learned[#learned + 1] = {id = b.id, limits = limits} end
     local cd = redis.call('PTTL', B .. ':cd')
     if cd > 0 and (worst == nil or worst.wait < cd) then
       worst = {i = i, why = 'cooldown', text = redis.call('GET', B .. ':cd') or '', wait = cd}
@@ -340,7 +346,7 @@ if cmd == 'reserve' then
   if worst ~= nil then
     if worst.wait == math.huge then worst.wait = -1 end
     worst.ok = false
-    worst.stats = all_stats(budgets)
+    if #learned > 0 then worst.learned = learned end
     return cjson.encode(worst)
   end
   local entries, ids = {}, {}
@@ -354,7 +360,9 @@ if cmd == 'reserve' then
     ids[#ids + 1] = b.id
   end
   redis.call('SET', R, cjson.encode({entries = entries, ids = ids}), 'PX', math.ceil(lease + KEEP))
-  return cjson.encode({ok = true, now = now, stats = all_stats(budgets)})
+  if #learned > 0 then return cjson.encode({ok = true, learned = learned}) end
+  return '{"ok":true}'
+
 
 elseif cmd == 'release' or cmd == 'adjust' then
   -- release: ARGV rid. adjust: ARGV rid, JSON {tpm = {budget id: extra}, audio = seconds, refund = bool}

@@ -351,14 +351,17 @@ class SharedStore:
         return json.dumps([self.describe(b, -1.0) for b in self._budgets.values()])
 
     def absorb(self, stats: Iterable[Mapping[str, Any]]) -> None:
-        """Take in what all processes use, and limits another process learned."""
+        """Take in what all processes use (the renewer's reply) and limits another process learned
+        (every reply)."""
         for s in stats:
             budget = self._budgets.get(s.get("id", ""))
             if budget is None:
                 continue
-            used = s.get("used") or {}
-            budget.shared_use = SharedUse(used=dict(used) if isinstance(used, dict) else {},
-                                          in_flight=int(s.get("in_flight", 0)), processes=int(s.get("processes", 0)))
+            used = s.get("used")
+            if used is not None:
+                budget.shared_use = SharedUse(used=dict(used) if isinstance(used, dict) else {},
+                                              in_flight=int(s.get("in_flight", 0)),
+                                              processes=int(s.get("processes", 0)))
             limits = s.get("limits") or {}
             if isinstance(limits, dict):
                 for metric, value in limits.items():
@@ -389,7 +392,7 @@ class SharedStore:
             self.lost(exc)
             self.check()
             return Verdict(True)
-        self.absorb(reply.get("stats") or [])
+        self.absorb(reply.get("learned") or [])
         if reply.get("ok"):
             link.open_rids.add(rid)
             return Verdict(True)

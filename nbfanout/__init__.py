@@ -26,6 +26,7 @@ from nbfanout.core.fanout import Fanout, Plan
 from nbfanout.core.headers import RateSnapshot, parse_rate_headers
 from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResult
 from nbfanout.core.retry import RetryPolicy
+from nbfanout.core.store import SharedConfig, SharedUnavailable
 from nbfanout.providers.base import Message, Tool, ToolCall
 
 try:
@@ -69,6 +70,8 @@ __all__ = [
     "ProviderError",
     "RateSnapshot",
     "RetryPolicy",
+    "SharedConfig",
+    "SharedUnavailable",
     "Tool",
     "ToolCall",
     "UnknownModelError",

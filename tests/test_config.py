@@ -198,3 +198,22 @@ def test_any_bytes_as_a_config_file_load_or_are_a_config_error(raw) -> None:
             load_config(path, env={})
         except ConfigError as exc:
             assert str(path) in str(exc)
+
+
+def test_the_shared_table_is_checked_and_its_url_can_come_from_the_environment(tmp_path):
+    path = tmp_path / "nbfanout.toml"
+    path.write_text('[shared]\nurl = "http://cache:6379"\non_unavailable = "ignore"\nlease_s = -1\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path), env={})
+    text = str(err.value)
+    assert str(path) in text
+    assert "shared.url" in text and "redis://" in text
+    assert "shared.on_unavailable" in text and '"local"' in text
+    assert "shared.lease_s" in text and "positive number of seconds" in text
+    with pytest.raises(ConfigError, match=r"shared\.url.*NBFANOUT_REDIS_URL"):
+        load_config({"shared": {}}, env={})
+    secret_url = "redis://team:pw-hunter2@cache:6379/1"
+    config = load_config({"shared": {"namespace": "evals"}}, env={"NBFANOUT_REDIS_URL": secret_url})
+    assert config.shared is not None and config.shared.url == secret_url and config.shared.namespace == "evals"
+    assert "hunter2" not in repr(config.shared) and "team:***@cache:6379" in config.shared.shown
+    assert load_config({}, env={"NBFANOUT_REDIS_URL": secret_url}).shared is None  # no [shared]: nothing changes

@@ -313,3 +313,35 @@ def test_the_cli_says_when_its_budgets_were_shared(shared_key_sandbox, redis_ser
                             "--prompt", "hi", "--max-tokens", "5"], capture_output=True, text=True,
                            env={**env, "NBFANOUT_REDIS_URL": ""}, timeout=120)
     assert local.returncode == 2 and "shared.url" in local.stderr and "NBFANOUT_REDIS_URL" in local.stderr
+
+
+TWO_KEYS = {
+    "name": "shared_two_keys",
+    "seed": 17,
+    "time_scale": 1.0,
+    "providers": {"team": {
+        "style": "openai",
+        "keys": [{"key": "sk-sbx-team-revoked-r0r1", "invalid": True}, "sk-sbx-team-good-g0g1"],
+        "models": {"m": {"limits": {"rpm": 1000}, "latency": {"base_ms": 20}, "output_tokens": [5, 5]}},
+    }},
+}
+
+
+async def test_a_key_one_process_finds_rejected_is_out_of_use_for_every_process(redis_server, redis_namespace):
+    """The first process meets the revoked key's 401 and moves on to the good key; the second never sends with it."""
+    from nbfanout import Fanout
+
+    with start_sandbox(TWO_KEYS) as sb:
+        config = _config_with_store(sb, redis_server.url, redis_namespace)
+        async with Fanout(config, learn=False) as first:
+            found = await first.map([f"first {i}" for i in range(4)], models=["team/m"], max_tokens=5)
+        assert all(r.ok for r in found.results)
+        revoked = sb.stats()["keys"]["team:…r0r1"]["requests"]
+        assert revoked >= 1  # the first process did meet it
+        async with Fanout(config, learn=False) as second:
+            later = await second.map([f"second {i}" for i in range(6)], models=["team/m"], max_tokens=5)
+            key_budget = second.router.key_budget(second.config.providers["team"], second.config.providers["team"].keys[0])
+        assert all(r.ok for r in later.results)
+        assert all(a.outcome == "ok" for r in later.results for a in r.attempts)  # no 401 in the second process
+        assert sb.stats()["keys"]["team:…r0r1"]["requests"] == revoked
+        assert key_budget.disabled is not None and key_budget.disabled[0].value == "auth"

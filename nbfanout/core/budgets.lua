@@ -286,8 +286,8 @@ end
 
 -- commands ---------------------------------------------------------------------------------------
 if cmd == 'reserve' then
-  -- ARGV: rid, process, lease ms, budgets JSON
-  local rid, proc, lease = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  -- ARGV: rid, process, lease ms, budgets JSON (the process counts itself in at each renewal)
+  local rid, lease = ARGV[3], tonumber(ARGV[5])
   local budgets = cjson.decode(ARGV[6])
   local R = P .. ':r:' .. rid
   if redis.call('EXISTS', R) == 1 then  -- a retried call: it was admitted the first time
@@ -297,7 +297,6 @@ if cmd == 'reserve' then
   local learned = {}  -- limits other processes learned, per budget: the client adopts them
   for i, b in ipairs(budgets) do
     local B = base(b.id)
-    touch_process(b, proc, lease)
     local meta = redis.call('HMGET', B .. ':meta', 'disabled', unpack(LIMIT_FIELDS))
     if meta[1] then
       return cjson.encode({ok = false, i = i, why = 'disabled', text = meta[1], wait = -1})

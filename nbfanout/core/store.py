@@ -303,6 +303,7 @@ class SharedStore:
         if self.active:
             self.active = False
             for budget in self._budgets.values():
+                budget.shared_use = None  # its counts are this process's own again
                 budget.unhold()
             text = (f"shared budget store {self.config.shown} unreachable ({exc}); budgets are kept in this "
                     "process from now on (on_unavailable = \"local\")")

@@ -283,3 +283,22 @@ def test_the_cli_and_the_notebook_print_the_same_models_and_plan(ip: Interactive
     assert shown == cli("models") and any("openai/gpt-4o-mini" in line for line in shown)
     planned = notebook(lambda: ip.run_cell_magic("fanout", f"--config {path} --models {models} --dry-run", "Hello"))
     assert planned == cli("run", "--models", models, "--prompt", "Hello", "--dry-run") and len(planned) >= 3
+
+
+def test_shared_keeps_the_cells_budgets_in_redis_and_status_says_so(
+        ip: InteractiveShell, capsys: pytest.CaptureFixture[str], redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBFANOUT_REDIS_URL", redis_server.url)
+    result = ip.run_cell_magic("fanout", FAST + " --shared --no-dashboard", "Shared hello")
+    assert all(r.ok for r in result)
+    fx = _magics(ip).fanout_for("sb.config", shared=True)
+    assert fx.shared is not None and fx.shared.config.url == redis_server.url and fx.last_result is result
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:  # both of the cell's requests were reserved in the store
+        assert len(client.keys("nbfanout:r:*")) >= 2
+    finally:
+        client.close()
+    capsys.readouterr()
+    ip.run_line_magic("fanout", "status")
+    assert f"budgets shared through {redis_server.url}" in capsys.readouterr().out

@@ -330,6 +330,9 @@ if cmd == 'reserve' then
         if k.cap == k.limit or k.limit < 0 then k.cap = stored end
         k.limit = stored
       end
+      if k.shape == 'fw' then  -- the window edges a provider's reset showed one process hold for all
+        k.phase = tonumber(redis.call('HGET', B .. ':meta', 'phase:' .. k.kind)) or k.phase
+      end
       if k.limit >= 0 then counted[#counted + 1] = k end  -- a limit nobody knows yet counts nothing
     end
     b.kinds = counted
@@ -451,6 +454,14 @@ elseif cmd == 'observe' then
       keep(K, k.span + 60000); keep(K .. ':a', k.span + 60000)
     end
   else
+    if reset >= 0 and reset <= k.span then  -- the provider's window ends `reset` from now: its edges, for all
+      local phase = (now + reset) % k.span
+      redis.call('HSET', base(b.id) .. ':meta', 'phase:' .. k.kind, phase)
+      keep(base(b.id) .. ':meta', DAY)
+      k.phase = phase
+    else
+      k.phase = tonumber(redis.call('HGET', base(b.id) .. ':meta', 'phase:' .. k.kind)) or k.phase
+    end
     local key = fw_key(K, fw_index(k, now))
     if num(redis.call('GET', key)) - newer < low then
       redis.call('SET', key, low + newer); keep(key, 2 * k.span + 60000)

@@ -345,3 +345,34 @@ async def test_a_key_one_process_finds_rejected_is_out_of_use_for_every_process(
         assert all(a.outcome == "ok" for r in later.results for a in r.attempts)  # no 401 in the second process
         assert sb.stats()["keys"]["team:…r0r1"]["requests"] == revoked
         assert key_budget.disabled is not None and key_budget.disabled[0].value == "auth"
+
+
+@pytest.mark.parametrize(("limiter", "rpm", "burst"), [
+    ("sliding_window", 3, 3), ("fixed_window", 3, 3), ("token_bucket", 3, 3), ("per_second", 120, 2)])
+async def test_the_store_admits_each_shape_exactly_as_its_definition(redis_server, redis_namespace, limiter, rpm, burst):
+    """Two processes' stores on one budget: together they get the shape's burst and no more, and the
+    wait the script names is the one core/shapes.py computes for the same sequence."""
+    from nbfanout.core.limits import BudgetSet
+    from nbfanout.core.shapes import make_shape
+    from nbfanout.core.store import SharedConfig, SharedStore
+
+    stores = [SharedStore(SharedConfig(redis_server.url, namespace=redis_namespace)) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        budgets = [BudgetSet(shared=s).budget("model", "team/m", limiter=limiter, rpm=rpm) for s in stores]
+        verdicts = [await stores[i % 2].reserve(f"r{i}", [budgets[i % 2]], 0.0, 0.0) for i in range(burst + 1)]
+    finally:
+        for s in stores:
+            await s.close()
+    assert [v.admitted for v in verdicts] == [True] * burst + [False]
+    reference = make_shape(limiter, "rpm", rpm, 0.0)
+    for _ in range(burst):
+        reference.take(1.0, 0.0)
+    expected = reference.wait(1.0, 0.0)
+    refused = verdicts[-1]
+    assert refused.why == "rate" and refused.wait_s is not None
+    if limiter == "fixed_window":  # until the minute's edge on the server's clock: within the window's span
+        assert 0 < refused.wait_s <= 60.0
+    else:
+        assert refused.wait_s == pytest.approx(expected, abs=0.25), (refused.wait_s, expected)

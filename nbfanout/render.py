@@ -57,27 +57,34 @@ MAX_MODEL_BUDGETS = 6  # model budgets shown besides providers and keys: the ful
 # ``:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td`` (two classes and an element), which a
 # plain ``.nbf td`` loses to. The dashboard's tables have fixed column widths, so no column moves
 # while a run updates them, and a long name or message ends in an ellipsis (its ``title`` has it all).
+# Colours come from the frontend's theme: JupyterLab's --jp-* variables (light or dark), else VS Code's
+# --vscode-* ones (its notebook renderer sets those, light or dark), else light defaults.
 _CSS = """<style>
-div.nbf.nbf{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:12px;color:var(--jp-ui-font-color1,#222);
+div.nbf.nbf{--nbf-fg:var(--jp-ui-font-color1,var(--vscode-editor-foreground,#222));
+  --nbf-fg2:var(--jp-ui-font-color2,var(--vscode-descriptionForeground,#666));
+  --nbf-line:var(--jp-border-color2,var(--vscode-editorWidget-border,#e0e0e0));
+  --nbf-track:var(--jp-layout-color3,var(--vscode-editorWidget-background,#e6e6e6));
+  --nbf-code:var(--jp-layout-color2,var(--vscode-textCodeBlock-background,#f5f5f5));
+  font-family:var(--jp-ui-font-family,var(--vscode-font-family,system-ui,sans-serif));font-size:12px;color:var(--nbf-fg);
   max-width:100%;overflow-x:auto}
-div.nbf.nbf table{border-collapse:collapse;margin:4px 0;border:none}
+div.nbf.nbf table{border-collapse:collapse;margin:4px 0;border:none;color:inherit;font-size:inherit}
 div.nbf.nbf th,div.nbf.nbf td{padding:2px 8px;text-align:left;vertical-align:top;line-height:1.4;border:none;
-  border-bottom:1px solid var(--jp-border-color2,#e0e0e0);white-space:nowrap}
+  border-bottom:1px solid var(--nbf-line);white-space:nowrap}
 div.nbf.nbf td.num,div.nbf.nbf th.num{text-align:right;font-variant-numeric:tabular-nums}
 div.nbf.nbf table.nbf-fixed{table-layout:fixed;width:100%;max-width:1200px}
 div.nbf.nbf .nbf-cut{overflow:hidden;text-overflow:ellipsis}
 div.nbf.nbf td.nbf-answer{white-space:normal;min-width:16em}
 div.nbf.nbf .nbf-head{font-weight:600;margin:2px 0 6px 0}
-div.nbf.nbf .nbf-bar{display:inline-block;width:110px;height:10px;background:var(--jp-layout-color3,#e6e6e6);
+div.nbf.nbf .nbf-bar{display:inline-block;width:110px;height:10px;background:var(--nbf-track);
   border-radius:3px;overflow:hidden;vertical-align:middle}
 div.nbf.nbf .nbf-bar.small{width:72px;height:8px}
 div.nbf.nbf .nbf-fill{height:100%}
-div.nbf.nbf .nbf-msg{color:var(--jp-ui-font-color2,#666)}
+div.nbf.nbf .nbf-msg{color:var(--nbf-fg2)}
 div.nbf.nbf .nbf-badge{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:11px}
-div.nbf.nbf .nbf-muted{color:var(--jp-ui-font-color2,#777)}
-div.nbf.nbf details>summary{cursor:pointer;margin:4px 0;color:var(--jp-ui-font-color2,#555)}
+div.nbf.nbf .nbf-muted{color:var(--nbf-fg2)}
+div.nbf.nbf details>summary{cursor:pointer;margin:4px 0;color:var(--nbf-fg2)}
 div.nbf.nbf .nbf-grid{display:grid;gap:8px;margin:6px 0}
-div.nbf.nbf .nbf-card{border:1px solid var(--jp-border-color2,#e0e0e0);border-radius:4px;padding:6px 8px;min-width:0}
+div.nbf.nbf .nbf-card{border:1px solid var(--nbf-line);border-radius:4px;padding:6px 8px;min-width:0}
 div.nbf.nbf .nbf-card-head{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 div.nbf.nbf .nbf-text{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0 0 0;font-family:inherit;
   max-height:32em;overflow-y:auto}
@@ -85,7 +92,7 @@ div.nbf.nbf .nbf-md{white-space:normal}
 div.nbf.nbf .nbf-md>:first-child{margin-top:0}
 div.nbf.nbf .nbf-md p,div.nbf.nbf .nbf-md ul,div.nbf.nbf .nbf-md ol,div.nbf.nbf .nbf-md pre{margin:4px 0}
 div.nbf.nbf .nbf-md h1,div.nbf.nbf .nbf-md h2,div.nbf.nbf .nbf-md h3,div.nbf.nbf .nbf-md h4{font-size:13px;margin:6px 0 2px 0}
-div.nbf.nbf .nbf-md pre{background:var(--jp-layout-color2,#f5f5f5);padding:4px 6px;overflow-x:auto;white-space:pre}
+div.nbf.nbf .nbf-md pre{background:var(--nbf-code);padding:4px 6px;overflow-x:auto;white-space:pre}
 div.nbf.nbf .nbf-md code{font-family:var(--jp-code-font-family,monospace);font-size:11px}
 div.nbf.nbf .nbf-md td,div.nbf.nbf .nbf-md th{white-space:normal}
 div.nbf.nbf img.nbf-timeline{max-width:100%;height:auto}

@@ -7,6 +7,7 @@ so there a missing browser fails). Never runs ``playwright install``: it launche
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -67,11 +68,20 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(HERE / NOTEBOOK, root / NOTEBOOK)
+    with _lab_server(tmp_path, root) as url:
+        yield url
+
+
+@contextmanager
+def _lab_server(tmp_path: Path, root: Path, theme: str | None = None) -> Iterator[str]:
+    """JupyterLab (and Notebook 7) serving ``root``, in ``theme`` if given ("JupyterLab Dark")."""
     port = _free_port()
     settings = tmp_path / "settings"
     news = settings / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no "news?" toast over the page
+    if theme is not None:
+        (news / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -270,3 +280,89 @@ def test_notebook_7_shows_the_snapshot_whole_and_in_bounds(chromium: str, jupyte
         _assert_cards_and_background_ended(page)
         _save_and_reopen(page)
         page.screenshot(path=str(ARTIFACTS / "notebook7_reopened.png"))
+
+
+#: The contrast (WCAG 2: (L1 + 0.05) / (L2 + 0.05)) of each matching element's text against the first
+#: opaque background behind it, for the first few elements of each selector.
+CONTRAST = """(selectors) => {
+    const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+        .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+    const behind = el => { for (let n = el; n; n = n.parentElement) { const c = rgb(getComputedStyle(n).backgroundColor);
+        if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c; } return [255, 255, 255]; };
+    const out = {};
+    for (const sel of selectors) {
+        out[sel] = Array.from(document.querySelectorAll(sel)).slice(0, 4).map(el => {
+            const a = lum(rgb(getComputedStyle(el).color)), b = lum(behind(el));
+            return Math.round(100 * (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)) / 100; });
+    }
+    return out;
+}"""
+READABLE = {".nbf-row td.nbf-name": 4.5, ".nbf-card-head": 4.5, ".nbf-md p": 4.5, ".nbf-muted": 3.0}
+#: What VS Code's notebook renderer sets in its default dark theme (Dark Modern), which the CSS falls back to.
+VSCODE_DARK = ("background:#1f1f1f;--vscode-editor-background:#1f1f1f;--vscode-editor-foreground:#cccccc;"
+               "--vscode-descriptionForeground:#9d9d9d;--vscode-editorWidget-border:#313131;"
+               "--vscode-editorWidget-background:#202020;--vscode-textCodeBlock-background:#2b2b2b")
+
+
+def _finished_snapshot(sandbox: Any) -> str:
+    """The static HTML a finished two-model run leaves in a notebook, from a real run against the sandbox."""
+    import asyncio
+
+    from nbfanout import Fanout
+    from nbfanout.progress import DashboardModel
+    from nbfanout.render import snapshot_html
+
+    models = ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5"]
+    fx = Fanout(sandbox.config, learn=False)
+    view = DashboardModel(models)
+    fx.subscribe(view.apply)
+    result = asyncio.run(fx.run("Name two colours, in **bold**.", models, max_tokens=40))
+    assert all(r.ok for r in result)
+    view.finish()  # as the dashboard does when the run ends
+    return snapshot_html(view, result)
+
+
+def _assert_readable(page: Any) -> None:
+    contrast = page.evaluate(CONTRAST, list(READABLE))
+    for selector, least in READABLE.items():
+        assert contrast[selector], f"nothing matched {selector}"
+        assert min(contrast[selector]) >= least, f"{selector}: contrast {contrast[selector]} (at least {least} needed)"
+
+
+def test_the_snapshot_reads_in_jupyterlab_dark_and_in_vs_codes_dark_theme(
+        chromium: str, fast_sandbox: Any, tmp_path: Path) -> None:
+    """A saved run opened in JupyterLab's dark theme, and the same HTML under VS Code's dark theme
+    variables: every name, answer and muted note keeps a readable contrast (WCAG AA for text)."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    html = _finished_snapshot(fast_sandbox)
+    root = tmp_path / "lab"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("%%fanout --config sb.config --models openai/gpt-4o-mini anthropic/claude-haiku-4-5")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": html, "text/plain": "run"})]
+    nb.cells = [cell]
+    nbformat.write(nb, root / "dark.ipynb")
+    # trusted, as a notebook its user ran and saved is: an untrusted one has its <style> stripped
+    subprocess.run([sys.executable, "-m", "jupyter", "trust", str(root / "dark.ipynb")], check=True,
+                   capture_output=True, env={**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config")})
+    with _lab_server(tmp_path, root, theme="JupyterLab Dark") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(f"{url}/lab/tree/dark.ipynb?token={TOKEN}")
+            page.wait_for_selector(".jp-OutputArea-output .nbf-card", timeout=60_000)
+            assert page.evaluate("() => document.body.dataset.jpThemeLight") == "false", "the dark theme is not on"
+            name = page.locator(".nbf-row td.nbf-name").first
+            assert name.evaluate("td => getComputedStyle(td).textAlign") == "left", "the snapshot's CSS did not apply"
+            _assert_readable(page)
+            page.locator(".jp-Cell-outputArea").first.screenshot(path=str(ARTIFACTS / "browser_dark.png"))
+
+            vscode = browser.new_page(viewport={"width": 1280, "height": 1400})
+            vscode.set_content(f'<!DOCTYPE html><html><body style="{VSCODE_DARK}">{html}</body></html>')
+            _assert_readable(vscode)
+            vscode.screenshot(path=str(ARTIFACTS / "vscode_dark.png"))
+        finally:
+            browser.close()

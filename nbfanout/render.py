@@ -534,6 +534,9 @@ def _batch_state(model: DashboardModel, row: Row) -> str:
         return " · ".join(parts) + (f" · last: {row.last_error}" if row.failed else "")
     if row.in_flight:
         parts.append(f"{len(row.in_flight)} in flight")
+    queued = row.total - row.answered - row.failed - len(row.in_flight)
+    if queued > 0:  # not sent yet: behind the model's requests in flight, or the budget the detail names
+        parts.append(f"{queued} queued")
     rate = model.rate(row)
     if rate:
         parts.append(f"{rate:.1f}/s · ETA {duration((row.total - row.answered - row.failed) / rate)}")

@@ -273,12 +273,16 @@ def test_a_batch_row_counts_its_models_requests_with_rate_and_eta() -> None:
     assert (row.answered, row.failed, len(row.in_flight), row.state) == (1, 1, 1, "running")
     page = render.dashboard_html(m)
     assert "1/3 answered · 1 failed · 1 in flight" in page and "ETA" in page
+    assert "0/3 answered · 3 queued" in page  # openai/b: nothing sent yet
     assert m.totals()["total"] == 6 and m.totals()["done"] == 1  # requests, not models
     m.apply(ModelCompleted(2.0, "r", request="2:openai/a", requested="openai/a", model="openai/a", latency_s=1.9,
                            input_tokens=5, output_tokens=7, cost=0.01))
     assert row.state == "done" and row.cost == pytest.approx(0.02)
     assert "2/3 answered · 1 failed · last: auth (HTTP 401): bad key" in render.dashboard_html(m)
     assert m.rows["openai/b"].state == "queued" and m.progress(row) == 1.0
+    m.apply(NoModelsAvailableEvent(2.1, "r", request="0:openai/b", requested="openai/b", wait_s=0.0,
+                                   reason="this run: 16/16 in flight"))
+    assert "0/3 answered · 3 queued · waiting: this run: 16/16 in flight" in render.dashboard_html(m)  # behind what
 
 
 def test_a_retry_says_whether_the_provider_asked_for_the_wait_or_it_is_our_backoff() -> None:

@@ -9,8 +9,9 @@ across all of its budgets, in one Lua script (``budgets.lua``) on the Redis serv
 The script answers "admitted" or the exact time until the request could be, so waiting stays
 event-driven: a timer for that time, and for concurrency a message on the store's ``released``
 channel (pub/sub) when any process finishes a request. Each admitted request holds a lease
-that this process renews while it runs (``lease_s / 3``); a process that dies stops renewing,
-and its slots free when the lease ends. Every key the script writes has a TTL.
+that this process renews while it runs (every second, or every third of a shorter lease), and
+the same call reads what all processes use, for the dashboard; a process that dies stops
+renewing, and its slots free when the lease ends. Every key the script writes has a TTL.
 
 Why our own script and not a library (checked 2026-12):
 

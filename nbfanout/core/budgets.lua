@@ -286,9 +286,9 @@ end
 
 -- commands ---------------------------------------------------------------------------------------
 if cmd == 'reserve' then
-  -- ARGV: rid, process, lease ms, budgets JSON (the process counts itself in at each renewal)
-  local rid, lease = ARGV[3], tonumber(ARGV[5])
-  local budgets = cjson.decode(ARGV[6])
+  -- ARGV: rid, lease ms, budgets JSON (a process counts itself in at each renewal, not here)
+  local rid, lease = ARGV[3], tonumber(ARGV[4])
+  local budgets = cjson.decode(ARGV[5])
   local R = P .. ':r:' .. rid
   if redis.call('EXISTS', R) == 1 then  -- a retried call: it was admitted the first time
     return cjson.encode({ok = true})
@@ -364,7 +364,6 @@ if cmd == 'reserve' then
   redis.call('SET', R, cjson.encode({entries = entries, ids = ids}), 'PX', math.ceil(lease + KEEP))
   if #learned > 0 then return cjson.encode({ok = true, learned = learned}) end
   return '{"ok":true}'
-
 
 elseif cmd == 'release' or cmd == 'adjust' then
   -- release: ARGV rid. adjust: ARGV rid, JSON {tpm = {budget id: extra}, audio = seconds, refund = bool}

@@ -312,13 +312,13 @@ class Fanout:
     async def transcribe(self, path: str | Path, *, language: str | None = None, prompt: str | None = None,
                          models: Sequence[str] | None = None) -> Transcription:
         """Transcribe an audio file through the audio pool: Groq first when it has a key, then round-robin."""
-        if self.shared is None:
-            return await self._transcriber.transcribe(path, language=language, prompt=prompt, models=models)
-        await self.shared.open()  # audio seconds (Groq's ASH / ASD) are shared like every other budget
+        if self.shared is not None:  # audio seconds (Groq's ASH / ASD) are shared like every other budget
+            await self.shared.open()
         try:
             return await self._transcriber.transcribe(path, language=language, prompt=prompt, models=models)
         finally:
-            await self.shared.close()
+            if self.shared is not None:
+                await self.shared.close()
 
     # --- the engine ---------------------------------------------------------------------------
     def _resolve(self, models: Sequence[str] | None, pool: str | None, prompt: str, has_images: bool = False) -> list[str]:

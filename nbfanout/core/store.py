@@ -201,8 +201,7 @@ class _Link:
         """Renew this process's leases and refresh what all processes use, every third of a lease (and
         at least every second, for the dashboard)."""
         period = min(1.0, self.store.config.lease_s / 3)
-        while True:
-            await asyncio.sleep(period)
+        while True:  # at once first: the other processes count this one from its start
             try:
                 reply = await self.call("renew", self.store.process, self.store.lease_ms,
                                         json.dumps(sorted(self.open_rids)), self.store.describe_all())
@@ -210,6 +209,7 @@ class _Link:
                 self.store.lost(exc)
                 return
             self.store.absorb(reply.get("stats") or [])
+            await asyncio.sleep(period)
 
     def post(self, *args: Any) -> None:
         """Send a command without waiting for it (releases, refunds, learned limits)."""
@@ -319,8 +319,13 @@ class SharedStore:
 
     # --- budgets --------------------------------------------------------------------------
     def track(self, budget: Budget) -> None:
-        if budget.shared_id is not None:
-            self._budgets[budget.shared_id] = budget
+        """Keep ``budget`` in the store; the other processes count this one in at once, not at the next renewal."""
+        if budget.shared_id is None:
+            return
+        self._budgets[budget.shared_id] = budget
+        link = self._link()
+        if link is not None:
+            link.post("renew", self.process, self.lease_ms, "[]", json.dumps([self.describe(budget, -1.0)]))
 
     def describe(self, budget: Budget, tokens: float = 0.0, audio_s: float = 0.0,
                  only: str | None = None) -> dict[str, Any]:
@@ -385,7 +390,7 @@ class SharedStore:
             return Verdict(True)
         described = json.dumps([self.describe(b, tokens, audio_s) for b in budgets])
         try:
-            reply = await link.call("reserve", rid, self.process, self.lease_ms, described)
+            reply = await link.call("reserve", rid, self.lease_ms, described)
         except asyncio.CancelledError:
             link.post("adjust", rid, json.dumps({"refund": True}))
             link.post("release", rid)

@@ -1,7 +1,7 @@
 """A simulated multi-provider LLM server (real HTTP, on loopback) so nbfanout runs with no keys.
 
 It speaks the OpenAI chat-completions and transcription, Anthropic messages and Gemini
-generateContent wire formats, enforces each scenario's RPM / TPM / RPD / concurrency
+generateContent wire formats (and, for providers whose scenario says so, their batch APIs), enforces each scenario's RPM / TPM / RPD / concurrency
 limits exactly, answers deterministically after realistic latencies, injects faults with
 each provider's own status codes, headers and bodies, and keeps a ledger of what happened.
 
@@ -16,7 +16,8 @@ Built-in scenarios: ``seed15`` (the 15-model run of the seeds, failure included)
 ``batch_token_bucket`` / ``batch_sliding_window`` / ``batch_fixed_window`` /
 ``batch_per_second`` (500 prompts x 5 models against one limiter shape each),
 ``batch_headers`` (the token-bucket batch with every limit hidden) and ``failover``
-(a pool whose first model refuses for the first 30 s).
+(a pool whose first model refuses for the first 30 s), ``batch_api`` (OpenAI, Anthropic and
+Gemini batch APIs beside modest live limits; see ``batches.py``).
 In-process use without a socket: ``httpx.ASGITransport(app=create_app(...))``.
 """
 

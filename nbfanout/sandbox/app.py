@@ -9,8 +9,15 @@ Routes (``{provider}`` is a scenario provider id; its wire format decides which 
     POST /{provider}/v1beta/models/{model}:generateContent
     POST /{provider}/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  /{provider}/v1beta/models                  Gemini model list
-    GET  /_sandbox/stats                            the ledger (see ledger.py)
-    POST /_sandbox/reset                            clear the ledger, limit windows and fault counters
+    Batch APIs, for providers with a [batch] table (batches.py has the details):
+    POST /{provider}/v1/files, GET .../v1/files[/{id}[/content]], DELETE .../v1/files/{id}
+    POST /{provider}/v1/batches, GET .../v1/batches[/{id}], POST .../v1/batches/{id}/cancel
+    POST /{provider}/v1/messages/batches, GET .../v1/messages/batches[/{id}[/results]],
+         POST .../v1/messages/batches/{id}/cancel, DELETE .../v1/messages/batches/{id}
+    POST /{provider}/v1beta/models/{model}:batchGenerateContent, GET .../v1beta/batches[/{id}],
+         POST .../v1beta/batches/{id}:cancel, DELETE .../v1beta/batches/{id}
+    GET  /_sandbox/stats                            the ledger (see ledger.py), batches included
+    POST /_sandbox/reset                            clear the ledger, limit windows, fault counters, batches and files
     GET  /_sandbox/scenario                         the scenario, keys masked to their last four chars
 
 Every model call goes through one pipeline, in the order a provider checks things:
@@ -44,7 +51,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from nbfanout.sandbox import wire_anthropic, wire_gemini, wire_openai
+from nbfanout.sandbox import batches, wire_anthropic, wire_gemini, wire_openai
 from nbfanout.sandbox.faults import FaultBook
 from nbfanout.sandbox.ledger import Ledger, LedgerCharge
 from nbfanout.sandbox.limits import Charge, Limiter, Pool, Rejection, WindowView
@@ -58,16 +65,18 @@ from nbfanout.sandbox.scenario import (
     mask_key,
     parse_scenario,
 )
-from nbfanout.sandbox.text import (
-    answer_text,
-    judge_verdict,
-    chunk_text,
-    estimate_tokens,
-    jitter_draw,
-    output_token_count,
-    transcript_text,
+from nbfanout.sandbox.text import chunk_text, jitter_draw, transcript_text
+from nbfanout.sandbox.wire import (
+    BadRequest,
+    CallContext,
+    ChatCall,
+    Denial,
+    ErrorReply,
+    ToolAnswer,
+    Usage,
+    compose_answer,
+    rejected_parameter,
 )
-from nbfanout.sandbox.wire import BadRequest, CallContext, ChatCall, Denial, ErrorReply, ToolAnswer, Usage, plan_tool_call
 
 __all__ = ["RAW_SEND_KEY", "RawSendCapture", "SandboxState", "create_app"]
 
@@ -95,6 +104,7 @@ class SandboxState:
         self.limiter = Limiter(self.scenario)
         self.ledger = Ledger()
         self.faults = FaultBook(self.scenario, self.clock)
+        self.batches = batches.BatchBook(self.scenario, self.clock, self.wall, self.ledger)
         self._ids = 0
         self._draws: Counter[tuple[str, str]] = Counter()
 
@@ -124,6 +134,7 @@ class SandboxState:
         self.limiter.reset()
         self.ledger.reset()
         self.faults.reset()
+        self.batches.reset()
         self._draws.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -139,6 +150,9 @@ class SandboxState:
         for pool in self.limiter.pools.values():
             if pool.id.label in out["pools"]:
                 out["pools"][pool.id.label]["limiter"] = pool.shape
+        empty = {"batches": 0, "failed_validation": 0, "requests": 0, "models": {}}
+        for pid, live in self.batches.stats().items():
+            out["batches"][pid] = {**out["batches"].get(pid, empty), **live}
         return out
 
 
@@ -364,20 +378,6 @@ def _latency_split(model: ModelSpec, n_out: int, total: float) -> tuple[float, f
     return first, (total - first) / n_out
 
 
-def _rejected_parameter(model: ModelSpec, body: dict[str, Any]) -> BadRequest | None:
-    """A parameter the model refuses (a reasoning model's ``temperature``), in OpenAI's words.
-
-    Body: github.com/openai/openai-python/issues/2104 quotes the API's 400 for o3-mini.
-    """
-    config = body.get("generationConfig")  # Gemini's sampling parameters live there
-    sent = set(body) | (set(config) if isinstance(config, dict) else set())
-    for param in model.rejects:
-        if param in sent:
-            return BadRequest(f"Unsupported parameter: '{param}' is not supported with this model.", param=param,
-                              code="unsupported_parameter")
-    return None
-
-
 async def _chat(request: Request, route_wire: str, gemini_target: str | None = None) -> Response:
     state: SandboxState = request.app.state.sandbox
     provider = state.scenario.provider(request.path_params["provider"])
@@ -421,7 +421,7 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
         bad = exc
     c.begin(model_id, call.max_tokens if call else None)
     if bad is None and c.model is not None and isinstance(body, dict):
-        bad = _rejected_parameter(c.model, body)
+        bad = rejected_parameter(c.model, body)
     stop = c.gate(bad, "chat")
     if stop is not None:
         return stop
@@ -429,25 +429,9 @@ async def _chat(request: Request, route_wire: str, gemini_target: str | None = N
     model, ctx = c.model, c.ctx
 
     # Everything about the answer is known at arrival: a tool call or text, length, latency.
-    seed = state.scenario.seed
-    input_tokens = estimate_tokens(call.prompt)
-    text = ""
-    tool = plan_tool_call(call, model.tool_call, seed, f"{provider.id}/{model.id}")
-    if tool is not None and call.max_tokens is not None and tool.output_tokens > call.max_tokens:
-        tool = None  # the call does not fit: the model runs out of tokens, as in a text answer cut short
-    if tool is not None:
-        n_out = tool.output_tokens
-        usage = Usage(input_tokens, n_out, "tool_calls")
-    else:
-        n_out = output_token_count(seed, f"{provider.id}/{model.id}", call.prompt, *model.output_tokens)
-        finish = "stop"
-        if call.max_tokens is not None and n_out > call.max_tokens:
-            n_out, finish = call.max_tokens, "length"
-        text = answer_text(seed, model.id, call.prompt, n_out)
-        verdict = judge_verdict(seed, model.id, call.prompt)
-        if verdict is not None:
-            text, n_out = verdict, estimate_tokens(verdict)
-        usage = Usage(input_tokens, n_out, finish)
+    answer = compose_answer(call, model, provider.id, state.scenario.seed)
+    text, tool, usage = answer.text, answer.tool, answer.usage
+    input_tokens, n_out = usage.input_tokens, usage.output_tokens
     latency = model.latency.seconds(n_out, state.jitter(provider.id, model.id, call.prompt))
     budget_tokens = input_tokens + (call.max_tokens if call.max_tokens is not None else model.output_tokens[1])
 
@@ -571,7 +555,11 @@ async def anthropic_messages(request: Request) -> Response:
 
 
 async def gemini_post(request: Request) -> Response:
-    return await _chat(request, "gemini", request.path_params["rest"])
+    rest = request.path_params["rest"]
+    model, _, method = rest.rpartition(":")
+    if method == "batchGenerateContent" and model:
+        return await batches.gemini_create(request, model)
+    return await _chat(request, "gemini", rest)
 
 
 async def openai_transcriptions(request: Request) -> Response:
@@ -708,6 +696,7 @@ def create_app(
         Route("/{provider}/v1/messages", anthropic_messages, methods=["POST"]),
         Route("/{provider}/v1beta/models", list_models, methods=["GET"]),
         Route("/{provider}/v1beta/models/{rest:path}", gemini_post, methods=["POST"]),
+        *batches.ROUTES,
     ]
     app = Starlette(routes=routes)
     app.state.sandbox = SandboxState(sc, clock=clock, time_scale=time_scale, wall=wall)

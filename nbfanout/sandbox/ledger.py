@@ -29,6 +29,14 @@ Entities are keyed ``providers[id]``, ``keys["provider:…abcd"]``,
 (each pool's configured limits, ``limiter`` shape and live in-flight count), a
 ``limiter`` entry in each ``pools[label]`` account, ``scenario``, ``time_scale`` and
 ``clock``. Keys appear only by their last four characters.
+
+Batch requests (``batches.py``) never enter these accounts or any limit window: providers
+give batches their own quota. ``batches[provider]`` counts them apart: ``batches`` created,
+``failed_validation`` (of those), ``requests`` submitted and ``models`` {model: requests};
+GET /_sandbox/stats adds each provider's live view from the batch book: ``live`` (batches
+kept), ``status`` {phase: batches} in OpenAI's words (validating, in_progress, finalizing,
+completed, failed, expired, cancelling, cancelled), ``results`` {processing, succeeded,
+errored, expired, canceled: requests} at the current clock, and ``files`` (OpenAI files kept).
 """
 
 from __future__ import annotations
@@ -100,6 +108,7 @@ class Ledger:
 
     def __init__(self) -> None:
         self._accounts: dict[tuple[str, str], _Account] = {}
+        self._batches: dict[str, Counter[str]] = {}  # provider -> batches, requests, "model:<id>"
         #: Bumped by reset(); a request that entered before a reset does not leave after it.
         self.generation = 0
 
@@ -175,12 +184,22 @@ class Ledger:
         for a in self._all(entities):
             a.accepted += 1
 
+    def batch(self, provider: str, models: Counter[str], *, failed: bool = False) -> None:
+        """A batch was created with ``models`` {model: requests}; kept apart from the live accounts."""
+        acc = self._batches.setdefault(provider, Counter())
+        acc["batches"] += 1
+        acc["failed_validation"] += int(failed)
+        acc["requests"] += sum(models.values())
+        for model, n in models.items():
+            acc[f"model:{model}"] += n
+
     def in_flight(self, kind: str, name: str) -> int:
         acc = self._accounts.get((kind, name))
         return acc.in_flight if acc is not None else 0
 
     def reset(self) -> None:
         self._accounts.clear()
+        self._batches.clear()
         self.generation += 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -188,4 +207,13 @@ class Ledger:
         out: dict[str, Any] = {"totals": self._acc("totals", "").snapshot()}
         for kind in ("providers", "keys", "models", "pools"):
             out[kind] = {name: acc.snapshot() for (k, name), acc in sorted(self._accounts.items()) if k == kind}
+        out["batches"] = {
+            provider: {
+                "batches": acc["batches"],
+                "failed_validation": acc["failed_validation"],
+                "requests": acc["requests"],
+                "models": {k[6:]: v for k, v in sorted(acc.items()) if k.startswith("model:")},
+            }
+            for provider, acc in sorted(self._batches.items())
+        }
         return out

@@ -24,6 +24,9 @@ was expected. Schema::
     tokens_counted = "max_tokens"   # or "usage": TPM settles to the real output when an answer ends
     faults = [ ... ]                # fault rules for every model of the provider (see below)
 
+    [providers.<id>.batch]          # optional: the provider serves its batch API (see "Batches")
+    complete_after_s = 2.0
+
     [providers.<id>.groups.<name>]  # a limit several models share (OpenRouter's
     models = ["a:free", "b:free"]   #   "free-models-per-min" is one); <name> is quoted in 429s
     limits = { rpm = 20, per_key = true }
@@ -89,6 +92,34 @@ request offers a tool of that name, else a call of the request's first tool with
 built from its JSON schema (see ``nbfanout.sandbox.wire.schema_arguments``). A
 conversation that ends with a tool result is answered with text.
 
+Batches: a provider with a ``[providers.<id>.batch]`` table serves its provider's batch
+API (OpenAI files + batches for the OpenAI-compatible styles that document one, Anthropic
+message batches, Gemini batch mode; see ``batches.py``). Its answers come from the same code
+as live answers, never touch the live limits, and a batch's status is a pure function of the
+sandbox clock. Every duration below is in scenario seconds, multiplied by ``time_scale`` (0:
+every batch ends the moment it is created), counted from the batch's creation::
+
+    in_progress_after_s = 0.0   # validating -> in_progress (Gemini PENDING -> RUNNING)
+    complete_after_s = 1.0      # the last request is done (>= in_progress_after_s)
+    finalizing_s = 0.0          # OpenAI: finalizing -> completed after this much longer
+    cancel_after_s = 0.0        # a cancel request takes this long (cancelling -> cancelled)
+    progress = true             # requests finish one by one, evenly, while in_progress
+                                #   (OpenAI and Gemini counts grow; Anthropic's counts stay
+                                #   0 until the batch ends, as Anthropic documents)
+    expire = false              # true: the window closes at complete_after_s with only
+    expire_fraction = 0.5       #   this share of the requests (in input order) done; the
+                                #   rest expire (OpenAI error code batch_expired)
+    fail_validation = "..."     # the batch fails validation with this message (OpenAI:
+                                #   status failed, errors.data; Anthropic: a 400 at create;
+                                #   Gemini: BATCH_STATE_FAILED)
+    errored_custom_ids = ["r7"] # these requests error inside the batch (Gemini: the
+    errored_every_nth = 5       #   metadata "key", else the 0-based index), or every n-th
+    error_kind = "server_error" # how they fail: server_error, overloaded, unavailable or
+    error_message = "..."       #   bad_request, in the provider's own error body
+    max_requests = 50000        # per-batch limits; default the provider's documented ones
+    max_bytes = 209715200       #   (OpenAI 50,000 / 200 MB, Anthropic 100,000 / 256 MB,
+                                #   Gemini inline 20 MB)
+
 ``lower_bound(...)`` says how fast any client could possibly run a set of models once,
 or ``prompts`` times each.
 """
@@ -113,7 +144,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "BATCH_ERROR_KINDS",
+    "BATCH_STYLES",
     "BUILTIN_SCENARIOS",
+    "BatchSpec",
     "DEFAULT_LIMITER",
     "FAULT_KINDS",
     "Fault",
@@ -183,7 +217,15 @@ PRE_ADMISSION = frozenset({"rate_limit_burst", "unavailable", "overloaded", "inv
 #: Faults decided after admission: they take time and count against the limits.
 POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed", "empty_answer", "content_filter"})
 
+#: Styles whose provider documents a batch API the sandbox can serve: OpenAI's files + batches
+#: (OpenAI, and the OpenAI-compatible Groq, Together, Mistral, OpenRouter and generic endpoints,
+#: served with OpenAI's shapes), Anthropic's message batches, Gemini's batch mode.
+BATCH_STYLES = frozenset({"openai", "groq", "together", "mistral", "openrouter", "generic", "anthropic", "gemini"})
+#: How a request that errors inside a batch fails (rendered by the wire module, as a live refusal).
+BATCH_ERROR_KINDS: tuple[str, ...] = ("server_error", "overloaded", "unavailable", "bad_request")
+
 BUILTIN_SCENARIOS: tuple[str, ...] = (
+    "batch_api",
     "batch_fixed_window",
     "batch_headers",
     "batch_per_second",
@@ -333,6 +375,30 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """A provider's ``[batch]`` table: when its batches move on, and the faults inside them.
+
+    Durations are scenario seconds from the batch's creation, multiplied by ``time_scale``.
+    ``max_requests`` / ``max_bytes`` of None mean the provider's documented limits.
+    """
+
+    in_progress_after_s: float = 0.0
+    complete_after_s: float = 1.0
+    finalizing_s: float = 0.0
+    cancel_after_s: float = 0.0
+    progress: bool = True
+    expire: bool = False
+    expire_fraction: float = 0.5
+    fail_validation: str | None = None
+    errored_custom_ids: tuple[str, ...] = ()
+    errored_every_nth: int | None = None
+    error_kind: str = "server_error"
+    error_message: str | None = None
+    max_requests: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GroupSpec:
     """A limit shared by several models of one provider (e.g. OpenRouter's free-models-per-min)."""
 
@@ -356,6 +422,7 @@ class ProviderSpec:
     faults: tuple[Fault, ...] = ()
     organization: str = "org-sandbox"
     tokens_counted: str | None = None  # None: the default, "max_tokens"
+    batch: BatchSpec | None = None  # None: the provider serves no batch API
 
     @property
     def counts_usage(self) -> bool:
@@ -496,6 +563,7 @@ class Scenario:
                     "key_limits": limits(p.key_limits),
                     "faults": faults(p.faults),
                     "groups": {g.name: {"models": list(g.models), "limits": limits(g.limits)} for g in p.groups},
+                    **({"batch": _batch_dict(p.batch)} if p.batch is not None else {}),
                     "models": {
                         m.id: {
                             "kind": m.kind,
@@ -1137,7 +1205,8 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
             pr,
             w,
             t,
-            ("wire", "style", "organization", "keys", "limits", "key_limits", "tokens_counted", "faults", "groups", "models"),
+            ("wire", "style", "organization", "keys", "limits", "key_limits", "tokens_counted", "faults", "groups", "models",
+             "batch"),
         )
         limits = _limits(pr, f"{w}.limits", t.get("limits"), advertisable=True)
         limiter = limits.limiter  # every other limits table of the provider inherits it
@@ -1191,6 +1260,7 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
                 faults=_faults(pr, f"{w}.faults", t.get("faults")),
                 organization=_str(pr, f"{w}.organization", t.get("organization"), default="org-sandbox"),
                 tokens_counted=tokens_counted,
+                batch=_batch(pr, f"{w}.batch", t.get("batch"), style) if "batch" in t else None,
             )
         )
         for i, f in enumerate(providers[-1].faults):
@@ -1209,6 +1279,63 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
         source=source,
         pools=pools,
     )
+
+
+_BATCH_FIELDS = tuple(BatchSpec.__slots__)  # type: ignore[attr-defined]
+
+
+def _batch(pr: _Problems, where: str, value: Any, style: str) -> BatchSpec | None:
+    """A provider's ``[batch]`` table (see "Batches" in the module docstring)."""
+    if style not in BATCH_STYLES:
+        pr.add(where, style, f"a [batch] table only on providers whose style has a batch API: {sorted(BATCH_STYLES)}")
+        return None
+    t = _table(pr, where, value)
+    _check_keys(pr, where, t, _BATCH_FIELDS)
+    spec = BatchSpec()
+    times = {k: _number(pr, f"{where}.{k}", t.get(k), default=getattr(spec, k))
+             for k in ("in_progress_after_s", "complete_after_s", "finalizing_s", "cancel_after_s")}
+    if times["complete_after_s"] < times["in_progress_after_s"]:
+        pr.add(f"{where}.complete_after_s", times["complete_after_s"],
+               f"a number >= in_progress_after_s ({times['in_progress_after_s']:g}): the work ends after it starts")
+    flags = {}
+    for k in ("progress", "expire"):
+        v = t.get(k, getattr(spec, k))
+        if not isinstance(v, bool):
+            pr.add(f"{where}.{k}", v, "true or false")
+            v = getattr(spec, k)
+        flags[k] = v
+    texts = {}
+    for k in ("fail_validation", "error_message"):
+        v = t.get(k)
+        if v is not None and (not isinstance(v, str) or not v):
+            pr.add(f"{where}.{k}", v, "a non-empty string (the message the provider's error carries)")
+            v = None
+        texts[k] = v
+    ids = t.get("errored_custom_ids", [])
+    if not isinstance(ids, list) or not all(isinstance(x, str) and x for x in ids):
+        pr.add(f"{where}.errored_custom_ids", ids, "a list of custom_id strings")
+        ids = []
+    kind = t.get("error_kind", spec.error_kind)
+    if kind not in BATCH_ERROR_KINDS:
+        pr.add(f"{where}.error_kind", kind, f"one of {list(BATCH_ERROR_KINDS)}")
+        kind = spec.error_kind
+    return BatchSpec(
+        **times,
+        **flags,
+        expire_fraction=_number(pr, f"{where}.expire_fraction", t.get("expire_fraction"), default=spec.expire_fraction, hi=1.0),
+        errored_custom_ids=tuple(ids),
+        errored_every_nth=_pos_int(pr, f"{where}.errored_every_nth", t.get("errored_every_nth")),
+        error_kind=kind,
+        max_requests=_pos_int(pr, f"{where}.max_requests", t.get("max_requests")),
+        max_bytes=_pos_int(pr, f"{where}.max_bytes", t.get("max_bytes")),
+        **texts,
+    )
+
+
+def _batch_dict(spec: BatchSpec) -> dict[str, Any]:
+    d = {k: getattr(spec, k) for k in _BATCH_FIELDS}
+    d["errored_custom_ids"] = list(spec.errored_custom_ids)
+    return {k: v for k, v in d.items() if v is not None}
 
 
 def _pools(pr: _Problems, value: Any, known: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from nbfanout.sandbox.scenario import ProviderSpec, ToolCallSpec
-from nbfanout.sandbox.text import estimate_tokens, rng
+from nbfanout.sandbox.scenario import ModelSpec, ProviderSpec, ToolCallSpec
+from nbfanout.sandbox.text import answer_text, estimate_tokens, judge_verdict, output_token_count, rng
 
 __all__ = [
+    "Answer",
     "BadRequest",
     "CallContext",
     "ChatCall",
@@ -28,8 +29,10 @@ __all__ = [
     "ToolAnswer",
     "ToolSpec",
     "Usage",
+    "compose_answer",
     "go_duration",
     "plan_tool_call",
+    "rejected_parameter",
     "retry_after_header",
     "rfc3339",
     "sse_data",
@@ -266,3 +269,51 @@ def plan_tool_call(call: ChatCall, scripted: ToolCallSpec | None, seed: int, mod
         return ToolAnswer(scripted.name, ident, dict(scripted.arguments))
     tool = call.tools[0]
     return ToolAnswer(tool.name, ident, schema_arguments(tool.parameters))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a model answers a call with: text, or one tool call (``tool``), and the usage."""
+
+    text: str
+    tool: ToolAnswer | None
+    usage: Usage
+
+
+def compose_answer(call: ChatCall, model: ModelSpec, provider_id: str, seed: int) -> Answer:
+    """The answer to ``call``, known at arrival: a tool call or text, its length and finish.
+
+    Live routes and batches both answer through this, so a prompt gets the same answer
+    either way. A tool call that does not fit ``max_tokens`` becomes a text answer cut
+    short (the model runs out of tokens); a grading prompt gets a seeded JSON verdict.
+    """
+    name = f"{provider_id}/{model.id}"
+    input_tokens = estimate_tokens(call.prompt)
+    tool = plan_tool_call(call, model.tool_call, seed, name)
+    if tool is not None and call.max_tokens is not None and tool.output_tokens > call.max_tokens:
+        tool = None
+    if tool is not None:
+        return Answer("", tool, Usage(input_tokens, tool.output_tokens, "tool_calls"))
+    n_out = output_token_count(seed, name, call.prompt, *model.output_tokens)
+    finish = "stop"
+    if call.max_tokens is not None and n_out > call.max_tokens:
+        n_out, finish = call.max_tokens, "length"
+    text = answer_text(seed, model.id, call.prompt, n_out)
+    verdict = judge_verdict(seed, model.id, call.prompt)
+    if verdict is not None:
+        text, n_out = verdict, estimate_tokens(verdict)
+    return Answer(text, None, Usage(input_tokens, n_out, finish))
+
+
+def rejected_parameter(model: ModelSpec, body: Mapping[str, Any]) -> BadRequest | None:
+    """A parameter the model refuses (a reasoning model's ``temperature``), in OpenAI's words.
+
+    Body: github.com/openai/openai-python/issues/2104 quotes the API's 400 for o3-mini.
+    """
+    config = body.get("generationConfig")  # Gemini's sampling parameters live there
+    sent = set(body) | (set(config) if isinstance(config, dict) else set())
+    for param in model.rejects:
+        if param in sent:
+            return BadRequest(f"Unsupported parameter: '{param}' is not supported with this model.", param=param,
+                              code="unsupported_parameter")
+    return None

@@ -8,8 +8,10 @@ escaped; API keys appear only as ``…`` plus their last four characters.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,44 +61,165 @@ MAX_MODEL_BUDGETS = 6  # model budgets shown besides providers and keys: the ful
 # while a run updates them, and a long name or message ends in an ellipsis (its ``title`` has it all).
 # Colours come from the frontend's theme: JupyterLab's --jp-* variables (light or dark), else VS Code's
 # --vscode-* ones (its notebook renderer sets those, light or dark), else light defaults.
-_CSS = """<style>
-div.nbf.nbf{--nbf-fg:var(--jp-ui-font-color1,var(--vscode-editor-foreground,#222));
+_VARIABLES = """div.nbf.nbf{--nbf-fg:var(--jp-ui-font-color1,var(--vscode-editor-foreground,#222));
   --nbf-fg2:var(--jp-ui-font-color2,var(--vscode-descriptionForeground,#666));
   --nbf-line:var(--jp-border-color2,var(--vscode-editorWidget-border,#e0e0e0));
   --nbf-track:var(--jp-layout-color3,var(--vscode-editorWidget-background,#e6e6e6));
-  --nbf-code:var(--jp-layout-color2,var(--vscode-textCodeBlock-background,#f5f5f5));
-  font-family:var(--jp-ui-font-family,var(--vscode-font-family,system-ui,sans-serif));font-size:12px;color:var(--nbf-fg);
-  max-width:100%;overflow-x:auto}
-div.nbf.nbf table{border-collapse:collapse;margin:4px 0;border:none;color:inherit;font-size:inherit}
-div.nbf.nbf th,div.nbf.nbf td{padding:2px 8px;text-align:left;vertical-align:top;line-height:1.4;border:none;
-  border-bottom:1px solid var(--nbf-line);white-space:nowrap}
-div.nbf.nbf td.num,div.nbf.nbf th.num{text-align:right;font-variant-numeric:tabular-nums}
-div.nbf.nbf table.nbf-fixed{table-layout:fixed;width:100%;max-width:1200px}
-div.nbf.nbf .nbf-cut{overflow:hidden;text-overflow:ellipsis}
-div.nbf.nbf td.nbf-answer{white-space:normal;min-width:16em}
-div.nbf.nbf .nbf-head{font-weight:600;margin:2px 0 6px 0}
-div.nbf.nbf .nbf-bar{display:inline-block;width:110px;height:10px;background:var(--nbf-track);
-  border-radius:3px;overflow:hidden;vertical-align:middle}
-div.nbf.nbf .nbf-bar.small{width:72px;height:8px}
-div.nbf.nbf .nbf-fill{height:100%}
-div.nbf.nbf .nbf-msg{color:var(--nbf-fg2)}
-div.nbf.nbf .nbf-badge{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:11px}
-div.nbf.nbf .nbf-muted{color:var(--nbf-fg2)}
-div.nbf.nbf details>summary{cursor:pointer;margin:4px 0;color:var(--nbf-fg2)}
-div.nbf.nbf .nbf-grid{display:grid;gap:8px;margin:6px 0}
-div.nbf.nbf .nbf-card{border:1px solid var(--nbf-line);border-radius:4px;padding:6px 8px;min-width:0}
-div.nbf.nbf .nbf-card-head{font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-div.nbf.nbf .nbf-text{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0 0 0;font-family:inherit;
-  max-height:32em;overflow-y:auto}
-div.nbf.nbf .nbf-md{white-space:normal}
-div.nbf.nbf .nbf-md>:first-child{margin-top:0}
-div.nbf.nbf .nbf-md p,div.nbf.nbf .nbf-md ul,div.nbf.nbf .nbf-md ol,div.nbf.nbf .nbf-md pre{margin:4px 0}
-div.nbf.nbf .nbf-md h1,div.nbf.nbf .nbf-md h2,div.nbf.nbf .nbf-md h3,div.nbf.nbf .nbf-md h4{font-size:13px;margin:6px 0 2px 0}
-div.nbf.nbf .nbf-md pre{background:var(--nbf-code);padding:4px 6px;overflow-x:auto;white-space:pre}
-div.nbf.nbf .nbf-md code{font-family:var(--jp-code-font-family,monospace);font-size:11px}
-div.nbf.nbf .nbf-md td,div.nbf.nbf .nbf-md th{white-space:normal}
-div.nbf.nbf img.nbf-timeline{max-width:100%;height:auto}
-</style>"""
+  --nbf-code:var(--jp-layout-color2,var(--vscode-textCodeBlock-background,#f5f5f5))}"""
+
+_CELL = ("padding:2px 8px;text-align:left;vertical-align:top;line-height:1.4;border:none;"
+         "border-bottom:1px solid var(--nbf-line);white-space:nowrap")
+#: The one table of rules: (selectors, declarations). The ``<style>`` block is made from it, and so is
+#: every element's inline ``style`` (see ``_inline_styles``). Selectors are a tag and/or classes, at
+#: most inside ``.nbf-md`` (an answer's Markdown); later rules win, as they do in the stylesheet.
+_RULES: tuple[tuple[str, str], ...] = (
+    (".nbf", "font-family:var(--jp-ui-font-family,var(--vscode-font-family,system-ui,sans-serif));font-size:12px;"
+             "color:var(--nbf-fg);max-width:100%;overflow-x:auto"),
+    ("table", "border-collapse:collapse;margin:4px 0;border:none;color:inherit;font-size:inherit"),
+    ("th,td", _CELL),
+    ("td.num,th.num", "text-align:right;font-variant-numeric:tabular-nums"),
+    ("table.nbf-fixed", "table-layout:fixed;width:100%;max-width:1200px"),
+    (".nbf-cut", "overflow:hidden;text-overflow:ellipsis"),
+    ("td.nbf-answer", "white-space:normal;min-width:16em"),
+    (".nbf-head", "font-weight:600;margin:2px 0 6px 0"),
+    (".nbf-bar", "display:inline-block;width:110px;height:10px;background:var(--nbf-track);border-radius:3px;"
+                 "overflow:hidden;vertical-align:middle"),
+    (".nbf-bar.small", "width:72px;height:8px"),
+    (".nbf-fill", "height:100%"),
+    (".nbf-msg,.nbf-muted", "color:var(--nbf-fg2)"),
+    (".nbf-badge", "display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:11px"),
+    ("summary", "cursor:pointer;margin:4px 0;color:var(--nbf-fg2)"),
+    (".nbf-grid", "display:grid;gap:8px;margin:6px 0"),
+    (".nbf-card", "border:1px solid var(--nbf-line);border-radius:4px;padding:6px 8px;min-width:0"),
+    (".nbf-card-head", "font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap"),
+    (".nbf-text", "white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0 0 0;font-family:inherit;max-height:32em;"
+                  "overflow-y:auto"),
+    (".nbf-md", "white-space:normal"),
+    (".nbf-md p,.nbf-md ul,.nbf-md ol,.nbf-md pre", "margin:4px 0"),
+    (".nbf-md h1,.nbf-md h2,.nbf-md h3,.nbf-md h4", "font-size:13px;margin:6px 0 2px 0"),
+    (".nbf-md pre", "background:var(--nbf-code);padding:4px 6px;overflow-x:auto;white-space:pre"),
+    (".nbf-md code", "font-family:var(--jp-code-font-family,monospace);font-size:11px"),
+    (".nbf-md td,.nbf-md th", "white-space:normal"),
+    ("img.nbf-timeline", "max-width:100%;height:auto"),
+)
+#: What only a stylesheet can say, none of it needed for the layout: the theme's variables, and a
+#: pseudo-class (``!important`` because the answer's first paragraph carries an inline margin).
+_STYLESHEET_ONLY = _VARIABLES + "\ndiv.nbf.nbf .nbf-md>:first-child{margin-top:0!important}"
+
+
+def _stylesheet() -> str:
+    scoped = ("\n".join(",".join("div.nbf.nbf" if s == ".nbf" else f"div.nbf.nbf {s}" for s in sel.split(","))
+                        + "{" + decls + "}" for sel, decls in _RULES))
+    return f"<style>\n{_STYLESHEET_ONLY}\n{scoped}\n</style>"
+
+
+_CSS = _stylesheet()
+
+# --- inline styles: the same rules again on every element, for pages that strip <style> ---------------
+# JupyterLab sanitizes the HTML output of a notebook its user did not run (one received from a teammate):
+# <style> goes, ``style`` attributes stay, but each declaration is checked against a per-property regex
+# (jupyterlab/jupyterlab packages/apputils/src/sanitizer.ts, ``allowedStyles``; 4.x adds flex and grid).
+# Checked in JupyterLab 4.6 (tests/notebook/test_nb_browser.py opens such a notebook): widths in px/%/em,
+# table-layout, overflow(-x/-y), text-overflow, white-space, text-align, vertical-align, display (incl.
+# inline-block, grid), gap, grid-template-columns with repeat(minmax()), padding, margin, border and
+# border-radius, hex/rgb()/rgba() colours, font-size in px, font-weight survive; dropped are every value
+# with var(), custom properties, the keyword inherit, font-variant-numeric and overflow-wrap:anywhere
+# (as are data-*, role, aria-* and id attributes). GitHub's renderer strips <style> too (jupyter/nbviewer#450,
+# pandas-dev/pandas#33076). So a themed declaration goes inline twice: first with a grey that reads on
+# light and dark pages, which a sanitizer keeps, then with the variable (its own fallback that grey), which
+# wins wherever var() is let through. The text colour itself has no such grey: without the variable it
+# is the page's own, the theme's.
+_NEUTRAL = {"--nbf-fg2": "#808080", "--nbf-line": "rgba(128,128,128,0.35)", "--nbf-track": "rgba(128,128,128,0.25)",
+            "--nbf-code": "rgba(128,128,128,0.12)"}
+#: Declarations JupyterLab's sanitizer rejects, preceded inline by the nearest one it accepts.
+_ACCEPTED = {"overflow-wrap:anywhere": "overflow-wrap:break-word",
+             "font-family:var(--jp-code-font-family,monospace)": "font-family:monospace"}
+_THEME_VAR = re.compile(r"var\((--nbf-[a-z0-9]+)\)")
+_TAG = re.compile(r"<(/?)([a-z][a-z0-9]*)([^<>]*)>")  # our markup escapes every < and > in text and values
+_CLASS = re.compile(r'\sclass="([^"]*)"')
+_STYLE = re.compile(r'\sstyle="([^"]*)"')
+
+
+def _matchers() -> list[tuple[bool, str | None, frozenset[str], tuple[tuple[str, str], ...]]]:
+    """The rules as (inside .nbf-md only, tag or None, classes, declarations), in the table's order."""
+    out = []
+    for selectors, decls in _RULES:
+        pairs = tuple((prop, value) for prop, _, value in (d.partition(":") for d in decls.split(";")))
+        for selector in selectors.split(","):
+            context, _, compound = selector.rpartition(" ")
+            tag, *classes = compound.split(".")
+            out.append((context == ".nbf-md", tag or None, frozenset(classes), pairs))
+    return out
+
+
+_MATCHERS = _matchers()
+
+
+@functools.lru_cache(maxsize=512)
+def _declared(tag: str, classes: str, in_md: bool) -> tuple[tuple[str, str], ...]:
+    """The declarations the rules give one element, later rules overriding earlier ones."""
+    have = set(classes.split())
+    merged: dict[str, str] = {}
+    for md_only, rule_tag, rule_classes, pairs in _MATCHERS:
+        if (in_md or not md_only) and rule_tag in (None, tag) and rule_classes <= have:
+            merged.update(pairs)
+    return tuple(merged.items())
+
+
+@functools.lru_cache(maxsize=512)
+def _accepted(prop: str, value: str) -> str:
+    """One declaration as it goes inline: after a fallback a sanitizer keeps, when it would drop it."""
+    decl = f"{prop}:{value}"
+    if decl in _ACCEPTED:
+        return f"{_ACCEPTED[decl]};{decl}"
+    found = _THEME_VAR.search(value)
+    if found and found.group(1) in _NEUTRAL:
+        grey = _NEUTRAL[found.group(1)]
+        return f"{prop}:{value.replace(found.group(0), grey)};{prop}:{value.replace(found.group(0), f'var({found.group(1)},{grey})')}"
+    return decl
+
+
+def _inline_styles(markup: str) -> str:
+    """Every start tag of ``markup`` gets the declarations ``_RULES`` give it as its ``style`` (its own
+    ``style`` wins over them), so the HTML looks the same where <style> is stripped.
+
+    Generated here from the table rather than by css-inline (a good library: Rust, wheels everywhere):
+    css-inline keeps one declaration per property (``border:<grey>;border:var(...)`` becomes the var()
+    alone, which the sanitizer then drops, so a fallback cannot be said) and re-parses the fragment
+    (it adds ``<tbody>``). Our own markup needs only tags, classes and one context (inside an answer's
+    Markdown, which has no ``<div>`` of its own: the first ``</div>`` after ``.nbf-md`` opens ends it).
+    """
+    in_md = False
+
+    def stamp(m: re.Match[str]) -> str:
+        nonlocal in_md
+        closing, tag, attrs = m.groups()
+        if closing:
+            if tag == "div":
+                in_md = False
+            return m.group(0)
+        found = _CLASS.search(attrs)
+        classes = found.group(1) if found else ""
+        declared = _declared(tag, classes, in_md)
+        if "nbf-md" in classes.split():
+            in_md = True
+        if not declared:
+            return m.group(0)
+        slash = "/" if attrs.endswith("/") else ""  # Markdown's <br />, <hr />
+        attrs = attrs[:-1].rstrip() if slash else attrs
+        own = _STYLE.search(attrs)
+        merged = dict(declared)
+        if own:
+            merged.update((p.strip(), v.strip()) for p, _, v in (d.partition(":") for d in own.group(1).split(";") if d))
+            attrs = attrs[:own.start()] + attrs[own.end():]
+        style = ";".join(_accepted(p, v) for p, v in merged.items())
+        return f'<{tag}{attrs} style="{style}"{slash}>'
+
+    return _TAG.sub(stamp, markup)
+
+
+_ROOT = '<div class="nbf tex2jax_ignore mathjax_ignore">'
+_ROOT_INLINE = _inline_styles(_ROOT)
 
 
 # --- small formatting helpers ---------------------------------------------------------------------
@@ -104,9 +227,14 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _wrap(body: str) -> str:
-    """One styled root; mathjax_ignore because answers and costs hold "$", which JupyterLab would typeset as maths."""
-    return f'<div class="nbf tex2jax_ignore mathjax_ignore">{_CSS}{body}</div>'
+def _wrap(body: str, *, inline: bool = True) -> str:
+    """One styled root; mathjax_ignore because answers and costs hold "$", which JupyterLab would typeset as maths.
+
+    ``inline``: the rules also as each element's ``style``, for HTML a notebook file keeps (a sanitizer
+    or GitHub may strip the <style>); the live widget, which nothing sanitizes, does without."""
+    if not inline:
+        return f"{_ROOT}{_CSS}{body}</div>"
+    return f"{_ROOT_INLINE}{_CSS}{_inline_styles(body)}</div>"
 
 
 def mask_key(key_id: str | None) -> str:
@@ -545,9 +673,12 @@ def _batch_state(model: DashboardModel, row: Row) -> str:
     return " · ".join(parts)
 
 
-def dashboard_html(model: DashboardModel, now: float | None = None) -> str:
-    """The whole dashboard (header totals, one row per model, utilization) as one HTML document."""
-    return _wrap(_dashboard_body(model, now))
+def dashboard_html(model: DashboardModel, now: float | None = None, *, inline: bool = True) -> str:
+    """The whole dashboard (header totals, one row per model, utilization) as one HTML document.
+
+    ``inline=False`` for the live widget: its HTML is never sanitized, so the <style> holds, and each
+    of its up to ten updates a second is a third the size (14 KiB instead of 47 for fifteen models)."""
+    return _wrap(_dashboard_body(model, now), inline=inline)
 
 
 def _dashboard_body(model: DashboardModel, now: float | None) -> str:

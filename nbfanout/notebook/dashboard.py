@@ -61,7 +61,7 @@ class Dashboard:
         widgets = import_widgets()
         self.model = DashboardModel(models, stream=stream, expected_chars=expected_chars)
         self.min_tick_s = min_tick_s
-        self.html = widgets.HTML(value=dashboard_html(self.model))
+        self.html = widgets.HTML(value=dashboard_html(self.model, inline=False))
         children: list[Any] = [self.html]
         self.tab: Any = None  # the streamed answers' container
         self._streams: list[Any] = []  # one Output per model, its answer as it grows
@@ -159,7 +159,7 @@ class Dashboard:
         if self._dirty and (not streams or self._turn % 2 == 0):
             self._dirty = False
             with self.html.hold_sync():
-                self.html.value = dashboard_html(self.model)
+                self.html.value = dashboard_html(self.model, inline=False)
         else:
             self._send_stream(min(streams, key=lambda i: self._sent_at.get(i, -1)))
         self._turn += 1
@@ -186,7 +186,7 @@ class Dashboard:
         self.ticks += 1
         self._last_tick = loop.time()
         with self.html.hold_sync():
-            self.html.value = dashboard_html(self.model)
+            self.html.value = dashboard_html(self.model, inline=False)
         if self.tab is not None and result is not None:
             # the run is over: each tab gets its final answer (or why there is none) once, not as a live update
             final = {r.requested: r for r in result.results}

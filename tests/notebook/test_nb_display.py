@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -53,6 +54,11 @@ def _result() -> FanoutResult:
     synthesis = ModelResult(requested="openai/o4-mini", model="openai/o4-mini", ok=True, text="Combined",
                             attempts=(Attempt("openai/o4-mini", "…k2b8", 0.0, 1.0, "ok", 200),))
     return FanoutResult(prompt="Q?", results=(ok, rotated, failed, cancelled), elapsed_s=4.2, synthesis=synthesis)
+
+
+def _unstyled(page: str) -> str:
+    """The markup without its inline ``style`` attributes (their own test is below): structure and words."""
+    return re.sub(r' style="[^"]*"', "", page)
 
 
 def test_result_html_is_a_compact_escaped_table_with_the_synthesis_first() -> None:
@@ -185,7 +191,7 @@ def test_up_to_four_answers_are_cards_side_by_side_with_full_names_and_facts() -
     assert page.count('class="nbf-card"') == 2 and "repeat(2,minmax(0,1fr))" in page
     assert "openrouter/deepseek/deepseek-r1-0528:free" in page  # the full provider/model, not "✓ deep"
     assert "via openrouter/deepseek/deepseek-r1-0528" in page and "1.50 s" in page and "$0.0012" in page
-    assert "<p>First line &lt;b&gt;bold&lt;/b&gt;</p>\n<p>Second line\nThird\nFourth</p>" in page  # whole, as Markdown, HTML escaped
+    assert "<p>First line &lt;b&gt;bold&lt;/b&gt;</p>\n<p>Second line\nThird\nFourth</p>" in _unstyled(page)  # whole, as Markdown, HTML escaped
 
 
 def test_more_than_four_answers_are_rows_that_open_to_the_whole_answer_synthesis_first() -> None:
@@ -202,9 +208,35 @@ def test_the_snapshot_holds_the_final_dashboard_timeline_and_answers_in_one_docu
     m.finish()
     page = render.snapshot_html(m, result, timeline_png(result))
     assert page.count('<div class="nbf ') == 1  # one styled root: every part gets the styles
-    assert page.count('class="nbf-row"') == 4 and "<details><summary>utilization</summary>" in page
+    assert page.count('class="nbf-row"') == 4 and "<details><summary>utilization</summary>" in _unstyled(page)
     assert 'src="data:image/png;base64,iVBOR' in page and page.count('class="nbf-answer-row"') == 5
     assert render.snapshot_html(m, None).count('class="nbf-row"') == 4  # an interrupted run without a result
+
+
+def test_saved_html_carries_its_layout_inline_in_forms_a_sanitizer_keeps() -> None:
+    """An untrusted notebook (and GitHub) loses the <style>: every element carries the same rules inline,
+    a themed declaration first with a grey JupyterLab's sanitizer keeps (it drops any var()), then with
+    the variable; the live widget, never sanitized, keeps to classes."""
+    result = _result()
+    m = DashboardModel([r.requested for r in result.results])
+    m.finish()
+    page = render.snapshot_html(m, result)
+    assert page.count("<style>") == 1  # the stylesheet stays: themes, and what cannot go inline
+    (name,) = re.findall(r'<td class="nbf-name nbf-cut"[^>]*>', page)[:1]
+    for decl in ("text-align:left", "white-space:nowrap", "overflow:hidden", "text-overflow:ellipsis",
+                 "border-bottom:1px solid rgba(128,128,128,0.35);border-bottom:1px solid var(--nbf-line,rgba(128,128,128,0.35))"):
+        assert decl in name, (decl, name)
+    assert re.search(r'<table class="nbf-models nbf-fixed" style="[^"]*table-layout:fixed;width:100%', page)
+    cards = render.answers_html(replace(result, results=result.results[:2], synthesis=None))
+    assert 'style="display:grid;gap:8px;margin:6px 0;grid-template-columns:repeat(2,minmax(0,1fr))"' in cards
+    assert 'class="nbf-card-head" title="openai/gpt-4.1" style="font-weight:600;overflow:hidden;' in cards
+    for style in re.findall(r' style="([^"]*)"', page + cards):
+        decls = [d.partition(":") for d in style.split(";")]
+        for i, (prop, _, value) in enumerate(decls):
+            if "var(--nbf-" in value and value != "var(--nbf-fg)":  # the text colour: the page's where var() goes
+                assert i and decls[i - 1][0] == prop and "var(" not in decls[i - 1][2], f"no fallback: {style}"
+    live = render.dashboard_html(m, inline=False)
+    assert "<style>" in live and 'class="nbf-name nbf-cut"' in live and ' style="padding' not in live
 
 
 @pytest.mark.parametrize(("seconds", "said"), [(4.23, "4.2 s"), (59.9, "59.9 s"), (3591.1, "1 h"), (600, "10 min"),
@@ -333,7 +365,7 @@ def test_a_second_run_in_one_watch_view_starts_its_rows_afresh() -> None:
 def test_answers_are_rendered_as_markdown_and_raw_html_in_them_is_shown_not_run() -> None:
     text = "## Plan\n**Bold** and `code`:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n<script>alert(1)</script> <img src=x onerror=y>"
     answer = ModelResult(requested="openai/gpt-4.1", model="openai/gpt-4.1", ok=True, text=text)
-    page = render.answers_html(FanoutResult(prompt="Q?", results=(answer,)))
+    page = _unstyled(render.answers_html(FanoutResult(prompt="Q?", results=(answer,))))
     assert "<strong>Bold</strong>" in page and "<code>code</code>" in page and "<h2>Plan</h2>" in page
     assert "<td>1</td>" in page  # tables, as models write them
     assert "<script>" not in page and "&lt;script&gt;" in page and "<img src=x" not in page

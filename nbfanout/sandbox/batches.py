@@ -89,8 +89,8 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.parser import BytesParser
 from types import ModuleType
@@ -118,13 +118,16 @@ __all__ = [
     "gemini_create",
 ]
 
-#: Per-batch limits (module docstring for the pages): OpenAI 50,000 requests, 200 MB input file.
+#: OpenAI: "A single batch may include up to 50,000 requests, and a batch input file can be up to
+#: 200 MB in size" (https://platform.openai.com/docs/guides/batch, "Rate limits").
 OPENAI_MAX_REQUESTS = 50_000
 OPENAI_MAX_BYTES = 200 * 1024 * 1024
-#: Anthropic: 100,000 requests or 256 MB, whichever comes first.
+#: Anthropic: "limited to either 100,000 Message requests or 256 MB in size, whichever is reached
+#: first" (https://docs.anthropic.com/en/docs/build-with-claude/batch-processing, "Batch limitations").
 ANTHROPIC_MAX_REQUESTS = 100_000
 ANTHROPIC_MAX_BYTES = 256 * 1024 * 1024
-#: Gemini: inline requests up to 20 MB in all (larger batches go through its Files API).
+#: Gemini: inline requests "suitable for smaller batches that keep the total request size under
+#: 20MB" (https://ai.google.dev/gemini-api/docs/batch-api); larger ones go through its Files API.
 GEMINI_INLINE_MAX_BYTES = 20 * 1024 * 1024
 
 #: The endpoints a sandbox batch may target (OpenAI also batches responses, embeddings, ...).
@@ -769,6 +772,7 @@ def _settle(book: BatchBook, batch: Batch, now: float) -> None:
     k = batch.processed(batch.end)
     at = min(batch.end, batch.t_work)
     out, err = [], []
+    expired = batch.phase(now) == "expired"
     for item in batch.items:
         r = rng(batch.id, "batch_req", item.index)
         line: dict[str, Any] = {"id": f"batch_req_{r.getrandbits(128):032x}", "custom_id": item.custom_id}
@@ -777,8 +781,7 @@ def _settle(book: BatchBook, batch: Batch, now: float) -> None:
             line["response"] = {"status_code": status, "request_id": f"{r.getrandbits(128):032x}", "body": body}
             line["error"] = None
             (out if status == 200 else err).append(line)
-        else:
-            expired = batch.phase(now) == "expired"
+        else:  # never run: the window closed, or the batch was cancelled first
             line["response"] = None
             line["error"] = {"code": "batch_expired" if expired else "batch_cancelled",
                              "message": _EXPIRED_MESSAGE if expired else _CANCELLED_MESSAGE}

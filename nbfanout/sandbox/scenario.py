@@ -24,8 +24,8 @@ was expected. Schema::
     tokens_counted = "max_tokens"   # or "usage": TPM settles to the real output when an answer ends
     faults = [ ... ]                # fault rules for every model of the provider (see below)
 
-    [providers.<id>.batch]          # optional: the provider serves its batch API (see "Batches")
-    complete_after_s = 2.0
+    [providers.<id>.batch]          # optional: how its batch API behaves (see "Batches");
+    complete_after_s = 2.0          #   batch = false: it has none
 
     [providers.<id>.groups.<name>]  # a limit several models share (OpenRouter's
     models = ["a:free", "b:free"]   #   "free-models-per-min" is one); <name> is quoted in 429s
@@ -92,14 +92,18 @@ request offers a tool of that name, else a call of the request's first tool with
 built from its JSON schema (see ``nbfanout.sandbox.wire.schema_arguments``). A
 conversation that ends with a tool result is answered with text.
 
-Batches: a provider with a ``[providers.<id>.batch]`` table serves its provider's batch
-API (OpenAI files + batches for the OpenAI-compatible styles that document one, Anthropic
-message batches, Gemini batch mode; see ``batches.py``). Its answers come from the same code
-as live answers, never touch the live limits, and a batch's status is a pure function of the
-sandbox clock. Every duration below is in scenario seconds, multiplied by ``time_scale`` (0:
-every batch ends the moment it is created), counted from the batch's creation::
+Batches: a provider whose style has a batch API (``BATCH_STYLES``: OpenAI's files +
+batches for openai, groq, together and generic; Anthropic's message batches; Gemini's batch
+mode; see ``batches.py``) serves it, with the defaults below unless its
+``[providers.<id>.batch]`` table says otherwise; ``batch = false`` turns it off (its batch
+routes then answer 404, as a provider without one does). Batch answers come from the same
+code as live answers, never touch the live limits, and a batch's status is a pure function
+of the sandbox clock. Every duration below is in scenario seconds, multiplied by
+``time_scale`` (0: every batch ends the moment it is created), counted from the batch's
+creation::
 
-    in_progress_after_s = 0.0   # validating -> in_progress (Gemini PENDING -> RUNNING)
+    in_progress_after_s = 0.0   # validating -> in_progress (Gemini PENDING -> RUNNING; an
+                                #   Anthropic batch shows in_progress from its creation)
     complete_after_s = 1.0      # the last request is done (>= in_progress_after_s)
     finalizing_s = 0.0          # OpenAI: finalizing -> completed after this much longer
     cancel_after_s = 0.0        # a cancel request takes this long (cancelling -> cancelled)
@@ -217,10 +221,12 @@ PRE_ADMISSION = frozenset({"rate_limit_burst", "unavailable", "overloaded", "inv
 #: Faults decided after admission: they take time and count against the limits.
 POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed", "empty_answer", "content_filter"})
 
-#: Styles whose provider documents a batch API the sandbox can serve: OpenAI's files + batches
-#: (OpenAI, and the OpenAI-compatible Groq, Together, Mistral, OpenRouter and generic endpoints,
-#: served with OpenAI's shapes), Anthropic's message batches, Gemini's batch mode.
-BATCH_STYLES = frozenset({"openai", "groq", "together", "mistral", "openrouter", "generic", "anthropic", "gemini"})
+#: Styles whose provider has a batch API the sandbox serves: OpenAI's files + batches (OpenAI,
+#: and Groq and Together, which copy it: console.groq.com/docs/batch,
+#: docs.together.ai/docs/inference/batch/overview; a generic OpenAI-compatible endpoint too),
+#: Anthropic's message batches, Gemini's batch mode. Mistral (/v1/batch/jobs) and OpenRouter
+#: batch in other shapes, DeepSeek and Azure's deployments not at all here.
+BATCH_STYLES = frozenset({"openai", "groq", "together", "generic", "anthropic", "gemini"})
 #: How a request that errors inside a batch fails (rendered by the wire module, as a live refusal).
 BATCH_ERROR_KINDS: tuple[str, ...] = ("server_error", "overloaded", "unavailable", "bad_request")
 
@@ -422,7 +428,7 @@ class ProviderSpec:
     faults: tuple[Fault, ...] = ()
     organization: str = "org-sandbox"
     tokens_counted: str | None = None  # None: the default, "max_tokens"
-    batch: BatchSpec | None = None  # None: the provider serves no batch API
+    batch: BatchSpec | None = None  # None: the provider serves no batch API (its style has none, or batch = false)
 
     @property
     def counts_usage(self) -> bool:
@@ -1260,7 +1266,7 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
                 faults=_faults(pr, f"{w}.faults", t.get("faults")),
                 organization=_str(pr, f"{w}.organization", t.get("organization"), default="org-sandbox"),
                 tokens_counted=tokens_counted,
-                batch=_batch(pr, f"{w}.batch", t.get("batch"), style) if "batch" in t else None,
+                batch=_batch(pr, f"{w}.batch", t.get("batch", True), style, explicit="batch" in t),
             )
         )
         for i, f in enumerate(providers[-1].faults):
@@ -1284,12 +1290,19 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<memory>", default
 _BATCH_FIELDS = tuple(BatchSpec.__slots__)  # type: ignore[attr-defined]
 
 
-def _batch(pr: _Problems, where: str, value: Any, style: str) -> BatchSpec | None:
-    """A provider's ``[batch]`` table (see "Batches" in the module docstring)."""
-    if style not in BATCH_STYLES:
-        pr.add(where, style, f"a [batch] table only on providers whose style has a batch API: {sorted(BATCH_STYLES)}")
+def _batch(pr: _Problems, where: str, value: Any, style: str, *, explicit: bool) -> BatchSpec | None:
+    """A provider's batch API: ``false``, ``true`` (the defaults) or a ``[batch]`` table ("Batches" above)."""
+    if value is False or (style not in BATCH_STYLES and not explicit):
         return None
-    t = _table(pr, where, value)
+    if style not in BATCH_STYLES:
+        pr.add(where, style, f"a batch API only on providers whose style has one: {sorted(BATCH_STYLES)}")
+        return None
+    if value is True:
+        return BatchSpec()
+    if not isinstance(value, Mapping):
+        pr.add(where, value, "true, false or a [batch] table")
+        return None
+    t = value
     _check_keys(pr, where, t, _BATCH_FIELDS)
     spec = BatchSpec()
     times = {k: _number(pr, f"{where}.{k}", t.get(k), default=getattr(spec, k))

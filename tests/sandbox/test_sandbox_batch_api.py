@@ -18,6 +18,7 @@ import pytest
 
 from nbfanout.sandbox import Sandbox, ScenarioError, load_scenario, parse_scenario, start_sandbox
 from nbfanout.sandbox.batches import ANTHROPIC_MAX_REQUESTS, OPENAI_MAX_BYTES, OPENAI_MAX_REQUESTS
+from nbfanout.sandbox.scenario import BatchSpec
 
 OAI_KEY = "sk-sbx-bt-openai-0001"
 BAD_OAI_KEY = "sk-sbx-bt-openai-bad-0002"
@@ -50,7 +51,9 @@ SCENARIO: dict[str, Any] = {
         "oai-invalid": _openai({"in_progress_after_s": 1.0, "fail_validation": "The sandbox refused this input file."}),
         "oai-small": _openai({"max_requests": 2}),
         "groq": {**_openai({}), "style": "groq"},
-        "nobatch": {"style": "openai", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}},
+        "nobatch": {"style": "openai", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}, "batch": False},
+        "defaults": {"style": "together", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}},
+        "mistral": {"style": "mistral", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}},
         "anthropic": _anthropic({"complete_after_s": 3.0, "cancel_after_s": 1.0}),
         "ant-faults": _anthropic({"complete_after_s": 2.0, "errored_custom_ids": ["q1"], "error_kind": "overloaded"}),
         "ant-expire": _anthropic({"complete_after_s": 2.0, "expire": True, "expire_fraction": 0.5}),
@@ -314,16 +317,18 @@ def test_openai_cancel(world: tuple[Sandbox, Clock]) -> None:
     sb, clock = world
     client = oai(sb)
     batch = submit(client, [line(f"r-{i}", f"Q{i}") for i in range(4)])
-    clock.advance(2.5)  # in_progress since 1 s: 2 of 4 done
+    clock.advance(2.0)  # in_progress since 1 s, 4 requests over 3 s: 1 done
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at == batch.created_at + 2
+    assert cancelling.request_counts.completed == 1
     clock.advance(1.0)
     assert client.batches.retrieve(batch.id).status == "cancelling"  # a cancel takes 2 s here
     clock.advance(1.0)
     cancelled = client.batches.retrieve(batch.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at == batch.created_at + 4
-    assert cancelled.request_counts.model_dump() == {"total": 4, "completed": 2, "failed": 2}
-    assert [x["custom_id"] for x in read_lines(client, cancelled.output_file_id)] == ["r-0", "r-1"]
+    assert cancelled.finalizing_at is None and cancelled.completed_at is None
+    assert cancelled.request_counts.model_dump() == {"total": 4, "completed": 1, "failed": 3}
+    assert [x["custom_id"] for x in read_lines(client, cancelled.output_file_id)] == ["r-0"]
     assert {x["error"]["code"] for x in read_lines(client, cancelled.error_file_id)} == {"batch_cancelled"}
     with pytest.raises(openai.BadRequestError, match="Cannot cancel a batch with status 'cancelled'"):
         client.batches.cancel(batch.id)
@@ -343,8 +348,9 @@ def test_openai_keys_routes_and_paging(world: tuple[Sandbox, Clock]) -> None:
         client.batches.retrieve("batch_nosuch")
     with pytest.raises(openai.NotFoundError):
         client.files.content("file-nosuch")
-    with pytest.raises(openai.NotFoundError, match="Invalid URL"):
-        oai(sb, "nobatch").files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    for off in ("nobatch", "mistral"):
+        with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(POST /v1/files\)"):
+            oai(sb, off).files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
     with pytest.raises(openai.BadRequestError) as purpose:
         client.files.create(file=("in.jsonl", b"{}\n"), purpose="nonsense")  # type: ignore[arg-type]
     assert purpose.value.param == "purpose"
@@ -585,10 +591,14 @@ def test_scenario_batch_fields_are_validated() -> None:
         "key 'providers.p.batch.speed': found 'speed', expected one of",
     ]:
         assert fragment in text, fragment
-    assert "expected a [batch] table only on providers whose style has a batch API" in problems({}, style="deepseek")
-    assert "found [], expected a table" in problems([])
+    assert "expected a batch API only on providers whose style has one" in problems({}, style="mistral")
+    assert "expected a batch API only on providers whose style has one" in problems(True, style="deepseek")
+    assert "found [], expected true, false or a [batch] table" in problems([])
     sc = parse_scenario(SCENARIO)
-    assert sc.provider("nobatch").batch is None  # type: ignore[union-attr]
+    assert sc.provider("nobatch").batch is None  # type: ignore[union-attr]  # batch = false
+    assert sc.provider("mistral").batch is None  # type: ignore[union-attr]  # its batch API has another shape
+    assert sc.provider("defaults").batch == BatchSpec()  # type: ignore[union-attr]  # a style with one: on by default
+    assert load_scenario("seed15").provider("openai").batch == BatchSpec()  # type: ignore[union-attr]
     assert sc.public_dict()["providers"]["oai-faults"]["batch"]["errored_custom_ids"] == ["r-2"]
 
 

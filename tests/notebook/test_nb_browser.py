@@ -72,6 +72,14 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def _jupyter_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a test's Jupyter processes, all of their state under ``tmp_path``: the data dir
+    holds the trust database and its secret, so no notebook signed by another run is trusted here."""
+    return {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+            "JUPYTER_DATA_DIR": str(tmp_path / "data"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings")}
+
+
 @contextmanager
 def _lab_server(tmp_path: Path, root: Path, theme: str | None = None) -> Iterator[str]:
     """JupyterLab (and Notebook 7) serving ``root``, in ``theme`` if given ("JupyterLab Dark")."""
@@ -82,8 +90,7 @@ def _lab_server(tmp_path: Path, root: Path, theme: str | None = None) -> Iterato
     (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no "news?" toast over the page
     if theme is not None:
         (news / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
+    env = _jupyter_env(tmp_path)
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.expose_app_in_browser=True",
@@ -124,7 +131,8 @@ CARDS = """(cell) => {
     return {area: [Math.round(area.left), Math.round(area.right)],
             cards: Array.from(cell.querySelectorAll('.nbf-card')).map(c => {
                 const r = c.getBoundingClientRect();
-                return [Math.round(r.left), Math.round(r.right), Math.round(r.top), c.dataset.model,
+                return [Math.round(r.left), Math.round(r.right), Math.round(r.top),
+                        c.dataset.model || c.querySelector('.nbf-card-head').title,  // untrusted: data-* is stripped
                         !!c.querySelector('.nbf-md p, .nbf-md ul'), !!c.querySelector('.nbf-md strong, .nbf-md li')];
             })};
 }"""
@@ -347,7 +355,7 @@ def test_the_snapshot_reads_in_jupyterlab_dark_and_in_vs_codes_dark_theme(
     nbformat.write(nb, root / "dark.ipynb")
     # trusted, as a notebook its user ran and saved is: an untrusted one has its <style> stripped
     subprocess.run([sys.executable, "-m", "jupyter", "trust", str(root / "dark.ipynb")], check=True,
-                   capture_output=True, env={**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config")})
+                   capture_output=True, env=_jupyter_env(tmp_path))
     with _lab_server(tmp_path, root, theme="JupyterLab Dark") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -364,5 +372,148 @@ def test_the_snapshot_reads_in_jupyterlab_dark_and_in_vs_codes_dark_theme(
             vscode.set_content(f'<!DOCTYPE html><html><body style="{VSCODE_DARK}">{html}</body></html>')
             _assert_readable(vscode)
             vscode.screenshot(path=str(ARTIFACTS / "vscode_dark.png"))
+        finally:
+            browser.close()
+
+
+#: A teammate's copy: the seed15 notebook run in a real kernel and saved, opened by someone who did not run it.
+RECEIVED = "received.ipynb"
+
+#: Proof the page is untrusted: every code cell untrusted, and no nbfanout rule in any <style> the page has
+#: (JupyterLab's sanitizer removed the snapshots' <style> elements; the saved file still holds them).
+UNTRUSTED = """() => {
+    const cells = window.jupyterapp.shell.currentWidget.content.model.cells, trusted = [];
+    for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type === 'code') trusted.push(c.trusted); }
+    const ours = Array.from(document.styleSheets).filter(sheet => {
+        try { return Array.from(sheet.cssRules).some(r => r.cssText.includes('.nbf')); } catch (e) { return false; } });
+    return {trusted, styles: document.querySelectorAll('.jp-OutputArea-output style').length, sheets: ours.length,
+            roots: document.querySelectorAll('.jp-OutputArea-output div.nbf').length};
+}"""
+
+#: How many lines an element's text takes: the distinct tops of its text's boxes (3 px apart at least).
+LINES_JS = """const lines = el => {
+    const tops = [], walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+        if (!n.textContent.trim()) continue;
+        const range = document.createRange(); range.selectNodeContents(n);
+        for (const b of range.getClientRects()) if (b.width > 0) tops.push(b.top);
+    }
+    tops.sort((a, b) => a - b);
+    let count = 0, last = -1e9;
+    for (const t of tops) if (t - last > 3) { count++; last = t; }
+    return count;
+};"""
+
+#: One finished dashboard's boxes: the output area, each header cell's edges, where each name's text starts
+#: inside its cell, the lines of every cell, and the cells that reach outside the area (folded ones aside).
+DASHBOARD_BOXES = """(cell) => {
+    """ + LINES_JS + """
+    const area = cell.querySelector('.jp-Cell-outputArea').getBoundingClientRect();
+    const table = cell.querySelector('table.nbf-models');
+    const textLeft = td => { const range = document.createRange(); range.selectNodeContents(td);
+        return Math.min(...Array.from(range.getClientRects()).filter(b => b.width > 0).map(b => b.left)); };
+    const shown = Array.from(cell.querySelectorAll('table.nbf-models td, table.nbf-models th'))
+        .map(td => td.getBoundingClientRect()).filter(r => r.width > 0);
+    return {
+        area: [Math.round(area.left), Math.round(area.right)],
+        table: [Math.round(table.getBoundingClientRect().left), Math.round(table.getBoundingClientRect().right)],
+        edges: Array.from(table.querySelectorAll('th')).map(th => {
+            const r = th.getBoundingClientRect(); return [Math.round(r.left), Math.round(r.right)]; }),
+        names: Array.from(cell.querySelectorAll('tr.nbf-row td.nbf-name')).map(td =>
+            [td.title, Math.round(textLeft(td) - td.getBoundingClientRect().left), getComputedStyle(td).textAlign]),
+        lines: Array.from(table.querySelectorAll('tr')).map(tr => Math.max(...Array.from(tr.cells).map(lines))),
+        outside: shown.filter(r => r.right > area.right + 1 || r.left < area.left - 1).length,
+    };
+}"""
+
+#: The state cells of the rows that failed with OpenAI's long message about the revoked key.
+LONG_MESSAGES = """(cell) => {
+    """ + LINES_JS + """
+    const area = cell.querySelector('.jp-Cell-outputArea').getBoundingClientRect();
+    return Array.from(cell.querySelectorAll('tr.nbf-row td.nbf-state'))
+        .filter(td => (td.title || '').includes('Incorrect API key provided')).map(td => {
+            const r = td.getBoundingClientRect(), s = getComputedStyle(td);
+            return {cut: td.scrollWidth > td.clientWidth, ellipsis: s.textOverflow, overflow: s.overflowX, lines: lines(td),
+                    inside: r.left >= area.left - 1 && r.right <= area.right + 1, width: Math.round(r.width)};
+        });
+}"""
+
+
+def _received_notebook(root: Path) -> Path:
+    """The seed15 notebook executed in a real kernel (nbclient) and saved, as a teammate sends it: without
+    its background run (which would outlive the kernel) and with a note appended, so its content is no
+    notebook this or any server has signed."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(HERE / NOTEBOOK, as_version=4)
+    nb.cells = nb.cells[:10]  # cells 2 (fifteen models), 6 (five long failures), 9 (three cards)
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(root)}},
+                   iopub_timeout=30).execute()
+    nb.cells.append(nbformat.v4.new_markdown_cell("Received from a teammate: opened here without being run."))
+    path = root / RECEIVED
+    nbformat.write(nb, path)
+    return path
+
+
+def _assert_dashboard_holds(boxes: dict[str, Any], name: str) -> None:
+    (left, right), lines = boxes["area"], boxes["lines"]
+    assert left - 1 <= boxes["table"][0] and boxes["table"][1] <= right + 1, f"{name}: the table leaves the output area: {boxes}"
+    assert boxes["outside"] == 0, f"{name}: {boxes['outside']} cells reach past the output area"
+    assert len(boxes["names"]) == 15 and all(align == "left" and 0 <= gap <= 10 for _, gap, align in boxes["names"]), \
+        f"{name}: model names are not left-aligned (text start inside the cell, px): {boxes['names']}"
+    assert lines and max(lines) == 1, f"{name}: a row wraps (lines per row: {lines})"
+    widths = [r - lft for lft, r in boxes["edges"]]
+    assert [abs(w - want) <= 1 for w, want in zip(widths[2:], (128, 48, 72, 100, 80))] == [True] * 5, \
+        f"{name}: the fixed columns (progress, tries, latency, tokens, cost) are {widths[2:]} px wide"
+
+
+def test_a_received_notebook_opened_untrusted_keeps_the_snapshots_layout(chromium: str, tmp_path: Path) -> None:
+    """A notebook run and saved elsewhere, opened in JupyterLab without running it: untrusted, so its
+    outputs are sanitized and the snapshots' <style> is gone. Their inline styles must hold the layout:
+    names left-aligned, fixed columns inside the output area on one line each, long failure messages
+    cut with an ellipsis in their cell, the three answers as cards side by side."""
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "lab"
+    root.mkdir()
+    saved = _received_notebook(root)
+    assert saved.read_text(encoding="utf-8").count("<style>") >= 3, "the saved snapshots have no <style> to strip"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _lab_server(tmp_path, root) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"{url}/lab/tree/{RECEIVED}?reset&token={TOKEN}")  # ?reset: no workspace restored
+            run, broken, three = (page.locator(".jp-Cell").nth(i) for i in (2, 6, 9))
+            run.locator(".jp-OutputArea-output .nbf-row").first.wait_for(timeout=60_000)
+            for cell in (broken, three):
+                cell.scroll_into_view_if_needed()  # cells far down render only when in view
+                cell.locator(".jp-OutputArea-output .nbf-row").first.wait_for(timeout=60_000)
+            state = page.evaluate(UNTRUSTED)
+            assert state["trusted"] and not any(state["trusted"]), f"the notebook is trusted: {state}"
+            assert state["styles"] == 0 and state["sheets"] == 0, f"nbfanout's <style> reached the page: {state}"
+            assert state["roots"] >= 3, state
+
+            run.scroll_into_view_if_needed()
+            dashboard = run.evaluate(DASHBOARD_BOXES)
+            run.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "untrusted_dashboard.png"))
+            _assert_dashboard_holds(dashboard, "fifteen models")
+
+            broken.scroll_into_view_if_needed()
+            failures = broken.evaluate(DASHBOARD_BOXES)
+            broken.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "untrusted_failures.png"))
+            _assert_dashboard_holds(failures, "five failures")
+            assert failures["edges"] == dashboard["edges"], "long messages moved the columns"
+            cut = broken.evaluate(LONG_MESSAGES)
+            assert cut, "no row shows the revoked key's message"
+            for td in cut:
+                assert td["cut"] and td["ellipsis"] == "ellipsis" and td["overflow"] == "hidden", f"not ellipsized: {td}"
+                assert td["inside"] and td["lines"] == 1, f"the message leaves its cell or wraps: {td}"
+
+            three.scroll_into_view_if_needed()
+            three.locator(".jp-Cell-outputArea").screenshot(path=str(ARTIFACTS / "untrusted_cards.png"))
+            _assert_cards_side_by_side(three, 3)
+            _assert_readable(page)  # the greys that replace the theme's variables still read
         finally:
             browser.close()

@@ -15,11 +15,23 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nbfanout.catalog import CAPABILITIES, LIMITERS, TOKENS_COUNTED, WIRES, Catalog, Limits, ModelSpec, ProviderSpec, load_catalog
+from nbfanout.catalog import (
+    CAPABILITIES,
+    LIMITERS,
+    TOKENS_COUNTED,
+    WIRES,
+    BatchSupport,
+    Catalog,
+    Limits,
+    ModelSpec,
+    ProviderSpec,
+    load_catalog,
+    parse_batch,
+)
 from nbfanout.core.errors import ConfigError, UnknownModelError, UsageError
 from nbfanout.core.store import ON_UNAVAILABLE, REDIS_URL_ENV, SharedConfig
 from nbfanout._secrets import mask, redact, remember
@@ -105,6 +117,7 @@ class ProviderConfig:
     fallback: tuple[str, ...] = ()  # where a request goes when this provider cannot answer, in order
     params: Mapping[str, str] = field(default_factory=dict)  # query parameters of every call (Azure's api-version)
     endpoint_vars: tuple[str, ...] = ()  # variables that can hold base_url, for "no endpoint" messages (Azure)
+    batch: BatchSupport | None = None  # its batch API (catalog or ``batch = ...``); None: its models run live
 
     @property
     def has_key(self) -> bool:
@@ -292,6 +305,8 @@ _PROVIDER_SPEC: dict[str, tuple[Any, str]] = {
                     "an Azure OpenAI api-version such as '2024-10-21'"),
     "published_limits": (_is(bool), "true or false (false: ignore the catalog's published limits for this provider)"),
     "catalog_models": (_is(bool), "true or false (false: only the models listed in `models`, none of the catalog's others)"),
+    "batch": (lambda v: isinstance(v, (bool, Mapping)),
+              "true, false, or a table (api, price_factor, max_requests, max_bytes, poll_s, max_poll_s)"),
 }
 
 _MODEL_SPEC: dict[str, tuple[Any, str]] = {
@@ -305,6 +320,8 @@ _MODEL_SPEC: dict[str, tuple[Any, str]] = {
     "priority": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer (lower is preferred)"),
     "model_id": (_is(str), "the provider's own model id"),
     "rejects": (_str_list, "a list of request parameter names the model refuses, e.g. [\"temperature\"]"),
+    "batch_input_price": (lambda v: isinstance(v, _NUM) and not isinstance(v, bool) and v >= 0, "USD per million tokens (>= 0)"),
+    "batch_output_price": (lambda v: isinstance(v, _NUM) and not isinstance(v, bool) and v >= 0, "USD per million tokens (>= 0)"),
 }
 
 _SHARED_SPEC: dict[str, tuple[Any, str]] = {
@@ -363,6 +380,21 @@ def _gather_keys(
             keys.append(ApiKey(value, var))
     shown_vars = tuple(explicit_vars or variables[: max(1, len(conventional))])
     return tuple(keys), shown_vars
+
+
+def _batch(p: _Problems, key: str, raw: Mapping[str, Any], spec: ProviderSpec | None) -> BatchSupport | None:
+    """The provider's batch API: the catalog's, unless ``batch`` turns it off, on, or changes fields."""
+    if "batch" not in raw:
+        return spec.batch if spec else None
+    value = raw["batch"]
+    if isinstance(value, Mapping) and spec is not None and spec.batch is not None:
+        value = {**{k: v for k, v in asdict(spec.batch).items() if v is not None}, **value}
+    try:
+        return parse_batch(value, f"{key}.batch", raw.get("kind", spec.wire if spec else "openai"))
+    except ValueError as exc:
+        where, _, problem = str(exc).partition(": ")
+        p.items.append(f"{p.source}: {where}: {problem}")
+        return None
 
 
 def load_config(
@@ -449,6 +481,7 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
             fallback=tuple(raw.get("fallback", ())),
             params=_params(raw, raw.get("kind", spec.wire if spec else "openai")),
             endpoint_vars=spec.base_url_env if spec else (),
+            batch=_batch(p, key, raw, spec),
         )
         if raw.get("catalog_models", True) is False:  # the endpoint serves what it lists, nothing else
             listed = {f"{pid}/{m}" for m in raw.get("models", [])}
@@ -470,7 +503,8 @@ def _build(data: Mapping[str, Any], where: str, env: Mapping[str, str], catalog:
         raw = _check(p, raw, key, _MODEL_SPEC)
         base = models.get(name) or ModelSpec(name=name, provider=provider, model_id=model_id, source=where)
         limit_override = Limits(**{k: raw[k] for k in _LIMIT_SPEC if k in raw}, source=where if any(k in raw for k in _LIMIT_SPEC) else None)
-        fields = {k: raw[k] for k in ("context_window", "max_output_tokens", "input_price", "output_price", "priority", "model_id") if k in raw}
+        fields = {k: raw[k] for k in ("context_window", "max_output_tokens", "input_price", "output_price", "batch_input_price",
+                                     "batch_output_price", "priority", "model_id") if k in raw}
         if "capabilities" in raw:
             fields["capabilities"] = frozenset(raw["capabilities"])
         if "pools" in raw:

@@ -18,13 +18,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Catalog", "Limits", "ModelSpec", "ProviderSpec", "load_catalog", "parse_catalog"]
+__all__ = ["BatchSupport", "Catalog", "Limits", "ModelSpec", "ProviderSpec", "load_catalog", "parse_catalog"]
 
 #: Limiter shapes (defined in nbfanout/core/shapes.py) and how output tokens are counted.
 LIMITERS = ("token_bucket", "sliding_window", "fixed_window", "per_second")
 TOKENS_COUNTED = ("max_tokens", "usage")
 CAPABILITIES = frozenset({"tools", "parallel_tools", "vision", "transcription", "reasoning", "streaming"})
 WIRES = frozenset({"openai", "anthropic", "gemini", "azure"})
+#: Provider batch APIs (nbfanout/providers/batches.py): OpenAI's files + /batches (and the providers
+#: that copy it), Anthropic's message batches, Gemini's batchGenerateContent.
+BATCH_APIS = ("openai", "anthropic", "gemini")
+#: The batch API a wire format's provider offers when a config says only ``batch = true``.
+BATCH_API_OF_WIRE = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSupport:
+    """A provider's batch API: which one, its price (a fraction of the live price), its per-batch
+    limits (a larger map is split into several batches) and how often to ask for its status."""
+
+    api: str  # one of BATCH_APIS
+    price_factor: float = 0.5  # batch price / live price, for input and output alike
+    max_requests: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024  # one batch's input (a JSONL file, or a request body)
+    poll_s: float = 10.0  # the first wait between status requests; it grows from there
+    max_poll_s: float = 300.0  # and never beyond this
+    source: str | None = None
+    read_on: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +95,7 @@ class ProviderSpec:
     docs: str | None = None
     max_audio_mb: float | None = None
     base_url_env: tuple[str, ...] = ()  # variables that hold the endpoint, read before base_url
+    batch: BatchSupport | None = None  # None: no batch API (its models run live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +116,8 @@ class ModelSpec:
     limits: Limits = Limits()
     tokenizer: str | None = None  # tiktoken encoding name where known, e.g. "o200k_base"
     rejects: frozenset[str] = frozenset()  # request parameters the model refuses; left out, and said so
+    batch_input_price: float | None = None  # USD per million tokens through the provider's batch API,
+    batch_output_price: float | None = None  # where it is not the provider's price_factor times the live price
     source: str | None = None
     read_on: str | None = None
     note: str | None = None
@@ -103,6 +127,16 @@ class ModelSpec:
         if self.input_price is None or self.output_price is None:
             return None
         return (input_tokens * self.input_price + output_tokens * self.output_price) / 1_000_000
+
+    def batch_cost(self, input_tokens: int, output_tokens: int, price_factor: float) -> float | None:
+        """USD for this many tokens sent through the provider's batch API (None: a price is unknown)."""
+        inp = self.batch_input_price if self.batch_input_price is not None else (
+            None if self.input_price is None else self.input_price * price_factor)
+        out = self.batch_output_price if self.batch_output_price is not None else (
+            None if self.output_price is None else self.output_price * price_factor)
+        if inp is None or out is None:
+            return None
+        return (input_tokens * inp + output_tokens * out) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +161,42 @@ def _limits(raw: Any, where: str) -> Limits:
     return Limits(**dict(raw))
 
 
+_BATCH_FIELDS = {"api": str, "price_factor": float, "max_requests": int, "max_bytes": int, "poll_s": float,
+                 "max_poll_s": float, "source": str, "read_on": str, "note": str}
+
+
+def parse_batch(raw: Any, where: str, wire: str) -> BatchSupport | None:
+    """A ``batch`` entry: ``true`` (the wire's batch API with its defaults), ``false``, or a table of
+    BatchSupport's fields; raises ValueError naming the key and what it expects."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected true, false or a table (api, price_factor, max_requests, ...), "
+                         f"found {type(raw).__name__}")
+    unknown = set(raw) - set(_BATCH_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(_BATCH_FIELDS)}")
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        kind = _BATCH_FIELDS[key]
+        ok = isinstance(value, str) if kind is str else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            and (kind is float or float(value).is_integer()))
+        if not ok:
+            expected = "a string" if kind is str else f"a positive {'integer' if kind is int else 'number'}"
+            raise ValueError(f"{where}.{key}: expected {expected}, found {value!r}")
+        fields[key] = kind(value)
+    api = fields.setdefault("api", BATCH_API_OF_WIRE.get(wire, ""))
+    if api not in BATCH_APIS:
+        raise ValueError(f"{where}.api: expected one of {list(BATCH_APIS)}, found {api!r}")
+    if fields.get("price_factor", 0.5) > 1:
+        raise ValueError(f"{where}.price_factor: expected a fraction of the live price (0 < f <= 1), "
+                         f"found {fields['price_factor']!r}")
+    return BatchSupport(**fields)
+
+
 def parse_catalog(data: Mapping[str, Any]) -> Catalog:
     """Build a Catalog from parsed TOML; raises ValueError naming the offending entry."""
     providers: dict[str, ProviderSpec] = {}
@@ -144,6 +214,7 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
             docs=p.get("docs"),
             max_audio_mb=p.get("max_audio_mb"),
             base_url_env=tuple(p.get("base_url_env", ())),
+            batch=parse_batch(p.get("batch"), f"{where}.batch", p["wire"]),
         )
     models: dict[str, ModelSpec] = {}
     pools: dict[str, list[str]] = {}
@@ -170,6 +241,8 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
             limits=_limits(m.get("limits"), f"{where}.limits"),
             tokenizer=m.get("tokenizer"),
             rejects=frozenset(m.get("rejects", [])),
+            batch_input_price=m.get("batch_input_price"),
+            batch_output_price=m.get("batch_output_price"),
             source=m.get("source"),
             read_on=m.get("read_on"),
             note=m.get("note"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 __all__ = [
+    "BatchProgress",
     "BudgetStats",
     "Event",
     "EventBus",
@@ -208,6 +209,23 @@ class BudgetStats:
     asd_limit: float | None = None  # audio seconds per day
     asd_used: float = 0.0
     processes: int | None = None  # shared budgets: how many processes use it now (the counts are all of theirs)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress(Event):
+    """One provider batch as its provider last reported it (created, each status poll, results read)."""
+
+    kind: ClassVar[str] = "batch_progress"
+    model: str = ""
+    batch_id: str = ""
+    status: str = ""  # the provider's own word: validating, in_progress, ended, ...
+    state: str = "running"  # running | ended | failed | fetched (its results are in)
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0  # since the batch was created (across kernel restarts)
+    next_poll_s: float | None = None  # when its status is asked for next
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import math
 import re
 import uuid
@@ -24,6 +25,7 @@ import httpx
 
 from nbfanout.config import Config, load_config, suggest
 from nbfanout.core.audio import Transcriber, Transcription
+from nbfanout.core.batch import BatchJob, BatchRunner, BatchState
 from nbfanout.core.cache import ResponseCache
 from nbfanout.core.clients import HttpClients
 from nbfanout.core.clock import Clock, LoopClock
@@ -45,6 +47,9 @@ __all__ = ["Fanout", "Plan", "PlanRow", "Transcription"]
 
 T = TypeVar("T")
 UTILIZATION_INTERVAL_S = 0.1  # at most ten utilization snapshots a second
+VIAS = ("live", "batch", "auto")
+BATCH_AFTER_S = 600.0  # via="auto": a model whose live run the limits make last longer goes by batch
+log = logging.getLogger("nbfanout")
 
 
 @dataclass
@@ -125,6 +130,7 @@ class Fanout:
         self.cache = ResponseCache(Path(cache_path) if cache_path else None) if cache_on else None
         self._pipeline = RequestPipeline(self)
         self._transcriber = Transcriber(self)
+        self._batch_runner = BatchRunner(self)
         self.last_result: FanoutResult | BatchResult | None = None
 
     # --- public API -------------------------------------------------------------------------
@@ -251,18 +257,73 @@ class Fanout:
         timeout: float | None = None,
         route: bool = False,
         tools: Sequence[Tool | Mapping[str, Any]] = (),
+        via: str = "live",
+        batch_state: str | Path | None = None,
+        batch_after_s: float = BATCH_AFTER_S,
         **params: Any,
     ) -> BatchResult:
         """prompts × models with a global concurrency limit; results in input order; optional judge scores.
 
         ``route=True``: one answer per prompt instead, from the models (or pool) in order as ``ask``
         chooses it, so a batch spreads over the members' capacity, the first ones first.
+
+        ``via="batch"``: each model whose provider has a batch API gets its prompts as provider
+        batches (half the price, their own quota, minutes to hours); the others run live.
+        ``via="auto"``: batch only the models whose live run the known limits make last longer than
+        ``batch_after_s``. The batches are written to ``batch_state`` (default: a new file under
+        ``.nbfanout/batches/``) the moment they exist: ``resume(path)`` picks them up after a restart.
         """
         batch = await self._batch(list(prompts), models, pool=pool, system=system, images=(), fallbacks=None,
                                   stream=False, timeout=timeout, concurrency=concurrency, judge=judge, params=params,
-                                  route=route, tools=as_tools(tools))
+                                  route=route, tools=as_tools(tools), via=via, batch_state=batch_state,
+                                  batch_after_s=batch_after_s)
         self.last_result = batch
         return batch
+
+    async def resume(self, path: str | Path, *, judge: str | None = None, concurrency: int | None = None) -> BatchResult:
+        """The map a batch state file describes, finished: its batches waited for and read, its live
+        answers kept, whatever never ran sent now; the same BatchResult the map would have returned."""
+        state = BatchState.load(path)
+        for name in state.models:
+            self.config.model(name)
+        batch = await self._batch(list(state.prompts), list(state.models), pool=None, system=state.system, images=(),
+                                  fallbacks=None, stream=False, timeout=None, concurrency=concurrency, judge=judge,
+                                  params={**state.params, "max_tokens": state.max_tokens,
+                                          "temperature": state.temperature},
+                                  via="batch", state=state)
+        self.last_result = batch
+        return batch
+
+    async def cancel_batches(self, path: str | Path) -> list[BatchJob]:
+        """Ask the providers to cancel the unfinished batches of a state file (requests already done stay
+        readable: ``resume`` returns them, the others as cancelled)."""
+        state = BatchState.load(path)
+        run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), http=self._http())
+        return await self._batch_runner.cancel(state, run)
+
+    async def batch_status(self, path: str | Path) -> list[BatchJob]:
+        """A state file's batches with the status each provider reports now."""
+        state = BatchState.load(path)
+        run = _Run(id=uuid.uuid4().hex[:8], t0=self.clock.now(), http=self._http())
+        return await self._batch_runner.refresh(state, run)
+
+    def _batched(self, names: Sequence[str], prompts: list[str], via: str, after_s: float, system: str | None,
+                 max_tokens: int | None) -> list[str]:
+        """The models of a map that go through their provider's batch API."""
+        if via not in VIAS:
+            raise UsageError(f"via must be one of {', '.join(map(repr, VIAS))}, got {via!r}")
+        if via == "live":
+            return []
+        out = []
+        for name in names:
+            if self._batch_runner.support(name) is None:
+                log.warning("%s runs live: %s", name, self._batch_runner.why_live(name))
+                continue
+            if via == "auto" and build_plan(self.config, prompts, [name], system=system,
+                                            max_tokens=max_tokens).lower_bound_s <= after_s:
+                continue
+            out.append(name)
+        return out
 
     async def synthesize(self, result: FanoutResult, model: str, *, instructions: str | None = None, **params: Any) -> FanoutResult:
         """Combine the successful answers of ``result`` into one answer from ``model``."""
@@ -346,7 +407,8 @@ class Fanout:
                      images: Sequence[Any], fallbacks: Mapping[str, Sequence[str]] | None, stream: bool,
                      timeout: float | None, concurrency: int | None, judge: str | None, params: dict[str, Any],
                      route: bool = False, conversation: tuple[Message, ...] = (), tools: tuple[Tool, ...] = (),
-                     purpose: str = "answer") -> BatchResult:
+                     purpose: str = "answer", via: str = "live", batch_state: str | Path | None = None,
+                     batch_after_s: float = BATCH_AFTER_S, state: BatchState | None = None) -> BatchResult:
         if not prompts:
             raise UsageError("no prompts to send")
         for i, p in enumerate(prompts):  # refused before anything is sent, so nothing received is lost
@@ -372,6 +434,16 @@ class Fanout:
         max_tokens = params.pop("max_tokens", None)
         temperature = params.pop("temperature", None)
         check_options(max_tokens=max_tokens, temperature=temperature, timeout=timeout)
+        if state is None:
+            batched = self._batched(names, prompts, via, batch_after_s, system, max_tokens)
+            if batched:
+                if route:
+                    raise UsageError("route=True picks one model per prompt as capacity frees up; a batch cannot: "
+                                     "use via='live' with route, or name the models")
+                state = self._batch_runner.new_state(batch_state, prompts, names, batched, RequestSpec(
+                    prompts[0], system, parts, max_tokens, temperature, dict(params), conversation=conversation,
+                    tools=tools))
+                state.save()  # the map is on disk before anything is sent
         # the run's own in-flight cap; not registered with the budget set, so it ends with the run
         run_budget = Budget("run", "run", concurrency=concurrency or self.concurrency, clock=self.clock, ranked=True)
         if self.shared is not None:  # unreachable with on_unavailable = "fail": raised here, before any request
@@ -393,6 +465,12 @@ class Fanout:
         for i, name, _ in jobs:
             self._emit(ModelQueued, request=f"{i}:{name}", requested=name, purpose=purpose, prompt_index=i, model=name)
         results: list[Any] = [None] * len(jobs)
+        batched_names = set(state.batched) if state is not None else set()
+        if state is not None:  # a resumed map: its live answers are kept, not asked again
+            for j, (i, name, _) in enumerate(jobs):
+                record = state.live.get(f"{i}:{name}")
+                if record is not None and name not in batched_names:
+                    results[j] = ModelResult.from_record(record)
 
         scores: dict[int, Score | None] = {}
 
@@ -420,12 +498,17 @@ class Fanout:
         width = concurrency or self.concurrency
         workers = []
         for name in names:
-            queue = [j for j, job in enumerate(jobs) if job[1] == name]
+            if name in batched_names:
+                continue
+            queue = [j for j, job in enumerate(jobs) if job[1] == name and results[j] is None]
             # a routed request may go to any member: its lane is as wide as the run
             cap = width if route else self.config.models[name].limits.concurrency or width
             n = min(cap, width, len(queue))
             holds = self._pipeline.window_holds(name, spec_for(jobs[queue[0]][0])) if queue and not route else math.inf
             workers += [asyncio.ensure_future(lane(queue, n, holds)) for _ in range(n)]
+        if state is not None:
+            workers.append(asyncio.ensure_future(self._run_batches(state, run, jobs, results, scores, judge,
+                                                                   run_budget)))
         try:
             await asyncio.gather(*workers)
             done = results
@@ -446,6 +529,11 @@ class Fanout:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if state is not None:  # every live answer so far, so a resume does not ask again
+                for j, (i, name, _) in enumerate(jobs):
+                    if name not in batched_names and results[j] is not None and results[j].status != "cancelled":
+                        state.live[f"{i}:{name}"] = results[j].to_record()
+                state.save()
             await self._stop_ticker(run)
             self._emit_utilization()
             if self.shared is not None:
@@ -457,6 +545,32 @@ class Fanout:
         ok = sum(1 for r in batch.results if r.ok)
         self._emit(RunCompleted, run, succeeded=ok, failed=len(batch.results) - ok, elapsed_s=batch.elapsed_s)
         return batch
+
+    async def _run_batches(self, state: BatchState, run: _Run, jobs: list[tuple[int, str, list[str]]],
+                           results: list[Any], scores: dict[int, Score | None], judge: str | None,
+                           run_budget: Budget) -> None:
+        """The batched part of a map: its provider batches followed to the end, each answer put in its
+        place (and judged live, when asked)."""
+        where = {(i, name): j for j, (i, name, _) in enumerate(jobs)}
+        judging: list[asyncio.Future[None]] = []
+
+        async def judge_one(j: int) -> None:
+            i = jobs[j][0]
+            scores[j] = await self._judge(run, i, judge or "", state.prompts[i], results[j], run_budget, 0.0)
+
+        def deliver(i: int, name: str, result: ModelResult) -> None:
+            j = where[(i, name)]
+            results[j] = result
+            if judge is not None and result.ok:
+                judging.append(asyncio.ensure_future(judge_one(j)))
+
+        try:
+            await self._batch_runner.run(state, run, deliver)
+            await asyncio.gather(*judging)
+        finally:
+            for task in judging:
+                task.cancel()
+            log.info("batch state kept in %s", state.path)
 
     def _collect(self, prompts: list[str], names: list[str], jobs: list[tuple[int, str, list[str]]],
                  results: list[ModelResult], run: _Run, scores: dict[int, Score | None]) -> BatchResult:

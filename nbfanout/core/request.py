@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from nbfanout._secrets import redact
+from nbfanout.catalog import ModelSpec
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError, classify_error
 from nbfanout.core.events import (
     ModelCompleted,
@@ -162,6 +163,16 @@ def default_max_tokens(max_output: int | None) -> int:
 _WHO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("nbfanout_request", default=None)
 
 
+def chat_request(model: ModelSpec, spec: RequestSpec, messages: tuple[Message, ...] | None = None) -> ChatRequest:
+    """``spec`` as one model is sent it (live or inside a batch): what the model refuses left out."""
+    rejects = model.rejects
+    return ChatRequest(model=model.model_id, messages=spec.messages if messages is None else messages,
+                       system=spec.system, max_tokens=spec.max_output(model.max_output_tokens),
+                       temperature=None if "temperature" in rejects else spec.temperature,
+                       extra={k: v for k, v in spec.params.items() if k not in rejects},
+                       tools=spec.tools, parallel_tools="parallel_tools" in model.capabilities)
+
+
 class RequestPipeline:
     """Runs one request through its steps for a Fanout (its config, router, budgets, clock, events)."""
 
@@ -242,12 +253,7 @@ class RequestPipeline:
                         messages: tuple[Message, ...]) -> tuple[ChatResponse, bool]:
         """One call to the provider (or the cache) with ``messages``, the spec's as fitted to this provider
         (``_messages_for``); ProviderError on any failure."""
-        rejects = choice.model.rejects
-        request = ChatRequest(model=choice.model.model_id, messages=messages, system=spec.system,
-                              max_tokens=spec.max_output(choice.model.max_output_tokens),
-                              temperature=None if "temperature" in rejects else spec.temperature,
-                              extra={k: v for k, v in spec.params.items() if k not in rejects},
-                              tools=spec.tools, parallel_tools="parallel_tools" in choice.model.capabilities)
+        request = chat_request(choice.model, spec, messages)
         cache = self.fx.cache
         if cache is not None:
             hit = cache.get(choice.model.name, request)

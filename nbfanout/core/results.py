@@ -52,6 +52,7 @@ class ModelResult:
     downscaled: tuple[str, ...] = ()  # images made smaller for this provider's limits, one note each
     saved_cost: float | None = None  # a cached answer costs nothing: what it would have cost
     tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asked to call, in the neutral form
+    via: str = "live"  # how it was asked: "live" (one call) or "batch" (the provider's batch API, at its price)
 
     @property
     def status(self) -> str:
@@ -95,6 +96,7 @@ class ModelResult:
             "dropped_params": list(self.dropped_params),
             "downscaled": list(self.downscaled),
             "tool_calls": [{"id": c.id, "name": c.name, "arguments": dict(c.arguments)} for c in self.tool_calls],
+            "via": self.via,
             "attempt_log": [asdict(a) for a in self.attempts],
         }
 
@@ -115,7 +117,7 @@ class ModelResult:
             attempts=tuple(Attempt(**{k: v for k, v in a.items() if k in fields}) for a in rec.get("attempt_log") or ()),
             error=error, prompt_index=int(rec.get("prompt_index") or 0), cached=bool(rec.get("cached")),
             dropped_params=tuple(rec.get("dropped_params") or ()), downscaled=tuple(rec.get("downscaled") or ()),
-            saved_cost=rec.get("saved_cost"), tool_calls=tuple(ToolCall(c["id"], c["name"], c.get("arguments") or {}) for c in rec.get("tool_calls") or ()),
+            saved_cost=rec.get("saved_cost"), via=rec.get("via") or "live", tool_calls=tuple(ToolCall(c["id"], c["name"], c.get("arguments") or {}) for c in rec.get("tool_calls") or ()),
         )
 
     def __repr__(self) -> str:

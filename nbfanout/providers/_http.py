@@ -198,6 +198,19 @@ class HTTPAdapter(Adapter):
             raise self._invalid(endpoint, response.status_code, f"no answer in the response: {_snippet(response.text)}")
         return self._result(endpoint, request, response, state)
 
+    def read_body(self, endpoint: Endpoint, request: ChatRequest, payload: Any, status: int = 200) -> ChatResponse:
+        """A whole response body that came some other way (a line of a batch's results), read as
+        ``complete`` reads one: the same answer, or the same ProviderError. It has no headers."""
+        response = httpx.Response(status, json=payload)
+        if not response.is_success:
+            raise self._status_error(endpoint, response, response.content)
+        self._raise_for_body_error(endpoint, response, payload)
+        state = StreamState(last=payload)
+        self.read_response(payload, state)
+        if not state.complete:
+            raise self._invalid(endpoint, status, f"no answer in the result: {_snippet(response.text)}")
+        return self._result(endpoint, request, response, state)
+
     async def _stream(
         self,
         client: httpx.AsyncClient,

@@ -453,6 +453,21 @@ class ProviderSpec:
         return tuple(g for g in self.groups if model_id in g.models)
 
 
+def _client_batch(p: ProviderSpec, time_scale: float) -> bool | dict[str, Any]:
+    """The client's ``batch`` entry for a simulated provider: off where it serves none, else its API
+    with this scenario's per-batch limits and a status poll fast enough for batches of seconds."""
+    if p.batch is None:
+        return False
+    api = "anthropic" if p.wire == "anthropic" else "gemini" if p.wire == "gemini" else "openai"
+    poll = max(0.05, min(p.batch.complete_after_s, 1.0) * time_scale / 5) if time_scale > 0 else 0.05
+    out: dict[str, Any] = {"api": api, "poll_s": poll, "max_poll_s": max(poll, 1.0 * time_scale or 0.05)}
+    if p.batch.max_requests is not None:
+        out["max_requests"] = p.batch.max_requests
+    if p.batch.max_bytes is not None:
+        out["max_bytes"] = p.batch.max_bytes
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """A whole sandbox world: providers with their keys, models, limits and faults."""
@@ -513,6 +528,7 @@ class Scenario:
                 entry["tokens_counted"] = p.tokens_counted
             entry["published_limits"] = False
             entry["catalog_models"] = False  # it serves these models only: none of the catalog's others
+            entry["batch"] = _client_batch(p, self.time_scale)
             providers[p.id] = entry
             for m in p.models:
                 adv = _advertised(m.limits)

@@ -105,7 +105,7 @@ def test_client_config_has_nbfanouts_shape_and_only_advertised_limits() -> None:
     assert cfg["providers"]["gemini"]["kind"] == "gemini"
     for entry in cfg["providers"].values():
         assert set(entry) <= {"kind", "base_url", "api_key", "models", "rpm", "tpm", "rpd", "concurrency", "published_limits",
-                              "catalog_models"}
+                              "catalog_models", "batch"}
         assert entry["published_limits"] is False  # a simulated provider has only the limits written here
         assert entry["catalog_models"] is False  # and only the models it serves
     assert cfg["models"]["openai/gpt-4o-mini"] == {"rpm": 30, "tpm": 60000}

@@ -343,8 +343,17 @@ class Fanout:
         self.last_result = merged
         return merged
 
-    async def rerun(self, result: FanoutResult, **params: Any) -> FanoutResult:
-        """Send again only the models that failed in ``result``, and merge the new answers in."""
+    async def rerun(self, result: FanoutResult | BatchResult, *, via: str = "live", **params: Any) -> Any:
+        """Send again only the models that failed in ``result``, and merge the new answers in.
+
+        A BatchResult (from ``map``, ``resume``): each failed prompt × model (expired, errored or
+        cancelled inside a batch, or refused live) again, live or ``via="batch"`` in new batches;
+        pass the map's ``system`` / ``max_tokens`` again, as for the map itself.
+        """
+        if isinstance(result, BatchResult):
+            return await self._rerun_map(result, via, params)
+        if via != "live":
+            raise UsageError("a single prompt's rerun goes live; via='batch' reruns the failures of a map (a BatchResult)")
         failed = [r.requested for r in result.results if not r.ok]
         if not failed:
             return result
@@ -353,6 +362,35 @@ class Fanout:
         fresh = {r.requested: _shifted(r, result.elapsed_s) for r in again.results}
         merged = tuple(fresh.get(r.requested, r) for r in result.results)
         out = replace(result, results=merged, elapsed_s=result.elapsed_s + again.elapsed_s)
+        self.last_result = out
+        return out
+
+    async def _rerun_map(self, batch: BatchResult, via: str, params: dict[str, Any]) -> BatchResult:
+        failed: dict[str, list[int]] = {}
+        for i, row in enumerate(batch.rows):
+            for r in row.results:
+                if not r.ok:
+                    failed.setdefault(r.requested, []).append(i)
+        if not failed:
+            return batch
+        path = params.pop("batch_state", None)
+
+        def state_of(k: int) -> Path | None:  # one state file per model's map
+            if path is None or len(failed) == 1:
+                return None if path is None else Path(path)
+            return Path(path).with_name(f"{Path(path).stem}-{k}{Path(path).suffix}")
+
+        # one map per failed model, at once: each sends only that model's failed prompts
+        again = await asyncio.gather(*(self.map([batch.prompts[i] for i in where], models=[name], via=via,
+                                                batch_state=state_of(k), **params)
+                                       for k, (name, where) in enumerate(failed.items())))
+        fresh: dict[tuple[int, str], ModelResult] = {}
+        for (name, where), redo in zip(failed.items(), again):
+            for k, i in enumerate(where):
+                fresh[(i, name)] = replace(_shifted(redo.rows[k].results[0], batch.elapsed_s), prompt_index=i)
+        rows = tuple(replace(row, results=tuple(fresh.get((i, r.requested), r) for r in row.results))
+                     for i, row in enumerate(batch.rows))
+        out = replace(batch, rows=rows, elapsed_s=batch.elapsed_s + max(b.elapsed_s for b in again))
         self.last_result = out
         return out
 

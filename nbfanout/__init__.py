@@ -8,6 +8,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from nbfanout.config import Config, load_config
+from nbfanout.core.batch import BatchJob, BatchState
 from nbfanout.core.errors import (
     ConfigError,
     ErrorCategory,
@@ -21,7 +22,7 @@ from nbfanout.core.errors import (
     UsageError,
     classify_error,
 )
-from nbfanout.core.events import Cooldown, Event
+from nbfanout.core.events import BatchProgress, Cooldown, Event
 from nbfanout.core.fanout import Fanout, Plan
 from nbfanout.core.headers import RateSnapshot, parse_rate_headers
 from nbfanout.core.results import Attempt, BatchResult, FanoutResult, ModelResult
@@ -51,7 +52,10 @@ def load_ipython_extension(ipython):  # type: ignore[no-untyped-def]
 
 __all__ = [
     "Attempt",
+    "BatchJob",
+    "BatchProgress",
     "BatchResult",
+    "BatchState",
     "Config",
     "ConfigError",
     "Cooldown",

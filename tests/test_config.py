@@ -217,3 +217,33 @@ def test_the_shared_table_is_checked_and_its_url_can_come_from_the_environment(t
     assert config.shared is not None and config.shared.url == secret_url and config.shared.namespace == "evals"
     assert "hunter2" not in repr(config.shared) and "team:***@cache:6379" in config.shared.shown
     assert load_config({}, env={"NBFANOUT_REDIS_URL": secret_url}).shared is None  # no [shared]: nothing changes
+
+
+def test_batch_apis_come_from_the_catalog_and_a_config_can_turn_them_off_on_or_tune_them(tmp_path):
+    config = load_config(env={})
+    assert {p: config.providers[p].batch.api for p in ("openai", "anthropic", "gemini", "groq", "together")} == {
+        "openai": "openai", "anthropic": "anthropic", "gemini": "gemini", "groq": "openai", "together": "openai"}
+    assert all(config.providers[p].batch.source for p in ("openai", "anthropic", "gemini", "groq", "together"))
+    assert config.providers["mistral"].batch is None and config.providers["openrouter"].batch is None
+    tuned = load_config({"providers": {
+        "openai": {"batch": {"poll_s": 60}},
+        "anthropic": {"batch": False},
+        "local": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "x", "models": ["m"], "batch": True},
+    }, "models": {"openai/gpt-4o-mini": {"batch_input_price": 0.01}}}, env={})
+    openai = tuned.providers["openai"].batch
+    assert (openai.poll_s, openai.max_requests, openai.price_factor) == (60.0, 50_000, 0.5)  # the rest is the catalog's
+    assert tuned.providers["anthropic"].batch is None
+    assert tuned.providers["local"].batch.api == "openai"
+    mini = tuned.models["openai/gpt-4o-mini"]
+    assert mini.batch_cost(1_000_000, 1_000_000, 0.5) == pytest.approx(0.01 + mini.output_price / 2)
+
+    path = tmp_path / "nbfanout.toml"
+    path.write_text('[providers.openai.batch]\npoll_s = "often"\n\n[providers.together.batch]\nmax_jobs = 3\n\n'
+                    '[providers.gemini]\nbatch = "yes"\n\n[providers.groq.batch]\nprice_factor = 2\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    text = str(caught.value)
+    assert f"{path}: providers.openai.batch.poll_s: expected a positive number, found 'often'" in text
+    assert f"{path}: providers.together.batch: unknown keys ['max_jobs']" in text
+    assert "providers.gemini.batch" in text and "true, false, or a table" in text
+    assert "providers.groq.batch.price_factor" in text and "fraction of the live price" in text

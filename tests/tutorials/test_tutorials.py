@@ -44,6 +44,7 @@ EXPECTED = [
     "06_vision_audio.ipynb",
     "07_real_providers.ipynb",
     "08_agents_tools.ipynb",
+    "09_batch_api.ipynb",
 ]
 PER_NOTEBOOK_LIMIT_S = 60.0  # the promise: each runs top to bottom in under a minute
 
@@ -66,7 +67,7 @@ def _project_name(requirement: str) -> str:
 
 
 # --- the notebooks as committed ------------------------------------------------------------------
-def test_the_eight_tutorials_exist_in_order() -> None:
+def test_the_nine_tutorials_exist_in_order() -> None:
     assert [p.name for p in _notebooks()] == EXPECTED
 
 

@@ -222,9 +222,10 @@ async def test_a_batch_that_cannot_be_created_fails_with_the_providers_message(s
 async def test_a_map_larger_than_one_batch_is_split_by_the_providers_limits(sb: Sandbox, state_dir: Path) -> None:
     before = _batches(sb, "oai-small")
     async with Fanout(sb.config) as fx:
-        batch = await fx.map(_prompts(5), models=["oai-small/gpt-4o-mini"], via="batch",
+        batch = await fx.map(_prompts(5), models=["oai-small/gpt-4o-mini"], via="batch", judge="openai/gpt-4o-mini",
                              batch_state=state_dir / "split.json", max_tokens=40)
     assert all(r.ok for r in batch.results) and [r.prompt_index for r in batch.results] == list(range(5))
+    assert sorted(batch.scores) == [(i, "oai-small/gpt-4o-mini") for i in range(5)]  # judged live as they came
     assert _batches(sb, "oai-small") - before == 3
     assert [j.prompts for j in BatchState.load(state_dir / "split.json").jobs] == [(0, 1), (2, 3), (4,)]
 

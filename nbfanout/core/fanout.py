@@ -48,6 +48,7 @@ __all__ = ["Fanout", "Plan", "PlanRow", "Transcription"]
 T = TypeVar("T")
 UTILIZATION_INTERVAL_S = 0.1  # at most ten utilization snapshots a second
 VIAS = ("live", "batch", "auto")
+LIVE_SAVE_S = 1.0  # a batch map's live answers reach its state file at most this often (and at the end)
 BATCH_AFTER_S = 600.0  # via="auto": a model whose live run the limits make last longer goes by batch
 log = logging.getLogger("nbfanout")
 
@@ -516,6 +517,20 @@ class Fanout:
             return RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout,
                                conversation=conversation, tools=tools)
 
+        saved_at = [self.clock.now()]
+        live_left = [sum(1 for j, job in enumerate(jobs) if job[1] not in batched_names and results[j] is None)]
+
+        def keep_live(j: int) -> None:
+            """A live answer of a batch map into its state file (written at most every LIVE_SAVE_S, and
+            with the last one), so a resume after a crash asks again only what had not come."""
+            assert state is not None
+            i, name, _ = jobs[j]
+            state.live[f"{i}:{name}"] = results[j].to_record()
+            live_left[0] -= 1
+            if live_left[0] == 0 or self.clock.now() - saved_at[0] >= LIVE_SAVE_S:
+                state.save()
+                saved_at[0] = self.clock.now()
+
         async def lane(queue: list[int], width: int, holds: float) -> None:
             while queue:
                 j = queue.pop(0)
@@ -528,6 +543,8 @@ class Fanout:
                 i, name, cands = jobs[j]
                 spec = spec_for(i)
                 results[j] = await self._pipeline.run(run, i, name, cands, spec, run_budget, rank=rank, purpose=purpose)
+                if state is not None:
+                    keep_live(j)
                 if judge is not None and results[j].ok:  # the answer is kept even if judging is cancelled
                     scores[j] = await self._judge(run, i, judge, prompts[i], results[j], run_budget, rank)
 

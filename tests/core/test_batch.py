@@ -113,34 +113,47 @@ async def test_300_prompts_by_3_models_via_batch_come_back_in_order_at_half_the_
     assert any(e.state == "running" and e.status in ("in_progress", "BATCH_STATE_RUNNING") for e in progress)
 
 
+def _live_requests(sb: Sandbox, provider: str) -> int:
+    return int(sb.stats()["providers"].get(provider, {}).get("requests", 0))
+
+
 async def test_a_process_killed_after_creating_its_batches_is_resumed_from_the_state_file(sb: Sandbox,
                                                                                           tmp_path: Path) -> None:
+    """300 prompts × 3 batched models and one live one; the process is SIGKILLed once its batches
+    exist and its live answers are in the file; a new process resumes without sending anything twice."""
     path = tmp_path / "killed.json"
     config = json.loads(json.dumps(sb.config))
     config["providers"]["openai"]["batch"]["poll_s"] = 30.0  # the first process must not get far
-    spec = {"config": config, "models": MODELS, "prompts": 300, "path": str(path)}
+    models = [*MODELS, "nobatch/gpt-4o-mini"]
+    spec = {"config": config, "models": models, "prompts": 300, "path": str(path)}
     before = {p: _batches(sb, p) for p in ("openai", "anthropic", "gemini")}
+    live_before = _live_requests(sb, "nobatch")
     worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(spec)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if path.exists() and len(BatchState.load(path).jobs) == 3:
-                break
+            if path.exists():
+                seen = BatchState.load(path)
+                if len(seen.jobs) == 3 and len(seen.live) == 300:
+                    break
             assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
             await asyncio.sleep(0.05)
         else:
-            pytest.fail("the worker did not create its three batches within 60 s")
+            pytest.fail("the worker did not create its three batches and answer live within 60 s")
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     assert worker.returncode == -signal.SIGKILL
     assert not BatchState.load(path).done
+    sent_live = _live_requests(sb, "nobatch") - live_before
     async with Fanout(sb.config) as fx:
         resumed = await fx.resume(path)
-    assert len(resumed.results) == 900 and all(r.ok for r in resumed.results)
-    assert [(r.prompt_index, r.requested) for r in resumed.results] == [(i, m) for i in range(300) for m in MODELS]
+    assert len(resumed.results) == 1200 and all(r.ok for r in resumed.results)
+    assert [(r.prompt_index, r.requested) for r in resumed.results] == [(i, m) for i in range(300) for m in models]
     assert {p: _batches(sb, p) - before[p] for p in before} == {"openai": 1, "anthropic": 1, "gemini": 1}
+    assert sent_live == 300 and _live_requests(sb, "nobatch") - live_before == 300  # none asked twice
+    assert {r.via for r in resumed.results if r.requested == "nobatch/gpt-4o-mini"} == {"live"}
     assert BatchState.load(path).done
 
 

@@ -223,8 +223,8 @@ class BatchRunner:
         for name in state.batched:
             if not any(j.model == name for j in state.jobs):
                 await self._submit(state, name, run, deliver)
-        await asyncio.gather(*(self._follow(state, job, run, deliver) for job in list(state.jobs)
-                               if job.state != "fetched"))
+        # a batch already read is read again: its results stay with the provider (for weeks), not in the file
+        await asyncio.gather(*(self._follow(state, job, run, deliver) for job in list(state.jobs)))
 
     def _chunks(self, name: str, state: BatchState, api: BatchAPI, support: BatchSupport
                 ) -> list[list[tuple[int, dict[str, Any], ChatRequest]]]:

@@ -241,6 +241,10 @@ async def test_a_map_larger_than_one_batch_is_split_by_the_providers_limits(sb: 
     assert sorted(batch.scores) == [(i, "oai-small/gpt-4o-mini") for i in range(5)]  # judged live as they came
     assert _batches(sb, "oai-small") - before == 3
     assert [j.prompts for j in BatchState.load(state_dir / "split.json").jobs] == [(0, 1), (2, 3), (4,)]
+    async with Fanout(sb.config) as fx:  # a finished map resumed: its results read again, nothing sent
+        again = await fx.resume(state_dir / "split.json")
+    assert [r.text for r in again.results] == [r.text for r in batch.results]
+    assert _batches(sb, "oai-small") - before == 3
 
 
 async def test_cancel_is_asked_for_explicitly_and_a_resume_then_returns_the_cancelled_requests(

@@ -6,6 +6,12 @@ Every view renders it: the notebook's widgets and static snapshot, IPython's tex
 the command line (``nbfanout/render.py`` turns it into HTML and text). It reads only events:
 whose request each is comes with it (``RequestEvent.requested`` and ``purpose``), so no view
 parses request ids, and it imports no UI library.
+
+Provider batches (``map(..., via="batch")``) come as ``batch_progress`` events: each becomes a
+``BatchRow`` (its provider's status word and counts, elapsed time, next poll), and the requests
+it holds count as "in batch" on their model's row, not as queued or waiting for capacity: they
+are with the provider. ``saved_batches`` reads the state files such maps leave, for
+``nbfanout batches`` and ``%fanout batches``.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nbfanout._secrets import mask
 from nbfanout.core.events import (
+    BatchProgress,
     BudgetStats,
     Event,
     LimitsLearned,
@@ -37,11 +45,18 @@ from nbfanout.core.events import (
     Utilization,
 )
 
-__all__ = ["FINAL_STATES", "DashboardModel", "Row", "TextNews"]
+if TYPE_CHECKING:
+    from nbfanout.core.batch import BatchJob
+    from nbfanout.core.fanout import Fanout
+
+__all__ = ["FINAL_STATES", "OPEN_BATCH_STATES", "BatchNews", "BatchRow", "DashboardModel", "Pace", "Row", "SavedMap",
+           "TextNews", "new_state_path", "saved_batches", "state_files"]
 
 #: States a row does not leave.
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
-_STAGE = {"queued": 0.02, "waiting": 0.1, "rate_limited": 0.25, "retrying": 0.25, "running": 0.55}
+#: A provider batch in these states still holds requests whose results have not been read.
+OPEN_BATCH_STATES = frozenset({"running", "ended"})
+_STAGE = {"queued": 0.02, "waiting": 0.1, "rate_limited": 0.25, "retrying": 0.25, "in_batch": 0.3, "running": 0.55}
 
 
 @dataclass
@@ -51,7 +66,7 @@ class Row:
     name: str
     label: str
     model: str = ""
-    state: str = "queued"  # queued, waiting, running, rate_limited, retrying, done, failed, cancelled
+    state: str = "queued"  # queued, waiting, running, rate_limited, retrying, in_batch, done, failed, cancelled
     detail: str = "queued"
     until: float | None = None  # run-clock second a wait ends, for the countdown
     attempts: int = 0
@@ -68,6 +83,80 @@ class Row:
     failed: int = 0
     in_flight: set[str] = field(default_factory=set)
     last_error: str = ""
+    # sent through the provider's batch API: how many requests its open batches hold, and their status
+    via: str = "live"  # "batch" once a batch_progress event named this model
+    in_batch: int = 0
+    batch_status: str = ""
+
+
+@dataclass
+class BatchRow:
+    """One provider batch as its provider last reported it (``batch_progress`` events); plain data."""
+
+    model: str
+    batch_id: str
+    status: str = ""  # the provider's own word (validating, in_progress, BATCH_STATE_RUNNING, ended, ...)
+    state: str = "running"  # running | ended | failed | fetched (its results are read)
+    total: int = 0
+    succeeded: int = 0  # as the provider counts them (Anthropic's stay 0 until the batch ends)
+    failed: int = 0
+    message: str = ""
+    elapsed_s: float = 0.0  # since the batch was created (across restarts), when last reported
+    seen_at: float = 0.0  # run-clock second of that report
+    next_poll_at: float | None = None  # run-clock second its status is asked for next
+    polls: int = 0
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def open(self) -> bool:
+        """Still holding requests whose results are not read yet."""
+        return self.state in OPEN_BATCH_STATES
+
+    @property
+    def reported(self) -> int:
+        """Requests the provider says have ended, either way."""
+        return self.succeeded + self.failed
+
+    @property
+    def word(self) -> str:
+        """Its status as the provider says it, or what it is before the first status arrives."""
+        return self.status or ("created" if self.open else self.state)
+
+    def elapsed(self, now: float) -> float:
+        """Seconds since it was created: moving on while it is open, as last reported once it is not."""
+        return self.elapsed_s + (max(0.0, now - self.seen_at) if self.open else 0.0)
+
+    def next_poll_in(self, now: float) -> float | None:
+        """Seconds until its status is asked for again (0: now); None when nothing more will be asked."""
+        if self.next_poll_at is None or not self.open:
+            return None
+        return max(0.0, self.next_poll_at - now)
+
+    def eta(self, now: float) -> float | None:
+        """Seconds until the provider has run every request, at its pace so far; None without one."""
+        left = self.total - self.reported
+        if not self.open:
+            return None
+        if self.state == "ended" or left <= 0:
+            return 0.0  # only its results are left to read
+        elapsed = self.elapsed(now)
+        return left * elapsed / self.reported if self.reported and elapsed > 0 else None
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The run's pace for its header: live requests finished per second, and seconds left.
+
+    ``eta_s`` is the longer of the live part's (at its rate) and each open batch's (at its
+    provider's reported pace); None when one of them has no pace yet (``batch_unknown`` says a
+    batch is why)."""
+
+    rate: float | None
+    eta_s: float | None
+    batch_unknown: bool = False
 
 
 class DashboardModel:
@@ -81,6 +170,8 @@ class DashboardModel:
         self.stream = stream
         self.expected_chars = expected_chars or 4 * 1024
         self.budgets: tuple[BudgetStats, ...] = ()
+        self.batches: dict[str, BatchRow] = {}  # by provider batch id, in creation order
+        self.state_path: str | None = None  # a batch map's state file, when the view knows it (for resume)
         self.providers = {m.split("/", 1)[0] for m in models}
         self.learned: list[str] = []
         self.events = 0
@@ -109,6 +200,8 @@ class DashboardModel:
         """Streamed characters against the expected length when streaming, else the stage reached."""
         if row.state in FINAL_STATES:
             return 1.0
+        if row.via == "batch":
+            return self.batch_progress(row)
         if self.batch:
             return (row.answered + row.failed) / max(row.total, 1)
         if self.stream and row.chars:
@@ -126,6 +219,8 @@ class DashboardModel:
                 "failed": sum(r.failed for r in rows),
                 "cancelled": sum(r.total - r.answered - r.failed for r in rows if r.state == "cancelled"),
                 "running": sum(len(r.in_flight) for r in rows),
+                "in_batch": sum(r.in_batch for r in rows),
+                "batches": sum(b.open for b in self.batches.values()),
                 "tokens": sum(r.input_tokens + r.output_tokens for r in rows),
                 "cost": sum(r.cost or 0.0 for r in rows),
                 "elapsed": self.elapsed(),
@@ -136,10 +231,46 @@ class DashboardModel:
             "failed": sum(r.state == "failed" for r in rows),
             "cancelled": sum(r.state == "cancelled" for r in rows),
             "running": sum(r.state == "running" for r in rows),
+            "in_batch": sum(r.in_batch for r in rows),
+            "batches": sum(b.open for b in self.batches.values()),
             "tokens": sum(r.input_tokens + r.output_tokens for r in rows),
             "cost": sum(r.cost or 0.0 for r in rows),
             "elapsed": self.elapsed(),
         }
+
+    def _ended(self, row: Row) -> tuple[int, int]:
+        """(requests, of them ended) of one row: its prompts' in a batch map, else one."""
+        if self.batch and row is not self.synthesis:
+            ended = row.total if row.state == "cancelled" else row.answered + row.failed
+            return row.total, ended
+        return 1, int(row.state in FINAL_STATES)
+
+    def pace(self) -> Pace:
+        """Live requests finished per second and the seconds left, batches counted at their providers' pace.
+
+        Requests inside a provider batch end all at once when its results are read, so they would
+        make a rate of answers per second meaningless; the rate is the live requests' alone, and a
+        batch's time left comes from the counts its provider reports."""
+        elapsed = self.elapsed()
+        now = self.now()
+        live = [self._ended(r) for r in self.ordered() if r.via != "batch"]
+        total, ended = sum(t for t, _ in live), sum(e for _, e in live)
+        rate = ended / elapsed if ended and elapsed > 0 else None
+        parts: list[float | None] = []
+        if total > ended:
+            parts.append((total - ended) / rate if rate else None)
+        unknown = False
+        for b in self.batches.values():
+            if b.open:
+                left = b.eta(now)
+                unknown = unknown or left is None
+                parts.append(left)
+        eta = None if not parts or None in parts else max(p for p in parts if p is not None)
+        return Pace(rate, eta, unknown)
+
+    def batches_of(self, name: str) -> list[BatchRow]:
+        """The provider batches of one requested model, in creation order."""
+        return [b for b in self.batches.values() if b.model == name]
 
     # --- writing ------------------------------------------------------------------------------
     def finish(self, cancelled: bool = False) -> None:
@@ -182,14 +313,22 @@ class DashboardModel:
                     # in the same view starts its rows afresh, counts included
                     self.rows[m] = Row(name=m, label=m)
                     self.providers.add(m.split("/", 1)[0])
+                    for key in [k for k, b in self.batches.items() if b.model == m and not b.open]:
+                        del self.batches[key]  # the last run's batches, read and done with
             if event.prompts > 1:
                 self.batch = True
                 for m in event.models:
                     self.rows[m].total = event.prompts
+            for m in event.models:
+                if self.rows[m].via == "batch":
+                    self._sync_batched(self.rows[m])
             return True
         if isinstance(event, RunCompleted):
             if event.cancelled:
                 self.finish(cancelled=True)
+            return True
+        if isinstance(event, BatchProgress):
+            self._apply_batch(event)
             return True
         if isinstance(event, LimitsLearned):
             self.learned.append(f"{event.scope} {event.metric} {_num(event.old)}→{_num(event.new)} ({event.source})")
@@ -202,7 +341,70 @@ class DashboardModel:
             _apply_to_batch_row(row, event)
         else:
             _apply_to_row(row, event)
+        if row.via == "batch":
+            self._sync_batched(row)
         return True
+
+    def seed_batches(self, jobs: Sequence[BatchJob]) -> None:
+        """The batches a state file holds, before a resume reports on them (a batch that ended while
+        nobody watched may send no ``batch_progress`` until its results are read)."""
+        now = self.now()
+        for job in jobs:
+            if not job.batch_id:
+                continue
+            self.batches[job.batch_id] = BatchRow(
+                model=job.model, batch_id=job.batch_id, status=job.status, state=job.state, total=job.total,
+                succeeded=job.succeeded, failed=job.failed, message=job.message,
+                elapsed_s=max(0.0, time.time() - job.created_at), seen_at=now)
+            self.providers.add(job.provider)
+            row = self.rows.get(job.model)
+            if row is not None:
+                row.via = "batch"
+                self._sync_batched(row)
+
+    def _apply_batch(self, e: BatchProgress) -> None:
+        """A batch's report: its row in the batch table, and how many of its model's requests it holds."""
+        key = e.batch_id or f"{e.model} (not created)"
+        b = self.batches.get(key)
+        if b is None:
+            b = self.batches[key] = BatchRow(model=e.model, batch_id=e.batch_id)
+            self.providers.add(e.model.split("/", 1)[0])
+        b.status, b.state, b.message = e.status, e.state, e.message
+        b.total, b.succeeded, b.failed = e.total or b.total, e.succeeded, e.failed
+        b.elapsed_s, b.seen_at = e.elapsed_s, e.t
+        b.next_poll_at = e.t + e.next_poll_s if e.next_poll_s is not None else None
+        b.polls += e.next_poll_s is not None
+        row = self.rows.get(e.model)
+        if row is not None:
+            row.via = "batch"
+            self._sync_batched(row)
+
+    def _sync_batched(self, row: Row) -> None:
+        """A batched model's row: its requests with the provider read "in batch <status>", never
+        queued or waiting for capacity (no budget of ours holds them)."""
+        if row.state in FINAL_STATES:
+            row.in_batch = 0
+            return
+        open_batches = [b for b in self.batches_of(row.name) if b.open]
+        if self.batch and row is not self.synthesis:
+            waiting = row.total - row.answered - row.failed - len(row.in_flight)
+        else:
+            waiting = 0 if row.in_flight or row.state == "running" else 1
+        row.in_batch = max(0, min(waiting, sum(b.total for b in open_batches)))
+        words = list(dict.fromkeys(b.word for b in open_batches))
+        row.batch_status = ", ".join(words)
+        if row.in_batch and not row.in_flight:
+            row.state, row.until = "in_batch", None
+            row.detail = (f"in batch {row.batch_status}" if len(open_batches) == 1
+                          else f"in {len(open_batches)} batches: {row.batch_status}")
+
+    def batch_progress(self, row: Row) -> float:
+        """A batched row's share of requests ended, counting those its provider reports ended but not yet read."""
+        reported = sum(b.reported for b in self.batches_of(row.name) if b.open)
+        if self.batch and row is not self.synthesis:
+            return min(1.0, (row.answered + row.failed + reported) / max(row.total, 1))
+        total = sum(b.total for b in self.batches_of(row.name) if b.open)
+        return _STAGE["in_batch"] + 0.65 * reported / max(total, 1)
 
     def rate(self, row: Row) -> float | None:
         """A batch row's finished requests per second so far (None before the first)."""
@@ -258,7 +460,8 @@ def _apply_to_row(row: Row, e: Event) -> None:
         row.state, row.detail, row.until = "retrying", _retry_detail(e), e.t + e.wait_s
     elif isinstance(e, ModelCompleted):
         row.model, row.attempts = e.model, e.attempts
-        row.state, row.detail, row.until = "done", "done" + (f" via {e.model}" if e.model != row.name else ""), None
+        by = " by batch" if row.via == "batch" else ""
+        row.state, row.detail, row.until = "done", "done" + by + (f" via {e.model}" if e.model != row.name else ""), None
         row.latency_s, row.input_tokens, row.output_tokens, row.cost = e.latency_s, e.input_tokens, e.output_tokens, e.cost
     elif isinstance(e, ModelFailed):
         row.model, row.attempts = e.model, e.attempts
@@ -290,7 +493,8 @@ def _apply_to_batch_row(row: Row, e: Event) -> None:
     ended = row.answered + row.failed
     if ended >= row.total:
         row.state, row.until = ("failed" if row.failed and not row.answered else "done"), None
-        row.detail = f"{row.answered} answered" + (f", {row.failed} failed: {row.last_error}" if row.failed else "")
+        by = " by batch" if row.via == "batch" else ""
+        row.detail = f"{row.answered} answered{by}" + (f", {row.failed} failed: {row.last_error}" if row.failed else "")
     elif row.in_flight:
         row.state = "running"
     elif isinstance(e, (RateLimited, RetryScheduled, NoModelsAvailableEvent)):
@@ -301,7 +505,7 @@ class TextNews:
     """For plain-text views (IPython without widgets, the CLI off a terminal): the rows that reached
     a state worth a line (done, failed, rate limited, cancelled, rotated) since last asked, once each."""
 
-    LOUD = frozenset({"done", "failed", "rate_limited", "cancelled"})
+    LOUD = frozenset({"done", "failed", "rate_limited", "cancelled"})  # a batch's news: ``BatchNews``
 
     def __init__(self) -> None:
         self._said: dict[str, str] = {}
@@ -313,3 +517,95 @@ class TextNews:
                 self._said[row.name] = row.detail
                 fresh.append(row)
         return fresh
+
+
+class BatchNews:
+    """For plain-text views: the provider batches whose status, state or message changed since last
+    asked (created, validating → in_progress, ended, read, failed), once each."""
+
+    def __init__(self) -> None:
+        self._said: dict[str, tuple[str, str, str]] = {}
+
+    def __call__(self, model: DashboardModel) -> list[BatchRow]:
+        fresh = []
+        for key, b in model.batches.items():
+            seen = (b.status, b.state, b.message)
+            if self._said.get(key) != seen:
+                self._said[key] = seen
+                fresh.append(b)
+        return fresh
+
+
+# --- the state files batch maps leave ------------------------------------------------------------------
+@dataclass
+class SavedMap:
+    """One batch state file, for listings: what it holds and its batches as last seen (or asked now)."""
+
+    path: Path
+    error: str = ""  # why the file could not be read (then nothing else is known)
+    note: str = ""  # why the providers could not be asked now (the saved status is shown instead)
+    created_at: float = 0.0  # epoch seconds
+    config: str = ""
+    prompts: int = 0
+    models: tuple[str, ...] = ()
+    batched: tuple[str, ...] = ()
+    jobs: tuple[BatchJob, ...] = ()
+    done: bool = False
+    asked: bool = False  # the jobs' status is the providers' now, not the file's
+
+    @property
+    def open_jobs(self) -> int:
+        return sum(j.state in OPEN_BATCH_STATES for j in self.jobs)
+
+
+def new_state_path() -> Path:
+    """A new state file's path, named as ``map(via="batch")`` names its own: a view that names it
+    first can say where it is (for ``resume``) as soon as the first batch exists."""
+    import uuid
+
+    from nbfanout.core.batch import STATE_DIR
+
+    return STATE_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.json"
+
+
+def state_files(directory: str | Path | None = None) -> list[Path]:
+    """The batch state files in ``directory`` (default: where maps write them), oldest first."""
+    from nbfanout.core.batch import STATE_DIR
+
+    folder = Path(directory) if directory is not None else STATE_DIR
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob("*.json") if p.is_file()), key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def _saved(path: Path) -> SavedMap:
+    from nbfanout.core.batch import BatchState
+    from nbfanout.core.errors import UsageError
+
+    try:
+        state = BatchState.load(path)
+    except UsageError as exc:
+        return SavedMap(path=path, error=str(exc))
+    return SavedMap(path=path, created_at=state.created_at, config=state.config, prompts=len(state.prompts),
+                    models=tuple(state.models), batched=tuple(state.batched), jobs=tuple(state.jobs), done=state.done)
+
+
+async def saved_batches(fx: Fanout | None, paths: Sequence[str | Path], *, ask: bool = True) -> list[SavedMap]:
+    """Each state file's map and batches; with ``ask`` (and a Fanout) the open batches' status as
+    their providers report it now. A file that cannot be read, or a provider that cannot be asked,
+    is said on its entry rather than raised, so one bad file does not hide the others."""
+    from nbfanout.core.errors import FanoutError
+
+    out = []
+    for path in paths:
+        entry = _saved(Path(path))
+        if ask and fx is not None and not entry.error and entry.open_jobs:
+            try:
+                jobs = await fx.batch_status(entry.path)
+            except FanoutError as exc:
+                entry.note = f"status not asked: {exc}"
+            else:
+                refreshed = _saved(entry.path)  # the file now holds what the providers said
+                entry.jobs, entry.done, entry.asked = tuple(jobs), refreshed.done, True
+        out.append(entry)
+    return out

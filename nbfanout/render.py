@@ -20,20 +20,26 @@ from nbfanout.progress import FINAL_STATES
 
 if TYPE_CHECKING:
     from nbfanout.config import Config
+    from nbfanout.core.batch import BatchJob
     from nbfanout.core.events import BudgetStats
     from nbfanout.core.fanout import Plan
     from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
-    from nbfanout.progress import DashboardModel, Row
+    from nbfanout.progress import BatchRow, DashboardModel, Row, SavedMap
 
 __all__ = [
     "answer_preview",
+    "answers_html",
     "batch_html",
+    "batch_line",
+    "batch_result_text",
+    "batches_html",
+    "batches_text",
     "budgets_html",
     "budgets_text",
-    "answers_html",
     "config_text",
     "dashboard_html",
     "duration",
+    "elapsed_text",
     "mask_key",
     "models_html",
     "models_rows",
@@ -43,15 +49,21 @@ __all__ = [
     "plan_text",
     "result_html",
     "result_text",
+    "saved_batches_html",
+    "saved_batches_text",
+    "short_batch_id",
     "snapshot_html",
     "status_html",
 ]
 
 GREEN, AMBER, RED, BLUE, GREY = "#2e9d48", "#e69500", "#d9363e", "#2f74c0", "#9e9e9e"
+PURPLE = "#7b61c9"  # with the provider's batch engine: working, but not on our connections
 STATE_COLOURS = {
     "queued": GREY, "waiting": AMBER, "running": BLUE, "rate_limited": AMBER, "retrying": AMBER,
-    "done": GREEN, "failed": RED, "cancelled": GREY,
+    "in_batch": PURPLE, "done": GREEN, "failed": RED, "cancelled": GREY,
 }
+#: A provider batch's state (``BatchRow.state``) as a colour.
+BATCH_COLOURS = {"running": PURPLE, "ended": BLUE, "fetched": GREEN, "failed": RED}
 MAX_TABLE_ROWS = 300  # a batch of thousands still renders quickly; the rest is counted
 MAX_MODEL_BUDGETS = 6  # model budgets shown besides providers and keys: the fullest ones
 
@@ -275,6 +287,37 @@ def duration(seconds: float) -> str:
     return f"{minutes // 60} h" + (f" {minutes % 60} min" if minutes % 60 else "")
 
 
+def elapsed_text(seconds: float) -> str:
+    """Time gone by, to the second past a minute: "4.2 s", "2 min 5 s", "3 h 12 min", "1 d 2 h"."""
+    if not math.isfinite(seconds):
+        return "–"
+    if seconds < 59.95:
+        return f"{max(seconds, 0.0):.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        m, sec = divmod(whole, 60)
+        return f"{m} min" + (f" {sec} s" if sec else "")
+    if whole < 86400:
+        h, m = divmod(whole // 60, 60)
+        return f"{h} h" + (f" {m} min" if m else "")
+    d, h = divmod(whole // 3600, 24)
+    return f"{d} d" + (f" {h} h" if h else "")
+
+
+def short_batch_id(batch_id: str, keep: int = 4) -> str:
+    """A provider's batch id shortened for a column: its prefix, then the first and last ``keep``
+    characters ("batch_40e1…cea2", "msgbatch_01gm…KyLf", "batches/e53k…a9ug"); the title has it whole."""
+    if not batch_id:
+        return "–"
+    cut = max(batch_id.rfind("/"), batch_id.rfind("_")) + 1
+    head, rest = batch_id[:cut], batch_id[cut:]
+    if len(head) > 12:  # a long path of its own: only the last part's prefix matters
+        head = "…" + head[-8:]
+    if len(rest) <= 2 * keep + 1:
+        return head + rest
+    return f"{head}{rest[:keep]}…{rest[-keep:]}"
+
+
 def _cost(value: float | None) -> str:
     if value is None:
         return "–"
@@ -333,7 +376,7 @@ def _result_rows(results: Iterable[tuple[str, ModelResult]], with_prompt: bool, 
     for label, r in results:
         badge = ("ok", GREEN) if r.ok else (r.category or "failed", GREY if r.category == "cancelled" else RED)
         state = f'<span class="nbf-badge" style="background:{badge[1]}">{_e(badge[0])}</span>'
-        via = f'<br><span class="nbf-muted">via {_e(r.model)}</span>' if r.model != r.requested else ""
+        via = f'<br><span class="nbf-muted">{_e(_via(r))}</span>' if _via(r) else ""
         answer = _e(answer_preview(r.text)) if r.ok else f'<span class="nbf-msg">{_e(_failure(r))}</span>'
         prompt_cell = f'<td class="num">{r.prompt_index}</td>' if with_prompt else ""
         score_cell = ""
@@ -377,8 +420,8 @@ def _batch_body(batch: BatchResult) -> str:
     results = list(batch.results)
     ok = sum(1 for r in results if r.ok)
     head = (f'<div class="nbf-head">{len(batch.prompts)} prompts × {len(batch.models)} models: {ok}/{len(results)} '
-            f"succeeded in {_seconds(batch.elapsed_s)} · {_count(sum(r.tokens for r in results))} tokens · "
-            f"{_cost(batch.total_cost)}{_unpriced(batch)}</div>")
+            f"succeeded in {_seconds(batch.elapsed_s)}{_by_batch(results)} · {_count(sum(r.tokens for r in results))} "
+            f"tokens · {_cost(batch.total_cost)}{_unpriced(batch)}</div>")
     scores = batch.scores or None
     shown = results[:MAX_TABLE_ROWS]
     more = (f'<div class="nbf-muted">… and {len(results) - len(shown)} more rows (to_dataframe() has them all)</div>'
@@ -391,6 +434,134 @@ def _batch_body(batch: BatchResult) -> str:
     return head + table + more
 
 
+def _by_batch(results: Sequence[ModelResult]) -> str:
+    """" (40 by batch)" when some answers came through a provider's batch API, else nothing."""
+    n = sum(r.via == "batch" for r in results)
+    return f" ({n:,} by batch)" if n else ""
+
+
+def batch_result_text(batch: BatchResult, *, failures: int = 10) -> str:
+    """A BatchResult as plain text: a line per model (answered, failed, how, tokens, cost), the first
+    failures, and the totals; what ``%fanout resume`` prints outside a notebook."""
+    results = list(batch.results)
+    width = max([len(m) for m in batch.models] + [5])
+    lines = [f"{'model':<{width}}  {'answered':>9} {'failed':>6}  {'via':<10} {'tokens':>9} {'cost':>9}"]
+    for name in batch.models:
+        mine = [r for r in results if r.requested == name]
+        ok = sum(r.ok for r in mine)
+        vias = "+".join(sorted({r.via for r in mine})) or "–"
+        cost = sum(r.cost or 0.0 for r in mine)
+        lines.append(f"{name:<{width}}  {f'{ok}/{len(mine)}':>9} {len(mine) - ok:>6}  {vias:<10} "
+                     f"{sum(r.tokens for r in mine):>9,} {_cost(cost):>9}")
+    failed = [r for r in results if not r.ok]
+    for r in failed[:failures]:
+        lines.append(f"  ✗ prompt {r.prompt_index} × {r.requested}: {_failure(r)}")
+    if len(failed) > failures:
+        lines.append(f"  … and {len(failed) - failures} more failures")
+    ok = len(results) - len(failed)
+    lines.append(f"{len(batch.prompts)} prompts × {len(batch.models)} models: {ok}/{len(results)} succeeded in "
+                 f"{_seconds(batch.elapsed_s)}{_by_batch(results)}; {sum(r.tokens for r in results):,} tokens; "
+                 f"{_cost(batch.total_cost)}{_unpriced(batch)}")
+    return "\n".join(lines)
+
+
+# --- saved batch maps (``nbfanout batches``, ``%fanout batches``) ------------------------------------
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
+
+
+def _ago(epoch: float, now: float) -> str:
+    return f"{elapsed_text(now - epoch)} ago" if epoch else "–"
+
+
+def _job_counts(j: BatchJob) -> str:
+    return f"{j.succeeded:,}/{j.total:,} ✓" + (f" · {j.failed:,} ✗" if j.failed else "")
+
+
+def _map_state(entry: SavedMap) -> str:
+    if entry.error:
+        return "unreadable"
+    if entry.done:
+        return "done"
+    return f"{entry.open_jobs} of {len(entry.jobs)} batches open" if entry.open_jobs else "to resume"
+
+
+def saved_batches_text(entries: Sequence[SavedMap], *, resume: str = "nbfanout resume",
+                       now: float | None = None) -> str:
+    """The state files batch maps left, each with its batches as last seen (or as the providers say
+    now): model, id, status, counts, state, age and message; and how to pick up the unfinished ones."""
+    import time
+
+    now = time.time() if now is None else now
+    if not entries:
+        return "no batch state files (map(..., via='batch') writes one per map)"
+    lines: list[str] = []
+    for entry in entries:
+        if entry.error:
+            lines.append(f"{entry.path}  unreadable: {entry.error}")
+            continue
+        asked = "status asked now" if entry.asked else "status as saved"
+        lines.append(f"{entry.path}  {_n(entry.prompts, 'prompt')} × {_n(len(entry.models), 'model')} · created "
+                     f"{_ago(entry.created_at, now)} · {_map_state(entry)} · {asked}")
+        width = max([len(j.model) for j in entry.jobs] + [5])
+        for j in entry.jobs:
+            message = f" — {j.message}" if j.message else ""
+            lines.append(f"  {j.model:<{width}}  {short_batch_id(j.batch_id):<18} {j.status or j.state:<22} "
+                         f"{_job_counts(j):<16} {j.state:<8} {_ago(j.created_at, now)}{message}")
+        if not entry.jobs:
+            lines.append("  no batch created yet")
+        if entry.note:
+            lines.append(f"  ({entry.note})")
+        if not entry.done:
+            lines.append(f"  pick it up: {resume} {entry.path}")
+    return "\n".join(lines)
+
+
+def saved_batches_html(entries: Sequence[SavedMap], *, resume: str = "%fanout resume",
+                       now: float | None = None) -> str:
+    """The same listing as tables with fixed columns, one per state file."""
+    import time
+
+    now = time.time() if now is None else now
+    if not entries:
+        return _wrap('<div class="nbf-muted">no batch state files (map(..., via=\'batch\') writes one per map)</div>')
+    parts = []
+    for entry in entries:
+        path = _e(str(entry.path))
+        if entry.error:
+            parts.append(f'<div class="nbf-head" title="{path}">{path}</div>'
+                         f'<div class="nbf-msg" style="color:{RED}">unreadable: {_e(entry.error)}</div>')
+            continue
+        asked = "status asked now" if entry.asked else "status as saved"
+        parts.append(f'<div class="nbf-head nbf-cut" title="{path}">{path} · {_n(entry.prompts, "prompt")} × '
+                     f'{_n(len(entry.models), "model")} · created {_e(_ago(entry.created_at, now))} · '
+                     f'{_e(_map_state(entry))} · <span class="nbf-muted">{asked}</span></div>')
+        rows = []
+        for j in entry.jobs:
+            colour = BATCH_COLOURS.get(j.state, GREY)
+            status = (j.status or j.state) + (f": {j.message}" if j.message else "")
+            rows.append(f'<tr class="nbf-batch" data-batch="{_e(j.batch_id)}" data-state="{_e(j.state)}">'
+                        f'<td class="nbf-cut" title="{_e(j.model)}">{_e(j.model)}</td>'
+                        f'<td class="nbf-cut" title="{_e(j.batch_id)}"><code>{_e(short_batch_id(j.batch_id))}</code></td>'
+                        f'<td class="nbf-cut" title="{_e(status)}"><span style="color:{colour}">●</span> '
+                        f'<span class="nbf-msg">{_e(status)}</span></td>'
+                        f'<td class="num nbf-cut">{_e(_job_counts(j))}</td><td>{_e(j.state)}</td>'
+                        f'<td class="num">{_e(_ago(j.created_at, now))}</td></tr>')
+        if rows:
+            parts.append('<table class="nbf-saved nbf-fixed"><colgroup><col style="width:28%"><col style="width:150px">'
+                         '<col><col style="width:110px"><col style="width:72px"><col style="width:110px"></colgroup>'
+                         '<thead><tr><th>model</th><th>batch</th><th>status</th><th class="num">ok / total</th>'
+                         '<th>state</th><th class="num">created</th></tr></thead><tbody>' + "".join(rows)
+                         + "</tbody></table>")
+        else:
+            parts.append('<div class="nbf-muted">no batch created yet</div>')
+        if entry.note:
+            parts.append(f'<div class="nbf-muted">{_e(entry.note)}</div>')
+        if not entry.done:
+            parts.append(f'<div class="nbf-muted">pick it up: <code>{_e(resume)} {path}</code></div>')
+    return _wrap("".join(parts))
+
+
 def result_text(result: FanoutResult) -> str:
     """The summary as plain text: ``nbfanout run`` prints it, and so does the magic outside a notebook."""
     pairs = _answer_pairs(result)
@@ -399,7 +570,7 @@ def result_text(result: FanoutResult) -> str:
     for label, r in pairs:
         state = "ok" if r.ok else (r.category or "failed")
         status = "200" if r.ok else str(r.http_status or "")
-        via = r.model if r.model != r.requested else ""
+        via = " ".join(([r.model] if r.model != r.requested else []) + (["batch"] if r.via == "batch" else []))
         lines.append(f"{label:<{width}}  {state:<16} {status:>4} {len(r.attempts):>5} {_seconds(r.latency_s):>9} "
                      f"{r.tokens:>8,} {_cost(r.cost):>9}  {via}".rstrip())
     for r in result.failed:
@@ -654,23 +825,117 @@ def row_state(row: Row, now: float) -> str:
 
 
 def _batch_state(model: DashboardModel, row: Row) -> str:
-    """A batch row: answered / total, failures, in flight, its rate and ETA, and what it waits for."""
-    parts = [f"{row.answered}/{row.total} answered"]
+    """A batch row: answered / total, failures, in flight, its rate and ETA, and what it waits for.
+
+    Requests a provider batch holds say so ("20 in batch in_progress, 12 ended"): they are not
+    queued behind our budgets, and their answers come all at once, so no rate is made of them."""
+    by = " by batch" if row.via == "batch" and row.state in FINAL_STATES else ""
+    parts = [f"{row.answered}/{row.total} answered{by}"]
     if row.failed:
         parts.append(f"{row.failed} failed")
     if row.state in FINAL_STATES:
         return " · ".join(parts) + (f" · last: {row.last_error}" if row.failed else "")
     if row.in_flight:
         parts.append(f"{len(row.in_flight)} in flight")
-    queued = row.total - row.answered - row.failed - len(row.in_flight)
+    if row.in_batch:
+        reported = sum(b.reported for b in model.batches_of(row.name) if b.open)
+        where = (f"in batch {row.batch_status}" if row.detail.startswith("in batch") else
+                 row.detail.removeprefix("in "))
+        parts.append(f"{row.in_batch} {where}" + (f", {reported} ended" if reported else ""))
+    queued = row.total - row.answered - row.failed - len(row.in_flight) - row.in_batch
     if queued > 0:  # not sent yet: behind the model's requests in flight, or the budget the detail names
         parts.append(f"{queued} queued")
-    rate = model.rate(row)
+    rate = model.rate(row) if row.via != "batch" else None
     if rate:
         parts.append(f"{rate:.1f}/s · ETA {duration((row.total - row.answered - row.failed) / rate)}")
     if row.state == "waiting" and row.detail:
         parts.append(row.detail)
     return " · ".join(parts)
+
+
+def _in_batches(t: dict[str, Any]) -> str:
+    """" · 40 in 2 batches" while provider batches hold requests of the run."""
+    if not t.get("in_batch"):
+        return ""
+    n = t.get("batches") or 1
+    return f" · {t['in_batch']:,} in {n} batch{'es' if n != 1 else ''}"
+
+
+def _pace(model: DashboardModel) -> str:
+    """" · 2.10/s · ETA 12 s": the live requests' rate and the time left, batches at their providers' pace."""
+    if model.finished:
+        return ""
+    p = model.pace()
+    out = f" · {p.rate:.2f}/s" if p.rate else ""
+    if p.eta_s is not None and (p.rate or model.batches):
+        out += f" · ETA {duration(p.eta_s)}"
+    elif p.batch_unknown:  # Anthropic counts nothing until a batch ends; a rate of 0 would say "never"
+        out += " · ETA – (a batch has reported no progress yet)"
+    return out
+
+
+def batch_line(b: BatchRow, now: float) -> str:
+    """One provider batch as a line: ``openai/gpt-4o-mini batch_40e1…cea2 in_progress 12/20 ✓ · 1 ✗ ·
+    2 min 5 s · next poll in 4.0 s`` (and the provider's message when it failed)."""
+    parts = [f"{b.model} {short_batch_id(b.batch_id)} {b.word}", _batch_counts(b), elapsed_text(b.elapsed(now))]
+    poll = b.next_poll_in(now)
+    if poll is not None:
+        parts.append(f"next poll in {duration(poll)}" if poll >= 0.05 else "polling…")
+    elif b.state == "ended":
+        parts.append("reading results")
+    elif b.state == "fetched":
+        parts.append("results read")
+    line = " · ".join(parts)
+    return line + (f" — {b.message}" if b.message else "")
+
+
+def _batch_counts(b: BatchRow) -> str:
+    """"12/20 ✓ · 1 ✗": the provider's own counts (succeeded of total, failed)."""
+    return f"{b.succeeded:,}/{b.total:,} ✓" + (f" · {b.failed:,} ✗" if b.failed else "")
+
+
+def batches_text(model: DashboardModel, now: float | None = None, *, open_only: bool = False) -> str:
+    """The run's provider batches, a line each (``batch_line``); empty when it has none."""
+    now = model.now() if now is None else now
+    return "\n".join(batch_line(b, now) for b in model.batches.values() if b.open or not open_only)
+
+
+def batches_html(model: DashboardModel, now: float | None = None) -> str:
+    """The run's provider batches as a table with fixed columns: model, batch id (shortened; the title
+    has it whole), the provider's status word (and its message when it failed), a bar and the counts
+    it reports, elapsed time and the next status poll. Empty when the run has no batch."""
+    if not model.batches:
+        return ""
+    now = model.now() if now is None else now
+    rows = []
+    for b in model.batches.values():
+        colour = BATCH_COLOURS.get(b.state, GREY)
+        status = b.word + (f": {b.message}" if b.message else "")
+        failed_style = f' style="color:{RED}"' if b.state == "failed" or b.message else ""
+        counts = _batch_counts(b)
+        poll = b.next_poll_in(now)
+        poll_text = ("–" if poll is None else f"in {duration(poll)}" if poll >= 0.05 else "now")
+        title = (f"{b.succeeded:,} succeeded, {b.failed:,} failed of {b.total:,}, as {b.provider} reports them"
+                 f" ({b.polls} status poll{'s' if b.polls != 1 else ''})")
+        rows.append(
+            f'<tr class="nbf-batch" data-batch="{_e(b.batch_id)}" data-state="{_e(b.state)}">'
+            f'<td class="nbf-cut" title="{_e(b.model)}">{_e(b.model)}</td>'
+            f'<td class="nbf-cut" title="{_e(b.batch_id)}"><code>{_e(short_batch_id(b.batch_id))}</code></td>'
+            f'<td class="nbf-cut" title="{_e(status)}"><span style="color:{colour}">●</span> '
+            f'<span class="nbf-msg"{failed_style}>{_e(status)}</span></td>'
+            f"<td>{_bar(min(1.0, b.reported / max(b.total, 1)), colour, label=title)}</td>"
+            f'<td class="num nbf-cut" title="{_e(title)}">{_e(counts)}</td>'
+            f'<td class="num">{_e(elapsed_text(b.elapsed(now)))}</td><td class="num">{_e(poll_text)}</td></tr>')
+    open_n = sum(b.open for b in model.batches.values())
+    where = (f' · <span class="nbf-muted" title="{_e(model.state_path)}">state file {_e(model.state_path)}</span>'
+             if model.state_path else "")
+    head = (f'<div class="nbf-head nbf-cut">provider batches · {open_n} open of {len(model.batches)}{where}</div>'
+            if open_n else f'<div class="nbf-head nbf-cut">provider batches · {len(model.batches)}, all read{where}</div>')
+    return (head + '<table class="nbf-batches nbf-fixed"><colgroup><col style="width:24%"><col style="width:130px">'
+            '<col><col style="width:128px"><col style="width:110px"><col style="width:84px"><col style="width:80px">'
+            '</colgroup><thead><tr><th>model</th><th>batch</th><th>status</th><th>provider\'s counts</th>'
+            '<th class="num">ok / total</th><th class="num">elapsed</th><th class="num">next poll</th></tr></thead>'
+            "<tbody>" + "".join(rows) + "</tbody></table>")
 
 
 def dashboard_html(model: DashboardModel, now: float | None = None, *, inline: bool = True) -> str:
@@ -689,15 +954,11 @@ def _dashboard_body(model: DashboardModel, now: float | None) -> str:
     # one bar for the whole run, as tqdm draws it: red as soon as anything failed
     bar = _bar(ended / max(t["total"], 1), RED if t["failed"] else (GREEN if model.finished else BLUE),
                label=f"{ended}/{t['total']} finished")
-    pace = ""
-    if ended and t["elapsed"] > 0 and not model.finished:
-        rate = ended / t["elapsed"]
-        pace = f" · {rate:.2f}/s · ETA {duration((t['total'] - ended) / rate)}"
     head = (f'<div class="nbf-head nbf-run">{bar} nbfanout · {state} · {t["done"]}/{t["total"]} done'
             + (f' · <span style="color:{RED}">{t["failed"]} failed</span>' if t["failed"] else " · 0 failed")
             + (f' · {t["cancelled"]} cancelled' if t["cancelled"] else "")
-            + f' · {t["running"]} running · {_seconds(t["elapsed"])}{pace} · {_count(t["tokens"])} tokens · '
-            f'{_cost(t["cost"])}</div>')
+            + f' · {t["running"]} running{_in_batches(t)} · {_seconds(t["elapsed"])}{_pace(model)} · '
+            f'{_count(t["tokens"])} tokens · {_cost(t["cost"])}</div>')
     rows = []
     for row in model.rows.values():
         colour = STATE_COLOURS.get(row.state, GREY)
@@ -721,13 +982,14 @@ def _dashboard_body(model: DashboardModel, now: float | None) -> str:
              '<thead><tr><th>model</th><th>state</th><th>progress</th><th class="num">tries</th>'
              '<th class="num">latency</th><th class="num">tokens</th><th class="num">cost</th></tr></thead><tbody>'
              + "".join(rows) + "</tbody></table>")
+    batches = batches_html(model, now)
     util = budgets_html(model.budgets)
     if util and model.finished:
         util = f"<details><summary>utilization</summary>{util}</details>"
     learned = ""
     if model.learned:
         learned = '<div class="nbf-muted">learned: ' + " · ".join(_e(x) for x in model.learned[-4:]) + "</div>"
-    return head + table + util + learned
+    return head + table + batches + util + learned
 
 
 def status_html(sections: Sequence[tuple[str, Sequence[BudgetStats]]]) -> str:
@@ -742,9 +1004,15 @@ def status_html(sections: Sequence[tuple[str, Sequence[BudgetStats]]]) -> str:
 GRID_MAX = 4  # up to this many answers sit side by side as cards; more become a table of first lines
 
 
+def _via(r: ModelResult) -> str:
+    """How an answer came, when not the plain way: "via other/model" (rotated), "by batch", or both."""
+    parts = ([f"via {r.model}"] if r.model != r.requested else []) + (["by batch"] if r.via == "batch" else [])
+    return " · ".join(parts)
+
+
 def _facts(r: ModelResult) -> str:
-    via = f" · via {r.model}" if r.model != r.requested else ""
-    return f"{_seconds(r.latency_s)} · {_count(r.tokens)} tokens · {_cost(r.cost)}{via}"
+    via = _via(r)
+    return f"{_seconds(r.latency_s)} · {_count(r.tokens)} tokens · {_cost(r.cost)}" + (f" · {via}" if via else "")
 
 
 def markdown_html(text: str) -> str:

@@ -1,4 +1,9 @@
-"""The ``nbfanout`` command: run, map, models, limits, cooldowns, doctor, sandbox, demo."""
+"""The ``nbfanout`` command: run, map, resume, batches, models, limits, cooldowns, doctor, sandbox, demo.
+
+``run`` and ``map`` take ``--batch`` (or ``--via batch|auto|live``) to send through the providers'
+batch APIs; their state file (``--batch-state``, default under ``.nbfanout/batches/``) is what
+``nbfanout resume PATH`` picks up after an interruption and what ``nbfanout batches`` lists.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,16 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 from nbfanout._argtypes import positive_float, positive_int
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import FanoutError, UsageError
 from nbfanout.core.events import RequestEvent
-from nbfanout.progress import FINAL_STATES, DashboardModel, TextNews
-from nbfanout.render import duration, row_state
+from nbfanout.progress import FINAL_STATES, BatchNews, DashboardModel, TextNews
+from nbfanout.render import batch_line, duration, row_state
 
 __all__ = ["main"]
 
@@ -35,7 +41,11 @@ T = TypeVar("T")
 HEARTBEAT_S = 10.0
 
 
-async def with_heartbeat(work: Awaitable[T], progress: TerminalProgress | None, every_s: float = HEARTBEAT_S) -> T:
+class Heartbeat(Protocol):
+    def heartbeat(self, quiet_s: float = HEARTBEAT_S) -> None: ...
+
+
+async def with_heartbeat(work: Awaitable[T], progress: Heartbeat | None, every_s: float = HEARTBEAT_S) -> T:
     """Await ``work``; every ``every_s`` until it ends, let ``progress`` say what is still open."""
     task = asyncio.ensure_future(work)
     try:
@@ -76,6 +86,9 @@ class TerminalProgress:
         self._last = 0.0
         self._started = self._said_at = clock()
         self._news = TextNews()
+        self._batch_news = BatchNews()
+        self.state_path: Path | None = None  # a batch map's state file, said once its first batch exists
+        self.said_path = False
 
     @property
     def finished(self) -> int:
@@ -94,17 +107,23 @@ class TerminalProgress:
     def __call__(self, event: Any) -> None:
         if not self.model.apply(event):
             return
+        if event.kind == "batch_progress":
+            _say_state_file(self)
         if self.tty:
-            self._redraw(force=event.kind in ("model_completed", "model_failed"))
+            self._redraw(force=event.kind in ("model_completed", "model_failed", "batch_progress"))
             return
         for row in self._news(self.model):
-            if row is self.model.synthesis:  # printed with the summary, after the run
+            if row is self.model.synthesis or row.state == "in_batch":  # the summary / the batch's own line says it
                 continue
             print(f"  [{self.finished}/{len(self.models)}] {row.name}: {self.state(row.name)}", file=self.out, flush=True)
             self._said_at = self.clock()
+        for b in self._batch_news(self.model):  # created, each new status word, read
+            print(f"  batch {batch_line(b, self.model.now())}", file=self.out, flush=True)
+            self._said_at = self.clock()
 
     def heartbeat(self, quiet_s: float = HEARTBEAT_S) -> None:
-        """While nothing happens (a long wait, slow answers): what is still open, at most every ``quiet_s``."""
+        """While nothing happens (a long wait, slow answers, a provider batch): what is still open, with
+        each open batch's counts, at most every ``quiet_s``."""
         now = self.clock()
         if self.tty:
             self._redraw(force=True)  # countdowns and the elapsed time move on
@@ -116,6 +135,7 @@ class TerminalProgress:
         more = f" (+{len(open_rows) - 3} more)" if len(open_rows) > 3 else ""
         print(f"  [{self.finished}/{len(self.models)}] {now - self._started:.0f} s, still open: "
               + "; ".join(open_rows[:3]) + more, file=self.out, flush=True)
+        _beat_batches(self.model, self.out)
 
     def _redraw(self, force: bool = False) -> None:
         now = self.clock()
@@ -128,25 +148,89 @@ class TerminalProgress:
         self.out.write(f"\x1b[2K  {self.finished}/{len(self.models)} finished · {now - self._started:.0f} s\n")
         for m in self.models:
             self.out.write(f"\x1b[2K  {m:<{width}}  {self.state(m)}\n")
-        self._drawn = len(self.models) + 1
+        lines = _batch_lines(self.model)
+        for line in lines:
+            self.out.write(f"\x1b[2K  {line}\n")
+        self._drawn = len(self.models) + 1 + len(lines)
         self.out.flush()
 
 
-class BatchProgress:
-    """"Completed N/M" per model for a map: redrawn on a terminal, a line per tenth done otherwise."""
+def _batch_lines(model: DashboardModel) -> list[str]:
+    """A line per provider batch of the run, for the redrawn terminal view."""
+    now = model.now()
+    return [f"batch {batch_line(b, now)}" for b in model.batches.values()]
 
-    def __init__(self, models: Sequence[str], per_model: int, out: TextIO = sys.stderr) -> None:
+
+def _beat_batches(model: DashboardModel, out: TextIO) -> None:
+    """The heartbeat's batch lines: each open batch with the counts its provider last reported."""
+    now = model.now()
+    for b in model.batches.values():
+        if b.open:
+            print(f"  batch {batch_line(b, now)}", file=out, flush=True)
+
+
+def _say_state_file(progress: TerminalProgress | MapProgress) -> None:
+    """Once the first batch exists, where its state file is: what ``resume`` needs after an interruption."""
+    if progress.state_path is not None and not progress.said_path:
+        progress.said_path = True
+        if progress.tty and progress._drawn:  # above the redrawn block, which is drawn again below it
+            progress.out.write(f"\x1b[{progress._drawn}F\x1b[J")
+            progress._drawn = 0
+        print(f"  batch state: {progress.state_path} (after an interruption: nbfanout resume {progress.state_path})",
+              file=progress.out, flush=True)
+
+
+def _interrupted_with_batches(progress: TerminalProgress | MapProgress | None) -> None:
+    """Ctrl-C stops the waiting, not the provider's batches: say how to pick them up or cancel them."""
+    if progress is None or not progress.model.batches or progress.state_path is None:
+        return
+    path = progress.state_path
+    print(f"nbfanout: the provider batches go on; `nbfanout resume {path}` picks them up, "
+          f"`nbfanout batches --cancel {path}` cancels them", file=sys.stderr, flush=True)
+
+
+class MapProgress:
+    """"Completed N/M" per model for a map: redrawn on a terminal, a line per tenth done otherwise.
+
+    Provider batches (``--batch``) add a line each: on a terminal redrawn with the rest, otherwise
+    printed when a batch is created, changes status or is read, and on every heartbeat while the
+    run is quiet (a batch may take hours: the terminal must not look hung). A model's requests
+    inside a batch read "in batch <status>", not as a rate of answers."""
+
+    def __init__(self, models: Sequence[str], per_model: int, out: TextIO = sys.stderr,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.models = list(models)
         self.total = per_model
         self.out = out
+        self.clock = clock
         self.done = {m: 0 for m in self.models}
         self.failed = {m: 0 for m in self.models}
+        self.model = DashboardModel(self.models)  # the batches and the rows' "in batch" counts
         self.tty = _redrawable(out)
-        self._started = time.monotonic()
+        self._started = self._said_at = clock()
         self._drawn = 0
         self._last = 0.0
+        self._batch_news = BatchNews()
+        self.state_path: Path | None = None
+        self.said_path = False
 
     def __call__(self, event: Any) -> None:
+        self.model.apply(event)
+        if self.tty and self.model.batches and event.kind == "utilization":  # elapsed times move on
+            now = self.clock()
+            if now - self._last >= 0.5:
+                self._last = now
+                self._redraw()
+            return
+        if event.kind == "batch_progress":
+            _say_state_file(self)
+            if self.tty:
+                self._redraw()
+            else:
+                for b in self._batch_news(self.model):
+                    print(f"  batch {batch_line(b, self.model.now())}", file=self.out, flush=True)
+                    self._said_at = self.clock()
+            return
         if event.kind not in ("model_completed", "model_failed"):
             return
         name = _answer_row(event)
@@ -156,30 +240,59 @@ class BatchProgress:
         self.failed[name] += event.kind == "model_failed"
         n = self.done[name]
         if self.tty:
-            now = time.monotonic()
+            now = self.clock()
             if now - self._last >= 0.1 or n == self.total:
                 self._last = now
                 self._redraw()
-        elif n == self.total or n % max(1, self.total // 10) == 0:
+            return
+        # a batch's results arrive all at once, as it is read: its model's line once, when all are in
+        batched = self.model.rows[name].via == "batch" if name in self.model.rows else False
+        if n == self.total or (not batched and n % max(1, self.total // 10) == 0):
             print(f"  {self._line(name)}", file=self.out, flush=True)
+            self._said_at = self.clock()
 
     def _line(self, name: str) -> str:
-        """``model: Completed 30/100, 2 failed, 3.1/s, ETA 23 s`` (rate and ETA from this model's pace so far)."""
+        """``model: Completed 30/100, 2 failed, 3.1/s, ETA 23 s`` (rate and ETA from this model's pace so far),
+        or for a batched model ``model: Completed 0/100, 100 in batch in_progress (provider: 40 ended)``."""
         done = self.done[name]
         failed = f", {self.failed[name]} failed" if self.failed[name] else ""
-        elapsed = time.monotonic() - self._started
+        row = self.model.rows.get(name)
+        if row is not None and row.via == "batch":
+            held = ""
+            if row.in_batch:
+                reported = sum(b.reported for b in self.model.batches_of(name) if b.open)
+                held = f", {row.in_batch} {row.detail}" + (f" (provider: {reported} ended)" if reported else "")
+            return f"{name}: Completed {done}/{self.total}{failed}{held}"
+        elapsed = self.clock() - self._started
         pace = ""
         if done and elapsed > 0:
             rate = done / elapsed
             pace = f", {rate:.1f}/s" + (f", ETA {duration((self.total - done) / rate)}" if done < self.total else "")
         return f"{name}: Completed {done}/{self.total}{failed}{pace}"
 
+    def heartbeat(self, quiet_s: float = HEARTBEAT_S) -> None:
+        """While nothing is said for ``quiet_s``: the models still open and each open batch's counts."""
+        now = self.clock()
+        if self.tty:
+            self._redraw()
+            return
+        if now - self._said_at < quiet_s or all(self.done[m] >= self.total for m in self.models):
+            return
+        self._said_at = now
+        still = [self._line(m) for m in self.models if self.done[m] < self.total]
+        more = f" (+{len(still) - 3} more)" if len(still) > 3 else ""
+        print(f"  {now - self._started:.0f} s, still open: " + "; ".join(still[:3]) + more, file=self.out, flush=True)
+        _beat_batches(self.model, self.out)
+
     def _redraw(self) -> None:
         if self._drawn:
             self.out.write(f"\x1b[{self._drawn}F")
         for m in self.models:
             self.out.write(f"\x1b[2K  {self._line(m)}\n")
-        self._drawn = len(self.models)
+        lines = _batch_lines(self.model)
+        for line in lines:
+            self.out.write(f"\x1b[2K  {line}\n")
+        self._drawn = len(self.models) + len(lines)
         self.out.flush()
 
 
@@ -279,8 +392,8 @@ def _fanout(args: argparse.Namespace) -> Any:
     """The Fanout a run or map command asks for: config, request caps, concurrency, shared budgets."""
     from nbfanout.core.fanout import Fanout
 
-    return Fanout(args.config, provider_rpm=parse_provider_rpm(args.provider_rpm), concurrency=args.concurrency,
-                  shared=getattr(args, "shared", None))
+    return Fanout(args.config, provider_rpm=parse_provider_rpm(getattr(args, "provider_rpm", None)),
+                  concurrency=getattr(args, "concurrency", None), shared=getattr(args, "shared", None))
 
 
 def _say_shared(fx: Any) -> None:
@@ -293,6 +406,44 @@ def _say_shared(fx: Any) -> None:
               + (f" with up to {joint} processes" if joint > 1 else " (no other process was using them)"), file=sys.stderr)
     else:
         print(f"budgets were kept in this process: {fx.shared.config.shown} was unreachable", file=sys.stderr)
+
+
+def _via(args: argparse.Namespace) -> str:
+    """``--batch`` / ``--via``: how the requests go (live, batch, auto), checked against each other."""
+    if args.batch and args.via not in (None, "batch"):
+        raise UsageError(f"--batch means --via batch: drop --batch or --via {args.via}")
+    via = args.via or ("batch" if args.batch else "live")
+    if via == "live" and args.batch_state:
+        raise UsageError("--batch-state names a batch map's state file: add --batch (or --via batch|auto)")
+    if via != "auto" and args.batch_after is not None:
+        raise UsageError("--batch-after is the threshold of --via auto: add --via auto or drop it")
+    return via
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    """Where a batch map's state goes: --batch-state, which must not hold another map already, or a new
+    file under .nbfanout/batches/ (named here, so the CLI can say it before the batches are done)."""
+    from nbfanout.progress import new_state_path
+
+    if args.batch_state:
+        path = Path(args.batch_state)
+        if path.exists():
+            raise UsageError(f"--batch-state {path}: exists (a map's batches may be in it); pick its batches up "
+                             f"with `nbfanout resume {path}`, or name a new file")
+        if path.parent != Path("") and path.parent.exists() and not path.parent.is_dir():
+            raise UsageError(f"--batch-state {path}: {path.parent} is not a directory")
+        return path
+    return new_state_path()
+
+
+def _batch_kwargs(args: argparse.Namespace, via: str) -> dict[str, Any]:
+    """``map``'s keyword arguments for --batch / --via / --batch-state / --batch-after."""
+    if via == "live":
+        return {}
+    out: dict[str, Any] = {"via": via, "batch_state": _state_path(args)}
+    if args.batch_after is not None:
+        out["batch_after_s"] = args.batch_after
+    return out
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -311,6 +462,10 @@ async def _run(args: argparse.Namespace) -> int:
     for f in args.file or []:
         prompt += f"\n\n--- {f} ---\n" + read_text_file(f, "--file")
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
+    via = _via(args)
+    if via != "live" and (args.one or args.stream):
+        raise UsageError(f"--{'one' if args.one else 'stream'} needs live requests: a provider batch answers "
+                         "every request at once, later; drop it or --batch / --via")
     fx = _fanout(args)
     if args.dry_run:
         from nbfanout.render import plan_text  # the notebook's %%fanout --dry-run shows the same rows
@@ -325,6 +480,9 @@ async def _run(args: argparse.Namespace) -> int:
     if not live and not args.json:
         progress = TerminalProgress(names)
         fx.subscribe(progress)
+    batching = _batch_kwargs(args, via)
+    if progress is not None and batching:
+        progress.state_path = batching["batch_state"]
     params: dict[str, Any] = {}
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
@@ -336,6 +494,14 @@ async def _run(args: argparse.Namespace) -> int:
         await with_heartbeat(fx.ask(prompt, models=models, pool=args.pool, timeout=args.timeout, **params), progress)
         assert isinstance(fx.last_result, FanoutResult)
         result = fx.last_result
+    elif batching:  # one prompt as a map: the same rows, each through its provider's batch API where it has one
+        try:
+            batch = await with_heartbeat(fx.map([prompt], models, pool=args.pool, timeout=args.timeout,
+                                                **batching, **params), progress)
+        except asyncio.CancelledError:
+            _interrupted_with_batches(progress)
+            raise
+        result = replace(batch.rows[0], elapsed_s=batch.elapsed_s)
     else:
         result = await with_heartbeat(fx.run(prompt, models, pool=args.pool, timeout=args.timeout, **params), progress)
     if args.synthesize and result.succeeded:
@@ -361,17 +527,36 @@ async def _map(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, args.column)
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
     check_out_dir(args.out)
+    via = _via(args)
+    if via != "live" and args.route:
+        raise UsageError("--route picks one model per prompt as capacity frees up, which a provider batch "
+                         "cannot: drop --route or --batch / --via")
     fx = _fanout(args)
     names = fx._resolve(models, args.pool, prompts[0])
     if args.judge:
         fx.config.model(args.judge)
     shown = names[:1] if args.route else names
+    batching = _batch_kwargs(args, via)  # a --batch-state that holds a map already is refused before anything
     print(f"{len(prompts)} prompts × {len(names)} models"
-          + (" (one answer per prompt, routed)" if args.route else ""), file=sys.stderr)
-    fx.subscribe(BatchProgress(shown, len(prompts)))
+          + (" (one answer per prompt, routed)" if args.route else "")
+          + ("" if via == "live" else f", via {via}"), file=sys.stderr)
+    progress = MapProgress(shown, len(prompts))
+    fx.subscribe(progress)
+    if batching:
+        progress.state_path = batching["batch_state"]
     params: dict[str, Any] = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
-    batch = await fx.map(prompts, models, pool=args.pool, judge=args.judge, route=args.route,
-                         timeout=args.timeout, **params)
+    try:
+        batch = await with_heartbeat(fx.map(prompts, models, pool=args.pool, judge=args.judge, route=args.route,
+                                            timeout=args.timeout, **batching, **params), progress)
+    except asyncio.CancelledError:
+        _interrupted_with_batches(progress)
+        raise
+    return _map_output(fx, batch, args)
+
+
+def _map_output(fx: Any, batch: Any, args: argparse.Namespace) -> int:
+    """A map's results as JSONL in prompt order (stdout, or DIR/results.jsonl with --out), a summary on
+    stderr, and the exit status: 0 when every answer came (or at least one, with --partial-success-ok)."""
     lines = [json.dumps(rec, ensure_ascii=False) for rec in batch.to_records()]
     if args.out:
         out = Path(args.out)
@@ -383,11 +568,87 @@ async def _map(args: argparse.Namespace) -> int:
     results = batch.results
     ok = sum(r.ok for r in results)
     unpriced = f" + {len(batch.unpriced)} unpriced" if batch.unpriced else ""
-    print(f"{ok}/{len(results)} succeeded in {batch.elapsed_s:.2f}s; ${batch.total_cost:.5f}{unpriced}", file=sys.stderr)
+    by_batch = sum(r.via == "batch" for r in results)
+    how = f" ({by_batch} via batch)" if by_batch else ""
+    print(f"{ok}/{len(results)} succeeded in {batch.elapsed_s:.2f}s{how}; ${batch.total_cost:.5f}{unpriced}",
+          file=sys.stderr)
     _say_shared(fx)
     if ok == len(results):
         return 0
     return 0 if (args.partial_success_ok and ok) else 1
+
+
+async def _resume(args: argparse.Namespace) -> int:
+    """``resume PATH``: the map a state file describes, finished, printed as ``map`` prints it."""
+    from nbfanout.core.batch import BatchState
+
+    check_out_dir(args.out)
+    state = BatchState.load(args.path)  # a missing or broken file: its UsageError says which and why
+    fx = _fanout(args)
+    if args.judge:
+        fx.config.model(args.judge)
+    open_jobs = sum(j.state in ("running", "ended") for j in state.jobs)
+    print(f"resuming {state.path}: {len(state.prompts)} prompts × {len(state.models)} models, "
+          f"{len(state.jobs)} batch(es), {open_jobs} not read yet", file=sys.stderr)
+    progress = MapProgress(state.models, len(state.prompts))
+    progress.state_path, progress.said_path = state.path, True
+    progress.model.seed_batches(state.jobs)
+    fx.subscribe(progress)
+    try:
+        batch = await with_heartbeat(fx.resume(state.path, judge=args.judge, concurrency=args.concurrency), progress)
+    except asyncio.CancelledError:
+        _interrupted_with_batches(progress)
+        raise
+    return _map_output(fx, batch, args)
+
+
+def _job_line(job: Any) -> str:
+    from nbfanout.render import short_batch_id
+
+    counts = f"{job.succeeded}/{job.total} ✓" + (f" · {job.failed} ✗" if job.failed else "")
+    return (f"{job.model} {short_batch_id(job.batch_id)} {job.status or job.state} · {counts} · {job.state}"
+            + (f" — {job.message}" if job.message else ""))
+
+
+async def _batches(args: argparse.Namespace) -> int:
+    """``batches``: the state files under --dir with their batches' status as the providers report it
+    now (--saved: as the files hold it); ``--cancel PATH``: ask the providers to cancel its open batches."""
+    from nbfanout.core.batch import STATE_DIR, BatchState
+    from nbfanout.progress import saved_batches, state_files
+    from nbfanout.render import saved_batches_text
+
+    if args.cancel:
+        state = BatchState.load(args.cancel)
+        running = [j for j in state.jobs if j.state == "running" and j.batch_id]
+        if not running:
+            print(f"nothing to cancel in {state.path}: none of its {len(state.jobs)} batch(es) is still running")
+            return 0
+        fx = _fanout(args)
+        jobs = await fx.cancel_batches(state.path)
+        for job in jobs:
+            print(f"  asked {job.provider} to cancel: {_job_line(job)}")
+        print(f"cancelled {len(jobs)} batch(es) of {state.path}; requests already done stay readable: "
+              f"`nbfanout resume {state.path}` returns them, the others as cancelled")
+        return 0
+    folder = Path(args.dir) if args.dir else STATE_DIR
+    if args.dir and not folder.is_dir():
+        raise UsageError(f"--dir {args.dir}: no such directory")
+    paths = state_files(folder)
+    fx = None if args.saved or not paths else _fanout(args)
+    entries = await saved_batches(fx, paths, ask=not args.saved)
+    if args.json:
+        print(json.dumps([{
+            "path": str(e.path), "error": e.error or None, "note": e.note or None, "created_at": e.created_at,
+            "config": e.config, "prompts": e.prompts, "models": list(e.models), "batched": list(e.batched),
+            "done": e.done, "asked": e.asked,
+            "jobs": [{k: v for k, v in j.to_json().items() if k not in ("key_digest", "extra")} for j in e.jobs],
+        } for e in entries], indent=2, ensure_ascii=False))
+        return 0
+    if not paths:
+        print(f"no batch state files in {folder} (map --batch writes one per map)")
+        return 0
+    print(saved_batches_text(entries))
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -550,6 +811,22 @@ async def _demo(args: argparse.Namespace) -> int:
         return 0 if result.succeeded else 1
 
 
+def _batch_flags(parser: argparse.ArgumentParser) -> None:
+    """--batch, --via, --batch-state, --batch-after: the same on run and map."""
+    parser.add_argument("--batch", action="store_true",
+                        help="send through the providers' batch APIs (half the price, their own quota; minutes to "
+                             "hours); models whose provider has none run live. Same as --via batch")
+    parser.add_argument("--via", choices=("live", "batch", "auto"),
+                        help="live (default), batch, or auto: batch only the models whose live run the known "
+                             "limits make last longer than --batch-after")
+    parser.add_argument("--batch-state", metavar="PATH",
+                        help="the batch map's state file, for `nbfanout resume` (default: a new file under "
+                             ".nbfanout/batches/)")
+    parser.add_argument("--batch-after", type=positive_float, metavar="S",
+                        help="with --via auto: batch a model whose live run would last longer than S seconds "
+                             "(default 600)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbfanout", description="Send prompts to many LLMs at once.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -578,6 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
     run.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one model succeeded")
+    _batch_flags(run)
 
     batch = sub.add_parser("map", help="send every prompt of a file to many models; JSONL results in prompt order")
     batch.add_argument("--prompts", required=True, metavar="FILE",
@@ -597,6 +875,25 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-tokens", type=positive_int, help="maximum output tokens per answer")
     batch.add_argument("--out", metavar="DIR", help="write results.jsonl into DIR instead of printing it")
     batch.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one answer came")
+    _batch_flags(batch)
+
+    resume = sub.add_parser("resume", help="pick up a batch map from its state file: wait for its batches, "
+                                           "read every answer; JSONL results in prompt order, as map prints them")
+    resume.add_argument("path", metavar="PATH", help="the state file (`nbfanout batches` lists them)")
+    resume.add_argument("--config", help="config file (default: ./nbfanout.toml); it must hold the keys that "
+                                         "created the batches")
+    resume.add_argument("--judge", metavar="MODEL", help="score each answer 0-10 with MODEL")
+    resume.add_argument("--concurrency", type=positive_int, help="requests in flight at most (what runs live)")
+    resume.add_argument("--out", metavar="DIR", help="write results.jsonl into DIR instead of printing it")
+    resume.add_argument("--partial-success-ok", action="store_true", help="exit 0 when at least one answer came")
+
+    batches = sub.add_parser("batches", help="list batch maps' state files with their batches' status now, "
+                                             "or cancel one's batches")
+    batches.add_argument("--dir", metavar="DIR", help="where the state files are (default: .nbfanout/batches)")
+    batches.add_argument("--cancel", metavar="PATH", help="ask the providers to cancel this state file's open batches")
+    batches.add_argument("--config", help="config file (default: ./nbfanout.toml), to ask the providers")
+    batches.add_argument("--saved", action="store_true", help="show the status the files hold; ask no provider")
+    batches.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="list the models: prices, limits (with source and date), capabilities, keys")
     models.add_argument("--config")
@@ -643,6 +940,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(args))
         if args.command == "map":
             return asyncio.run(_map(args))
+        if args.command == "resume":
+            return asyncio.run(_resume(args))
+        if args.command == "batches":
+            return asyncio.run(_batches(args))
         if args.command == "models":
             return _models(args)
         if args.command == "limits":

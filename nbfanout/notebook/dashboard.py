@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from nbfanout.core.events import Event
-from nbfanout.progress import FINAL_STATES, DashboardModel, Row, TextNews
-from nbfanout.render import GRID_MAX, dashboard_html, mask_key, result_text, snapshot_html
+from nbfanout.progress import FINAL_STATES, BatchNews, DashboardModel, Row, TextNews
+from nbfanout.render import GRID_MAX, batch_line, batch_result_text, dashboard_html, mask_key, result_text, snapshot_html
 
 if TYPE_CHECKING:
     from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
@@ -114,9 +114,10 @@ class Dashboard:
         self._closed = True  # a tick still pending on the loop thread does nothing now
         if self._timer is not None:
             self._timer.cancel()
-        from nbfanout.core.results import FanoutResult
+        from nbfanout.core.results import BatchResult, FanoutResult
 
-        text = result_text(result) if isinstance(result, FanoutResult) else repr(self)
+        text = (result_text(result) if isinstance(result, FanoutResult) else
+                batch_result_text(result) if isinstance(result, BatchResult) else repr(self))
         bundle = {"text/html": snapshot_html(self.model, result, timeline_png), "text/plain": text}
         if self._handle is not None:
             self._handle.update(bundle, raw=True)
@@ -201,12 +202,14 @@ class Dashboard:
 
 
 class TextProgress:
-    """Plain-text progress for IPython without widgets: a line whenever a model changes state for good."""
+    """Plain-text progress for IPython without widgets: a line whenever a model changes state for good,
+    and whenever a provider batch is created, changes status or is read."""
 
     def __init__(self, models: Sequence[str], out: TextIO | None = None) -> None:
         self.model = DashboardModel(models)
         self.out = out or sys.stdout
         self._news = TextNews()
+        self._batch_news = BatchNews()
 
     def on_event(self, event: Event) -> None:
         """Event subscriber: print the rows whose state changed to one worth a line."""
@@ -214,6 +217,9 @@ class TextProgress:
             return
         for row in self._news(self.model):
             print(f"[{self.model.now():6.2f}s] {row.label}: {row.detail}", file=self.out, flush=True)
+        if event.kind == "batch_progress":
+            for b in self._batch_news(self.model):
+                print(f"[{self.model.now():6.2f}s] batch {batch_line(b, self.model.now())}", file=self.out, flush=True)
 
     def close(self, *, cancelled: bool = False) -> None:
         """Report the rows an interrupt cancelled."""

@@ -6,6 +6,9 @@ checked before any request is sent; mistakes raise IPython's UsageError, so the 
 one clear line instead of a traceback. The core runs on nbfanout's own loop thread
 (``_runner``); the dashboard is displayed first and then only updated from that thread.
 ``%fanout models | status | config`` show the catalog, live budgets and configuration.
+``%%fanout --batch`` sends the cell through the providers' batch APIs (half the price, their
+own quota); ``%fanout resume PATH`` picks such a map up from its state file after a restart,
+with the dashboard, and ``%fanout batches`` lists the state files (``--cancel PATH`` cancels).
 
 One ``Fanout`` is kept per configuration (and ``--provider-rpm`` / ``--concurrency``), so
 budgets, cooldowns and learned limits carry over from cell to cell.
@@ -105,16 +108,27 @@ _CELL_EXAMPLES = """examples:
 
   %%fanout --shared redis://localhost:6379/0 --models openai/gpt-5.5
   Budgets kept jointly with every kernel using that Redis.
+
+  %%fanout --batch --models openai/gpt-4o-mini anthropic/claude-haiku-4-5-20251001 --out r
+  Half the price through the providers' batch APIs; answers in minutes to hours.
+  (--batch-state runs/q.json names the state file; %fanout resume runs/q.json picks it up)
+
+  %%fanout --via auto --batch-after 300 --models openai/gpt-4o-mini
+  Batch only where the known limits make the live run last longer than 300 s.
 """
 
 _LINE_EXAMPLES = """examples:
   %fanout models --provider openrouter
   %fanout status
   %fanout cooldowns --clear
+  %fanout batches                       (state files under .nbfanout/batches, status asked now)
+  %fanout batches --cancel .nbfanout/batches/20260101-120000-ab12cd.json
+  %fanout resume .nbfanout/batches/20260101-120000-ab12cd.json --out answers
 """
 
 #: The core's messages name the terminal command; in a notebook the line magic does the same.
-_NOTEBOOK_COMMANDS = {"`nbfanout models`": "`%fanout models`", "`nbfanout status`": "`%fanout status`"}
+_NOTEBOOK_COMMANDS = {"`nbfanout models`": "`%fanout models`", "`nbfanout status`": "`%fanout status`",
+                      "`nbfanout batches`": "`%fanout batches`"}
 
 
 def _in_notebook_words(exc: BaseException) -> str:
@@ -155,6 +169,9 @@ class CellRequest:
     dashboard: bool = True
     background: bool = False
     one: bool = False
+    via: str = "live"  # live, batch or auto (the providers' batch APIs)
+    batch_state: Path | None = None
+    batch_after: float | None = None
 
 
 @dataclass
@@ -298,6 +315,16 @@ class FanoutMagics(Magics):
     @argument("--no-dashboard", action="store_true", help="no live dashboard, timeline or answers; the cell returns the FanoutResult")
     @argument("--background", action="store_true",
               help="return at once; the dashboard keeps updating and --out is stored when done")
+    @argument("--batch", action="store_true",
+              help="send through the providers' batch APIs: half the price, their own quota, answers in minutes "
+                   "to hours; models whose provider has none run live (same as --via batch)")
+    @argument("--via", choices=("live", "batch", "auto"),
+              help="live (default), batch, or auto: batch only the models whose live run the known limits make "
+                   "last longer than --batch-after")
+    @argument("--batch-state", metavar="PATH",
+              help="the batch map's state file, for %%fanout resume PATH (default: a new file under .nbfanout/batches/)")
+    @argument("--batch-after", type=positive_float, metavar="S",
+              help="with --via auto: batch a model whose live run would last longer than S seconds (default 600)")
     @cell_magic("fanout")  # type: ignore[arg-type]  # IPython's decorator types reject methods
     @no_var_expand  # {name} is filled by fill_prompt, with its checks, in the line as in the body
     def fanout_cell(self, line: str, cell: str) -> Any:
@@ -318,18 +345,20 @@ class FanoutMagics(Magics):
         if busy is not None and not busy.done():
             raise UsageError("a --background run with this configuration is still going; wait for it "
                              "(handle.result()) or cancel it (handle.cancel()) first")
-        kind = self._view_kind(req)
+        kind = self._view_kind(req.dashboard)
         view: Any = None
         if kind == "widgets":
             from nbfanout.notebook.dashboard import Dashboard
 
             expected = 4 * req.params["max_tokens"] if "max_tokens" in req.params else None  # ~4 characters a token
             view = Dashboard(req.names, stream=req.stream, expected_chars=expected, background=req.background)
+            view.model.state_path = str(req.batch_state) if req.batch_state else None
             view.display()
         elif kind == "text":
             from nbfanout.notebook.dashboard import TextProgress
 
             view = TextProgress(req.names)
+            view.model.state_path = str(req.batch_state) if req.batch_state else None
         before = fx.last_result
         progress = _Progress()
         job: LoopJob[FanoutResult] = LoopJob(self._drive(fx, req, view, kind, progress), name="nbfanout-cell")
@@ -355,6 +384,8 @@ class FanoutMagics(Magics):
             answered = len(result.succeeded)
             print(f"interrupted: {answered} of {len(result.results)} models had answered; "
                   "every request still in flight was cancelled", file=sys.stderr, flush=True)
+            if req.batch_state is not None and req.batch_state.exists():
+                _say_batches_go_on(req.batch_state)
         if kind == "widgets":
             # the snapshot shows everything the result's own table would: returning it would repeat it
             self._show_final(view, result)
@@ -380,6 +411,14 @@ class FanoutMagics(Magics):
                 print(f"note: --rerun resends the prompt of {args.rerun}; this cell's text is not sent", file=sys.stderr)
         elif not models and not args.pool:
             raise UsageError("no models: pass --models A B ... or --pool NAME (%%fanout? lists every option)")
+        via = _via(args)
+        if via != "live":
+            for flag, on in (("--one", args.one), ("--stream", args.stream), ("--rerun", args.rerun is not None),
+                             ("--image", bool(args.image))):
+                why = ("a provider batch sends text prompts" if flag == "--image" else
+                       "a provider batch answers every request at once, later")
+                if on:
+                    raise UsageError(f"{flag} needs live requests, and {why}: drop {flag} or --batch / --via {via}")
         if models and args.pool:
             raise UsageError("pass --models or --pool, not both")
         if args.one and (args.synthesize or args.rerun is not None):
@@ -422,12 +461,13 @@ class FanoutMagics(Magics):
             prompt=prompt, models=models, pool=args.pool, names=names, system=system, params=params,
             images=list(args.image), stream=args.stream, timeout=args.timeout, synthesize=args.synthesize,
             out=args.out, rerun=rerun, dry_run=args.dry_run, dashboard=not args.no_dashboard, background=args.background,
-            one=args.one,
+            one=args.one, via=via, batch_state=None if via == "live" else _new_state_path(args.batch_state),
+            batch_after=args.batch_after,
         )
 
-    def _view_kind(self, req: CellRequest) -> str | None:
+    def _view_kind(self, dashboard: bool) -> str | None:
         """"widgets" in a kernel with ipywidgets, "text" in plain IPython (or without ipywidgets), None if off."""
-        if not req.dashboard:
+        if not dashboard:
             return None
         if getattr(self.shell, "kernel", None) is None:
             return "text"
@@ -454,6 +494,11 @@ class FanoutMagics(Magics):
                              stream=req.stream, timeout=req.timeout, **req.params)
                 assert isinstance(fx.last_result, FanoutResult)
                 result = fx.last_result
+            elif req.via != "live":  # the cell as a one-prompt map: the same rows, each by batch where it can be
+                extra: dict[str, Any] = {} if req.batch_after is None else {"batch_after_s": req.batch_after}
+                batch = await fx.map([req.prompt], req.models, pool=req.pool, system=req.system, timeout=req.timeout,
+                                     via=req.via, batch_state=req.batch_state, **extra, **req.params)
+                result = replace(batch.rows[0], elapsed_s=batch.elapsed_s)
             else:
                 result = await fx.run(req.prompt, req.models, pool=req.pool, system=req.system, images=req.images,
                                       stream=req.stream, timeout=req.timeout, **req.params)
@@ -545,21 +590,44 @@ class FanoutMagics(Magics):
     # -- %fanout models | status | config -----------------------------------------------------------
     @magic_arguments(name="fanout")
     @kwds(epilog=_LINE_EXAMPLES)
-    @argument("command", choices=["models", "status", "config", "cooldowns"],
+    @argument("command", choices=["models", "status", "config", "cooldowns", "resume", "batches"],
               help="models: every model and whether it is usable; status: live budgets and cooldowns; "
-                   "config: the configuration; cooldowns: the waits providers asked for that are not over")
+                   "config: the configuration; cooldowns: the waits providers asked for that are not over; "
+                   "resume PATH: pick up a batch map from its state file, with the dashboard; "
+                   "batches: the batch maps' state files with their batches' status now")
+    @argument("path", nargs="?", metavar="PATH", help="with resume: the batch state file")
     @argument("--config", "-c", help="a TOML file, or a notebook variable holding a config dict")
     @argument("--clear", action="store_true", help="with cooldowns: end them now (saved ones too)")
     @argument("--pool", help="with models: only this pool's models")
     @argument("--provider", help="with models: only this provider's models")
     @argument("--capability", help="with models: only models with this capability (tools, vision, reasoning, ...)")
+    @argument("--out", "-o", metavar="NAME", help="with resume: store the BatchResult in the notebook as NAME")
+    @argument("--judge", metavar="MODEL", help="with resume: score each answer 0-10 with MODEL")
+    @argument("--concurrency", type=positive_int, metavar="N", help="with resume: most live requests in flight")
+    @argument("--no-dashboard", action="store_true", help="with resume: no dashboard; the line returns the BatchResult")
+    @argument("--dir", metavar="DIR", help="with batches: where the state files are (default: .nbfanout/batches)")
+    @argument("--cancel", metavar="PATH", help="with batches: ask the providers to cancel this state file's open batches")
+    @argument("--saved", action="store_true", help="with batches: the status the files hold; ask no provider")
     @line_magic("fanout")  # type: ignore[arg-type]
-    def fanout_line(self, line: str) -> None:
+    def fanout_line(self, line: str) -> Any:
         """Show the models (``%fanout models``), live budgets (``%fanout status``), configuration
-        (``%fanout config``) or cooldowns (``%fanout cooldowns [--clear]``)."""
+        (``%fanout config``) or cooldowns (``%fanout cooldowns [--clear]``); pick up a batch map
+        (``%fanout resume PATH``) or list and cancel them (``%fanout batches [--cancel PATH]``)."""
         args = parse_argstring(self.fanout_line, line)
         if args.clear and args.command != "cooldowns":
             raise UsageError("--clear goes with %fanout cooldowns")
+        for flag, value, command in (("--out", args.out, "resume"), ("--judge", args.judge, "resume"),
+                                     ("--concurrency", args.concurrency, "resume"),
+                                     ("--no-dashboard", args.no_dashboard, "resume"), ("--dir", args.dir, "batches"),
+                                     ("--cancel", args.cancel, "batches"), ("--saved", args.saved, "batches"),
+                                     ("PATH", args.path, "resume")):
+            if value not in (None, False) and args.command != command:
+                raise UsageError(f"{flag} goes with %fanout {command}")
+        if args.command == "resume":
+            return self._resume(args)
+        if args.command == "batches":
+            self._batches(args)
+            return None
         if args.command == "status":
             self._status(args.config)
             return
@@ -577,6 +645,120 @@ class FanoutMagics(Magics):
         else:
             text = render.config_text(fx.config)
             display(_Bundle({"text/plain": text}))
+        return None
+
+    # -- %fanout resume | batches --------------------------------------------------------------------
+    def _resume(self, args: argparse.Namespace) -> Any:
+        """A batch map picked up from its state file: its batches waited for and read with the dashboard
+        (a static snapshot when done), the BatchResult stored as --out NAME (and returned without widgets)."""
+        from nbfanout.core.batch import BatchState
+
+        if not args.path:
+            raise UsageError("%fanout resume needs the state file: %fanout resume PATH (%fanout batches lists them)")
+        if args.out is not None and not _IDENTIFIER.match(args.out):
+            raise UsageError(f"--out {args.out}: not a valid Python variable name")
+        with _clean_errors():
+            state = BatchState.load(args.path)
+            fx = self.fanout_for(args.config)
+            for name in [*state.models, *([args.judge] if args.judge else [])]:
+                fx.config.model(name)
+        kind = self._view_kind(not args.no_dashboard)
+        view: Any = None
+        if kind == "widgets":
+            from nbfanout.notebook.dashboard import Dashboard
+
+            view = Dashboard(state.models)
+        elif kind == "text":
+            from nbfanout.notebook.dashboard import TextProgress
+
+            view = TextProgress(state.models)
+        if view is not None:
+            view.model.state_path = str(state.path)
+            view.model.seed_batches(state.jobs)
+        if kind == "widgets":
+            view.display()
+        elif kind == "text":
+            open_jobs = sum(j.state in ("running", "ended") for j in state.jobs)
+            print(f"resuming {state.path}: {len(state.prompts)} prompts × {len(state.models)} models, "
+                  f"{len(state.jobs)} batch(es), {open_jobs} not read yet", flush=True)
+
+        async def drive() -> BatchResult:
+            unsubscribe = fx.subscribe(view.on_event) if view is not None else None
+            cancelled = False
+            try:
+                return await fx.resume(state.path, judge=args.judge, concurrency=args.concurrency)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            finally:
+                if unsubscribe is not None:
+                    unsubscribe()
+                if kind == "widgets":
+                    await view.aclose(cancelled=cancelled)
+                elif kind == "text":
+                    view.close(cancelled=cancelled)
+
+        job: LoopJob[BatchResult] = LoopJob(drive(), name="nbfanout-resume")
+        try:
+            result = job.wait()
+        except KeyboardInterrupt:
+            if kind == "widgets":
+                view.freeze(None)
+            _say_batches_go_on(state.path)
+            last = fx.last_result
+            if isinstance(last, BatchResult) and args.out:
+                self._ns[args.out] = last
+            return None
+        except BaseException as exc:
+            if kind == "widgets":
+                view.freeze(None)
+            if isinstance(exc, (FanoutUsageError, ConfigError)):
+                raise UsageError(_in_notebook_words(exc)) from None
+            raise
+        if args.out:
+            self._ns[args.out] = result
+        if kind == "widgets":
+            view.freeze(result)
+            return None
+        if kind == "text":
+            print(render.batch_result_text(result), flush=True)
+        return result
+
+    def _batches(self, args: argparse.Namespace) -> None:
+        """The state files under --dir with their batches' status as the providers report it now, or
+        (--cancel PATH) the providers asked to cancel one's open batches."""
+        from nbfanout.core.batch import STATE_DIR, BatchState
+        from nbfanout.progress import saved_batches, state_files
+
+        if args.cancel:
+            with _clean_errors():
+                state = BatchState.load(args.cancel)
+                fx = self.fanout_for(args.config)
+                jobs = LoopJob(fx.cancel_batches(state.path), name="nbfanout-cancel").wait()
+            lines = [f"asked {j.provider} to cancel {j.model} {render.short_batch_id(j.batch_id)}: "
+                     f"{j.status or j.state} · {j.succeeded}/{j.total} ✓" for j in jobs]
+            lines.append(f"cancelled {len(jobs)} batch(es) of {state.path}" if jobs else
+                         f"nothing to cancel in {state.path}: none of its batches is still running")
+            if jobs:
+                lines.append(f"requests already done stay readable: %fanout resume {state.path} returns them, "
+                             "the others as cancelled")
+            display(_Bundle({"text/plain": "\n".join(lines)}))
+            return
+        folder = Path(args.dir).expanduser() if args.dir else STATE_DIR
+        if args.dir and not folder.is_dir():
+            raise UsageError(f"--dir {args.dir}: no such directory")
+        paths = state_files(folder)
+        fx = None
+        if paths and not args.saved:
+            with _clean_errors():
+                fx = self.fanout_for(args.config)
+        entries = LoopJob(saved_batches(fx, paths, ask=not args.saved), name="nbfanout-batches").wait()
+        if not paths:
+            text = f"no batch state files in {folder} (%%fanout --batch writes one per cell)"
+            display(_Bundle({"text/plain": text}))
+            return
+        display(_Bundle({"text/html": render.saved_batches_html(entries, resume="%fanout resume"),
+                         "text/plain": render.saved_batches_text(entries, resume="%fanout resume")}))
 
     def _cooldowns(self, ref: str | None, *, clear: bool) -> None:
         """Cooldowns of every Fanout this session used (or of one), with those saved by earlier runs."""
@@ -613,6 +795,38 @@ class FanoutMagics(Magics):
             texts.append(f"{title}\n{render.budgets_text(budgets)}")
         display(_Bundle({"text/html": render.status_html(sections),
                          "text/plain": "\n\n".join(texts) or "nothing has run yet in this session"}))
+
+
+def _via(args: argparse.Namespace) -> str:
+    """``--batch`` / ``--via`` / ``--batch-state`` / ``--batch-after``, checked against each other."""
+    if args.batch and args.via not in (None, "batch"):
+        raise UsageError(f"--batch means --via batch: drop --batch or --via {args.via}")
+    via = args.via or ("batch" if args.batch else "live")
+    if via == "live" and args.batch_state:
+        raise UsageError("--batch-state names a batch map's state file: add --batch (or --via batch|auto)")
+    if via != "auto" and args.batch_after is not None:
+        raise UsageError("--batch-after is the threshold of --via auto: add --via auto or drop it")
+    return via
+
+
+def _new_state_path(given: str | None) -> Path:
+    """--batch-state, which must not hold a map already, or a new file under .nbfanout/batches/ (named
+    here, so the dashboard can show where it is while the batches run)."""
+    from nbfanout.progress import new_state_path
+
+    if not given:
+        return new_state_path()
+    path = Path(given).expanduser()
+    if path.exists():
+        raise UsageError(f"--batch-state {given}: exists (a map's batches may be in it); pick them up with "
+                         f"%fanout resume {given}, or name a new file")
+    return path
+
+
+def _say_batches_go_on(path: Path) -> None:
+    """Stopping the cell stops the waiting, not the provider's batches."""
+    print(f"the provider batches go on: %fanout resume {path} picks them up, "
+          f"%fanout batches --cancel {path} cancels them", file=sys.stderr, flush=True)
 
 
 class _Bundle:

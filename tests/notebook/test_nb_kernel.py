@@ -147,3 +147,36 @@ def test_watch_shows_a_map_live_and_leaves_its_snapshot(tmp_path: Path) -> None:
     assert final.count("6/6 answered") == 4  # each row's state and its tooltip
     assert "6 prompts × 2 models: 12/12 succeeded" in final  # the batch's table follows
     assert "answered: 12 of 12" in _text(nb.cells[3])
+
+
+def _snapshots(cell: Any) -> list[str]:
+    """Every HTML output of a cell that holds a dashboard (a static snapshot once the run is over)."""
+    return [o["data"]["text/html"] for o in cell.outputs
+            if "text/html" in o.get("data", {}) and 'class="nbf-row"' in o["data"]["text/html"]]
+
+
+def test_a_batch_cell_and_a_resume_leave_snapshots_with_their_provider_batches(tmp_path: Path) -> None:
+    nb = _execute("nb_batch_dashboard.ipynb", tmp_path)
+    for cell in nb.cells[1:]:
+        assert not [o for o in _outputs(cell) if o["output_type"] == "error"], _outputs(cell)
+        assert not [o for o in _outputs(cell) if WIDGET_VIEW in o.get("data", {})], "a widget view is left in the cell"
+    names = ("openai/gpt-4o-mini", "anthropic/claude-haiku-4-5-20251001", "gemini/gemini-2.5-flash")
+    # %%fanout --batch: the dashboard, its batch table and the answers, each saying how it came
+    (cell,) = _snapshots(nb.cells[2])
+    plain = re.sub(r' style="[^"]*"', "", cell)
+    assert plain.count('<tr class="nbf-batch"') == 3 and plain.count('data-state="fetched"') == 3
+    assert "provider batches · 3, all read" in plain and "state file one.json" in plain
+    assert plain.count("done by batch") >= 3 and plain.count("· by batch") == 3  # the rows' state, the cards
+    assert all(f'data-model="{m}" data-state="done"' in plain for m in names)
+    assert 'table-layout:fixed' in cell  # its layout inline, for a notebook opened untrusted
+    assert "open: 3" in _text(nb.cells[3])
+    # %fanout resume: one row per model counting its six requests, the batches, then the batch's table
+    (resumed,) = _snapshots(nb.cells[4])
+    plain = re.sub(r' style="[^"]*"', "", resumed)
+    assert plain.count('class="nbf-row"') == 3 and plain.count("6/6 answered by batch") >= 3
+    assert "state file left.json" in plain and plain.count('data-state="fetched"') == 3
+    assert "6 prompts × 3 models: 18/18 succeeded" in plain and "(18 by batch)" in plain
+    listing = _text(nb.cells[5])
+    assert "left.json  6 prompts × 3 models" in listing and "one.json  1 prompt × 3 models" in listing
+    assert "· done ·" in listing and "pick it up" not in listing
+    assert "cell: ['batch', 'batch', 'batch'] resumed: 18 of 18 ['batch']" in _text(nb.cells[6])

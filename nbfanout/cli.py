@@ -450,6 +450,9 @@ async def _run(args: argparse.Namespace) -> int:
     from nbfanout.core.results import FanoutResult
 
     if args.rerun:
+        if _via(args) != "live":
+            raise UsageError("--rerun resends one prompt's failed models live; a map's failures go again by batch "
+                             "with Fanout.rerun(batch, via='batch'): drop --batch / --via")
         return await _rerun(args)
 
     check_out_dir(args.out)

@@ -604,8 +604,7 @@ async def saved_batches(fx: Fanout | None, paths: Sequence[str | Path], *, ask: 
                 jobs = await fx.batch_status(entry.path)
             except FanoutError as exc:
                 entry.note = f"status not asked: {exc}"
-            else:
-                refreshed = _saved(entry.path)  # the file now holds what the providers said
-                entry.jobs, entry.done, entry.asked = tuple(jobs), refreshed.done, True
+            else:  # a status asked now never makes a map done: only reading its results does
+                entry.jobs, entry.asked = tuple(jobs), True
         out.append(entry)
     return out

@@ -254,6 +254,7 @@ def test_a_missing_or_broken_state_file_and_bad_batch_flags_are_one_clean_line(c
         (["run", "--prompt", "hi", "--models", MODELS, "--batch", "--via", "live", *base], "--batch means --via batch"),
         (["run", "--prompt", "hi", "--models", MODELS, "--batch", "--stream", *base], "--stream needs live requests"),
         (["run", "--prompt", "hi", "--models", MODELS, "--batch-state", "x.json", *base], "add --batch"),
+        (["run", "--rerun", str(tmp_path), "--batch", *base], "--rerun resends one prompt's failed models live"),
         (["run", "--prompt", "hi", "--models", MODELS, "--batch", "--batch-after", "5", *base], "--via auto"),
     ]
     for argv, expected in cases:

@@ -431,7 +431,12 @@ elseif cmd == 'clear_cooldown' then
 elseif cmd == 'observe' then
   -- ARGV: budget JSON with one kind, the provider's remaining, its reset in ms (-1: none), what this
   -- process sent since. Headers count use the store never saw (another client, requests sent before
-  -- the limit was known): counts only rise to meet them, so nothing is counted twice.
+  -- the limit was known): a window's count only rises to meet the provider's own (limit - remaining),
+  -- never to that plus what was sent since. The provider counts a request when it arrives, so one
+  -- sent after this answer's request often arrived before the answer was made and is in `remaining`
+  -- already; adding it again would hold a request the provider never saw for a whole window (as
+  -- core/shapes.py's windows, which move up only to `low`). A count still short is raised by the
+  -- next answer's headers. A token bucket's level is set, not added to: the next answer sets it again.
   local b = cjson.decode(ARGV[3])
   local k = b.kinds[1]
   local remaining, reset, newer = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -442,14 +447,14 @@ elseif cmd == 'observe' then
     local level = math.min(k.cap - st.pending, remaining - newer)
     if level < st.level then st.level = level; tb_save(K, k, st) end
   elseif k.shape == 'sw' then
-    local total = sw_total(K, k) - newer
+    local total = sw_total(K, k)
     if total < low - EPS then
       local at = now
       if reset >= 0 then at = math.min(now, now + reset - k.span) end
       local member = 'h' .. string.format('%.3f', now)
       redis.call('ZADD', K, at, member)
       redis.call('HINCRBYFLOAT', K .. ':a', member, low - total)
-      redis.call('HSET', K .. ':a', '#', low + newer)
+      redis.call('HSET', K .. ':a', '#', low)
       keep(K, k.span + 60000); keep(K .. ':a', k.span + 60000)
     end
   else
@@ -462,8 +467,8 @@ elseif cmd == 'observe' then
       k.phase = tonumber(redis.call('HGET', base(b.id) .. ':meta', 'phase:' .. k.kind)) or k.phase
     end
     local key = fw_key(K, fw_index(k, now))
-    if num(redis.call('GET', key)) - newer < low then
-      redis.call('SET', key, low + newer); keep(key, 2 * k.span + 60000)
+    if num(redis.call('GET', key)) < low - EPS then
+      redis.call('SET', key, low); keep(key, 2 * k.span + 60000)
     end
   end
   return cjson.encode({ok = true})

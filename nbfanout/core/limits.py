@@ -855,6 +855,9 @@ class BudgetSet:
             if store.active:
                 reservation.store = store
             return True
+        if verdict.stale:  # a release overtook the refusal: there may be room now, so no hold; look again
+            self._undo(reservation)
+            return False
         budget = shared[min(max(verdict.budget, 0), len(shared) - 1)]
         self._apply(budget, verdict)
         self._undo(reservation)

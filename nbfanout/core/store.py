@@ -149,6 +149,7 @@ class Verdict:
     text: str = ""
     budget: int = -1  # index into the budgets asked for
     wait_s: float | None = 0.0  # None: never (disabled)
+    stale: bool = False  # a release of that budget reached this process while the store answered: ask again
 
 
 def _script() -> str:
@@ -252,6 +253,7 @@ class SharedStore:
         self.active = True  # False once it fell back to local budgets ("local")
         self._links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Link] = weakref.WeakKeyDictionary()
         self._budgets: dict[str, Budget] = {}
+        self._releases: dict[str, int] = {}  # per tracked budget id: release messages seen so far
         self.failure: BaseException | None = None  # why the store failed ("fail": every reservation raises)
         self.on_fallback: Callable[[str], None] | None = None
 
@@ -379,15 +381,22 @@ class SharedStore:
         for shared_id in ids:
             budget = self._budgets.get(shared_id)
             if budget is not None:
+                self._releases[shared_id] = self._releases.get(shared_id, 0) + 1
                 budget.unhold()
 
     # --- reservations ---------------------------------------------------------------------
     async def reserve(self, rid: str, budgets: list[Budget], tokens: float, audio_s: float) -> Verdict:
-        """Admit the request ``rid`` in every one of ``budgets`` at once, or say why not."""
+        """Admit the request ``rid`` in every one of ``budgets`` at once, or say why not.
+
+        A refusal that a release of the refused budget overtook is ``stale``: the release (this
+        process's own, posted without waiting, or another's) reached Redis after the reservation and
+        its message came in before the reply, so holding the budget until the next release would wait
+        for one that already happened (with nothing else in flight, until the lease ran out)."""
         self.check()
         link = self._link()
         if link is None or not self.active:
             return Verdict(True)
+        seen = [self._releases.get(b.shared_id or "", 0) for b in budgets]
         described = json.dumps([self.describe(b, tokens, audio_s) for b in budgets])
         try:
             reply = await link.call("reserve", rid, self.lease_ms, described)
@@ -404,8 +413,12 @@ class SharedStore:
             link.open_rids.add(rid)
             return Verdict(True)
         wait_ms = float(reply.get("wait", -1))
-        return Verdict(False, str(reply.get("why", "")), str(reply.get("text", "")), int(reply.get("i", 1)) - 1,
-                       None if wait_ms < 0 else wait_ms / 1000.0)
+        index = int(reply.get("i", 1)) - 1
+        why = str(reply.get("why", ""))
+        at = min(max(index, 0), len(budgets) - 1)
+        stale = why != "disabled" and self._releases.get(budgets[at].shared_id or "", 0) != seen[at]
+        return Verdict(False, why, str(reply.get("text", "")), index, None if wait_ms < 0 else wait_ms / 1000.0,
+                       stale)
 
     def release(self, rid: str) -> None:
         link = self._link()

@@ -376,3 +376,100 @@ async def test_the_store_admits_each_shape_exactly_as_its_definition(redis_serve
         assert 0 < refused.wait_s <= 60.0
     else:
         assert refused.wait_s == pytest.approx(expected, abs=0.25), (refused.wait_s, expected)
+
+
+@pytest.mark.parametrize("limiter", ["sliding_window", "fixed_window"])
+async def test_headers_read_while_later_requests_arrive_never_count_one_twice(redis_server, redis_namespace, limiter):
+    """Three requests admitted under rpm 4; the second's answer says 1 remains (the third arrived while it
+    was being answered) with the third sent after it. The store's count rises to the provider's 3 at most,
+    not to 3 plus the third again: the fourth request is admitted (the flake CI met in the test above,
+    where the first process's fourth request was held for a minute), the fifth is not. Headers showing
+    use the store never saw still raise its count."""
+    import asyncio
+
+    from nbfanout.core.headers import RateSnapshot
+    from nbfanout.core.limits import BudgetSet
+    from nbfanout.core.store import SharedConfig, SharedStore
+
+    if limiter == "fixed_window":  # keep clear of the minute's edge on the server's clock (counts carry over it)
+        client = _store_client(redis_server.url)
+        try:
+            seconds, micros = client.time()
+        finally:
+            client.close()
+        into = (seconds % 60) + micros / 1e6
+        if into > 55.0:
+            await asyncio.sleep(61.5 - into)
+    stores = [SharedStore(SharedConfig(redis_server.url, namespace=redis_namespace)) for _ in range(2)]
+    for s in stores:
+        await s.open()
+
+    async def posted(store: SharedStore) -> None:  # what the budget told the store has reached it
+        link = store._link()
+        assert link is not None
+        while link.tasks:
+            await asyncio.gather(*list(link.tasks))
+
+    try:
+        first, second = (BudgetSet(shared=s).budget("model", "team/m", limiter=limiter, rpm=4) for s in stores)
+        admitted = [(await stores[0].reserve(f"r{i}", [first], 0.0, 0.0)).admitted for i in range(3)]
+        first.observe(RateSnapshot(limit_requests=4, remaining_requests=1), {"rpm": 1.0})
+        await posted(stores[0])
+        fourth = await stores[1].reserve("r3", [second], 0.0, 0.0)
+        fifth = await stores[1].reserve("r4", [second], 0.0, 0.0)
+        # another client used the whole minute: the store learns of use it never saw
+        other = BudgetSet(shared=stores[0]).budget("model", "team/other", limiter=limiter, rpm=4)
+        assert (await stores[0].reserve("o0", [other], 0.0, 0.0)).admitted
+        other.observe(RateSnapshot(limit_requests=4, remaining_requests=0), {"rpm": 0.0})
+        await posted(stores[0])
+        after_other = await stores[1].reserve("o1", [BudgetSet(shared=stores[1]).budget(
+            "model", "team/other", limiter=limiter, rpm=4)], 0.0, 0.0)
+    finally:
+        for s in stores:
+            await s.close()
+    assert admitted == [True] * 3
+    assert fourth.admitted, fourth
+    assert not fifth.admitted and fifth.why == "rate" and fifth.text == "rpm 4"
+    assert not after_other.admitted and after_other.why == "rate"
+
+
+async def test_a_release_whose_message_overtakes_the_refusal_it_follows_is_not_lost(redis_server, redis_namespace):
+    """One slot, held by process A. B asks; Redis refuses (1/1 in flight); A's release reaches Redis
+    next and its message reaches B before B has read the refusal. B must ask again at once, not hold
+    the budget until a release that already happened (before the fix: until A's 30 s lease ran out,
+    which stalled the Redis-stopped tests above for 30 s in about half of their runs)."""
+    import asyncio
+
+    from nbfanout.core.limits import BudgetSet, Option
+    from nbfanout.core.store import SharedConfig, SharedStore
+
+    stores = [SharedStore(SharedConfig(redis_server.url, namespace=redis_namespace, lease_s=30.0)) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        budget_a = BudgetSet(shared=stores[0]).budget("model", "team/m", concurrency=1)
+        budget_b_set = BudgetSet(shared=stores[1])
+        budget_b = budget_b_set.budget("model", "team/m", concurrency=1)
+        assert (await stores[0].reserve("held", [budget_a], 0.0, 0.0)).admitted
+        link = stores[1]._link()
+        assert link is not None
+        plain_call, order = link.call, []
+
+        async def refused_then_released(*args):
+            reply = await plain_call(*args)
+            if args[0] == "reserve" and not order:
+                order.append(reply.get("why"))
+                seen = dict(stores[1]._releases)
+                stores[0].release("held")  # reaches Redis after the refusal, its message before the reply is read
+                while stores[1]._releases == seen:
+                    await asyncio.sleep(0.005)
+            return reply
+
+        link.call = refused_then_released
+        reservation = await asyncio.wait_for(budget_b_set.acquire([Option((budget_b,), 0.0)]), timeout=5.0)
+        reservation.release()
+    finally:
+        for s in stores:
+            await s.close()
+    assert order == ["concurrency"]  # the first answer was the refusal the release overtook
+    assert reservation.store is stores[1]  # then admitted by the store, well before the lease ran out

@@ -15,8 +15,8 @@ from nbfanout.progress import DashboardModel
 
 #: The built-in batch_api scenario's models, one per batch API (and a second OpenAI one).
 BATCH_MODELS = ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5-20251001", "gemini/gemini-2.5-flash"]
-#: batch_api at this scale: batches end about a second after creation (OpenAI's 3.5 s × 0.3).
-TIME_SCALE = 0.3
+#: batch_api at this scale: batches end about 1.4 s after creation (OpenAI's 3.5 s × 0.4).
+TIME_SCALE = 0.4
 
 OAI = "sk-sbx-ui-batch-openai-0b01"
 _FAST = {"output_tokens": [5, 20], "latency": {"base_ms": 5}, "limits": {"rpm": 6000}}

@@ -56,9 +56,13 @@ async def test_requests_inside_a_batch_read_in_batch_never_queued_or_waiting(bat
         held = [(n, detail) for state, n, detail in after if state == "in_batch"]
         assert held and held[0][0] == 8  # all eight prompts, from the moment the batch exists
         assert all(detail.startswith("in batch ") for _, detail in held)
-    # the words are the provider's own
-    words = {detail for s in run.states for state, _, detail in s.values() if state == "in_batch"}
-    assert {"in batch validating", "in batch in_progress", "in batch BATCH_STATE_RUNNING"} <= words, words
+    # the words are the provider's own: every status a running batch reported is its row's detail
+    for name in BATCH_MODELS:
+        reported = {e.status for e in run.events if isinstance(e, BatchProgress) and e.model == name
+                    and e.state == "running" and e.status}
+        shown = {detail for s in run.states for state, _, detail in [s[name]] if state == "in_batch"}
+        assert reported and {f"in batch {w}" for w in reported} <= shown, (name, reported, shown)
+    assert any("in batch in_progress" == s["openai/gpt-4o-mini"][2] for s in run.states)
     assert run.mid_page, "no moment with two batches reporting counts"
 
 

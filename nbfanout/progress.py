@@ -55,7 +55,7 @@ __all__ = ["FINAL_STATES", "OPEN_BATCH_STATES", "BatchNews", "BatchRow", "Dashbo
 #: States a row does not leave.
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 #: A provider batch in these states still holds requests whose results have not been read.
-OPEN_BATCH_STATES = frozenset({"running", "ended"})
+OPEN_BATCH_STATES = frozenset({"creating", "running", "ended"})
 _STAGE = {"queued": 0.02, "waiting": 0.1, "rate_limited": 0.25, "retrying": 0.25, "in_batch": 0.3, "running": 0.55}
 
 
@@ -96,7 +96,7 @@ class BatchRow:
     model: str
     batch_id: str
     status: str = ""  # the provider's own word (validating, in_progress, BATCH_STATE_RUNNING, ended, ...)
-    state: str = "running"  # running | ended | failed | fetched (its results are read)
+    state: str = "running"  # creating | running | ended | failed | fetched (its results are read)
     total: int = 0
     succeeded: int = 0  # as the provider counts them (Anthropic's stay 0 until the batch ends)
     failed: int = 0
@@ -105,6 +105,7 @@ class BatchRow:
     seen_at: float = 0.0  # run-clock second of that report
     next_poll_at: float | None = None  # run-clock second its status is asked for next
     polls: int = 0
+    poll_error: str = ""  # why the last status request failed ("" when it was answered)
 
     @property
     def provider(self) -> str:
@@ -123,6 +124,8 @@ class BatchRow:
     @property
     def word(self) -> str:
         """Its status as the provider says it, or what it is before the first status arrives."""
+        if self.state == "creating":
+            return "creating"
         return self.status or ("created" if self.open else self.state)
 
     def elapsed(self, now: float) -> float:
@@ -365,11 +368,17 @@ class DashboardModel:
     def _apply_batch(self, e: BatchProgress) -> None:
         """A batch's report: its row in the batch table, and how many of its model's requests it holds."""
         key = e.batch_id or f"{e.model} (not created)"
+        if e.batch_id:  # created: the row that stood for its upload goes
+            pending = self.batches.get(f"{e.model} (not created)")
+            if pending is not None and pending.state == "creating":
+                del self.batches[f"{e.model} (not created)"]
+        if e.state_path:
+            self.state_path = e.state_path
         b = self.batches.get(key)
         if b is None:
             b = self.batches[key] = BatchRow(model=e.model, batch_id=e.batch_id)
             self.providers.add(e.model.split("/", 1)[0])
-        b.status, b.state, b.message = e.status, e.state, e.message
+        b.status, b.state, b.message, b.poll_error = e.status, e.state, e.message, e.poll_error
         b.total, b.succeeded, b.failed = e.total or b.total, e.succeeded, e.failed
         b.elapsed_s, b.seen_at = e.elapsed_s, e.t
         b.next_poll_at = e.t + e.next_poll_s if e.next_poll_s is not None else None
@@ -561,11 +570,9 @@ class SavedMap:
 def new_state_path() -> Path:
     """A new state file's path, named as ``map(via="batch")`` names its own: a view that names it
     first can say where it is (for ``resume``) as soon as the first batch exists."""
-    import uuid
+    from nbfanout.core.batch import new_state_path as named
 
-    from nbfanout.core.batch import STATE_DIR
-
-    return STATE_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.json"
+    return named()
 
 
 def state_files(directory: str | Path | None = None) -> list[Path]:

@@ -885,6 +885,8 @@ def batch_line(b: BatchRow, now: float) -> str:
         parts.append("reading results")
     elif b.state == "fetched":
         parts.append("results read")
+    if b.poll_error:
+        parts.append(f"status request failed: {b.poll_error}")
     line = " · ".join(parts)
     return line + (f" — {b.message}" if b.message else "")
 
@@ -910,8 +912,9 @@ def batches_html(model: DashboardModel, now: float | None = None) -> str:
     rows = []
     for b in model.batches.values():
         colour = BATCH_COLOURS.get(b.state, GREY)
-        status = b.word + (f": {b.message}" if b.message else "")
-        failed_style = f' style="color:{RED}"' if b.state == "failed" or b.message else ""
+        status = b.word + (f": {b.message}" if b.message else "") + (
+            f" (status request failed: {b.poll_error})" if b.poll_error else "")
+        failed_style = f' style="color:{RED}"' if b.state == "failed" or b.message or b.poll_error else ""
         counts = _batch_counts(b)
         poll = b.next_poll_in(now)
         poll_text = ("–" if poll is None else f"in {duration(poll)}" if poll >= 0.05 else "now")

@@ -93,7 +93,7 @@ def test_map_batch_prints_every_answer_in_order_via_batch_with_a_line_per_batch_
     assert state.done and sorted(j.model for j in state.jobs) == sorted(BATCH_MODELS)
     for job in state.jobs:  # each batch said when created, as its status moved on, and when read
         mine = [ln for ln in err.splitlines() if ln.strip().startswith(f"batch {job.model} ")]
-        assert "created · 0/5 ✓" in mine[0] and "results read" in mine[-1] and "5/5 ✓" in mine[-1], mine
+        assert "creating · 0/5 ✓" in mine[0] and "created · 0/5 ✓" in mine[1] and "results read" in mine[-1] and "5/5 ✓" in mine[-1], mine
         assert len(mine) >= 3
     assert any("batch openai/gpt-4o-mini batch_" in ln and " in_progress · " in ln for ln in err.splitlines())
     # a batch's answers arrive together: one "Completed" line per model, not a burst of ten

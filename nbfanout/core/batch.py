@@ -42,13 +42,18 @@ from nbfanout.providers.batches import BatchAPI, BatchItem, BatchStatus, batch_a
 if TYPE_CHECKING:
     from nbfanout.core.fanout import Fanout, _Run
 
-__all__ = ["BatchJob", "BatchRunner", "BatchState", "STATE_DIR"]
+__all__ = ["BatchJob", "BatchRunner", "BatchState", "STATE_DIR", "new_state_path"]
 
 log = logging.getLogger("nbfanout.batch")
 
 STATE_VERSION = 1
 #: Where a map's state file goes unless ``batch_state`` names one (relative to the working directory).
 STATE_DIR = Path(".nbfanout") / "batches"
+
+
+def new_state_path() -> Path:
+    """Where a map's state file goes unless the caller names one: ``STATE_DIR/<time>-<random>.json``."""
+    return STATE_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.json"
 
 
 def custom_id(prompt_index: int) -> str:
@@ -211,8 +216,7 @@ class BatchRunner:
             raise UsageError("via='batch' sends prompts (with a system prompt and parameters); images, "
                              "conversations and tools go live: use via='live'")
         if path is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = STATE_DIR / f"{stamp}-{uuid.uuid4().hex[:6]}.json"
+            path = new_state_path()
         return BatchState(path=Path(path), prompts=list(prompts), models=list(models), batched=list(batched),
                           system=spec.system, max_tokens=spec.max_tokens, temperature=spec.temperature,
                           params=_json_ready(spec.params), config=self.config.source)
@@ -257,6 +261,8 @@ class BatchRunner:
         endpoint = self._endpoint(provider, key)
         for k, chunk in enumerate(self._chunks(name, state, api, support)):
             label = f"nbfanout-{state.path.stem}-{name.replace('/', '_')}-{k}"
+            self.fx._emit(BatchProgress, run, model=name, state="creating", total=len(chunk),
+                          state_path=str(state.path))
             try:
                 with run.http.lease() as client:
                     batch_id, extra = await api.create(client, endpoint, [e for _, e, _ in chunk],
@@ -269,12 +275,13 @@ class BatchRunner:
                                state="failed", message=info.message)
                 state.jobs.append(job)
                 state.save()
+                self._emit(run, state, job, None)
                 continue
             job = BatchJob(name, provider.id, key.digest, key.id, batch_id, tuple(i for i, _, _ in chunk),
                            time.time(), extra, total=len(chunk))
             state.jobs.append(job)
             state.save()  # from here on a restart resumes this batch instead of sending it again
-            self._emit(run, job, None)
+            self._emit(run, state, job, None)
 
     def _job_index(self, state: BatchState, job: BatchJob) -> int:
         return next(k for k, j in enumerate(state.jobs) if j.batch_id == job.batch_id and j.model == job.model
@@ -312,15 +319,18 @@ class BatchRunner:
                 log.info("status of %s batch %s: %s; asking again in %.1fs", job.model, job.batch_id,
                          exc.info.message, delay)
                 status = None
-            if status is not None:
+                poll_error = exc.info.message
+            else:
+                poll_error = ""
                 job = self._update(state, index, status)
                 if status.done:
+                    self._emit(run, state, job, None)  # the provider's last word, while its results are read
                     break
-            self._emit(run, job, delay)
+            self._emit(run, state, job, delay, poll_error)
             await self.fx.clock.sleep(delay)
             delay = min(delay * 1.5, support.max_poll_s)
         if job.state == "failed":
-            self._emit(run, job, None)
+            self._emit(run, state, job, None)
             await self._follow(state, job, run, deliver)
             return
         requests = {custom_id(i): chat_request(model, state.spec(i)) for i in job.prompts}
@@ -352,16 +362,19 @@ class BatchRunner:
         job = replace(state.jobs[index], state="fetched")
         state.jobs[index] = job
         state.save()
-        self._emit(run, job, None)
+        self._emit(run, state, job, None)
 
-    def _update(self, state: BatchState, index: int, status: BatchStatus) -> BatchJob:
+    def _update(self, state: BatchState, index: int, status: BatchStatus, *, save: bool = True) -> BatchJob:
+        """The job with the provider's latest status; written to the file only by the map that follows it
+        (a listing or a cancel from elsewhere must not overwrite what a running map wrote since)."""
         old = state.jobs[index]
         job = replace(old, status=status.provider_status, state=status.state if old.state != "fetched" else "fetched",
                       total=status.total or old.total, succeeded=status.succeeded, failed=status.failed,
                       message=status.message)
         if job != old:
             state.jobs[index] = job
-            state.save()
+            if save:
+                state.save()
         return job
 
     # --- results -------------------------------------------------------------------------------
@@ -397,10 +410,12 @@ class BatchRunner:
                            attempts=(Attempt(name, key_id, start, end, info.category.value, info.status,
                                              info.message),), via="batch")
 
-    def _emit(self, run: _Run, job: BatchJob, next_poll_s: float | None) -> None:
+    def _emit(self, run: _Run, state: BatchState, job: BatchJob, next_poll_s: float | None,
+              poll_error: str = "") -> None:
         self.fx._emit(BatchProgress, run, model=job.model, batch_id=job.batch_id, status=job.status, state=job.state,
                       total=job.total, succeeded=job.succeeded, failed=job.failed,
-                      elapsed_s=time.time() - job.created_at, next_poll_s=next_poll_s, message=job.message)
+                      elapsed_s=time.time() - job.created_at, next_poll_s=next_poll_s, message=job.message,
+                      poll_error=poll_error, state_path=str(state.path))
 
     # --- on request ----------------------------------------------------------------------------
     async def cancel(self, state: BatchState, run: _Run) -> list[BatchJob]:
@@ -416,7 +431,7 @@ class BatchRunner:
             endpoint = self._endpoint(provider, self._key(provider, job.key_digest))
             with run.http.lease() as client:
                 status = await found[1].cancel(client, endpoint, job.batch_id)
-            out.append(self._update(state, index, status))
+            out.append(self._update(state, index, status, save=False))
         return out
 
     async def refresh(self, state: BatchState, run: _Run) -> list[BatchJob]:
@@ -430,5 +445,5 @@ class BatchRunner:
             provider = self.config.providers[self.config.model(job.model).provider]
             endpoint = self._endpoint(provider, self._key(provider, job.key_digest))
             with run.http.lease() as client:
-                self._update(state, index, await found[1].status(client, endpoint, job.batch_id))
+                self._update(state, index, await found[1].status(client, endpoint, job.batch_id), save=False)
         return list(state.jobs)

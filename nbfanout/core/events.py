@@ -219,13 +219,15 @@ class BatchProgress(Event):
     model: str = ""
     batch_id: str = ""
     status: str = ""  # the provider's own word: validating, in_progress, ended, ...
-    state: str = "running"  # running | ended | failed | fetched (its results are in)
+    state: str = "running"  # creating (being uploaded) | running | ended | failed | fetched (its results are in)
     total: int = 0
     succeeded: int = 0
     failed: int = 0
     elapsed_s: float = 0.0  # since the batch was created (across kernel restarts)
     next_poll_s: float | None = None  # when its status is asked for next
     message: str = ""
+    poll_error: str = ""  # why the last status request failed (it is asked again at next_poll_s)
+    state_path: str = ""  # the map's state file, for ``resume``
 
 
 @dataclass(frozen=True, slots=True)

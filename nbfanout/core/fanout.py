@@ -31,7 +31,18 @@ from nbfanout.core.clients import HttpClients
 from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.conversation import as_conversation, as_tools, check_options, check_text
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
-from nbfanout.core.events import Cooldown, Event, EventBus, LimitsLearned, ModelQueued, RunCompleted, RunStarted, Utilization
+from nbfanout.core.events import (
+    Cooldown,
+    Event,
+    EventBus,
+    LimitsLearned,
+    ModelCompleted,
+    ModelFailed,
+    ModelQueued,
+    RunCompleted,
+    RunStarted,
+    Utilization,
+)
 from nbfanout.core.judge import JUDGE_TRIES, judge_prompt, parse_score
 from nbfanout.core.limits import Budget, BudgetSet, LearnedLimits
 from nbfanout.core.store import SharedConfig, SharedStore
@@ -509,7 +520,8 @@ class Fanout:
             for j, (i, name, _) in enumerate(jobs):
                 record = state.live.get(f"{i}:{name}")
                 if record is not None and name not in batched_names:
-                    results[j] = ModelResult.from_record(record)
+                    results[j] = kept = ModelResult.from_record(record)
+                    self._emit_outcome(run, f"{i}:{name}", name, i, kept)
 
         scores: dict[int, Score | None] = {}
 
@@ -626,6 +638,17 @@ class Fanout:
             for task in judging:
                 task.cancel()
             log.info("batch state kept in %s", state.path)
+
+    def _emit_outcome(self, run: _Run, request: str, requested: str, index: int, r: ModelResult) -> None:
+        """ModelCompleted or ModelFailed for an outcome that needs no request (kept from a state file)."""
+        if r.ok:
+            self._emit(ModelCompleted, run, request=request, requested=requested, prompt_index=index, model=r.model,
+                       latency_s=r.latency_s, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+                       cost=r.cost, attempts=len(r.attempts))
+        else:
+            self._emit(ModelFailed, run, request=request, requested=requested, prompt_index=index, model=r.model,
+                       category=r.category, status=r.http_status, message=r.error.message if r.error else "",
+                       attempts=len(r.attempts))
 
     def _collect(self, prompts: list[str], names: list[str], jobs: list[tuple[int, str, list[str]]],
                  results: list[ModelResult], run: _Run, scores: dict[int, Score | None]) -> BatchResult:

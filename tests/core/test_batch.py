@@ -23,7 +23,7 @@ import pytest
 from nbfanout import Fanout
 from nbfanout.core.batch import BatchState
 from nbfanout.core.errors import ErrorCategory, UsageError
-from nbfanout.core.events import BatchProgress, Event
+from nbfanout.core.events import BatchProgress, Event, ModelCompleted
 from nbfanout.sandbox import Sandbox, start_sandbox
 
 OAI = "sk-sbx-core-batch-openai-0a01"
@@ -147,8 +147,13 @@ async def test_a_process_killed_after_creating_its_batches_is_resumed_from_the_s
     assert worker.returncode == -signal.SIGKILL
     assert not BatchState.load(path).done
     sent_live = _live_requests(sb, "nobatch") - live_before
+    events: list[Event] = []
     async with Fanout(sb.config) as fx:
+        fx.subscribe(events.append)
         resumed = await fx.resume(path)
+    # the answers kept from the file are reported as any answer is, so views count them
+    kept = {e.request for e in events if isinstance(e, ModelCompleted) and e.requested == "nobatch/gpt-4o-mini"}
+    assert kept == {f"{i}:nobatch/gpt-4o-mini" for i in range(300)}
     assert len(resumed.results) == 1200 and all(r.ok for r in resumed.results)
     assert [(r.prompt_index, r.requested) for r in resumed.results] == [(i, m) for i in range(300) for m in models]
     assert {p: _batches(sb, p) - before[p] for p in before} == {"openai": 1, "anthropic": 1, "gemini": 1}
@@ -257,9 +262,11 @@ async def test_cancel_is_asked_for_explicitly_and_a_resume_then_returns_the_canc
             await asyncio.sleep(0.02)
         task.cancel()  # stopping the run leaves the provider's batch alone
         await asyncio.gather(task, return_exceptions=True)
+        written = path.read_bytes()
         assert [j.status for j in await fx.batch_status(path)][0] in ("validating", "in_progress")
         cancelled = await fx.cancel_batches(path)
         assert [j.status for j in cancelled] == ["cancelling"]
+        assert path.read_bytes() == written  # only the map that follows a batch writes its file
         result = await fx.resume(path)
     assert [r.error.category for r in result.results] == [ErrorCategory.CANCELLED] * 4
     assert BatchState.load(path).done
@@ -299,3 +306,23 @@ async def test_the_state_file_never_holds_a_key(sb: Sandbox, state_dir: Path) ->
     text = (state_dir / "keys.json").read_text()
     for key in (OAI, ANT, GEM):
         assert key not in text and key[-4:] in text  # named by its last four characters only
+
+
+async def test_a_provider_that_stops_answering_status_requests_is_reported_not_waited_on_quietly(
+        tmp_path: Path) -> None:
+    events: list[Event] = []
+    server = start_sandbox(SCENARIO)
+    async with Fanout(server.config) as fx:
+        fx.subscribe(events.append)
+        task = asyncio.ensure_future(fx.map(_prompts(2), models=["oai-slow/gpt-4o-mini"], via="batch",
+                                            batch_state=tmp_path / "gone.json", max_tokens=40))
+        while not any(isinstance(e, BatchProgress) and e.batch_id for e in events):
+            await asyncio.sleep(0.02)
+        server.stop()
+        while not any(isinstance(e, BatchProgress) and e.poll_error for e in events):
+            await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    failed = next(e for e in events if isinstance(e, BatchProgress) and e.poll_error)
+    assert failed.state == "running" and failed.next_poll_s and failed.state_path == str(tmp_path / "gone.json")
+    assert [e.state for e in events if isinstance(e, BatchProgress)][0] == "creating"

@@ -26,8 +26,9 @@ TOKENS_COUNTED = ("max_tokens", "usage")
 CAPABILITIES = frozenset({"tools", "parallel_tools", "vision", "transcription", "reasoning", "streaming"})
 WIRES = frozenset({"openai", "anthropic", "gemini", "azure"})
 #: Provider batch APIs (nbfanout/providers/batches.py): OpenAI's files + /batches (and the providers
-#: that copy it), Anthropic's message batches, Gemini's batchGenerateContent.
-BATCH_APIS = ("openai", "anthropic", "gemini")
+#: that copy it), Anthropic's message batches, Gemini's batchGenerateContent, Mistral's /batch/jobs
+#: and OpenRouter's inline /batches.
+BATCH_APIS = ("openai", "anthropic", "gemini", "mistral", "openrouter")
 #: The batch API a wire format's provider offers when a config says only ``batch = true``.
 BATCH_API_OF_WIRE = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
 

@@ -20,8 +20,31 @@ the same ``classify_error``):
   order of the requests; ``POST batches/{id}:cancel`` (ai.google.dev/api/batch-api,
   ai.google.dev/gemini-api/docs/batch-api: inline batches up to 20 MB).
 
-Mistral's ``/v1/batch/jobs`` and OpenRouter's ``/api/v1/batches`` take other shapes and are not
-implemented: their models run live.
+- ``MistralBatches``: the JSONL file uploaded as OpenAI's is (``POST /files``, ``purpose=batch``), lines
+  ``{"custom_id", "body"}``; ``POST /batch/jobs`` ``{input_files, endpoint, model, metadata,
+  timeout_hours}``; ``GET /batch/jobs/{id}`` (``status`` QUEUED / RUNNING / SUCCESS / FAILED /
+  TIMEOUT_EXCEEDED / CANCELLATION_REQUESTED / CANCELLED, ``total_requests``, ``succeeded_requests``,
+  ``failed_requests``, ``output_file``, ``error_file``, ``errors: [{message, count}]``); the files
+  read with ``GET /files/{id}/content``; ``POST /batch/jobs/{id}/cancel``
+  (docs.mistral.ai/studio-api/batch-processing, docs.mistral.ai/capabilities/batch; the job and error
+  objects are mistralai/client-python's ``BatchJobIn`` / ``BatchJobOut`` / ``BatchError``). Output
+  lines are OpenAI's shape, ``{"custom_id", "response": {"status_code", "body"}}`` (read so by
+  litellm's ``llms/mistral/batches/transformation.py``, Mistral's own cookbook code and
+  bespokelabsai/curator); the error file's lines are not documented: they are read as OpenAI's are
+  (a ``response`` with the refusal's status and body, or an ``error`` object).
+- ``OpenRouterBatches``: ``POST /batches`` under the chat base URL (``https://openrouter.ai/api/v1``)
+  with ``endpoint`` and ``model`` before an inline ``requests`` array of ``{"custom_id", "body"}``
+  (the API parses the body as a stream: openrouter-batch's wire notes; ``callback_url`` "must appear
+  before requests", BatchSubmitBody); answered ``202`` with ``status: "validating"``; ``GET
+  /batches/{id}`` carries ``request_counts {total, completed, failed}``, ``error.message`` when it
+  failed and, once terminal, ``results: [{id, custom_id, response: {status_code, request_id, body},
+  error: {message, type, param, error_type}}]`` inline (there is no download endpoint);
+  ``POST /batches/{id}/cancel`` answers the batch as it is (``in_progress`` until the provider
+  confirms), and a cancelled batch returns no result rows (openrouter.ai/docs/guides/features/batch-api,
+  openrouter.ai/docs/batch-quickstart, openrouter.ai/docs/api/api-reference/batch/cancel-a-batch,
+  the SDKs' BatchObject / Result / ResultError / ApiErrorType pages). The path is the one the current
+  reference gives, ``/api/v1/batches``; the API's first release was reached at ``/api/beta/batches``
+  (openrouter-batch 0.1.2, verified live 2026-08-29), which this client does not call.
 """
 
 from __future__ import annotations
@@ -123,6 +146,13 @@ class BatchAPI(abc.ABC):
                      *, timeout: float | None = None) -> BatchStatus: ...
 
     # --- shared -----------------------------------------------------------------------------
+    def _id(self, endpoint: Endpoint, answer: Any, what: str, key: str = "id") -> str:
+        """The id the provider gave what was just created; a server error when its answer has none."""
+        ident = str(answer.get(key) or "") if isinstance(answer, Mapping) else ""
+        if not ident:
+            raise self.adapter._invalid(endpoint, 200, f"{what} has no {key!r}")
+        return ident
+
     async def _json(self, client: httpx.AsyncClient, endpoint: Endpoint, method: str, url: str,
                     timeout: float | None, **kwargs: Any) -> Any:
         response = await self.adapter._send(client, endpoint, method, url, timeout=timeout, **kwargs)
@@ -142,18 +172,31 @@ class BatchAPI(abc.ABC):
 
 
 class OpenAIBatches(BatchAPI):
-    """OpenAI's files + batches, and the providers that copy them (see the module docstring)."""
+    """OpenAI's files + batches, and the providers that copy them (see the module docstring).
+
+    Mistral's and OpenRouter's batch APIs differ from it in a few places only, which the class
+    attributes and the ``_job_body`` / ``_counts`` / ``_message`` / ``_lines`` hooks say."""
 
     wire = "openai"
     #: One batch's input lines all call this endpoint (the batch object's ``endpoint``).
     endpoint_path = "/v1/chat/completions"
+    #: Where the batch objects live under the provider's base URL.
+    jobs_path = "batches"
+    #: Whether each input line names its method and URL (Mistral's and OpenRouter's hold only custom_id and body).
+    line_routes = True
+    #: The batch object's fields that name its result files, output first.
+    file_fields: tuple[str, ...] = ("output_file_id", "error_file_id")
     # https://developers.openai.com/api/reference/resources/batches: the batch object's statuses
     _STATE = {"validating": "running", "in_progress": "running", "finalizing": "running", "cancelling": "running",
               "completed": "ended", "expired": "ended", "cancelled": "ended", "failed": "failed"}
+    _EXPIRED, _CANCELLED = "expired", "cancelled"
 
     def entry(self, custom_id: str, request: ChatRequest) -> dict[str, Any]:
-        return {"custom_id": custom_id, "method": "POST", "url": self.endpoint_path,
-                "body": self.adapter.chat_body(request, stream=False)}
+        entry: dict[str, Any] = {"custom_id": custom_id}
+        if self.line_routes:
+            entry.update(method="POST", url=self.endpoint_path)
+        entry["body"] = self.adapter.chat_body(request, stream=False)
+        return entry
 
     async def create(self, client: httpx.AsyncClient, endpoint: Endpoint, entries: Sequence[Mapping[str, Any]],
                      *, model: str, label: str, timeout: float | None = None) -> tuple[str, dict[str, Any]]:
@@ -161,54 +204,71 @@ class OpenAIBatches(BatchAPI):
         uploaded = await self._json(client, endpoint, "POST", join_url(endpoint.base_url, "files"), timeout,
                                     data={"purpose": "batch"},
                                     files={"file": (f"{label}.jsonl", data, "application/jsonl")})
-        file_id = str(uploaded.get("id") or "") if isinstance(uploaded, Mapping) else ""
-        if not file_id:
-            raise self.adapter._invalid(endpoint, 200, "the file upload's answer has no 'id'")
-        batch = await self._json(client, endpoint, "POST", join_url(endpoint.base_url, "batches"), timeout,
-                                 json={"input_file_id": file_id, "endpoint": self.endpoint_path,
-                                       "completion_window": "24h", "metadata": {"nbfanout": label}})
-        batch_id = str(batch.get("id") or "") if isinstance(batch, Mapping) else ""
-        if not batch_id:
-            raise self.adapter._invalid(endpoint, 200, "the batch's answer has no 'id'")
-        return batch_id, {"input_file_id": file_id}
+        file_id = self._id(endpoint, uploaded, "the file upload's answer")
+        batch = await self._json(client, endpoint, "POST", join_url(endpoint.base_url, self.jobs_path), timeout,
+                                 json=self._job_body(file_id, model, label))
+        return self._id(endpoint, batch, "the batch's answer"), {"input_file_id": file_id}
+
+    def _job_body(self, file_id: str, model: str, label: str) -> dict[str, Any]:
+        return {"input_file_id": file_id, "endpoint": self.endpoint_path, "completion_window": "24h",
+                "metadata": {"nbfanout": label}}
+
+    def _counts(self, batch: Mapping[str, Any]) -> tuple[int, int, int]:
+        """(total, succeeded, failed) as the batch object reports them."""
+        counts = batch.get("request_counts") or {}
+        return int(counts.get("total") or 0), int(counts.get("completed") or 0), int(counts.get("failed") or 0)
+
+    def _message(self, batch: Mapping[str, Any]) -> str:
+        """Why the batch failed, in the provider's words."""
+        errors = ((batch.get("errors") or {}).get("data") or []) if isinstance(batch.get("errors"), Mapping) else []
+        return "; ".join(
+            f"{e.get('message') or e.get('code')}" + (f" (line {e['line']})" if e.get("line") else "")
+            for e in errors if isinstance(e, Mapping))
+
+    def _state(self, word: str, batch: Mapping[str, Any]) -> str:
+        return self._STATE.get(word, "running")
 
     def _status(self, batch: Any) -> BatchStatus:
         batch = batch if isinstance(batch, Mapping) else {}
         word = str(batch.get("status") or "")
-        counts = batch.get("request_counts") or {}
-        errors = ((batch.get("errors") or {}).get("data") or []) if isinstance(batch.get("errors"), Mapping) else []
-        message = "; ".join(
-            f"{e.get('message') or e.get('code')}" + (f" (line {e['line']})" if e.get("line") else "")
-            for e in errors if isinstance(e, Mapping))
-        return BatchStatus(self._STATE.get(word, "running"), word, int(counts.get("total") or 0),
-                           int(counts.get("completed") or 0), int(counts.get("failed") or 0), message,
-                           expired=word == "expired", cancelled=word == "cancelled")
+        return BatchStatus(self._state(word, batch), word, *self._counts(batch), self._message(batch),
+                           expired=word == self._EXPIRED, cancelled=word == self._CANCELLED)
+
+    async def _get(self, client: httpx.AsyncClient, endpoint: Endpoint, batch_id: str, timeout: float | None) -> Any:
+        return await self._json(client, endpoint, "GET", join_url(endpoint.base_url, f"{self.jobs_path}/{batch_id}"),
+                                timeout)
 
     async def status(self, client: httpx.AsyncClient, endpoint: Endpoint, batch_id: str,
                      *, timeout: float | None = None) -> BatchStatus:
-        batch = await self._json(client, endpoint, "GET", join_url(endpoint.base_url, f"batches/{batch_id}"), timeout)
-        return self._status(batch)
+        return self._status(await self._get(client, endpoint, batch_id, timeout))
 
     async def results(self, client: httpx.AsyncClient, endpoint: Endpoint, batch_id: str,
                       requests: Mapping[str, ChatRequest], *, timeout: float | None = None) -> list[BatchItem]:
-        batch = await self._json(client, endpoint, "GET", join_url(endpoint.base_url, f"batches/{batch_id}"), timeout)
-        items: list[BatchItem] = []
-        for key in ("output_file_id", "error_file_id"):
-            file_id = batch.get(key) if isinstance(batch, Mapping) else None
+        batch = await self._get(client, endpoint, batch_id, timeout)
+        lines = await self._lines(client, endpoint, batch if isinstance(batch, Mapping) else {}, timeout)
+        return [self._item(endpoint, line, requests) for line in lines if isinstance(line, Mapping)]
+
+    async def _lines(self, client: httpx.AsyncClient, endpoint: Endpoint, batch: Mapping[str, Any],
+                     timeout: float | None) -> list[Any]:
+        """Every result line of an ended batch: here, the lines of its output and error files."""
+        lines: list[Any] = []
+        for key in self.file_fields:
+            file_id = batch.get(key)
             if not file_id:
                 continue
             response = await self.adapter._send(client, endpoint, "GET",
                                                 join_url(endpoint.base_url, f"files/{file_id}/content"),
                                                 timeout=timeout)
-            for line in _jsonl(response.text):
-                items.append(self._item(endpoint, line, requests))
-        return items
+            lines.extend(_jsonl(response.text))
+        return lines
 
     def _item(self, endpoint: Endpoint, line: Mapping[str, Any], requests: Mapping[str, ChatRequest]) -> BatchItem:
         """One output or error line: ``{"custom_id", "response": {"status_code", "body"}, "error"}``."""
         custom_id = str(line.get("custom_id") or "")
         response = line.get("response") if isinstance(line.get("response"), Mapping) else None
         error = line.get("error") if isinstance(line.get("error"), Mapping) else None
+        if isinstance(line.get("error"), str) and line["error"]:  # a bare message (an undocumented error line)
+            error = {"message": line["error"]}
         if response is not None and int(response.get("status_code") or 0) // 100 == 2 and not error:
             return self._answer(endpoint, requests.get(custom_id), custom_id, int(response["status_code"]),
                                 response.get("body"))
@@ -224,8 +284,85 @@ class OpenAIBatches(BatchAPI):
     async def cancel(self, client: httpx.AsyncClient, endpoint: Endpoint, batch_id: str,
                      *, timeout: float | None = None) -> BatchStatus:
         batch = await self._json(client, endpoint, "POST",
-                                 join_url(endpoint.base_url, f"batches/{batch_id}/cancel"), timeout)
+                                 join_url(endpoint.base_url, f"{self.jobs_path}/{batch_id}/cancel"), timeout)
         return self._status(batch)
+
+
+class MistralBatches(OpenAIBatches):
+    """Mistral's batch jobs: OpenAI's file upload and result lines, its own job object (module docstring)."""
+
+    jobs_path = "batch/jobs"
+    line_routes = False  # {"custom_id", "body"}: the endpoint is the job's
+    file_fields = ("output_file", "error_file")
+    # BatchJobStatus (mistralai/client-python); CANCELLATION_REQUESTED is still running
+    _STATE = {"QUEUED": "running", "RUNNING": "running", "CANCELLATION_REQUESTED": "running",
+              "SUCCESS": "ended", "TIMEOUT_EXCEEDED": "ended", "CANCELLED": "ended", "FAILED": "failed"}
+    _EXPIRED, _CANCELLED = "TIMEOUT_EXCEEDED", "CANCELLED"
+    #: Mistral's default, and below its limit of 7 days (docs.mistral.ai/capabilities/batch, FAQ).
+    timeout_hours = 24
+
+    def _job_body(self, file_id: str, model: str, label: str) -> dict[str, Any]:
+        return {"input_files": [file_id], "endpoint": self.endpoint_path, "model": model,
+                "metadata": {"nbfanout": label}, "timeout_hours": self.timeout_hours}
+
+    def _counts(self, batch: Mapping[str, Any]) -> tuple[int, int, int]:
+        return (int(batch.get("total_requests") or 0), int(batch.get("succeeded_requests") or 0),
+                int(batch.get("failed_requests") or 0))
+
+    def _message(self, batch: Mapping[str, Any]) -> str:
+        errors = batch.get("errors") if isinstance(batch.get("errors"), list) else []
+        return "; ".join(f"{e.get('message')}" + (f" (x{e['count']})" if int(e.get("count") or 1) > 1 else "")
+                         for e in errors if isinstance(e, Mapping) and e.get("message"))
+
+    def _state(self, word: str, batch: Mapping[str, Any]) -> str:
+        state = super()._state(word, batch)
+        # A FAILED job that still wrote result files ran some requests: read them (Mistral does not
+        # document what a FAILED job leaves; a job refused in validation has neither file).
+        return "ended" if state == "failed" and any(batch.get(k) for k in self.file_fields) else state
+
+
+class OpenRouterBatches(OpenAIBatches):
+    """OpenRouter's batches: requests inline, results inline in the batch object (module docstring)."""
+
+    line_routes = False  # {"custom_id", "body"}
+    file_fields = ()
+    # ApiErrorType (openrouter.ai/docs/client-sdks/*/apierrortype) -> the HTTP status a live call fails with
+    _STATUS_OF = {"context_length_exceeded": 400, "max_tokens_exceeded": 400, "token_limit_exceeded": 400,
+                  "string_too_long": 400, "authentication": 401, "payment_required": 402, "permission_denied": 403,
+                  "not_found": 404, "precondition_failed": 412, "payload_too_large": 413, "unprocessable": 422,
+                  "rate_limit_exceeded": 429, "invalid_request": 400, "invalid_prompt": 400,
+                  "content_policy_violation": 400, "refusal": 400, "invalid_image": 400, "image_too_large": 400,
+                  "image_too_small": 400, "unsupported_image_format": 400, "image_not_found": 400,
+                  "image_download_failed": 400, "server": 500, "unmapped": 500, "provider_unavailable": 503,
+                  "provider_overloaded": 503, "timeout": 504}
+
+    async def create(self, client: httpx.AsyncClient, endpoint: Endpoint, entries: Sequence[Mapping[str, Any]],
+                     *, model: str, label: str, timeout: float | None = None) -> tuple[str, dict[str, Any]]:
+        # endpoint and model come before requests: OpenRouter reads the body as a stream and answers
+        # 400 otherwise (httpx writes a dict's keys in this order)
+        body = {"endpoint": self.endpoint_path, "model": model, "completion_window": "24h", "requests": list(entries)}
+        batch = await self._json(client, endpoint, "POST", join_url(endpoint.base_url, self.jobs_path), timeout,
+                                 json=body)
+        return self._id(endpoint, batch, "the batch's answer"), {}
+
+    def _message(self, batch: Mapping[str, Any]) -> str:
+        error = batch.get("error")
+        return str(error.get("message") or "") if isinstance(error, Mapping) else ""
+
+    async def _lines(self, client: httpx.AsyncClient, endpoint: Endpoint, batch: Mapping[str, Any],
+                     timeout: float | None) -> list[Any]:
+        return list(batch.get("results") or ())  # inline; none for a cancelled batch
+
+    def _item(self, endpoint: Endpoint, line: Mapping[str, Any], requests: Mapping[str, ChatRequest]) -> BatchItem:
+        """A result: ``response`` or ``error`` ``{message, type, param, error_type}``, never both."""
+        error = line.get("error")
+        if not isinstance(error, Mapping) or not error:
+            return super()._item(endpoint, line, requests)
+        kind = str(error.get("error_type") or "")
+        body = {"error": {"message": str(error.get("message") or ""), "code": kind or error.get("type"),
+                          **({"param": error["param"]} if error.get("param") else {})}}
+        return BatchItem(str(line.get("custom_id") or ""), error=self.adapter._safe(endpoint, classify_error(
+            endpoint.provider, self._STATUS_OF.get(kind), None, json.dumps(body).encode())).info)
 
 
 class AnthropicBatches(BatchAPI):
@@ -246,10 +383,7 @@ class AnthropicBatches(BatchAPI):
                      *, model: str, label: str, timeout: float | None = None) -> tuple[str, dict[str, Any]]:
         batch = await self._json(client, endpoint, "POST", join_url(endpoint.base_url, "messages/batches"), timeout,
                                  json={"requests": list(entries)})
-        batch_id = str(batch.get("id") or "") if isinstance(batch, Mapping) else ""
-        if not batch_id:
-            raise self.adapter._invalid(endpoint, 200, "the message batch's answer has no 'id'")
-        return batch_id, {}
+        return self._id(endpoint, batch, "the message batch's answer"), {}
 
     @staticmethod
     def _status(batch: Any) -> BatchStatus:
@@ -394,7 +528,8 @@ class GeminiBatches(BatchAPI):
         return await self.status(client, endpoint, batch_id, timeout=timeout)
 
 
-_APIS: dict[str, type[BatchAPI]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches, "gemini": GeminiBatches}
+_APIS: dict[str, type[BatchAPI]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches, "gemini": GeminiBatches,
+                                    "mistral": MistralBatches, "openrouter": OpenRouterBatches}
 
 
 def batch_api_for(api: str, adapter: HTTPAdapter) -> BatchAPI | None:

@@ -1,10 +1,11 @@
-"""The providers' batch APIs: OpenAI files + batches, Anthropic message batches, Gemini batch mode.
+"""The providers' batch APIs: OpenAI files + batches, Anthropic message batches, Gemini batch mode,
+Mistral batch jobs, OpenRouter inline batches.
 
 A provider whose scenario has a ``[providers.<id>.batch]`` table (see ``scenario.py``,
 "Batches") serves its wire's batch routes::
 
-    OpenAI wire (styles openai, groq, together, mistral, openrouter, generic; OpenAI's shapes)
-    POST   /{provider}/v1/files                         upload (multipart: file, purpose)
+    OpenAI wire, OpenAI's shapes (styles openai, groq, together, generic)
+    POST   /{provider}/v1/files                         upload (multipart: file, purpose); Mistral's too
     GET    /{provider}/v1/files                         list
     GET    /{provider}/v1/files/{file_id}               the file object
     GET    /{provider}/v1/files/{file_id}/content       the raw bytes
@@ -12,6 +13,16 @@ A provider whose scenario has a ``[providers.<id>.batch]`` table (see ``scenario
     POST   /{provider}/v1/batches                       input_file_id, endpoint, completion_window, metadata
     GET    /{provider}/v1/batches                       list (limit, after)
     GET    /{provider}/v1/batches/{batch_id}
+    POST   /{provider}/v1/batches/{batch_id}/cancel
+    Mistral (style mistral): the file routes above, with Mistral's file object, and
+    POST   /{provider}/v1/batch/jobs                    input_files, endpoint, model, metadata, timeout_hours
+    GET    /{provider}/v1/batch/jobs                    list (page, page_size, status)
+    GET    /{provider}/v1/batch/jobs/{job_id}
+    POST   /{provider}/v1/batch/jobs/{job_id}/cancel
+    OpenRouter (style openrouter): OpenAI's batch paths, OpenRouter's bodies (no file routes)
+    POST   /{provider}/v1/batches                       endpoint, model, completion_window?, requests (inline)
+    GET    /{provider}/v1/batches                       list (limit, after; results null)
+    GET    /{provider}/v1/batches/{batch_id}            the batch, its results inline once terminal
     POST   /{provider}/v1/batches/{batch_id}/cancel
     Anthropic wire
     POST   /{provider}/v1/messages/batches              requests: [{custom_id, params}]
@@ -30,9 +41,9 @@ A provider whose scenario has a ``[providers.<id>.batch]`` table (see ``scenario
 Time: nothing runs in the background. A batch records when it was created on the sandbox
 clock; its status, its request counts and its results are a pure function of the clock
 (``Batch.phase`` / ``Batch.processed``), from the scenario's ``in_progress_after_s``,
-``complete_after_s``, ``finalizing_s`` and ``cancel_after_s`` times ``time_scale``.
+``complete_after_s``, ``finalizing_s`` (OpenAI and OpenRouter) and ``cancel_after_s`` times ``time_scale``.
 Requests finish in input order, evenly between in_progress and complete (``progress``).
-OpenAI's output and error files come into being the first time a finished batch is seen.
+OpenAI's and Mistral's output and error files come into being the first time a finished batch is seen.
 
 Answers come from ``wire.compose_answer``, the code the live routes answer with (text,
 tool calls, usage, the model's output range, max_tokens); each wire module renders them
@@ -79,6 +90,32 @@ Formats, and where they come from:
   ``done`` with error code 1 (the Operation docs say so for cancelled operations), an
   expired one keeps its finished answers and gives the rest error code 4, a failed one
   error code 3; an errored request's Status carries the gRPC code of its HTTP error.
+- Mistral: the job (``BatchJobIn`` / ``BatchJobOut``, ``errors: [{message, count}]``), its statuses
+  QUEUED / RUNNING / SUCCESS / FAILED / TIMEOUT_EXCEEDED / CANCELLATION_REQUESTED / CANCELLED and the
+  file object (``sample_type``, ``source``, ``num_lines``) are mistralai/client-python's models; the
+  input line ``{"custom_id", "body"}`` (a body's ``model`` optional: the job's is used), uploads with
+  purpose ``batch``, results read from ``output_file`` / ``error_file`` with
+  ``GET /v1/files/{id}/content``: https://docs.mistral.ai/capabilities/batch; 100,000 requests and
+  512 MB per batch file: https://docs.mistral.ai/resources/known-limitations. Output lines are
+  OpenAI's ``{"id", "custom_id", "response": {"status_code", "body"}, "error": null}`` (litellm's
+  Mistral batches, Mistral's cookbook code read ``response.body``); ``total_requests`` is 0 until
+  the job is validated (github.com/BerriAI/litellm/pull/40484). Not documented, so the sandbox's
+  choice: a refused request is an error-file line in that shape with the refusal's status and body;
+  a request that never ran (TIMEOUT_EXCEEDED, CANCELLED) has no line; a bad input file or the
+  ``fail_validation`` fault is a FAILED job with ``errors``, and every message is the sandbox's own.
+- OpenRouter: the submit body (``endpoint`` and ``model`` before ``requests``, which the API
+  stream-parses: openrouter-batch 0.1.2), ``202`` with ``validating``, the statuses, the batch
+  object (``request_counts``, ``error.message``, ``results`` inline once terminal, ``usage``), the
+  result rows (``response`` or ``error {message, type, param, error_type}``) and ``error_type``
+  values are from https://openrouter.ai/docs/guides/features/batch-api,
+  https://openrouter.ai/docs/batch-quickstart and the SDK model pages (BatchObject, Result,
+  ResultError, ApiErrorType); 5,000 requests and 200 MB per batch; a batch being cancelled stays
+  ``in_progress``, a cancelled one returns no rows, a cancel on an ended one is a 409:
+  https://openrouter.ai/docs/api/api-reference/batch/cancel-a-batch. The sandbox's choices: the
+  size limits and an unknown model are refused at submit (the model in OpenRouter's live 400
+  words), a bad request line or the ``fail_validation`` fault fails the batch after validating;
+  a request the window closed on has no row; ``usage.cost`` and the per-organization 403 on
+  cancel are left out; the list envelope is OpenAI's.
 """
 
 from __future__ import annotations
@@ -88,6 +125,7 @@ import json
 import math
 import re
 import string
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -112,8 +150,12 @@ __all__ = [
     "Batch",
     "BatchBook",
     "GEMINI_INLINE_MAX_BYTES",
+    "MISTRAL_MAX_BYTES",
+    "MISTRAL_MAX_REQUESTS",
     "OPENAI_MAX_BYTES",
     "OPENAI_MAX_REQUESTS",
+    "OPENROUTER_MAX_BYTES",
+    "OPENROUTER_MAX_REQUESTS",
     "ROUTES",
     "gemini_create",
 ]
@@ -129,10 +171,19 @@ ANTHROPIC_MAX_BYTES = 256 * 1024 * 1024
 #: Gemini: inline requests "suitable for smaller batches that keep the total request size under
 #: 20MB" (https://ai.google.dev/gemini-api/docs/batch-api); larger ones go through its Files API.
 GEMINI_INLINE_MAX_BYTES = 20 * 1024 * 1024
+#: Mistral: "Maximum batch file size: 512 MB. Maximum requests per batch: 100,000."
+#: (https://docs.mistral.ai/resources/known-limitations, "Batch processing").
+MISTRAL_MAX_REQUESTS = 100_000
+MISTRAL_MAX_BYTES = 512 * 1024 * 1024
+#: OpenRouter: "Up to 5,000 requests and 200 MB per batch" (https://openrouter.ai/docs/guides/features/batch-api).
+OPENROUTER_MAX_REQUESTS = 5_000
+OPENROUTER_MAX_BYTES = 200 * 1024 * 1024
 
 #: The endpoints a sandbox batch may target (OpenAI also batches responses, embeddings, ...).
 OPENAI_ENDPOINTS = ("/v1/chat/completions",)
 OPENAI_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+#: Mistral's FilePurpose (mistralai/client-python models/filepurpose.py); an upload without one is "fine-tune".
+MISTRAL_PURPOSES = ("fine-tune", "batch", "ocr")
 #: The window every provider gives a batch (OpenAI's only completion_window, Anthropic's expiry).
 WINDOW_S = 86400
 #: OpenAI: "files with purpose=batch expire after 30 days" (openai-python file_create_params.py).
@@ -153,6 +204,18 @@ _GEMINI_STATE = {"validating": "BATCH_STATE_PENDING", "in_progress": "BATCH_STAT
                  "finalizing": "BATCH_STATE_RUNNING", "cancelling": "BATCH_STATE_RUNNING",
                  "completed": "BATCH_STATE_SUCCEEDED", "failed": "BATCH_STATE_FAILED",
                  "expired": "BATCH_STATE_EXPIRED", "cancelled": "BATCH_STATE_CANCELLED"}
+#: Mistral's BatchJobStatus for each phase (docs.mistral.ai/capabilities/batch; there is no finalizing).
+_MISTRAL_STATUS = {"validating": "QUEUED", "in_progress": "RUNNING", "finalizing": "RUNNING",
+                   "cancelling": "CANCELLATION_REQUESTED", "completed": "SUCCESS", "failed": "FAILED",
+                   "expired": "TIMEOUT_EXCEEDED", "cancelled": "CANCELLED"}
+#: OpenRouter's statuses are OpenAI's words, but a batch being cancelled "stays in_progress until the
+#: provider confirms" (openrouter.ai/docs/api/api-reference/batch/cancel-a-batch).
+_OPENROUTER_CANCELLING = "in_progress"
+#: OpenRouter's canonical error type (ApiErrorType) for a request refused inside a batch, by the refusal.
+_OPENROUTER_ERROR_TYPE = {"bad_request": "invalid_request", "not_found": "not_found", "server_error": "server",
+                          "overloaded": "provider_overloaded", "unavailable": "provider_unavailable",
+                          "quota_exhausted": "payment_required", "auth": "authentication",
+                          "permission_denied": "permission_denied"}
 _EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 _CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
 _B62 = string.digits + string.ascii_letters
@@ -181,16 +244,24 @@ class Item:
 
 @dataclass(slots=True)
 class StoredFile:
-    """An OpenAI file: an upload, or a batch's output / error file."""
+    """An OpenAI or Mistral file: an upload, or a batch's output / error file."""
 
     id: str
     filename: str
     purpose: str
     data: bytes
     created_at: int
+    flavour: str = "openai"  # whose file object it is: "openai" or "mistral"
+    sample_type: str = "batch_request"  # Mistral's: batch_request (an upload), batch_result, batch_error
+    source: str = "upload"  # Mistral's: upload, or "mistral" for what a job wrote
 
     def as_object(self) -> dict[str, Any]:
-        """OpenAI's ``FileObject`` (``status`` is deprecated but still sent)."""
+        """OpenAI's ``FileObject`` (``status`` is deprecated but still sent), or Mistral's."""
+        if self.flavour == "mistral":
+            # UploadFileOut / FileSchema (mistralai/client-python models/uploadfileout.py, sampletype.py, source.py)
+            return {"id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
+                    "filename": self.filename, "purpose": self.purpose, "sample_type": self.sample_type,
+                    "source": self.source, "num_lines": len([x for x in self.data.split(b"\n") if x.strip()])}
         return {
             "id": self.id,
             "object": "file",
@@ -232,9 +303,11 @@ class Batch:
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     display_name: str = ""
+    input_files: tuple[str, ...] = ()  # Mistral's job reads several files
+    timeout_hours: int = 24  # Mistral's job window (reported, never reached by a sandbox batch)
     output_file_id: str | None = None
     error_file_id: str | None = None
-    settled: bool = False  # OpenAI's files exist
+    settled: bool = False  # OpenAI's (or Mistral's) result files exist
 
     def __repr__(self) -> str:
         return f"Batch({self.id!r}, {self.provider.id}, {len(self.items)} requests, cancel_at={self.cancel_at})"
@@ -330,10 +403,16 @@ class BatchBook:
             return "file-" + "".join(r.choice(_B62) for _ in range(22))
         if kind == "anthropic":
             return "msgbatch_01" + "".join(r.choice(_B62) for _ in range(22))
+        if kind in ("mistral", "uuid"):  # Mistral's jobs and files are UUIDs
+            return str(uuid.UUID(int=r.getrandbits(128), version=4))
+        if kind == "openrouter":  # as in "batch-1790584823-viV1KTi3dSpvTgQ29B6i"
+            return f"batch-{int(self.wall())}-" + "".join(r.choice(_B62) for _ in range(20))
         return "".join(r.choice(string.ascii_lowercase + string.digits) for _ in range(36))
 
-    def add_file(self, provider: str, filename: str, purpose: str, data: bytes, created_at: int) -> StoredFile:
-        f = StoredFile(self.ident("file"), filename, purpose, data, created_at)
+    def add_file(self, provider: str, filename: str, purpose: str, data: bytes, created_at: int,
+                 flavour: str = "openai", **fields: str) -> StoredFile:
+        ident = self.ident("uuid" if flavour == "mistral" else "file")
+        f = StoredFile(ident, filename, purpose, data, created_at, flavour, **fields)
         self.files.setdefault(provider, {})[f.id] = f
         return f
 
@@ -355,7 +434,7 @@ class BatchBook:
             created_wall=self.wall(),
             t_ip=t_ip,
             t_work=t_work,
-            t_done=t_work + (spec.finalizing_s * scale if wire == "openai" else 0.0),
+            t_done=t_work + (spec.finalizing_s * scale if wire in ("openai", "openrouter") else 0.0),
             cancel_s=spec.cancel_after_s * scale,
             items=items,
             **fields,
@@ -483,8 +562,12 @@ class _Caller:
     quota_exhausted: bool = False
 
 
-def _caller(request: Request, wire: str) -> _Caller | Response:
-    """Provider, wire and key checks every batch route makes (the key first, as providers do)."""
+def _caller(request: Request, wire: str, apis: tuple[str, ...] | None = None) -> _Caller | Response:
+    """Provider, wire and key checks every batch route makes (the key first, as providers do).
+
+    ``apis``: the batch APIs the route belongs to (default the wire's own): OpenAI's file routes
+    serve Mistral too, its batch routes OpenRouter; a provider whose batch API is another one
+    answers as one without a batch API does."""
     state = request.app.state.sandbox
     pid = request.path_params["provider"]
     provider: ProviderSpec | None = state.scenario.provider(pid)
@@ -496,7 +579,7 @@ def _caller(request: Request, wire: str) -> _Caller | Response:
         msg = f"Provider {provider.id!r} speaks the {provider.wire} wire format; this is a {wire} route."
         return _openai_error(msg, 404, code="unknown_url")
     path = request.url.path[len(pid) + 1:]
-    if provider.batch is None:  # a provider with no batch API: its own "no such route"
+    if provider.batch is None or provider.batch_api not in (apis or (wire,)):  # its own "no such route"
         if wire == "anthropic":
             return _anthropic_error("Not Found", 404, "not_found_error")
         if wire == "gemini":
@@ -571,27 +654,34 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
     return fields
 
 
+#: The batch APIs whose providers upload their input files through OpenAI's file routes.
+_FILE_APIS = ("openai", "mistral")
+
+
 async def openai_file_create(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _FILE_APIS)
     if isinstance(c, Response):
         return c
     fields = _multipart(request.headers.get("content-type", ""), await request.body())
     if "file" not in fields:
         return _openai_error("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
-    purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace")
+    mistral = c.provider.batch_api == "mistral"
+    purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace") or ("fine-tune" if mistral else "")
     if not purpose:
         return _openai_error("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
-    if purpose not in OPENAI_PURPOSES:
-        allowed = ", ".join(f"'{p}'" for p in OPENAI_PURPOSES)
+    purposes = MISTRAL_PURPOSES if mistral else OPENAI_PURPOSES
+    if purpose not in purposes:
+        allowed = ", ".join(f"'{p}'" for p in purposes)
         return _openai_error(f"Invalid value: '{purpose}'. Supported values are: {allowed}.", param="purpose",
                              code="invalid_value")
     filename, data = fields["file"]
-    stored = c.book.add_file(c.provider.id, filename or "upload", purpose, data, c.ctx.created)
+    stored = c.book.add_file(c.provider.id, filename or "upload", purpose, data, c.ctx.created,
+                             "mistral" if mistral else "openai")
     return _json(stored.as_object())
 
 
 def _settle_all(c: _Caller) -> None:
-    """Give every finished OpenAI batch of the provider its output and error files."""
+    """Give every finished OpenAI (or Mistral) batch of the provider its output and error files."""
     now = c.book.clock()
     for batch in c.book.batches.get(c.provider.id, {}).values():
         _settle(c.book, batch, now)
@@ -606,7 +696,7 @@ def _file(c: _Caller, file_id: str) -> StoredFile | Response:
 
 
 async def openai_file_list(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _FILE_APIS)
     if isinstance(c, Response):
         return c
     _settle_all(c)
@@ -619,6 +709,8 @@ async def openai_file_list(request: Request) -> Response:
     purpose = request.query_params.get("purpose")
     if purpose:
         files = [f for f in files if f.purpose == purpose]
+    if c.provider.batch_api == "mistral":  # ListFilesOut: data, object, total (pages by page / page_size)
+        return _json({"data": [f.as_object() for f in files], "object": "list", "total": len(files)})
     page, more = _page(files, lambda f: f.id, request.query_params.get("after"), None, limit)
     data = [f.as_object() for f in page]
     return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
@@ -626,7 +718,7 @@ async def openai_file_list(request: Request) -> Response:
 
 
 async def openai_file_get(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _FILE_APIS)
     if isinstance(c, Response):
         return c
     f = _file(c, request.path_params["file_id"])
@@ -634,7 +726,7 @@ async def openai_file_get(request: Request) -> Response:
 
 
 async def openai_file_content(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _FILE_APIS)
     if isinstance(c, Response):
         return c
     f = _file(c, request.path_params["file_id"])
@@ -642,7 +734,7 @@ async def openai_file_content(request: Request) -> Response:
 
 
 async def openai_file_delete(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _FILE_APIS)
     if isinstance(c, Response):
         return c
     f = _file(c, request.path_params["file_id"])
@@ -659,24 +751,29 @@ def _line_error(code: str, message: str, line: int | None, param: str | None = N
     return {"code": code, "message": message, "param": param, "line": line}
 
 
-def _openai_items(c: _Caller, data: bytes, endpoint: str) -> tuple[list[Item], list[dict[str, Any]], str | None]:
-    """Validate an input file as OpenAI does: (items, the errors that fail the batch, its model)."""
-    spec = c.provider.batch
-    assert spec is not None
-    max_requests = spec.max_requests or OPENAI_MAX_REQUESTS
-    max_bytes = spec.max_bytes or OPENAI_MAX_BYTES
+def _input_lines(data: bytes, max_requests: int, max_bytes: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """A JSONL input file's lines, or the one error that fails its batch (too large, empty, too many)."""
     if len(data) > max_bytes:
         return [], [_line_error("file_too_large", f"The input file is {len(data)} bytes; a batch input file may be at "
-                                f"most {max_bytes} bytes.", None)], None
+                                f"most {max_bytes} bytes.", None)]
     lines = data.decode("utf-8", "replace").split("\n")
     while lines and not lines[-1].strip():
         lines.pop()  # a final newline (or several) ends the file
     if not lines:
-        return [], [_line_error("empty_file", "The batch input file is empty.", None)], None
+        return [], [_line_error("empty_file", "The batch input file is empty.", None)]
     if len(lines) > max_requests:
         return [], [_line_error("too_many_tasks", f"The batch input file has {len(lines)} requests; a batch may "
-                                f"contain at most {max_requests}.", None)], None
-    errors: list[dict[str, Any]] = []
+                                f"contain at most {max_requests}.", None)]
+    return lines, []
+
+
+def _openai_items(c: _Caller, data: bytes, endpoint: str) -> tuple[list[Item], list[dict[str, Any]], str | None]:
+    """Validate an input file as OpenAI does: (items, the errors that fail the batch, its model)."""
+    spec = c.provider.batch
+    assert spec is not None
+    lines, errors = _input_lines(data, spec.max_requests or OPENAI_MAX_REQUESTS, spec.max_bytes or OPENAI_MAX_BYTES)
+    if errors:
+        return [], errors, None
     seen: set[str] = set()
     model: str | None = None
     parsed: list[tuple[int, str, Any]] = []
@@ -719,12 +816,18 @@ def _openai_items(c: _Caller, data: bytes, endpoint: str) -> tuple[list[Item], l
     return [_item(c.provider, i, cid, body, wire_openai.parse_chat) for i, cid, body in parsed], [], model
 
 
+#: The batch APIs served at OpenAI's ``/v1/batches`` routes: OpenAI's, and OpenRouter's inline shape.
+_BATCHES_APIS = ("openai", "openrouter")
+
+
 async def openai_batch_create(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _BATCHES_APIS)
     if isinstance(c, Response):
         return c
     if c.quota_exhausted:
         return _refuse(c, Denial("quota_exhausted"))
+    if c.provider.batch_api == "openrouter":
+        return await openrouter_batch_create(request, c)
     body, _ = await _json_body(request)
     if not isinstance(body, dict):
         return _openai_error("We could not parse the JSON body of your request.")
@@ -762,8 +865,11 @@ def _metadata_ok(metadata: Any) -> bool:
 
 
 def _settle(book: BatchBook, batch: Batch, now: float) -> None:
-    """A finished OpenAI batch's output and error files (made once, the first time it is seen finished)."""
-    if batch.wire != "openai" or batch.settled or batch.phase(now) not in TERMINAL:
+    """A finished OpenAI or Mistral batch's output and error files (made once, the first time it is seen finished).
+
+    Mistral's files hold the requests that ran; one that never ran (the job timed out or was
+    cancelled first) has no line there (the sandbox's reading: Mistral documents no such line)."""
+    if batch.wire not in ("openai", "mistral") or batch.settled or batch.phase(now) not in TERMINAL:
         return
     batch.settled = True
     if batch.failure is not None:
@@ -773,15 +879,18 @@ def _settle(book: BatchBook, batch: Batch, now: float) -> None:
     at = min(batch.end, batch.t_work)
     out, err = [], []
     expired = batch.phase(now) == "expired"
+    mistral = batch.wire == "mistral"
     for item in batch.items:
         r = rng(batch.id, "batch_req", item.index)
-        line: dict[str, Any] = {"id": f"batch_req_{r.getrandbits(128):032x}", "custom_id": item.custom_id}
+        ident = str(uuid.UUID(int=r.getrandbits(128), version=4)) if mistral else f"batch_req_{r.getrandbits(128):032x}"
+        line: dict[str, Any] = {"id": ident, "custom_id": item.custom_id}
         if item.index < k:
             status, body = _render(wire_openai, batch, seed, item, at)
-            line["response"] = {"status_code": status, "request_id": f"{r.getrandbits(128):032x}", "body": body}
+            line["response"] = ({"status_code": status, "body": body} if mistral else
+                                {"status_code": status, "request_id": f"{r.getrandbits(128):032x}", "body": body})
             line["error"] = None
             (out if status == 200 else err).append(line)
-        else:  # never run: the window closed, or the batch was cancelled first
+        elif not mistral:  # never run: the window closed, or the batch was cancelled first
             line["response"] = None
             line["error"] = {"code": "batch_expired" if expired else "batch_cancelled",
                              "message": _EXPIRED_MESSAGE if expired else _CANCELLED_MESSAGE}
@@ -790,11 +899,25 @@ def _settle(book: BatchBook, batch: Batch, now: float) -> None:
     for lines, suffix in ((out, "output"), (err, "error")):
         if lines:
             data = "".join(json.dumps(x) + "\n" for x in lines).encode()
-            f = book.add_file(batch.provider.id, f"{batch.id}_{suffix}.jsonl", "batch_output", data, created)
+            if mistral:
+                f = book.add_file(batch.provider.id, f"{batch.id}_{suffix}.jsonl", "batch", data, created, "mistral",
+                                  sample_type=f"batch_{'result' if suffix == 'output' else 'error'}", source="mistral")
+            else:
+                f = book.add_file(batch.provider.id, f"{batch.id}_{suffix}.jsonl", "batch_output", data, created)
             if suffix == "output":
                 batch.output_file_id = f.id
             else:
                 batch.error_file_id = f.id
+
+
+def _usage_sum(book: BatchBook, batch: Batch, k: int) -> tuple[int, int]:
+    """Input and output tokens of the answers among the first ``k`` requests."""
+    usage_in = usage_out = 0
+    for item in batch.items[:k]:
+        if not item.fails:
+            u = _answer(batch, book.scenario.seed, item).usage
+            usage_in, usage_out = usage_in + u.input_tokens, usage_out + u.output_tokens
+    return usage_in, usage_out
 
 
 def _openai_batch(book: BatchBook, batch: Batch) -> dict[str, Any]:
@@ -808,12 +931,7 @@ def _openai_batch(book: BatchBook, batch: Batch) -> dict[str, Any]:
 
     counts = batch.counts(now)
     started = batch.failure is None and now >= batch.t_ip and (batch.cancel_at is None or batch.cancel_at >= batch.t_ip)
-    k = batch.processed(now)
-    usage_in = usage_out = 0
-    for item in batch.items[:k]:
-        if not item.fails:
-            u = _answer(batch, book.scenario.seed, item).usage
-            usage_in, usage_out = usage_in + u.input_tokens, usage_out + u.output_tokens
+    usage_in, usage_out = _usage_sum(book, batch, batch.processed(now))
     total = 0 if ph == "validating" or batch.failure is not None else len(batch.items)
     return {
         "id": batch.id,
@@ -848,9 +966,11 @@ def _find(c: _Caller, batch_id: str) -> Batch | None:
 
 
 async def openai_batch_get(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _BATCHES_APIS)
     if isinstance(c, Response):
         return c
+    if c.provider.batch_api == "openrouter":
+        return openrouter_batch_get(c, request.path_params["batch_id"])
     batch = _find(c, request.path_params["batch_id"])
     if batch is None:
         return _openai_error(f"No batch found with id '{request.path_params['batch_id']}'.", 404, param="batch_id")
@@ -858,9 +978,11 @@ async def openai_batch_get(request: Request) -> Response:
 
 
 async def openai_batch_cancel(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _BATCHES_APIS)
     if isinstance(c, Response):
         return c
+    if c.provider.batch_api == "openrouter":
+        return openrouter_batch_cancel(c, request.path_params["batch_id"])
     batch = _find(c, request.path_params["batch_id"])
     if batch is None:
         return _openai_error(f"No batch found with id '{request.path_params['batch_id']}'.", 404, param="batch_id")
@@ -873,14 +995,17 @@ async def openai_batch_cancel(request: Request) -> Response:
 
 
 async def openai_batch_list(request: Request) -> Response:
-    c = _caller(request, "openai")
+    c = _caller(request, "openai", _BATCHES_APIS)
     if isinstance(c, Response):
         return c
     limit = _limit(request, 20, 100)
     if limit is None:
         return _openai_error("Invalid 'limit': expected an integer between 1 and 100.", param="limit", code="invalid_value")
     page, more = _page(c.book.listed(c.provider.id), lambda b: b.id, request.query_params.get("after"), None, limit)
-    data = [_openai_batch(c.book, b) for b in page]
+    if c.provider.batch_api == "openrouter":  # "results is always null in list responses" (BatchListItem)
+        data = [{**_openrouter_batch(c, b), "results": None} for b in page]
+    else:
+        data = [_openai_batch(c.book, b) for b in page]
     return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                   "last_id": data[-1]["id"] if data else None, "has_more": more})
 
@@ -1255,6 +1380,362 @@ async def gemini_batch_list(request: Request) -> Response:
     return _json(out)
 
 
+# --------------------------------------------------------------------------- Mistral batch jobs
+
+
+def _counted(messages: list[str]) -> list[dict[str, Any]]:
+    """Mistral's job ``errors``: ``[{message, count}]`` (BatchError), each message once."""
+    return [{"message": m, "count": n} for m, n in Counter(messages).items()]
+
+
+def _mistral_items(c: _Caller, files: list[StoredFile], model: str) -> tuple[list[Item], list[dict[str, Any]]]:
+    """The job's requests from its input files' lines ``{"custom_id", "body"}``, or the errors that fail it.
+
+    The job's model answers every line (a body's ``model`` is optional, docs.mistral.ai/capabilities/batch);
+    the wording of every error is the sandbox's own."""
+    spec = c.provider.batch
+    assert spec is not None
+    max_requests = spec.max_requests or MISTRAL_MAX_REQUESTS
+    lines: list[str] = []
+    for f in files:
+        got, errors = _input_lines(f.data, max_requests, spec.max_bytes or MISTRAL_MAX_BYTES)
+        if errors:
+            return [], _counted([f"{f.filename}: {errors[0]['message']}"])
+        lines += got
+    if len(lines) > max_requests:
+        return [], _counted([f"The job has {len(lines)} requests; a batch job may contain at most {max_requests}."])
+    problems: list[str] = []
+    seen: set[str] = set()
+    parsed: list[tuple[int, str, dict[str, Any]]] = []
+    for n, text in enumerate(lines, start=1):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None
+        cid, body = (obj.get("custom_id"), obj.get("body")) if isinstance(obj, dict) else (None, None)
+        if not isinstance(obj, dict):
+            problems.append("A line of the input file is not a valid JSON object.")
+        elif not isinstance(cid, str) or not cid:
+            problems.append("A request of the input file has no custom_id.")
+        elif cid in seen:
+            problems.append(f"The custom_id '{cid}' is used by more than one request.")
+        elif not isinstance(body, dict):
+            problems.append("A request of the input file has no body.")
+        else:
+            seen.add(cid)
+            parsed.append((n - 1, cid, {**body, "model": model}))
+    if spec.fail_validation is not None:
+        problems.append(spec.fail_validation)
+    if problems:
+        return [], _counted(problems)
+    return [_item(c.provider, i, cid, body, wire_openai.parse_chat) for i, cid, body in parsed], []
+
+
+def _mistral_job(book: BatchBook, batch: Batch) -> dict[str, Any]:
+    """Mistral's ``BatchJobOut`` at the current clock (mistralai/client-python models/batchjobout.py).
+
+    ``total_requests`` stays 0 until the job is validated, as litellm's review of its Mistral
+    support records (github.com/BerriAI/litellm/pull/40484)."""
+    now = book.clock()
+    _settle(book, batch, now)
+    ph = batch.phase(now)
+    counts = batch.counts(now)
+    started = batch.failure is None and now >= batch.t_ip and (batch.cancel_at is None or batch.cancel_at >= batch.t_ip)
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "input_files": list(batch.input_files),
+        "metadata": batch.metadata,
+        "endpoint": batch.endpoint,
+        "model": batch.model,
+        "agent_id": None,
+        "output_file": batch.output_file_id,
+        "error_file": batch.error_file_id,
+        "errors": batch.failure if batch.failure is not None and ph == "failed" else [],
+        "status": _MISTRAL_STATUS[ph],
+        "created_at": int(batch.created_wall),
+        "total_requests": 0 if ph == "validating" or batch.failure is not None else len(batch.items),
+        "completed_requests": counts["succeeded"] + counts["errored"],
+        "succeeded_requests": counts["succeeded"],
+        "failed_requests": counts["errored"],
+        "started_at": int(batch.wall(batch.t_ip)) if started else None,
+        "completed_at": int(batch.wall(batch.end)) if ph in TERMINAL else None,
+    }
+
+
+async def mistral_job_create(request: Request) -> Response:
+    """``POST /v1/batch/jobs`` ``{input_files, endpoint, model, metadata, timeout_hours}`` (BatchJobIn)."""
+    c = _caller(request, "openai", ("mistral",))
+    if isinstance(c, Response):
+        return c
+    if c.quota_exhausted:
+        return _refuse(c, Denial("quota_exhausted"))
+    body, _ = await _json_body(request)
+    if not isinstance(body, dict):
+        return _openai_error("We could not parse the JSON body of your request.")
+    endpoint, model, file_ids = body.get("endpoint"), body.get("model"), body.get("input_files")
+    if not isinstance(endpoint, str) or not endpoint:
+        return _openai_error("Missing required parameter: 'endpoint'.", param="endpoint", code="missing_required_parameter")
+    if endpoint not in OPENAI_ENDPOINTS:  # Mistral batches more endpoints; the sandbox answers chat only
+        allowed = ", ".join(f"'{e}'" for e in OPENAI_ENDPOINTS)
+        return _openai_error(f"Invalid value: '{endpoint}'. Supported values are: {allowed}.", param="endpoint",
+                             code="invalid_value")
+    if not isinstance(model, str) or not model:  # or agent_id, which the sandbox does not serve
+        return _openai_error("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if body.get("requests") is not None:
+        return _openai_error("The sandbox serves batch jobs on input_files, not inline requests.", param="requests")
+    if not isinstance(file_ids, list) or not file_ids or not all(isinstance(x, str) and x for x in file_ids):
+        return _openai_error("Missing required parameter: 'input_files'.", param="input_files",
+                             code="missing_required_parameter")
+    hours = body.get("timeout_hours", 24)
+    if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours < 168:
+        return _openai_error("Invalid 'timeout_hours': an integer number of hours, lower than 7 days.",
+                             param="timeout_hours", code="invalid_value")
+    metadata = body.get("metadata")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        return _openai_error("Invalid 'metadata': a map of strings.", param="metadata", code="invalid_value")
+    files = []
+    for file_id in file_ids:
+        f = _file(c, file_id)
+        if isinstance(f, Response):
+            return f
+        if f.purpose != "batch":
+            return _openai_error(f"The input file {f.id} has purpose '{f.purpose}'; a batch input file must be uploaded "
+                                 "with purpose 'batch'.", param="input_files")
+        files.append(f)
+    items, errors = _mistral_items(c, files, model)
+    batch = c.book.open_batch(c.provider, "mistral", c.key_id, items, failure=errors or None, model=model,
+                              endpoint=endpoint, input_files=tuple(file_ids), metadata=metadata, timeout_hours=hours)
+    return _json(_mistral_job(c.book, batch))
+
+
+def _mistral_find(c: _Caller, job_id: str) -> Batch | Response:
+    batch = _find(c, job_id)
+    return _openai_error(f"Batch job {job_id} not found.", 404, param="job_id") if batch is None else batch
+
+
+async def mistral_job_get(request: Request) -> Response:
+    c = _caller(request, "openai", ("mistral",))
+    if isinstance(c, Response):
+        return c
+    batch = _mistral_find(c, request.path_params["job_id"])
+    return batch if isinstance(batch, Response) else _json(_mistral_job(c.book, batch))
+
+
+async def mistral_job_list(request: Request) -> Response:
+    """``GET /v1/batch/jobs?page=0&page_size=100``: ``{data, object, total}``, newest first."""
+    c = _caller(request, "openai", ("mistral",))
+    if isinstance(c, Response):
+        return c
+    try:
+        page, size = int(request.query_params.get("page", 0)), int(request.query_params.get("page_size", 100))
+    except ValueError:
+        page, size = -1, 0
+    if page < 0 or size < 1:
+        return _openai_error("Invalid 'page' or 'page_size': non-negative and positive integers.", param="page")
+    jobs = c.book.listed(c.provider.id)
+    status = request.query_params.getlist("status")
+    if status:
+        jobs = [b for b in jobs if _MISTRAL_STATUS[b.phase(c.book.clock())] in status]
+    return _json({"data": [_mistral_job(c.book, b) for b in jobs[page * size:(page + 1) * size]], "object": "list",
+                  "total": len(jobs)})
+
+
+async def mistral_job_cancel(request: Request) -> Response:
+    """``POST /v1/batch/jobs/{id}/cancel``: CANCELLATION_REQUESTED, then CANCELLED (refusing an ended job
+    is the sandbox's wording)."""
+    c = _caller(request, "openai", ("mistral",))
+    if isinstance(c, Response):
+        return c
+    batch = _mistral_find(c, request.path_params["job_id"])
+    if isinstance(batch, Response):
+        return batch
+    ph = batch.phase(c.book.clock())
+    if ph in TERMINAL:
+        return _openai_error(f"Cannot cancel a batch job with status '{_MISTRAL_STATUS[ph]}'.")
+    if batch.cancel_at is None:
+        batch.cancel_at = c.book.clock()
+    return _json(_mistral_job(c.book, batch))
+
+
+# --------------------------------------------------------------------------- OpenRouter batches
+
+
+def _openrouter_error(message: str, status: int = 400) -> Response:
+    """OpenRouter's error body, ``{"error": {"code", "message"}}`` (as its live refusals are)."""
+    return _json({"error": {"code": status, "message": message}}, status)
+
+
+def _top_keys(raw: bytes) -> tuple[Any, list[str]]:
+    """The JSON body and the order of its top-level keys (json calls the hook for the outermost object last)."""
+    keys: list[str] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys[:] = [k for k, _ in pairs]
+        return dict(pairs)
+
+    try:
+        return json.loads(raw or b"null", object_pairs_hook=hook), keys
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, []
+
+
+def _openrouter_requests(c: _Caller, reqs: list[Any], model: str) -> tuple[list[Item], list[dict[str, Any]] | None]:
+    """The batch's requests ``{"custom_id", "body"}``, or why it fails once validated: "A 202 means
+    OpenRouter stored the batch, not that the batch is valid ... If a check fails, the batch moves
+    to failed and error.message says why" (openrouter.ai/docs/guides/features/batch-api). The
+    wording of each problem is the sandbox's own."""
+    spec = c.provider.batch
+    assert spec is not None
+    problems: list[str] = []
+    seen: set[str] = set()
+    parsed: list[tuple[int, str, dict[str, Any]]] = []
+    for i, r in enumerate(reqs):
+        cid = r.get("custom_id") if isinstance(r, dict) else None
+        body = r.get("body") if isinstance(r, dict) else None
+        if not isinstance(cid, str) or not cid:
+            problems.append(f"requests[{i}].custom_id: a non-empty string is required")
+        elif cid in seen:
+            problems.append(f"requests[{i}].custom_id: '{cid}' is used by more than one request")
+        elif not isinstance(body, dict):
+            problems.append(f"requests[{i}].body: an object is required")
+        elif body.get("model", model) != model:
+            problems.append(f"requests[{i}].body.model: '{body['model']}' is not the batch's model '{model}'")
+        else:
+            seen.add(cid)
+            parsed.append((i, cid, {**body, "model": model}))
+    if spec.fail_validation is not None:
+        problems.append(spec.fail_validation)
+    if problems:
+        return [], [{"message": "; ".join(problems)}]
+    return [_item(c.provider, i, cid, body, wire_openai.parse_chat) for i, cid, body in parsed], None
+
+
+async def openrouter_batch_create(request: Request, c: _Caller) -> Response:
+    """``POST /v1/batches`` ``{endpoint, model, completion_window?, requests}``: 202, ``validating``.
+
+    Refused at once, as the API stream-parses the body (openrouter-batch's wire notes): ``requests``
+    before ``endpoint`` or ``model``, a model this provider does not serve (a 400 in OpenRouter's own
+    words), more requests or bytes than one batch holds (the sandbox's reading of the 5,000 / 200 MB
+    limits; its wording too)."""
+    raw = await request.body()
+    spec = c.provider.batch
+    assert spec is not None
+    max_bytes = spec.max_bytes or OPENROUTER_MAX_BYTES
+    if len(raw) > max_bytes:
+        return _openrouter_error(f"The batch is {len(raw)} bytes; a batch may be at most {max_bytes} bytes.", 413)
+    body, keys = _top_keys(raw)
+    if not isinstance(body, dict):
+        return _openrouter_error("Invalid JSON body")
+    for name in ("endpoint", "model"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            return _openrouter_error(f"{name}: Required")
+    reqs = body.get("requests")
+    if not isinstance(reqs, list) or not reqs:
+        return _openrouter_error("requests: a non-empty array is required")
+    if keys.index("requests") < max(keys.index("endpoint"), keys.index("model")):
+        return _openrouter_error("endpoint and model must come before requests in the request body")
+    endpoint, model, window = body["endpoint"], body["model"], body.get("completion_window", "24h")
+    if endpoint not in OPENAI_ENDPOINTS:  # OpenRouter batches responses, messages and embeddings too
+        return _openrouter_error(f"endpoint: '{endpoint}' is not supported here (the sandbox answers "
+                                 f"{', '.join(OPENAI_ENDPOINTS)})")
+    if window != "24h":
+        return _openrouter_error(f"completion_window: '{window}' is not supported (24h)")
+    served = c.provider.model(model)
+    if served is None or served.kind != "chat":
+        return _refuse(c, Denial("not_found", message=model))
+    max_requests = spec.max_requests or OPENROUTER_MAX_REQUESTS
+    if len(reqs) > max_requests:
+        return _openrouter_error(f"requests: a batch holds at most {max_requests} requests, not {len(reqs)}")
+    items, failure = _openrouter_requests(c, reqs, model)
+    batch = c.book.open_batch(c.provider, "openrouter", c.key_id, items, failure=failure, model=model,
+                              endpoint=endpoint, completion_window=window)
+    return _json(_openrouter_batch(c, batch), 202)
+
+
+def _openrouter_results(c: _Caller, batch: Batch) -> list[dict[str, Any]]:
+    """The requests that ran, in input order: ``{id, custom_id, response: {status_code, request_id, body}, error}``
+    or ``{..., response: null, error: {message, type, param, error_type}}`` (the SDKs' Result and
+    ResultError). A request the window closed on first has no row (the sandbox's reading)."""
+    k = batch.processed(batch.end)
+    at = min(batch.end, batch.t_work)
+    out = []
+    for item in batch.items[:k]:
+        r = rng(batch.id, "result", item.index)
+        status, body = _render(wire_openai, batch, c.book.scenario.seed, item, at)
+        entry: dict[str, Any] = {"id": f"gen-batch-{r.getrandbits(64):016x}", "custom_id": item.custom_id}
+        if status == 200:
+            entry["response"] = {"status_code": 200, "request_id": f"{r.getrandbits(128):032x}", "body": body}
+            entry["error"] = None
+        else:
+            err = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
+            reason = item.denial.reason if item.denial is not None else "server_error"
+            entry["response"] = None
+            entry["error"] = {"message": str(err.get("message") or ""), "param": None,
+                              "type": "server_error" if status >= 500 else "invalid_request_error",
+                              "error_type": _OPENROUTER_ERROR_TYPE.get(reason, "unmapped")}
+        out.append(entry)
+    return out
+
+
+def _openrouter_batch(c: _Caller, batch: Batch) -> dict[str, Any]:
+    """OpenRouter's ``BatchObject`` at the current clock (openrouter.ai/docs/client-sdks/*/batchobject).
+
+    Results are inline once the batch is terminal; a cancelled batch returns none ("OpenRouter
+    returns no result rows for a cancelled batch"), nor does a failed one. ``usage.cost`` is left
+    out: the sandbox knows no prices."""
+    now = c.book.clock()
+    ph = batch.phase(now)
+    counts = batch.counts(now)
+    validated = ph != "validating" and batch.failure is None
+    status = ph if ph != "cancelling" else _OPENROUTER_CANCELLING if now >= batch.t_ip else "validating"
+    results = (_openrouter_results(c, batch) if ph in ("completed", "expired") else []) if ph in TERMINAL else None
+    usage_in, usage_out = _usage_sum(c.book, batch, batch.processed(now))
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "model": batch.model,
+        "provider": wire_openai._upstream(batch.model) if validated else None,  # the upstream the live route names
+        "status": status,
+        "completion_window": batch.completion_window,
+        "created_at": int(batch.created_wall),
+        "expires_at": int(batch.created_wall) + WINDOW_S,
+        "finalized_at": int(batch.wall(batch.end)) if ph in TERMINAL else None,
+        "error": {"message": batch.failure[0]["message"]} if batch.failure is not None and ph == "failed" else None,
+        "request_counts": {"total": len(batch.items) if validated else 0, "completed": counts["succeeded"],
+                           "failed": counts["errored"] + counts["expired"] + counts["canceled"]},
+        "results": results,
+        "usage": {"prompt_tokens": usage_in, "completion_tokens": usage_out, "total_tokens": usage_in + usage_out}
+        if validated else None,
+    }
+
+
+def _openrouter_find(c: _Caller, batch_id: str) -> Batch | Response:
+    batch = _find(c, batch_id)
+    return _openrouter_error(f"Batch {batch_id} not found", 404) if batch is None else batch
+
+
+def openrouter_batch_get(c: _Caller, batch_id: str) -> Response:
+    batch = _openrouter_find(c, batch_id)
+    return batch if isinstance(batch, Response) else _json(_openrouter_batch(c, batch))
+
+
+def openrouter_batch_cancel(c: _Caller, batch_id: str) -> Response:
+    """The batch "in its current status": it stays in_progress until the cancel takes (``cancel_after_s``);
+    "once it has a final status the call returns 409" (openrouter.ai/docs/api/api-reference/batch/cancel-a-batch).
+    The per-organization 403 is not simulated."""
+    batch = _openrouter_find(c, batch_id)
+    if isinstance(batch, Response):
+        return batch
+    ph = batch.phase(c.book.clock())
+    if ph in TERMINAL:
+        return _openrouter_error(f"Batch {batch.id} has already ended ({ph}) and can no longer be cancelled.", 409)
+    if batch.cancel_at is None:
+        batch.cancel_at = c.book.clock()
+    return _json(_openrouter_batch(c, batch))
+
+
 ROUTES: list[Route] = [
     Route("/{provider}/v1/files", openai_file_create, methods=["POST"]),
     Route("/{provider}/v1/files", openai_file_list, methods=["GET"]),
@@ -1265,6 +1746,10 @@ ROUTES: list[Route] = [
     Route("/{provider}/v1/batches", openai_batch_list, methods=["GET"]),
     Route("/{provider}/v1/batches/{batch_id}", openai_batch_get, methods=["GET"]),
     Route("/{provider}/v1/batches/{batch_id}/cancel", openai_batch_cancel, methods=["POST"]),
+    Route("/{provider}/v1/batch/jobs", mistral_job_create, methods=["POST"]),
+    Route("/{provider}/v1/batch/jobs", mistral_job_list, methods=["GET"]),
+    Route("/{provider}/v1/batch/jobs/{job_id}", mistral_job_get, methods=["GET"]),
+    Route("/{provider}/v1/batch/jobs/{job_id}/cancel", mistral_job_cancel, methods=["POST"]),
     Route("/{provider}/v1/messages/batches", anthropic_batch_create, methods=["POST"]),
     Route("/{provider}/v1/messages/batches", anthropic_batch_list, methods=["GET"]),
     Route("/{provider}/v1/messages/batches/{batch_id}", anthropic_batch_get, methods=["GET"]),

@@ -94,7 +94,7 @@ conversation that ends with a tool result is answered with text.
 
 Batches: a provider whose style has a batch API (``BATCH_STYLES``: OpenAI's files +
 batches for openai, groq, together and generic; Anthropic's message batches; Gemini's batch
-mode; see ``batches.py``) serves it, with the defaults below unless its
+mode; Mistral's batch jobs; OpenRouter's inline batches; see ``batches.py``) serves it, with the defaults below unless its
 ``[providers.<id>.batch]`` table says otherwise; ``batch = false`` turns it off (its batch
 routes then answer 404, as a provider without one does). Batch answers come from the same
 code as live answers, never touch the live limits, and a batch's status is a pure function
@@ -115,14 +115,16 @@ creation::
                                 #   rest expire (OpenAI error code batch_expired)
     fail_validation = "..."     # the batch fails validation with this message (OpenAI:
                                 #   status failed, errors.data; Anthropic: a 400 at create;
-                                #   Gemini: BATCH_STATE_FAILED)
+                                #   Gemini: BATCH_STATE_FAILED; Mistral: FAILED, errors;
+                                #   OpenRouter: failed, error.message)
     errored_custom_ids = ["r7"] # these requests error inside the batch (Gemini: the
     errored_every_nth = 5       #   metadata "key", else the 0-based index), or every n-th
     error_kind = "server_error" # how they fail: server_error, overloaded, unavailable or
     error_message = "..."       #   bad_request, in the provider's own error body
     max_requests = 50000        # per-batch limits; default the provider's documented ones
     max_bytes = 209715200       #   (OpenAI 50,000 / 200 MB, Anthropic 100,000 / 256 MB,
-                                #   Gemini inline 20 MB)
+                                #   Gemini inline 20 MB, Mistral 100,000 / 512 MB,
+                                #   OpenRouter 5,000 / 200 MB)
 
 ``lower_bound(...)`` says how fast any client could possibly run a set of models once,
 or ``prompts`` times each.
@@ -148,6 +150,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "BATCH_API_OF_STYLE",
     "BATCH_ERROR_KINDS",
     "BATCH_STYLES",
     "BUILTIN_SCENARIOS",
@@ -224,9 +227,12 @@ POST_ADMISSION = frozenset({"server_error", "slow", "drop", "malformed", "empty_
 #: Styles whose provider has a batch API the sandbox serves: OpenAI's files + batches (OpenAI,
 #: and Groq and Together, which copy it: console.groq.com/docs/batch,
 #: docs.together.ai/docs/inference/batch/overview; a generic OpenAI-compatible endpoint too),
-#: Anthropic's message batches, Gemini's batch mode. Mistral (/v1/batch/jobs) and OpenRouter
-#: batch in other shapes, DeepSeek and Azure's deployments not at all here.
-BATCH_STYLES = frozenset({"openai", "groq", "together", "generic", "anthropic", "gemini"})
+#: Anthropic's message batches, Gemini's batch mode, Mistral's batch jobs (/v1/batch/jobs on
+#: OpenAI's file upload) and OpenRouter's inline batches (/v1/batches, requests and results in
+#: the JSON). DeepSeek and Azure's deployments batch not at all here.
+BATCH_STYLES = frozenset({"openai", "groq", "together", "generic", "anthropic", "gemini", "mistral", "openrouter"})
+#: Styles of the OpenAI wire whose batch API has its own shape (the client config's ``batch.api``).
+BATCH_API_OF_STYLE: Mapping[str, str] = {"mistral": "mistral", "openrouter": "openrouter"}
 #: How a request that errors inside a batch fails (rendered by the wire module, as a live refusal).
 BATCH_ERROR_KINDS: tuple[str, ...] = ("server_error", "overloaded", "unavailable", "bad_request")
 
@@ -452,13 +458,20 @@ class ProviderSpec:
     def groups_of(self, model_id: str) -> tuple[GroupSpec, ...]:
         return tuple(g for g in self.groups if model_id in g.models)
 
+    @property
+    def batch_api(self) -> str | None:
+        """The batch API it serves (None: none): its wire's, or Mistral's or OpenRouter's own shape."""
+        if self.batch is None:
+            return None
+        return BATCH_API_OF_STYLE.get(self.style, self.wire) if self.wire == "openai" else self.wire
+
 
 def _client_batch(p: ProviderSpec, time_scale: float) -> bool | dict[str, Any]:
     """The client's ``batch`` entry for a simulated provider: off where it serves none, else its API
     with this scenario's per-batch limits and a status poll fast enough for batches of seconds."""
     if p.batch is None:
         return False
-    api = "anthropic" if p.wire == "anthropic" else "gemini" if p.wire == "gemini" else "openai"
+    api = p.batch_api
     poll = max(0.05, min(p.batch.complete_after_s, 1.0) * time_scale / 5) if time_scale > 0 else 0.05
     out: dict[str, Any] = {"api": api, "poll_s": poll, "max_poll_s": max(poll, 1.0 * time_scale or 0.05)}
     if p.batch.max_requests is not None:

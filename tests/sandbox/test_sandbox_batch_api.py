@@ -53,7 +53,7 @@ SCENARIO: dict[str, Any] = {
         "groq": {**_openai({}), "style": "groq"},
         "nobatch": {"style": "openai", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}, "batch": False},
         "defaults": {"style": "together", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}},
-        "mistral": {"style": "mistral", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}},
+        "deepseek": {"style": "deepseek", "keys": [OAI_KEY], "models": {"gpt-4o-mini": FAST}},
         "anthropic": _anthropic({"complete_after_s": 3.0, "cancel_after_s": 1.0}),
         "ant-faults": _anthropic({"complete_after_s": 2.0, "errored_custom_ids": ["q1"], "error_kind": "overloaded"}),
         "ant-expire": _anthropic({"complete_after_s": 2.0, "expire": True, "expire_fraction": 0.5}),
@@ -348,7 +348,7 @@ def test_openai_keys_routes_and_paging(world: tuple[Sandbox, Clock]) -> None:
         client.batches.retrieve("batch_nosuch")
     with pytest.raises(openai.NotFoundError):
         client.files.content("file-nosuch")
-    for off in ("nobatch", "mistral"):
+    for off in ("nobatch", "deepseek"):
         with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(POST /v1/files\)"):
             oai(sb, off).files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
     with pytest.raises(openai.BadRequestError) as purpose:
@@ -591,12 +591,12 @@ def test_scenario_batch_fields_are_validated() -> None:
         "key 'providers.p.batch.speed': found 'speed', expected one of",
     ]:
         assert fragment in text, fragment
-    assert "expected a batch API only on providers whose style has one" in problems({}, style="mistral")
+    assert "expected a batch API only on providers whose style has one" in problems({}, style="deepseek")
     assert "expected a batch API only on providers whose style has one" in problems(True, style="deepseek")
     assert "found [], expected true, false or a [batch] table" in problems([])
     sc = parse_scenario(SCENARIO)
     assert sc.provider("nobatch").batch is None  # type: ignore[union-attr]  # batch = false
-    assert sc.provider("mistral").batch is None  # type: ignore[union-attr]  # its batch API has another shape
+    assert sc.provider("deepseek").batch is None  # type: ignore[union-attr]  # its style has no batch API
     assert sc.provider("defaults").batch == BatchSpec()  # type: ignore[union-attr]  # a style with one: on by default
     assert load_scenario("seed15").provider("openai").batch == BatchSpec()  # type: ignore[union-attr]
     assert sc.public_dict()["providers"]["oai-faults"]["batch"]["errored_custom_ids"] == ["r-2"]

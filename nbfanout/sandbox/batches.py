@@ -1400,7 +1400,7 @@ def _mistral_items(c: _Caller, files: list[StoredFile], model: str) -> tuple[lis
     for f in files:
         got, errors = _input_lines(f.data, max_requests, spec.max_bytes or MISTRAL_MAX_BYTES)
         if errors:
-            return [], _counted([f"{f.filename}: {errors[0]['message']}"])
+            return [], _counted([errors[0]["message"] if len(files) == 1 else f"{f.id}: {errors[0]['message']}"])
         lines += got
     if len(lines) > max_requests:
         return [], _counted([f"The job has {len(lines)} requests; a batch job may contain at most {max_requests}."])

@@ -62,7 +62,7 @@ SCENARIO: dict[str, Any] = {
                       "batch": {"complete_after_s": 0.5, "max_requests": 2}},
         "oai-slow": _oai({"in_progress_after_s": 0.2, "complete_after_s": 30.0, "cancel_after_s": 0.3}),
         "nobatch": {**_oai(False)},
-        "mistral": {"style": "mistral", "keys": [OAI], "models": {"mistral-small-latest": FAST}},
+        "deepseek": {"style": "deepseek", "keys": [OAI], "models": {"deepseek-chat": FAST}},  # a style with no batch API
     },
 }
 
@@ -279,12 +279,12 @@ async def test_via_auto_batches_only_what_the_live_limits_make_slow_and_provider
     async with Fanout(config) as fx:
         auto = await fx.map(_prompts(6), models=["openai/gpt-4o-mini", "gemini/gemini-2.5-flash"], via="auto",
                             batch_after_s=30, batch_state=state_dir / "auto.json", max_tokens=40)
-        forced = await fx.map(_prompts(2), models=["nobatch/gpt-4o-mini", "mistral/mistral-small-latest"],
+        forced = await fx.map(_prompts(2), models=["nobatch/gpt-4o-mini", "deepseek/deepseek-chat"],
                               via="batch", max_tokens=40, batch_state=state_dir / "live.json")
     assert {r.requested: r.via for r in auto.results} == {"openai/gpt-4o-mini": "batch",
                                                          "gemini/gemini-2.5-flash": "live"}
     assert all(r.ok and r.via == "live" for r in forced.results)
-    assert "nobatch/gpt-4o-mini runs live" in caplog.text and "mistral/mistral-small-latest runs live" in caplog.text
+    assert "nobatch/gpt-4o-mini runs live" in caplog.text and "deepseek/deepseek-chat runs live" in caplog.text
 
 
 async def test_bad_batch_input_is_refused_before_anything_is_sent(sb: Sandbox, tmp_path: Path) -> None:

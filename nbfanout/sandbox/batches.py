@@ -965,6 +965,16 @@ def _find(c: _Caller, batch_id: str) -> Batch | None:
     return c.book.batches.get(c.provider.id, {}).get(batch_id)
 
 
+def _cancel(c: _Caller, batch: Batch) -> str | None:
+    """Start cancelling ``batch`` now (asking again changes nothing); its phase instead when it has ended."""
+    ph = batch.phase(c.book.clock())
+    if ph in TERMINAL:
+        return ph
+    if batch.cancel_at is None:
+        batch.cancel_at = c.book.clock()
+    return None
+
+
 async def openai_batch_get(request: Request) -> Response:
     c = _caller(request, "openai", _BATCHES_APIS)
     if isinstance(c, Response):
@@ -1153,11 +1163,8 @@ async def anthropic_batch_cancel(request: Request) -> Response:
     batch = _anthropic_find(c, request)
     if isinstance(batch, Response):
         return batch
-    ph = batch.phase(c.book.clock())
-    if ph in TERMINAL:
+    if _cancel(c, batch) is not None:
         return _anthropic_error(f"Message Batch {batch.id} has already ended and can no longer be canceled.")
-    if batch.cancel_at is None:
-        batch.cancel_at = c.book.clock()
     return _json(_anthropic_batch(request, c, batch))
 
 
@@ -1356,11 +1363,10 @@ async def gemini_batch(request: Request) -> Response:
         del c.book.batches[c.provider.id][batch.id]
         return _json({})
     if request.method == "POST" and method == "cancel":
-        ph = batch.phase(c.book.clock())
-        if ph in TERMINAL:
-            return _gemini_error(f"Batch batches/{ident} has already ended ({_GEMINI_STATE[ph]}).", 400, "FAILED_PRECONDITION")
-        if batch.cancel_at is None:
-            batch.cancel_at = c.book.clock()
+        ended = _cancel(c, batch)
+        if ended is not None:
+            return _gemini_error(f"Batch batches/{ident} has already ended ({_GEMINI_STATE[ended]}).", 400,
+                                 "FAILED_PRECONDITION")
         return _json({})
     return _gemini_error(f"Method {method or request.method!r} is not supported on batches.", 404, "NOT_FOUND")
 
@@ -1550,11 +1556,9 @@ async def mistral_job_cancel(request: Request) -> Response:
     batch = _mistral_find(c, request.path_params["job_id"])
     if isinstance(batch, Response):
         return batch
-    ph = batch.phase(c.book.clock())
-    if ph in TERMINAL:
-        return _openai_error(f"Cannot cancel a batch job with status '{_MISTRAL_STATUS[ph]}'.")
-    if batch.cancel_at is None:
-        batch.cancel_at = c.book.clock()
+    ended = _cancel(c, batch)
+    if ended is not None:
+        return _openai_error(f"Cannot cancel a batch job with status '{_MISTRAL_STATUS[ended]}'.")
     return _json(_mistral_job(c.book, batch))
 
 
@@ -1728,11 +1732,9 @@ def openrouter_batch_cancel(c: _Caller, batch_id: str) -> Response:
     batch = _openrouter_find(c, batch_id)
     if isinstance(batch, Response):
         return batch
-    ph = batch.phase(c.book.clock())
-    if ph in TERMINAL:
-        return _openrouter_error(f"Batch {batch.id} has already ended ({ph}) and can no longer be cancelled.", 409)
-    if batch.cancel_at is None:
-        batch.cancel_at = c.book.clock()
+    ended = _cancel(c, batch)
+    if ended is not None:
+        return _openrouter_error(f"Batch {batch.id} has already ended ({ended}) and can no longer be cancelled.", 409)
     return _json(_openrouter_batch(c, batch))
 
 

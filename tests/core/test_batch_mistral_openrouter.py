@@ -20,6 +20,7 @@ from nbfanout.core.batch import BatchState
 from nbfanout.core.errors import ErrorCategory
 from nbfanout.core.events import BatchProgress, Event
 from nbfanout.sandbox import Sandbox, start_sandbox
+from _batch_helpers import prompts  # the prompts the other batch tests send
 
 MIS = "sk-sbx-core-batch-mistral-0c01"
 ORK = "sk-or-sbx-core-batch-0c02"
@@ -72,34 +73,26 @@ def sb() -> Any:
         yield server
 
 
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "batches"
-
-
-def _prompts(n: int) -> list[str]:
-    return [f"question {i}: name a colour and a number" for i in range(n)]
-
-
 def _batches(sb: Sandbox, provider: str) -> int:
-    return int(sb.stats().get("batches", {}).get(provider, {}).get("live", 0))
+    """How many batches the sandbox holds for a provider (none are deleted)."""
+    return int(sb.stats()["batches"].get(provider, {}).get("live", 0))
 
 
 async def test_a_map_via_batch_over_mistral_and_openrouter_returns_every_answer_in_order_at_the_batch_price(
-        sb: Sandbox, state_dir: Path) -> None:
-    prompts = _prompts(20)
+        sb: Sandbox, tmp_path: Path) -> None:
+    asked = prompts(20)
     events: list[Event] = []
     async with Fanout(sb.config) as fx:
         fx.subscribe(events.append)
-        batch = await fx.map(prompts, models=MODELS, via="batch", batch_state=state_dir / "both.json", max_tokens=40)
-        live = await fx.map(prompts, models=MODELS, max_tokens=40)  # the sandbox answers a prompt alike either way
+        batch = await fx.map(asked, models=MODELS, via="batch", batch_state=tmp_path / "both.json", max_tokens=40)
+        live = await fx.map(asked, models=MODELS, max_tokens=40)  # the sandbox answers a prompt alike either way
     assert len(batch.results) == 40 and all(r.ok for r in batch.results)
     assert [(r.prompt_index, r.requested) for r in batch.results] == [(i, m) for i in range(20) for m in MODELS]
     assert {r.via for r in batch.results} == {"batch"} and {r.via for r in live.results} == {"live"}
     for b, lv in zip(batch.results, live.results):
         assert (b.text, b.input_tokens, b.output_tokens) == (lv.text, lv.input_tokens, lv.output_tokens)
         assert lv.cost and b.cost == pytest.approx(lv.cost * 0.5)  # the catalog's batch price for both
-    state = BatchState.load(state_dir / "both.json")
+    state = BatchState.load(tmp_path / "both.json")
     assert sorted(j.model for j in state.jobs) == sorted(MODELS) and state.done
     assert all(j.state == "fetched" and j.total == 20 for j in state.jobs)
     statuses = {(e.model, e.status) for e in events if isinstance(e, BatchProgress) and e.state == "fetched"}
@@ -107,10 +100,10 @@ async def test_a_map_via_batch_over_mistral_and_openrouter_returns_every_answer_
     assert {p: _batches(sb, p) >= 1 for p in ("mistral", "openrouter")} == {"mistral": True, "openrouter": True}
 
 
-async def test_requests_that_error_inside_a_batch_fail_with_the_live_taxonomy(sb: Sandbox, state_dir: Path) -> None:
+async def test_requests_that_error_inside_a_batch_fail_with_the_live_taxonomy(sb: Sandbox, tmp_path: Path) -> None:
     models = [f"mis-faults/{MIS_MODEL}", f"or-faults/{OR_MODEL}", f"mis-refuse/{MIS_MODEL}", f"or-refuse/{OR_MODEL}"]
     async with Fanout(sb.config) as fx:
-        batch = await fx.map(_prompts(6), models=models, via="batch", batch_state=state_dir / "faults.json",
+        batch = await fx.map(prompts(6), models=models, via="batch", batch_state=tmp_path / "faults.json",
                              max_tokens=40)
     by = {(r.prompt_index, r.requested): r for r in batch.results}
     failed = {k for k, r in by.items() if not r.ok}
@@ -127,48 +120,47 @@ async def test_requests_that_error_inside_a_batch_fail_with_the_live_taxonomy(sb
 
 @pytest.mark.parametrize("model", [f"mis-expire/{MIS_MODEL}", f"or-expire/{OR_MODEL}"])
 async def test_an_expired_batch_keeps_its_answers_and_its_expired_requests_rerun_live(
-        sb: Sandbox, state_dir: Path, model: str) -> None:
+        sb: Sandbox, tmp_path: Path, model: str) -> None:
     async with Fanout(sb.config) as fx:
-        batch = await fx.map(_prompts(8), models=[model], via="batch", batch_state=state_dir / "expire.json",
+        batch = await fx.map(prompts(8), models=[model], via="batch", batch_state=tmp_path / "expire.json",
                              max_tokens=40)
-        expired = [r for r in batch.results if not r.ok]
-        assert [r.prompt_index for r in expired] == [4, 5, 6, 7]  # the first half ran before the window closed
-        assert all(r.error.category is ErrorCategory.TIMEOUT and r.error.provider_code == "batch_expired"
-                   and "rerun" in r.error.message for r in expired)
         again = await fx.rerun(batch, max_tokens=40)
-    assert all(r.ok for r in again.results)
+    errors = {r.prompt_index: r.error for r in batch.results if not r.ok}
+    assert sorted(errors) == [4, 5, 6, 7]  # the first half ran before the window closed
+    assert {(e.category, e.provider_code) for e in errors.values()} == {(ErrorCategory.TIMEOUT, "batch_expired")}
+    assert all("rerun" in e.message for e in errors.values()) and all(r.ok for r in again.results)
     assert [r.via for r in again.results] == ["batch"] * 4 + ["live"] * 4
 
 
-async def test_a_batch_that_fails_validation_fails_with_the_providers_message(sb: Sandbox, state_dir: Path) -> None:
+async def test_a_batch_that_fails_validation_fails_with_the_providers_message(sb: Sandbox, tmp_path: Path) -> None:
     models = [f"mis-invalid/{MIS_MODEL}", f"or-invalid/{OR_MODEL}", MODELS[0]]
     async with Fanout(sb.config) as fx:
-        batch = await fx.map(_prompts(3), models=models, via="batch", batch_state=state_dir / "invalid.json",
+        batch = await fx.map(prompts(3), models=models, via="batch", batch_state=tmp_path / "invalid.json",
                              max_tokens=40)
     said = {m: {r.error.message for r in batch.results if r.requested == m and not r.ok} for m in models[:2]}
     assert said == {models[0]: {"The sandbox refused this job."}, models[1]: {"The sandbox refused this batch."}}
     assert all(r.ok for r in batch.results if r.requested == MODELS[0])  # the other model is kept
-    assert [j.state for j in BatchState.load(state_dir / "invalid.json").jobs] == ["failed", "failed", "fetched"]
+    assert [j.state for j in BatchState.load(tmp_path / "invalid.json").jobs] == ["failed", "failed", "fetched"]
 
 
 async def test_a_map_larger_than_one_batch_is_split_and_a_batch_too_large_fails_with_the_providers_message(
-        sb: Sandbox, state_dir: Path) -> None:
+        sb: Sandbox, tmp_path: Path) -> None:
     models = [f"mis-small/{MIS_MODEL}", f"or-small/{OR_MODEL}"]
     before = {p: _batches(sb, p) for p in ("mis-small", "or-small")}
     async with Fanout(sb.config) as fx:
-        batch = await fx.map(_prompts(5), models=models, via="batch", batch_state=state_dir / "split.json",
+        batch = await fx.map(prompts(5), models=models, via="batch", batch_state=tmp_path / "split.json",
                              max_tokens=40)
     assert all(r.ok for r in batch.results)
     assert [(r.prompt_index, r.requested) for r in batch.results] == [(i, m) for i in range(5) for m in models]
     assert {p: _batches(sb, p) - before[p] for p in before} == {"mis-small": 3, "or-small": 3}
-    jobs = BatchState.load(state_dir / "split.json").jobs
+    jobs = BatchState.load(tmp_path / "split.json").jobs
     assert {m: [j.prompts for j in jobs if j.model == m] for m in models} == {m: [(0, 1), (2, 3), (4,)] for m in models}
 
     config = json.loads(json.dumps(sb.config))
     for provider in ("mis-small", "or-small"):  # the client thinks more fit in one batch than do
         config["providers"][provider]["batch"]["max_requests"] = 1000
     async with Fanout(config) as fx:
-        refused = await fx.map(_prompts(5), models=models, via="batch", batch_state=state_dir / "toolarge.json",
+        refused = await fx.map(prompts(5), models=models, via="batch", batch_state=tmp_path / "toolarge.json",
                                max_tokens=40)
     assert not any(r.ok for r in refused.results)
     said = {m: {r.error.message for r in refused.results if r.requested == m} for m in models}
@@ -179,11 +171,11 @@ async def test_a_map_larger_than_one_batch_is_split_and_a_batch_too_large_fails_
 
 
 async def test_cancel_is_asked_for_explicitly_and_a_resume_then_returns_the_cancelled_requests(
-        sb: Sandbox, state_dir: Path) -> None:
-    path = state_dir / "cancel.json"
+        sb: Sandbox, tmp_path: Path) -> None:
+    path = tmp_path / "cancel.json"
     models = [f"mis-slow/{MIS_MODEL}", f"or-slow/{OR_MODEL}"]
     async with Fanout(sb.config) as fx:
-        task = asyncio.ensure_future(fx.map(_prompts(4), models=models, via="batch", batch_state=path, max_tokens=40))
+        task = asyncio.ensure_future(fx.map(prompts(4), models=models, via="batch", batch_state=path, max_tokens=40))
         while not (path.exists() and len(BatchState.load(path).jobs) == 2):
             await asyncio.sleep(0.02)
         task.cancel()  # stopping the run leaves the providers' batches alone
@@ -199,9 +191,9 @@ async def test_cancel_is_asked_for_explicitly_and_a_resume_then_returns_the_canc
     assert [j.status for j in BatchState.load(path).jobs] == ["CANCELLED", "cancelled"] and BatchState.load(path).done
 
 
-async def test_the_state_file_never_holds_a_key(sb: Sandbox, state_dir: Path) -> None:
+async def test_the_state_file_never_holds_a_key(sb: Sandbox, tmp_path: Path) -> None:
     async with Fanout(sb.config) as fx:
-        await fx.map(_prompts(2), models=MODELS, via="batch", batch_state=state_dir / "keys.json", max_tokens=40)
-    text = (state_dir / "keys.json").read_text()
+        await fx.map(prompts(2), models=MODELS, via="batch", batch_state=tmp_path / "keys.json", max_tokens=40)
+    text = (tmp_path / "keys.json").read_text()
     for key in (MIS, ORK):
         assert key not in text and key[-4:] in text

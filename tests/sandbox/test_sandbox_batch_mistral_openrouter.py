@@ -19,6 +19,7 @@ import pytest
 from nbfanout.sandbox import Sandbox, load_scenario, parse_scenario, start_sandbox
 from nbfanout.sandbox.batches import MISTRAL_MAX_BYTES, MISTRAL_MAX_REQUESTS, OPENROUTER_MAX_BYTES, OPENROUTER_MAX_REQUESTS
 from nbfanout.sandbox.scenario import BATCH_STYLES, BatchSpec
+from test_sandbox_batch_api import Clock  # the same fake clock (pytest puts this folder on the path)
 
 MIS_KEY = "sk-sbx-bt-mistral-0011"
 BAD_KEY = "sk-sbx-bt-mistral-bad-0012"
@@ -59,25 +60,11 @@ SCENARIO: dict[str, Any] = {
 }
 
 
-class Clock:
-    """The sandbox's clock: it moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 9000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[Sandbox, Clock]]:
     clock = Clock()
-    sb = start_sandbox(parse_scenario(SCENARIO, source="<batch-mistral-openrouter-test>"), clock=clock)
-    yield sb, clock
-    sb.stop()
+    with start_sandbox(parse_scenario(SCENARIO, source="<batch-mistral-openrouter-test>"), clock=clock) as sb:
+        yield sb, clock
 
 
 @pytest.fixture

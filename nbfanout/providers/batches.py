@@ -19,7 +19,6 @@ the same ``classify_error``):
   ``metadata.state`` is a ``BATCH_STATE_*``); the answers inline in the ended operation, in the
   order of the requests; ``POST batches/{id}:cancel`` (ai.google.dev/api/batch-api,
   ai.google.dev/gemini-api/docs/batch-api: inline batches up to 20 MB).
-
 - ``MistralBatches``: the JSONL file uploaded as OpenAI's is (``POST /files``, ``purpose=batch``), lines
   ``{"custom_id", "body"}``; ``POST /batch/jobs`` ``{input_files, endpoint, model, metadata,
   timeout_hours}``; ``GET /batch/jobs/{id}`` (``status`` QUEUED / RUNNING / SUCCESS / FAILED /
@@ -43,8 +42,11 @@ the same ``classify_error``):
   confirms), and a cancelled batch returns no result rows (openrouter.ai/docs/guides/features/batch-api,
   openrouter.ai/docs/batch-quickstart, openrouter.ai/docs/api/api-reference/batch/cancel-a-batch,
   the SDKs' BatchObject / Result / ResultError / ApiErrorType pages). The path is the one the current
-  reference gives, ``/api/v1/batches``; the API's first release was reached at ``/api/beta/batches``
-  (openrouter-batch 0.1.2, verified live 2026-08-29), which this client does not call.
+  guide and API reference give, ``/api/v1/batches`` (the chat base URL's own ``/batches``); clients
+  written in 2026 also call ``/api/beta/batches`` (openrouter-batch 0.1.2, "verified against the live
+  API on 2026-08-29"), which is not confirmed to answer still and which this client does not call.
+  Not confirmed either: whether a model's base slug is taken or only its ``:batch`` variant (the
+  guide lists "models with a batch variant"); a refusal fails the batch with OpenRouter's message.
 """
 
 from __future__ import annotations

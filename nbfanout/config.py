@@ -387,6 +387,8 @@ def _batch(p: _Problems, key: str, raw: Mapping[str, Any], spec: ProviderSpec | 
     if "batch" not in raw:
         return spec.batch if spec else None
     value = raw["batch"]
+    if value is True and spec is not None and spec.batch is not None:  # on: the catalog's own batch API
+        return spec.batch
     if isinstance(value, Mapping) and spec is not None and spec.batch is not None:
         value = {**{k: v for k, v in asdict(spec.batch).items() if v is not None}, **value}
     try:

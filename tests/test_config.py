@@ -224,15 +224,19 @@ def test_batch_apis_come_from_the_catalog_and_a_config_can_turn_them_off_on_or_t
     assert {p: config.providers[p].batch.api for p in ("openai", "anthropic", "gemini", "groq", "together")} == {
         "openai": "openai", "anthropic": "anthropic", "gemini": "gemini", "groq": "openai", "together": "openai"}
     assert all(config.providers[p].batch.source for p in ("openai", "anthropic", "gemini", "groq", "together"))
-    assert config.providers["mistral"].batch is None and config.providers["openrouter"].batch is None
+    assert (config.providers["mistral"].batch.api, config.providers["openrouter"].batch.api) == ("mistral", "openrouter")
+    assert config.providers["mistral"].batch.source and config.providers["openrouter"].batch.source
+    assert config.providers["deepseek"].batch is None  # a provider with no batch API
     tuned = load_config({"providers": {
         "openai": {"batch": {"poll_s": 60}},
         "anthropic": {"batch": False},
+        "mistral": {"batch": True},  # on, as the catalog has it: Mistral's own batch jobs, not OpenAI's
         "local": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "x", "models": ["m"], "batch": True},
     }, "models": {"openai/gpt-4o-mini": {"batch_input_price": 0.01}}}, env={})
     openai = tuned.providers["openai"].batch
     assert (openai.poll_s, openai.max_requests, openai.price_factor) == (60.0, 50_000, 0.5)  # the rest is the catalog's
     assert tuned.providers["anthropic"].batch is None
+    assert tuned.providers["mistral"].batch == config.providers["mistral"].batch
     assert tuned.providers["local"].batch.api == "openai"
     mini = tuned.models["openai/gpt-4o-mini"]
     assert mini.batch_cost(1_000_000, 1_000_000, 0.5) == pytest.approx(0.01 + mini.output_price / 2)

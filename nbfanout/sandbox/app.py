@@ -12,6 +12,8 @@ Routes (``{provider}`` is a scenario provider id; its wire format decides which 
     Batch APIs, for providers with a [batch] table (batches.py has the details):
     POST /{provider}/v1/files, GET .../v1/files[/{id}[/content]], DELETE .../v1/files/{id}
     POST /{provider}/v1/batches, GET .../v1/batches[/{id}], POST .../v1/batches/{id}/cancel
+         (OpenAI's bodies, or OpenRouter's inline ones for style openrouter)
+    POST /{provider}/v1/batch/jobs, GET .../v1/batch/jobs[/{id}], POST .../v1/batch/jobs/{id}/cancel (Mistral)
     POST /{provider}/v1/messages/batches, GET .../v1/messages/batches[/{id}[/results]],
          POST .../v1/messages/batches/{id}/cancel, DELETE .../v1/messages/batches/{id}
     POST /{provider}/v1beta/models/{model}:batchGenerateContent, GET .../v1beta/batches[/{id}],

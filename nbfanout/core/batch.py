@@ -257,7 +257,13 @@ class BatchRunner:
         found = self.support(name)
         assert found is not None
         support, api = found
-        key = self._key(provider)
+        try:
+            key = self._key(provider)
+        except MissingKeyError as exc:  # this model's requests fail; the map's other models go on
+            info = ErrorInfo(ErrorCategory.MISSING_KEY, False, str(exc), provider=provider.id)
+            for i in range(len(state.prompts)):
+                deliver(i, name, self._failure(name, i, info, "", run, 0.0))
+            return
         endpoint = self._endpoint(provider, key)
         for k, chunk in enumerate(self._chunks(name, state, api, support)):
             label = f"nbfanout-{state.path.stem}-{name.replace('/', '_')}-{k}"
@@ -303,7 +309,13 @@ class BatchRunner:
             raise UsageError(f"{job.model}: the state file holds a batch, but {self.why_live(job.model)} "
                              f"in {self.config.source}")
         support, api = found
-        key = self._key(provider, job.key_digest)
+        try:
+            key = self._key(provider, job.key_digest)
+        except (MissingKeyError, UsageError) as exc:  # its results cannot be read now; the other batches can
+            info = ErrorInfo(ErrorCategory.MISSING_KEY, False, str(exc), provider=job.provider)
+            for i in job.prompts:
+                deliver(i, job.model, self._failure(job.model, i, info, job.key_id, run, 0.0))
+            return
         endpoint = self._endpoint(provider, key)
         index = self._job_index(state, job)
         delay = support.poll_s

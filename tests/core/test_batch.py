@@ -326,3 +326,31 @@ async def test_a_provider_that_stops_answering_status_requests_is_reported_not_w
     failed = next(e for e in events if isinstance(e, BatchProgress) and e.poll_error)
     assert failed.state == "running" and failed.next_poll_s and failed.state_path == str(tmp_path / "gone.json")
     assert [e.state for e in events if isinstance(e, BatchProgress)][0] == "creating"
+
+
+async def test_a_missing_key_fails_only_its_models_batches_and_a_resume_with_it_back_reads_them(
+        sb: Sandbox, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    keyless = json.loads(json.dumps(sb.config))
+    del keyless["providers"]["openai"]["api_key"]
+    async with Fanout(keyless) as fx:
+        batch = await fx.map(_prompts(3), models=["openai/gpt-4o-mini", "gemini/gemini-2.5-flash"], via="batch",
+                             batch_state=state_dir / "nokey.json", max_tokens=40)
+    by = {r.requested: [x for x in batch.results if x.requested == r.requested] for r in batch.results}
+    assert all(r.ok for r in by["gemini/gemini-2.5-flash"])
+    missing = by["openai/gpt-4o-mini"]
+    assert [r.error.category for r in missing] == [ErrorCategory.MISSING_KEY] * 3
+    assert "OPENAI_API_KEY" in missing[0].error.message
+    # a batch created with a key that is gone cannot be read until it is back, and says so
+    async with Fanout(sb.config) as fx:
+        created = await fx.map(_prompts(2), models=["openai/gpt-4o-mini", "gemini/gemini-2.5-flash"], via="batch",
+                               batch_state=state_dir / "key.json", max_tokens=40)
+    assert all(r.ok for r in created.results)
+    async with Fanout(keyless) as fx:
+        stuck = await fx.resume(state_dir / "key.json")
+    assert [r.ok for r in stuck.results] == [False, True, False, True]
+    assert "OPENAI_API_KEY" in stuck.results[0].error.message
+    async with Fanout(sb.config) as fx:
+        again = await fx.resume(state_dir / "key.json")
+    assert [r.text for r in again.results] == [r.text for r in created.results]

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 
-from nbfanout._argtypes import positive_float, positive_int
+from nbfanout._argtypes import batch_via, new_batch_state, positive_float, positive_int
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import FanoutError, UsageError
 from nbfanout.core.events import RequestEvent
@@ -408,39 +408,11 @@ def _say_shared(fx: Any) -> None:
         print(f"budgets were kept in this process: {fx.shared.config.shown} was unreachable", file=sys.stderr)
 
 
-def _via(args: argparse.Namespace) -> str:
-    """``--batch`` / ``--via``: how the requests go (live, batch, auto), checked against each other."""
-    if args.batch and args.via not in (None, "batch"):
-        raise UsageError(f"--batch means --via batch: drop --batch or --via {args.via}")
-    via = args.via or ("batch" if args.batch else "live")
-    if via == "live" and args.batch_state:
-        raise UsageError("--batch-state names a batch map's state file: add --batch (or --via batch|auto)")
-    if via != "auto" and args.batch_after is not None:
-        raise UsageError("--batch-after is the threshold of --via auto: add --via auto or drop it")
-    return via
-
-
-def _state_path(args: argparse.Namespace) -> Path:
-    """Where a batch map's state goes: --batch-state, which must not hold another map already, or a new
-    file under .nbfanout/batches/ (named here, so the CLI can say it before the batches are done)."""
-    from nbfanout.progress import new_state_path
-
-    if args.batch_state:
-        path = Path(args.batch_state)
-        if path.exists():
-            raise UsageError(f"--batch-state {path}: exists (a map's batches may be in it); pick its batches up "
-                             f"with `nbfanout resume {path}`, or name a new file")
-        if path.parent != Path("") and path.parent.exists() and not path.parent.is_dir():
-            raise UsageError(f"--batch-state {path}: {path.parent} is not a directory")
-        return path
-    return new_state_path()
-
-
 def _batch_kwargs(args: argparse.Namespace, via: str) -> dict[str, Any]:
     """``map``'s keyword arguments for --batch / --via / --batch-state / --batch-after."""
     if via == "live":
         return {}
-    out: dict[str, Any] = {"via": via, "batch_state": _state_path(args)}
+    out: dict[str, Any] = {"via": via, "batch_state": new_batch_state(args.batch_state, "nbfanout resume")}
     if args.batch_after is not None:
         out["batch_after_s"] = args.batch_after
     return out
@@ -450,7 +422,7 @@ async def _run(args: argparse.Namespace) -> int:
     from nbfanout.core.results import FanoutResult
 
     if args.rerun:
-        if _via(args) != "live":
+        if batch_via(args) != "live":
             raise UsageError("--rerun resends one prompt's failed models live; a map's failures go again by batch "
                              "with Fanout.rerun(batch, via='batch'): drop --batch / --via")
         return await _rerun(args)
@@ -465,7 +437,7 @@ async def _run(args: argparse.Namespace) -> int:
     for f in args.file or []:
         prompt += f"\n\n--- {f} ---\n" + read_text_file(f, "--file")
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
-    via = _via(args)
+    via = batch_via(args)
     if via != "live" and (args.one or args.stream):
         raise UsageError(f"--{'one' if args.one else 'stream'} needs live requests: a provider batch answers "
                          "every request at once, later; drop it or --batch / --via")
@@ -530,7 +502,7 @@ async def _map(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, args.column)
     models = [m for part in (args.models or []) for m in part.replace(",", " ").split()] or None
     check_out_dir(args.out)
-    via = _via(args)
+    via = batch_via(args)
     if via != "live" and args.route:
         raise UsageError("--route picks one model per prompt as capacity frees up, which a provider batch "
                          "cannot: drop --route or --batch / --via")

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from nbfanout.core.fanout import Fanout
 
 __all__ = ["FINAL_STATES", "OPEN_BATCH_STATES", "BatchNews", "BatchRow", "DashboardModel", "Pace", "Row", "SavedMap",
-           "TextNews", "new_state_path", "saved_batches", "state_files"]
+           "TextNews", "saved_batches", "state_files"]
 
 #: States a row does not leave.
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
@@ -565,14 +565,6 @@ class SavedMap:
     @property
     def open_jobs(self) -> int:
         return sum(j.state in OPEN_BATCH_STATES for j in self.jobs)
-
-
-def new_state_path() -> Path:
-    """A new state file's path, named as ``map(via="batch")`` names its own: a view that names it
-    first can say where it is (for ``resume``) as soon as the first batch exists."""
-    from nbfanout.core.batch import new_state_path as named
-
-    return named()
 
 
 def state_files(directory: str | Path | None = None) -> list[Path]:

@@ -1,6 +1,7 @@
 """Helpers for the tests of batch maps' presentation (progress, render, CLI, magics): a real map sent
 through the sandbox's batch APIs, every event it emitted recorded with what the dashboard model said
-at that moment. A uniquely named module, importable because pytest prepends this folder."""
+at that moment, and the module-scoped sandboxes they share (``batch_sb``, ``faults_sb``: import them
+as fixtures). A uniquely named module, importable because pytest prepends this folder."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nbfanout import Fanout
 from nbfanout.core.events import BatchProgress, Event
 from nbfanout.core.results import BatchResult
 from nbfanout.progress import DashboardModel
+from nbfanout.sandbox import start_sandbox
 
 #: The built-in batch_api scenario's models, one per batch API (and a second OpenAI one).
 BATCH_MODELS = ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5-20251001", "gemini/gemini-2.5-flash"]
@@ -38,6 +42,19 @@ FAULTS_SCENARIO: dict[str, Any] = {
     },
 }
 
+
+
+@pytest.fixture(scope="module")
+def batch_sb(sandbox_factory: Any) -> Any:
+    """The built-in batch_api scenario at TIME_SCALE (shared by the session, one server)."""
+    return sandbox_factory("batch_api", time_scale=TIME_SCALE)
+
+
+@pytest.fixture(scope="module")
+def faults_sb() -> Any:
+    """FAULTS_SCENARIO's own server, for one test module."""
+    with start_sandbox(FAULTS_SCENARIO) as server:
+        yield server
 
 def prompts(n: int) -> list[str]:
     return [f"question {i}: name a colour and a number" for i in range(n)]

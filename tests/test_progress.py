@@ -7,24 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _batch_helpers import BATCH_MODELS, FAULTS_SCENARIO, TIME_SCALE, record_batch_map  # type: ignore[import-not-found]
+from _batch_helpers import BATCH_MODELS, FAULTS_SCENARIO, TIME_SCALE, record_batch_map, batch_sb, faults_sb  # type: ignore[import-not-found]  # noqa: F401 (fixtures)
 
 from nbfanout import Fanout
 from nbfanout.core.batch import BatchJob, BatchState
 from nbfanout.core.events import BatchProgress, ModelCompleted, RequestStarted, RunStarted
 from nbfanout.progress import BatchNews, DashboardModel, saved_batches
-from nbfanout.sandbox import start_sandbox
 
-
-@pytest.fixture(scope="module")
-def batch_sb(sandbox_factory: Any) -> Any:
-    return sandbox_factory("batch_api", time_scale=TIME_SCALE)
-
-
-@pytest.fixture(scope="module")
-def faults_sb() -> Any:
-    with start_sandbox(FAULTS_SCENARIO) as server:
-        yield server
 
 
 async def test_each_provider_batch_of_a_real_map_is_a_row_with_its_providers_words_and_counts(

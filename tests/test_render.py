@@ -7,24 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _batch_helpers import BATCH_MODELS, FAULTS_SCENARIO, TIME_SCALE, record_batch_map  # type: ignore[import-not-found]
+from _batch_helpers import BATCH_MODELS, FAULTS_SCENARIO, TIME_SCALE, record_batch_map, batch_sb, faults_sb  # type: ignore[import-not-found]  # noqa: F401 (fixtures)
 
 from nbfanout import render
 from nbfanout.core.batch import BatchState
 from nbfanout.core.events import BatchProgress, RunStarted
 from nbfanout.progress import DashboardModel, saved_batches
-from nbfanout.sandbox import start_sandbox
 
-
-@pytest.fixture(scope="module")
-def batch_sb(sandbox_factory: Any) -> Any:
-    return sandbox_factory("batch_api", time_scale=TIME_SCALE)
-
-
-@pytest.fixture(scope="module")
-def faults_sb() -> Any:
-    with start_sandbox(FAULTS_SCENARIO) as server:
-        yield server
 
 
 def _unstyled(page: str) -> str:

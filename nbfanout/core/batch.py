@@ -432,6 +432,16 @@ class BatchRunner:
     # --- on request ----------------------------------------------------------------------------
     async def cancel(self, state: BatchState, run: _Run) -> list[BatchJob]:
         """Ask each provider to cancel this state's unfinished batches; their finished requests stay readable."""
+        return await self._ask_open(state, run, "cancel")
+
+    async def refresh(self, state: BatchState, run: _Run) -> list[BatchJob]:
+        """Each unfinished batch's status as its provider reports it now (for ``nbfanout batches``)."""
+        await self._ask_open(state, run, "status")
+        return list(state.jobs)
+
+    async def _ask_open(self, state: BatchState, run: _Run, what: str) -> list[BatchJob]:
+        """``status`` or ``cancel`` of each open batch, into ``state`` (not saved: the map that follows
+        a batch writes its file); returns the jobs asked about."""
         out = []
         for index, job in enumerate(state.jobs):
             if job.state != "running" or not job.batch_id:
@@ -442,20 +452,6 @@ class BatchRunner:
             provider = self.config.providers[self.config.model(job.model).provider]
             endpoint = self._endpoint(provider, self._key(provider, job.key_digest))
             with run.http.lease() as client:
-                status = await found[1].cancel(client, endpoint, job.batch_id)
+                status = await getattr(found[1], what)(client, endpoint, job.batch_id)
             out.append(self._update(state, index, status, save=False))
         return out
-
-    async def refresh(self, state: BatchState, run: _Run) -> list[BatchJob]:
-        """Each unfinished batch's status as its provider reports it now (for ``nbfanout batches``)."""
-        for index, job in enumerate(state.jobs):
-            if job.state != "running" or not job.batch_id:
-                continue
-            found = self.support(job.model)
-            if found is None:
-                continue
-            provider = self.config.providers[self.config.model(job.model).provider]
-            endpoint = self._endpoint(provider, self._key(provider, job.key_digest))
-            with run.http.lease() as client:
-                self._update(state, index, await found[1].status(client, endpoint, job.batch_id), save=False)
-        return list(state.jobs)

@@ -529,19 +529,20 @@ class Fanout:
             return RequestSpec(prompts[i], system, parts, max_tokens, temperature, dict(params), stream, timeout,
                                conversation=conversation, tools=tools)
 
-        saved_at = [self.clock.now()]
-        live_left = [sum(1 for j, job in enumerate(jobs) if job[1] not in batched_names and results[j] is None)]
+        saved_at = self.clock.now()
+        live_left = sum(1 for j, job in enumerate(jobs) if job[1] not in batched_names and results[j] is None)
 
         def keep_live(j: int) -> None:
             """A live answer of a batch map into its state file (written at most every LIVE_SAVE_S, and
             with the last one), so a resume after a crash asks again only what had not come."""
+            nonlocal saved_at, live_left
             assert state is not None
             i, name, _ = jobs[j]
             state.live[f"{i}:{name}"] = results[j].to_record()
-            live_left[0] -= 1
-            if live_left[0] == 0 or self.clock.now() - saved_at[0] >= LIVE_SAVE_S:
+            live_left -= 1
+            if live_left == 0 or self.clock.now() - saved_at >= LIVE_SAVE_S:
                 state.save()
-                saved_at[0] = self.clock.now()
+                saved_at = self.clock.now()
 
         async def lane(queue: list[int], width: int, holds: float) -> None:
             while queue:

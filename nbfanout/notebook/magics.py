@@ -40,7 +40,7 @@ from nbfanout.core.errors import UsageError as FanoutUsageError
 from nbfanout.core.fanout import Fanout
 from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
 from nbfanout import render
-from nbfanout._argtypes import positive_float, positive_int, temperature
+from nbfanout._argtypes import batch_via, new_batch_state, positive_float, positive_int, temperature
 from nbfanout.notebook._runner import LoopJob, call_in_loop
 
 __all__ = ["BackgroundRun", "FanoutMagics", "fill_prompt", "load_ipython_extension", "split_models"]
@@ -411,7 +411,8 @@ class FanoutMagics(Magics):
                 print(f"note: --rerun resends the prompt of {args.rerun}; this cell's text is not sent", file=sys.stderr)
         elif not models and not args.pool:
             raise UsageError("no models: pass --models A B ... or --pool NAME (%%fanout? lists every option)")
-        via = _via(args)
+        with _clean_errors():  # the shared checks raise nbfanout's UsageError
+            via = batch_via(args)
         if via != "live":
             for flag, on in (("--one", args.one), ("--stream", args.stream), ("--rerun", args.rerun is not None),
                              ("--image", bool(args.image))):
@@ -461,7 +462,7 @@ class FanoutMagics(Magics):
             prompt=prompt, models=models, pool=args.pool, names=names, system=system, params=params,
             images=list(args.image), stream=args.stream, timeout=args.timeout, synthesize=args.synthesize,
             out=args.out, rerun=rerun, dry_run=args.dry_run, dashboard=not args.no_dashboard, background=args.background,
-            one=args.one, via=via, batch_state=None if via == "live" else _new_state_path(args.batch_state),
+            one=args.one, via=via, batch_state=None if via == "live" else _batch_state(args.batch_state),
             batch_after=args.batch_after,
         )
 
@@ -797,30 +798,9 @@ class FanoutMagics(Magics):
                          "text/plain": "\n\n".join(texts) or "nothing has run yet in this session"}))
 
 
-def _via(args: argparse.Namespace) -> str:
-    """``--batch`` / ``--via`` / ``--batch-state`` / ``--batch-after``, checked against each other."""
-    if args.batch and args.via not in (None, "batch"):
-        raise UsageError(f"--batch means --via batch: drop --batch or --via {args.via}")
-    via = args.via or ("batch" if args.batch else "live")
-    if via == "live" and args.batch_state:
-        raise UsageError("--batch-state names a batch map's state file: add --batch (or --via batch|auto)")
-    if via != "auto" and args.batch_after is not None:
-        raise UsageError("--batch-after is the threshold of --via auto: add --via auto or drop it")
-    return via
-
-
-def _new_state_path(given: str | None) -> Path:
-    """--batch-state, which must not hold a map already, or a new file under .nbfanout/batches/ (named
-    here, so the dashboard can show where it is while the batches run)."""
-    from nbfanout.progress import new_state_path
-
-    if not given:
-        return new_state_path()
-    path = Path(given).expanduser()
-    if path.exists():
-        raise UsageError(f"--batch-state {given}: exists (a map's batches may be in it); pick them up with "
-                         f"%fanout resume {given}, or name a new file")
-    return path
+def _batch_state(given: str | None) -> Path:
+    with _clean_errors():
+        return new_batch_state(given, "%fanout resume")
 
 
 def _say_batches_go_on(path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _batch_helpers import BATCH_MODELS, FAULTS_SCENARIO, TIME_SCALE, prompts  # type: ignore[import-not-found]
+from _batch_helpers import BATCH_MODELS, FAULTS_SCENARIO, TIME_SCALE, prompts, batch_sb, faults_sb  # type: ignore[import-not-found]  # noqa: F401 (fixtures)
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic_arguments import parse_argstring
@@ -20,20 +20,9 @@ from nbfanout.core.batch import BatchState
 from nbfanout.notebook._runner import LoopJob
 from nbfanout.notebook.dashboard import Dashboard
 from nbfanout.notebook.magics import FanoutMagics
-from nbfanout.sandbox import start_sandbox
 
 LINE = "--config sb.config --models " + " ".join(BATCH_MODELS)
 
-
-@pytest.fixture(scope="module")
-def batch_sb(sandbox_factory: Any) -> Any:
-    return sandbox_factory("batch_api", time_scale=TIME_SCALE)
-
-
-@pytest.fixture(scope="module")
-def faults_sb() -> Any:
-    with start_sandbox(FAULTS_SCENARIO) as server:
-        yield server
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 
-from nbfanout._argtypes import batch_via, new_batch_state, positive_float, positive_int
+from nbfanout._argtypes import positive_float, positive_int
+from nbfanout._batchflags import batch_via, new_batch_state
 from nbfanout.config import parse_provider_rpm
 from nbfanout.core.errors import FanoutError, UsageError
 from nbfanout.core.events import RequestEvent

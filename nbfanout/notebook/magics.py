@@ -40,7 +40,8 @@ from nbfanout.core.errors import UsageError as FanoutUsageError
 from nbfanout.core.fanout import Fanout
 from nbfanout.core.results import BatchResult, FanoutResult, ModelResult
 from nbfanout import render
-from nbfanout._argtypes import batch_via, new_batch_state, positive_float, positive_int, temperature
+from nbfanout._argtypes import positive_float, positive_int, temperature
+from nbfanout._batchflags import batch_via, new_batch_state
 from nbfanout.notebook._runner import LoopJob, call_in_loop
 
 __all__ = ["BackgroundRun", "FanoutMagics", "fill_prompt", "load_ipython_extension", "split_models"]

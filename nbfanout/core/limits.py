@@ -333,6 +333,15 @@ class Budget:
         self.in_flight += 1
         return stamps
 
+    def _levels(self, now: float) -> dict[str, tuple[Shape, float]]:
+        """Each shape's ``level`` now, with the shape it is of (a limit learned later replaces the shape)."""
+        levels = {}
+        for kind, shape in self._shapes.items():
+            level = shape.level(now)
+            if level is not None:
+                levels[kind] = (shape, level)
+        return levels
+
     def _give_back(self, kind: str, amount: float, stamp: float | None) -> None:
         if kind in self._taken and amount > 0:  # never sent, or not counted: not "sent after" a response either
             self._taken[kind] -= amount
@@ -428,13 +437,15 @@ class Budget:
         self.changed()
 
     def observe(self, snap: RateSnapshot, sent_after: dict[str, float], *, requests_kind: str = "rpm",
-                refused: bool = False) -> None:
+                refused: bool = False, expected: dict[str, tuple[Shape, float]] | None = None) -> None:
         """Headers are the provider's own count: set unknown limits, correct each shape's count.
 
         ``sent_after`` is what this budget admitted after the request whose headers these are
         (the provider may not have counted it yet). ``requests_kind`` is ``"rpd"`` for providers
         whose request headers count per day (Groq). On a refusal (``refused``) the wait is the one the
         refusal asks for, so an empty window's reset is not turned into a wait of its own.
+        ``expected`` is each shape's ``level`` right after that request was taken (see
+        ``TokenBucket.observe``).
         """
         now = self.clock.now()
         if not self.shape_known and not refused:
@@ -447,7 +458,9 @@ class Budget:
             if remaining is None:
                 continue
             if shape is not None:
-                shape.observe(float(remaining), reset, sent_after.get(kind, 0.0), now)
+                taken = (expected or {}).get(kind)
+                shape.observe(float(remaining), reset, sent_after.get(kind, 0.0), now,
+                              taken[1] if taken is not None and taken[0] is shape else None)
                 self._tell("observe", kind, remaining, reset, sent_after.get(kind, 0.0))
             span = DAY_S if kind == "rpd" else WINDOW_S
             if remaining == 0 and reset and not refused and (shape is None or reset > span):
@@ -606,6 +619,7 @@ class Reservation:
         self.tokens = tokens
         self._stamps: dict[Budget, dict[str, float]] = {}
         self._marks: dict[Budget, dict[str, float]] = {}
+        self._levels: dict[Budget, dict[str, tuple[Shape, float]]] = {}  # each shape's level right after the take
         self._open = False
         self.waited_s = 0.0
         self.rid = uuid.uuid4().hex  # its id in the shared store
@@ -620,7 +634,17 @@ class Reservation:
         for b in self.option.budgets:
             self._stamps[b] = b._take(self.tokens, now, self.option.audio_s)
             self._marks[b] = dict(b._taken)
+            self._levels[b] = b._levels(now)
         self._open = True
+
+    def expected(self, budget: Budget, refused: bool = False) -> dict[str, tuple[Shape, float]]:
+        """``budget``'s levels right after this request was taken: what its headers should show (a
+        refused request the provider never took, so its headers show that much more)."""
+        levels = self._levels.get(budget, {})
+        if not refused:
+            return levels
+        return {kind: (shape, level + budget._amount(kind, self.tokens, self.option.audio_s))
+                for kind, (shape, level) in levels.items()}
 
     def sent_after(self, budget: Budget) -> dict[str, float]:
         """What ``budget`` admitted after this request (for reading this request's headers)."""

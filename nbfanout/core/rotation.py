@@ -209,7 +209,8 @@ class Router:
         if rate.empty:
             return
         kind = "rpd" if choice.provider.id == "groq" else "rpm"  # Groq's request headers count per day
-        target.observe(rate, reservation.sent_after(target), requests_kind=kind, refused=refused)
+        target.observe(rate, reservation.sent_after(target), requests_kind=kind, refused=refused,
+                       expected=reservation.expected(target, refused))
 
     def learn_success(self, choice: Choice, latency_s: float | None = None) -> None:
         """An answer from ``choice`` after ``latency_s`` (None: from the cache) grows what was learning."""

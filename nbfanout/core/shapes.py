@@ -68,7 +68,10 @@ class Shape(Protocol):
 
     def restamp(self, taken_at: float, now: float) -> float: ...  # the answer came: returns the new handle
 
-    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None: ...
+    def level(self, now: float) -> float | None: ...  # our count as the provider's headers show theirs (None: not comparable)
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float,
+                expected: float | None = None) -> None: ...  # expected: level() right after the request was taken
 
     def rephase(self, reset_s: float, now: float) -> None: ...  # the provider's window ends reset_s from now
 
@@ -88,7 +91,7 @@ class TokenBucket:
     #: (a TCP and TLS handshake each), and a busy client sends them after its own queue.
     ARRIVAL_S = 0.5
 
-    __slots__ = ("limit", "span", "_capacity", "_rate", "_level", "_t", "_recent", "_pending")
+    __slots__ = ("limit", "span", "_capacity", "_rate", "_level", "_t", "_recent", "_pending", "_corrected", "_observed")
 
     def __init__(self, limit: float, span: float, now: float, capacity: float | None = None) -> None:
         self.limit, self.span = float(limit), float(span)
@@ -98,6 +101,8 @@ class TokenBucket:
         self._t = now
         self._recent: deque[list[float]] = deque()  # [taken at, amount] of the last ARRIVAL_S, oldest first
         self._pending = 0.0  # their sum
+        self._corrected = 0.0  # how much the provider's headers have lowered our level in all (observe)
+        self._observed = False  # whether a provider's count has set our level yet
 
     @property
     def capacity(self) -> float:
@@ -182,14 +187,43 @@ class TokenBucket:
         self._forget(taken_at, math.inf)
         return math.nan
 
-    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
-        """The provider's ``remaining``, less what we sent since (it may not have counted that yet),
-        under the ceiling of what may not have arrived.
+    def level(self, now: float) -> float | None:
+        """Our level as if no correction from headers had been made: ``observe`` compares it with the
+        provider's and corrects only what the corrections made since have not."""
+        return self.available(now) + self._corrected
 
-        A level is set, not added to, so reading headers while requests are in flight never
-        accumulates: the next response sets it again."""
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float,
+                expected: float | None = None) -> None:
+        """Correct our level by what the provider's count says we missed.
+
+        ``expected`` is our level right after we took the request whose headers these are
+        (``level``); the provider's level right after it took that request is ``remaining``
+        (floored to whole units; the time to full, ``reset_s``, gives the fraction). A provider
+        that took it ``d`` seconds later has refilled ``d`` more meanwhile, and so have we by
+        the time we took the next one: same count, shifted. So only a provider level below
+        ``expected`` says something we did not count (another client, a charge larger than our
+        estimate, a request that took the provider off full later than it took us): we lower
+        ours by that much, less what we lowered it by since that request was taken (the requests
+        in flight with it report the same shortfall, which must count once). Setting our level to ``remaining`` less what we sent since would
+        drop the refill of every answer's latency instead (0.3-0.5 s behind on
+        ``batch_token_bucket``).
+
+        Without ``expected`` (a request taken before this shape existed, as when its limit was
+        just learned), the provider's level less what we sent since is the least it can hold:
+        the first such reading sets our level there, later ones only raise it to theirs.
+        """
         self._refill(now)
-        self._level = min(self._capacity - self._pending, remaining - newer)
+        provider = float(remaining)
+        if reset_s is not None and math.isfinite(reset_s):
+            provider = min(max(provider, self._capacity - reset_s * self._rate), provider + 1.0)
+        if expected is None:
+            level = remaining - newer if not self._observed else max(self._level, remaining - newer)
+        else:
+            level = self._level - max(0.0, expected - self._corrected - provider)
+        level = min(self._capacity - self._pending, level)
+        self._corrected += self._level - level
+        self._level = level
+        self._observed = True
 
     def rephase(self, reset_s: float, now: float) -> None:
         """No edges to move: this shape has none."""
@@ -294,7 +328,12 @@ class SlidingWindow:
         self._total -= amount
         return self.take(amount, now)
 
-    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
+    def level(self, now: float) -> float | None:
+        """Not comparable: the headers' count of a window is corrected in ``observe``."""
+        return None
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float,
+                expected: float | None = None) -> None:
         """Keep our count between the provider's (``limit - remaining``) and that plus what we sent since.
 
         Headers are read while later requests are in flight, which the provider may or may not have
@@ -418,7 +457,12 @@ class FixedWindow:
             self._phase = end - math.floor(end / self.span) * self.span
             self._index = math.floor((now - self._phase) / self.span)
 
-    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float) -> None:
+    def level(self, now: float) -> float | None:
+        """Not comparable: the headers' count of a window is corrected in ``observe``."""
+        return None
+
+    def observe(self, remaining: float, reset_s: float | None, newer: float, now: float,
+                expected: float | None = None) -> None:
         """Adopt the provider's window edge (from its reset) and its count."""
         if reset_s is not None:
             self.rephase(reset_s, now)

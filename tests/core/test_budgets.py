@@ -405,3 +405,67 @@ def test_a_budget_says_how_many_requests_one_sliding_minute_holds():
     assert sliding.window_holds(100) == 156  # tokens bind
     assert Budget("model", "m", rpm=300, limiter="token_bucket").window_holds(52) == math.inf
     assert Budget("model", "m").window_holds(52) == math.inf
+
+
+async def _against_a_provider_bucket(budget: Budget, bs: BudgetSet, n: int, latency_s: float,
+                                     foreign: dict[float, int] | None = None) -> tuple[list[float], int]:
+    """``n`` requests through ``budget`` to a provider whose rpm is the sandbox's own token bucket: it
+    takes each on arrival (at admission) and answers ``latency_s`` later with its headers. ``foreign``:
+    at these times another client takes that many. Returns admission times and the provider's refusals."""
+    from nbfanout.sandbox.limits import TokenBucket as ProviderBucket
+
+    provider = ProviderBucket(60, 60.0, 1.0)  # 60 rpm, refilled at one per second
+    pending = dict(foreign or {})
+    times: list[float] = []
+    refused = 0
+    t0 = now()
+
+    async def one() -> None:
+        nonlocal refused
+        async with bs.reserve([Option((budget,), 0)]) as r:
+            t = now() - t0
+            for at in [a for a in pending if a <= t]:
+                provider.add(at, pending.pop(at))
+            ok = provider.fits(1, t)
+            if ok:
+                provider.add(t, 1)
+                times.append(round(t, 6))
+            snap = RateSnapshot(limit_requests=60, remaining_requests=provider.remaining(t),
+                                reset_requests_s=round(provider.reset_in(t), 3))
+            if ok:
+                await asyncio.sleep(latency_s)
+            budget.observe(snap, r.sent_after(budget), refused=not ok, expected=r.expected(budget, not ok))
+            if not ok:  # a 429 comes back at once, with the headers; the provider counted none of it
+                refused += 1
+                r.refund()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return times, refused
+
+
+async def test_headers_read_when_the_answer_comes_do_not_hold_a_token_bucket_back():
+    """The provider counts a request on arrival and its headers come back with the answer, a latency
+    later. Setting our level to what they say less what was sent since would drop that latency's
+    refill on every answer; read against our own count at the request's admission, they cost nothing."""
+    from nbfanout.core.shapes import TokenBucket
+
+    bs = BudgetSet()
+    budget = bs.budget("model-key", "m k", rpm=60, limiter="token_bucket")
+    times, refused = await _against_a_provider_bucket(budget, bs, 120, latency_s=2.0)
+    assert refused == 0
+    assert times[:60] == [0.0] * 60  # the full bucket at once
+    # then one a second, late only by the half second a burst from a full bucket holds its refill
+    # (TokenBucket.ARRIVAL_S); setting the level from each answer's headers made it 62.5
+    assert times[-1] == pytest.approx(60.0 + TokenBucket.ARRIVAL_S, abs=0.01)
+
+
+async def test_use_the_headers_show_and_we_did_not_count_lowers_our_level_once():
+    """Another client took 20 of the bucket just before we start. The first refusal's headers say so,
+    and so does every answer in flight then: the shortfall counts once, so one refusal, and we fall
+    behind by those 20 (20 s at one a second), not by 20 for every answer."""
+    bs = BudgetSet()
+    budget = bs.budget("model-key", "m k", rpm=60, limiter="token_bucket")
+    times, refused = await _against_a_provider_bucket(budget, bs, 120, latency_s=2.0, foreign={0.0: 20})
+    assert refused == 1  # (and not asked again here: 119 admitted)
+    assert times[:40] == [0.0] * 40
+    assert times[-1] == pytest.approx(79.0, abs=0.01)  # the bucket's 40 left, then 79 at one a second

@@ -13,14 +13,41 @@ context, which is the costly part of building one.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
-__all__ = ["SHARD_WIDTH", "HttpClients"]
+__all__ = ["SHARD_WIDTH", "HttpClients", "on_sent", "ssl_context"]
+
+#: Called when the current task's request has its last byte written (httpcore's trace events);
+#: an injected transport (tests, in-process apps) writes no bytes and never calls it.
+on_sent: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("nbfanout_on_sent", default=None)
+_SENT_EVENTS = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """The process's one SSL context (loading the CA bundle takes ~20 ms): every client shares it."""
+    return httpx.create_ssl_context()
+
+
+async def _trace_sending(request: httpx.Request) -> None:
+    """httpx request hook: ask httpcore to report this request's progress to ``on_sent``'s callback."""
+    callback = on_sent.get()
+    if callback is None:
+        return
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event in _SENT_EVENTS:
+            callback()
+
+    request.extensions["trace"] = trace
 
 #: Connections per client. The walk is linear in them; 16 keeps it a few microseconds while a
 #: fan-out at the default concurrency still needs only a handful of clients.
@@ -42,7 +69,6 @@ class HttpClients:
         # every connection a run opens stays pooled: a pool smaller than the requests in flight
         # closes a connection per answer and opens a new one for the next request
         self._limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
-        self._ssl: ssl.SSLContext | None = None
         self._clients: list[httpx.AsyncClient] = []
         self._busy: list[int] = []
         self.closed = False
@@ -68,11 +94,10 @@ class HttpClients:
                 self._busy[i] -= 1
 
     def _open(self) -> int:
-        if self._transport is None and self._ssl is None:
-            self._ssl = httpx.create_ssl_context()
-        verify: ssl.SSLContext | bool = self._ssl if self._ssl is not None else True
+        verify: ssl.SSLContext | bool = ssl_context() if self._transport is None else True
         self._clients.append(httpx.AsyncClient(transport=self._transport, limits=self._limits,
-                                               timeout=self._timeout, verify=verify))
+                                               timeout=self._timeout, verify=verify,
+                                               event_hooks={"request": [_trace_sending]}))
         self._busy.append(0)
         return len(self._clients) - 1
 

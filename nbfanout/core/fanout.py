@@ -27,7 +27,7 @@ from nbfanout.config import Config, load_config, suggest
 from nbfanout.core.audio import Transcriber, Transcription
 from nbfanout.core.batch import BatchJob, BatchRunner, BatchState
 from nbfanout.core.cache import ResponseCache
-from nbfanout.core.clients import HttpClients
+from nbfanout.core.clients import HttpClients, ssl_context
 from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.conversation import as_conversation, as_tools, check_options, check_text
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, UsageError
@@ -124,6 +124,8 @@ class Fanout:
         # one HTTP client per event loop, kept across runs: a client costs milliseconds of CPU to
         # build (an SSL context) and its pooled connections save a TCP handshake per request
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HttpClients] = weakref.WeakKeyDictionary()
+        if transport is None:
+            ssl_context()  # built now, not while the first requests of the first run wait for it
         self._active: list[_Run] = []  # runs in progress, oldest first; the utilization ticker serves them all
         self._ticker: asyncio.Future[None] | None = None
         learn = d.learn_limits if learn is None else learn

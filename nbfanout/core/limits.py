@@ -637,6 +637,15 @@ class Reservation:
             self._levels[b] = b._levels(now)
         self._open = True
 
+    def sent(self) -> None:
+        """Its last byte is written: it reaches the provider soon (``TokenBucket.sent``)."""
+        now = self._set.clock.now()
+        for b, stamps in self._stamps.items():
+            for kind, stamp in stamps.items():
+                shape = b._shapes.get(kind)
+                if shape is not None:
+                    shape.sent(stamp, now)
+
     def expected(self, budget: Budget, refused: bool = False) -> dict[str, tuple[Shape, float]]:
         """``budget``'s levels right after this request was taken: what its headers should show (a
         refused request the provider never took, so its headers show that much more)."""

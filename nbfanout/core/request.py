@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbfanout._secrets import redact
 from nbfanout.catalog import ModelSpec
+from nbfanout.core.clients import on_sent
 from nbfanout.core.errors import ErrorCategory, ErrorInfo, ProviderError, classify_error
 from nbfanout.core.events import (
     ModelCompleted,
@@ -460,7 +461,11 @@ class RequestPipeline:
             try:
                 left = None if deadline is None else max(0.001, deadline - (start - t_start))
                 limit = min(x for x in (spec.timeout or self.policy.timeout_s, left) if x is not None)
-                response, cached = await self.send_once(run, req_id, choice, spec, limit, messages)
+                sending = on_sent.set(reservation.sent)
+                try:
+                    response, cached = await self.send_once(run, req_id, choice, spec, limit, messages)
+                finally:
+                    on_sent.reset(sending)
                 rate = response.rate
             except ProviderError as exc:
                 info, rate = exc.info, exc.rate

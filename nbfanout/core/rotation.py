@@ -94,6 +94,9 @@ class Router:
         self.downscale_images = downscale_images
         self.clock = clock or LoopClock()
         self.budgets = budgets or BudgetSet(self.clock)
+        # the budgets of each (provider, key) and (model, key), found once: a map asks for them on every
+        # request and attempt, and naming a key's budget hashes the key (its digest)
+        self._found: dict[tuple[str, str, ApiKey], Budget] = {}
         self.provider_rpm = provider_rpm or {}
         self.order = list(config.defaults.provider_order) + [p for p in config.providers if p not in config.defaults.provider_order]
 
@@ -114,18 +117,26 @@ class Router:
 
     def key_budget(self, provider: ProviderConfig, key: ApiKey) -> Budget:
         """What one key may do: learned from its rate-limit headers and 429s (adaptive until then)."""
-        return self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True, shared_as=f"{provider.id} {key.digest}",
+        found = self._found.get(("key", provider.id, key))
+        if found is not None:
+            return found
+        found = self._found["key", provider.id, key] = self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True, shared_as=f"{provider.id} {key.digest}",
                                    **self._shape(provider.limits))
+        return found
 
     def model_key_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
         """One model on one key: what most providers' limits and rate-limit headers describe (per model, per org)."""
+        found = self._found.get(("model-key", model.name, key))
+        if found is not None:
+            return found
         provider = self.config.providers[model.provider]
         limits_known = any((lim.rpm, lim.tpm) != (None, None) for lim in (model.limits, provider.limits))
         concurrency_known = any(lim.concurrency is not None for lim in (model.limits, provider.limits))
         unknown = not limits_known and provider.wire in _HEADER_WIRES
-        return self.budgets.budget("model-key", f"{model.name} {key.id}", **self._shape(model.limits, provider.limits),
-                                   probe=unknown, ramp=unknown and not concurrency_known,
-                                   shared_as=f"{model.name} {key.digest}")
+        found = self._found["model-key", model.name, key] = self.budgets.budget(
+            "model-key", f"{model.name} {key.id}", **self._shape(model.limits, provider.limits),
+            probe=unknown, ramp=unknown and not concurrency_known, shared_as=f"{model.name} {key.digest}")
+        return found
 
     def header_budget(self, model: ModelSpec, key: ApiKey) -> Budget:
         """The budget a response's rate-limit headers describe: OpenRouter's describe the key as a whole."""

@@ -35,6 +35,7 @@ offers; we use it as the reference the token bucket is tested against instead.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -68,6 +69,8 @@ class Shape(Protocol):
 
     def restamp(self, taken_at: float, now: float) -> float: ...  # the answer came: returns the new handle
 
+    def sent(self, taken_at: float, now: float) -> None: ...  # its last byte is written
+
     def level(self, now: float) -> float | None: ...  # our count as the provider's headers show theirs (None: not comparable)
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float,
@@ -82,14 +85,18 @@ class TokenBucket:
     The provider takes a request from its bucket on arrival, up to ``ARRIVAL_S`` after we
     admit it. Until then its bucket still holds that amount, so it fills up (and stops
     refilling) sooner than ours: counted here, the next request could be refused there. So
-    our level never refills past ``capacity`` less what was taken in the last ``ARRIVAL_S``
-    (it may not have arrived yet). A burst from a full bucket pays that once, refilling
-    ``ARRIVAL_S`` later; a bucket kept below full, as a rate-bound batch keeps it, pays nothing.
+    our level never refills past ``capacity`` less what may not have arrived yet: what was
+    taken in the last ``ARRIVAL_S``, or, once its last byte is written (``sent``), in the
+    ``SENT_S`` since. A burst from a full bucket pays that once, refilling that much later; a
+    bucket kept below full, as a rate-bound batch keeps it, pays nothing.
     """
 
     #: The most admission-to-arrival delay assumed: a burst's first requests open new connections
     #: (a TCP and TLS handshake each), and a busy client sends them after its own queue.
     ARRIVAL_S = 0.5
+    #: ... and from its last byte written to the provider's count: one way across a continent
+    #: (tens of ms) and the provider's gateway. The handshakes and our own queue are behind it.
+    SENT_S = 0.1
 
     __slots__ = ("limit", "span", "_capacity", "_rate", "_level", "_t", "_recent", "_pending", "_corrected", "_observed")
 
@@ -99,7 +106,8 @@ class TokenBucket:
         self._rate = self.limit / self.span
         self._level = self._capacity  # tokens available; may go negative after a charge (debt)
         self._t = now
-        self._recent: deque[list[float]] = deque()  # [taken at, amount] of the last ARRIVAL_S, oldest first
+        # [taken at, amount, may not have arrived until] of recent takes, by that deadline
+        self._recent: deque[list[float]] = deque()
         self._pending = 0.0  # their sum
         self._corrected = 0.0  # how much the provider's headers have lowered our level in all (observe)
         self._observed = False  # whether a provider's count has set our level yet
@@ -111,8 +119,8 @@ class TokenBucket:
     def _segments(self) -> Iterator[tuple[float, float]]:
         """(until, ceiling): the level's ceiling up to each recent take's arrival deadline, then capacity."""
         pending = self._pending
-        for taken, amount in self._recent:
-            yield taken + self.ARRIVAL_S, self._capacity - pending
+        for _, amount, until in self._recent:
+            yield until, self._capacity - pending
             pending -= amount
         yield math.inf, self._capacity
 
@@ -131,7 +139,7 @@ class TokenBucket:
                 break
         self._level, self._t = level, now
         recent = self._recent
-        while recent and recent[0][0] + self.ARRIVAL_S <= now:
+        while recent and recent[0][2] <= now:
             self._pending -= recent.popleft()[1]
 
     def available(self, now: float) -> float:
@@ -154,7 +162,7 @@ class TokenBucket:
         self._refill(now)
         self._level -= amount
         if self._capacity >= 2 * amount:  # a bucket that holds one request at a time has no burst to land late
-            self._recent.append([now, amount])
+            self._recent.append([now, amount, now + self.ARRIVAL_S])  # the latest deadline yet: stays sorted
             self._pending += amount
         return now
 
@@ -179,6 +187,18 @@ class TokenBucket:
 
     def used(self, now: float) -> float:
         return self._capacity - self.available(now)
+
+    def sent(self, taken_at: float, now: float) -> None:
+        """The request taken at ``taken_at`` has its last byte written: it arrives within ``SENT_S``."""
+        recent = self._recent
+        for i in range(len(recent) - 1, -1, -1):
+            e = recent[i]
+            if e[0] == taken_at and e[1] > 0 and e[2] > now + self.SENT_S:
+                del recent[i]
+                e[2] = now + self.SENT_S
+                j = bisect.bisect_right([x[2] for x in recent], e[2])
+                recent.insert(j, e)
+                return
 
     def restamp(self, taken_at: float, now: float) -> float:
         """An answer proves its request arrived: it no longer holds the ceiling down. The handle returned
@@ -328,6 +348,9 @@ class SlidingWindow:
         self._total -= amount
         return self.take(amount, now)
 
+    def sent(self, taken_at: float, now: float) -> None:
+        """Nothing to do: entries are dated by the answer (``restamp``)."""
+
     def level(self, now: float) -> float | None:
         """Not comparable: the headers' count of a window is corrected in ``observe``."""
         return None
@@ -456,6 +479,9 @@ class FixedWindow:
             end = now + reset_s
             self._phase = end - math.floor(end / self.span) * self.span
             self._index = math.floor((now - self._phase) / self.span)
+
+    def sent(self, taken_at: float, now: float) -> None:
+        """Nothing to do: entries are dated by the answer (``restamp``)."""
 
     def level(self, now: float) -> float | None:
         """Not comparable: the headers' count of a window is corrected in ``observe``."""

@@ -469,3 +469,17 @@ async def test_use_the_headers_show_and_we_did_not_count_lowers_our_level_once()
     assert refused == 1  # (and not asked again here: 119 admitted)
     assert times[:40] == [0.0] * 40
     assert times[-1] == pytest.approx(79.0, abs=0.01)  # the bucket's 40 left, then 79 at one a second
+
+
+def test_a_request_written_to_the_wire_holds_a_full_buckets_refill_only_briefly() -> None:
+    """A burst from a full bucket holds its refill until each request may have arrived: ARRIVAL_S after
+    admission, or SENT_S after its last byte was written, whichever is first."""
+    from nbfanout.core.shapes import TokenBucket
+
+    b = TokenBucket(60, 60.0, now=0.0)  # one a second
+    stamps = [b.take(1, 0.0) for _ in range(60)]
+    assert b.wait(1, 0.0) == pytest.approx(TokenBucket.ARRIVAL_S + 1.0)  # nothing refills while they may be on their way
+    for s in stamps:
+        b.sent(s, 0.05)
+    assert b.wait(1, 0.05) == pytest.approx(0.05 + TokenBucket.SENT_S + 1.0 - 0.05)
+    assert b.available(0.05 + TokenBucket.SENT_S + 1.0) == pytest.approx(1.0)

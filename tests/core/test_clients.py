@@ -79,3 +79,30 @@ async def test_closing_while_a_request_holds_a_lease_does_not_hide_its_outcome()
         with clients.lease():
             await clients.aclose()  # Fanout.aclose() while a task still runs
             raise asyncio.CancelledError  # the task's own outcome must come out, not an IndexError
+
+
+async def test_a_request_reports_its_last_byte_written_over_real_http_and_never_through_a_transport(sandbox) -> None:
+    """Token buckets stop holding a request against their ceiling once it is written (``on_sent``):
+    over a real connection httpcore says when; an injected transport writes nothing, so says nothing."""
+    from nbfanout.core.clients import on_sent
+
+    url = f"{sandbox.url}/_sandbox/stats"
+    calls: list[str] = []
+    for transport, expected in ((None, 1), (httpx.ASGITransport(app=_ok_app), 0)):
+        clients = HttpClients(width=SHARD_WIDTH, timeout_s=5, transport=transport)
+        sending = on_sent.set(lambda: calls.append("sent"))
+        try:
+            with clients.lease() as client:
+                assert (await client.get(url if transport is None else "http://app/")).status_code == 200
+        finally:
+            on_sent.reset(sending)
+        with clients.lease() as client:  # no callback set: a request reports nothing
+            await client.get(url if transport is None else "http://app/")
+        await clients.aclose()
+        assert len(calls) == expected
+        calls.clear()
+
+
+async def _ok_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})

@@ -16,9 +16,9 @@ Admission (``BudgetSet.reserve``) is event-driven:
 * Every path out of a wait (admitted, cancelled, gave up) passes the baton, so no wake-up
   is lost.
 * The run's own in-flight cap is the one budget served by rank before arrival: a map ranks
-  each request by its critical path. First come the requests whose sliding-window share a
-  later request of their model will reuse a minute on (sent late, they push that minute
-  later), then the model with the most requests left per slot, so a model whose own
+  each request by its critical path. First come the requests whose window share a later
+  request of their model will reuse a minute on (sent late, they push that minute later; under
+  a fixed window, they leave the next window more than it holds), then the model with the most requests left per slot, so a model whose own
   concurrency limit makes it the slowest to finish is never left short of run slots by
   models that could finish sooner. Provider budgets stay first come, first served.
 
@@ -58,7 +58,7 @@ from nbfanout.core.clock import Clock, LoopClock
 from nbfanout.core.errors import ErrorCategory, ErrorInfo
 from nbfanout.core.events import BudgetStats, Cooldown
 from nbfanout.core.headers import RateSnapshot
-from nbfanout.core.shapes import DEFAULT_LIMITER, Shape, SlidingWindow, make_shape
+from nbfanout.core.shapes import DEFAULT_LIMITER, FixedWindow, Shape, SlidingWindow, make_shape
 from nbfanout.core.state import LearnedLimits, default_state_path
 from nbfanout.core.store import SharedStore, SharedUse, Verdict
 
@@ -279,15 +279,17 @@ class Budget:
             self._requests.popleft()
 
     def window_holds(self, tokens: float) -> float:
-        """How many requests of ``tokens`` one sliding minute of this budget holds (inf: none slides).
+        """How many requests of ``tokens`` one window of this budget holds (inf: not counted in windows).
 
         Under a sliding window a request's share comes back a minute after it was admitted, so a
         batch that needs more than one window finishes a minute after the requests it reuses went.
+        Under a fixed window what the current window does not take waits for the next, so a batch
+        that leaves more than one window's worth to it finishes a window later.
         """
         holds = math.inf
         for kind, amount in (("rpm", 1.0), ("tpm", tokens)):
             shape = self._shapes.get(kind)
-            if isinstance(shape, SlidingWindow) and amount > 0:
+            if isinstance(shape, (SlidingWindow, FixedWindow)) and amount > 0:
                 holds = min(holds, max(1.0, shape.limit // amount))
         return holds
 

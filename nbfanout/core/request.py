@@ -198,7 +198,7 @@ class RequestPipeline:
         return out
 
     def window_holds(self, name: str, spec: RequestSpec) -> float:
-        """How many requests like ``spec`` one sliding window of ``name``'s own limits holds (inf: not windowed)."""
+        """How many requests like ``spec`` one window of ``name``'s own limits holds (inf: not windowed)."""
         choices = self.router.choices([name], spec.needs)
         if not choices:
             return math.inf

@@ -258,3 +258,27 @@ async def test_every_wait_names_the_budget_that_holds_it(sandbox_app_factory):
 
     budget = re.compile(r"^(queued behind earlier requests for )?(this run|(model|model-key|key|provider) \S+)")
     assert reasons and all(budget.match(r) for r in reasons), reasons
+
+
+async def test_a_fixed_window_gets_the_share_it_must_take_before_its_edge(sandbox_app_factory):
+    """Seen on make bench: started 6.5 s before a minute boundary, batch_fixed_window took 68 s where
+    17 s would do: the run's slots were shared by requests left per slot, three models sent too few
+    before the edge, and the next window was left more than it holds (a third window, a minute later).
+    Here 400 prompts go to a model at 240 RPM in fixed windows and to one without limits, 16 in
+    flight in all: 160 must reach the first model before the edge 6 s away, or it loses a minute."""
+    latency = {"base_ms": 500, "jitter": 0.0}
+    scenario = {"name": "edge", "seed": 7, "providers": {"local": {"style": "openai", "keys": ["sk-sbx-edge-0001"],
+                "limits": {"limiter": "fixed_window"}, "models": {
+                    "windowed": {"limits": {"rpm": 240}, "latency": latency, "output_tokens": [5, 5]},
+                    "open": {"latency": latency, "output_tokens": [5, 5]}}}}}
+    app = virtual(sandbox_app_factory, scenario)
+    fx = Fanout(app.config, transport=app.transport(), learn=False, concurrency=16)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep((54.0 - loop.time()) % 60.0)  # 6 s before a window edge of the sandbox's clock
+    batch = await fx.map([f"{p} ({k})" for k in range(4) for p in PROMPTS][:400], ["local/windowed", "local/open"],
+                         max_tokens=5)
+    assert all(r.ok for r in batch.results) and refusals(app) == {}
+    windowed = max(r.latency_s for r in batch.results if r.model == "local/windowed")
+    # 160 before the edge and 240 after it: done with the run (800 answers at 16 in flight, 25 s);
+    # served by requests left per slot, it sent too few before the edge and finished at 45.5 s
+    assert windowed < 30.0

@@ -31,4 +31,3 @@ def positive_float(text: str) -> float:
 
 def temperature(text: str) -> float:
     return _number(text, float, lambda v: 0.0 <= v <= 2.0, "a number from 0 to 2", "a number from 0 to 2")
-

@@ -18,9 +18,9 @@ Admission (``BudgetSet.reserve``) is event-driven:
 * The run's own in-flight cap is the one budget served by rank before arrival: a map ranks
   each request by its critical path. First come the requests whose window share a later
   request of their model will reuse a minute on (sent late, they push that minute later; under
-  a fixed window, they leave the next window more than it holds), then the model with the most requests left per slot, so a model whose own
-  concurrency limit makes it the slowest to finish is never left short of run slots by
-  models that could finish sooner. Provider budgets stay first come, first served.
+  a fixed window, they leave the next window more than it holds), then the model with the
+  most requests left per slot, so a model whose own concurrency limit makes it the slowest to
+  finish is never left short of run slots by models that could finish sooner. Provider budgets stay first come, first served.
 
 A reservation charges one request and an estimate of tokens (input estimate + max output)
 and settles to the real usage afterwards: extra input is charged, and where the provider

@@ -118,10 +118,10 @@ class Router:
     def key_budget(self, provider: ProviderConfig, key: ApiKey) -> Budget:
         """What one key may do: learned from its rate-limit headers and 429s (adaptive until then)."""
         found = self._found.get(("key", provider.id, key))
-        if found is not None:
-            return found
-        found = self._found["key", provider.id, key] = self.budgets.budget("key", f"{provider.id} {key.id}", adaptive=True, shared_as=f"{provider.id} {key.digest}",
-                                   **self._shape(provider.limits))
+        if found is None:
+            found = self._found["key", provider.id, key] = self.budgets.budget(
+                "key", f"{provider.id} {key.id}", adaptive=True, shared_as=f"{provider.id} {key.digest}",
+                **self._shape(provider.limits))
         return found
 
     def model_key_budget(self, model: ModelSpec, key: ApiKey) -> Budget:

@@ -196,8 +196,7 @@ class TokenBucket:
             if e[0] == taken_at and e[1] > 0 and e[2] > now + self.SENT_S:
                 del recent[i]
                 e[2] = now + self.SENT_S
-                j = bisect.bisect_right([x[2] for x in recent], e[2])
-                recent.insert(j, e)
+                bisect.insort(recent, e, key=lambda x: x[2])
                 return
 
     def restamp(self, taken_at: float, now: float) -> float:
@@ -224,9 +223,9 @@ class TokenBucket:
         ``expected`` says something we did not count (another client, a charge larger than our
         estimate, a request that took the provider off full later than it took us): we lower
         ours by that much, less what we lowered it by since that request was taken (the requests
-        in flight with it report the same shortfall, which must count once). Setting our level to ``remaining`` less what we sent since would
-        drop the refill of every answer's latency instead (0.3-0.5 s behind on
-        ``batch_token_bucket``).
+        in flight with it report the same shortfall, which must count once). Setting our level
+        to ``remaining`` less what we sent since would drop the refill of every answer's latency
+        instead (0.3-0.5 s behind on ``batch_token_bucket``).
 
         Without ``expected`` (a request taken before this shape existed, as when its limit was
         just learned), the provider's level less what we sent since is the least it can hold:
@@ -252,7 +251,20 @@ class TokenBucket:
         return f"<TokenBucket {self._level:.1f}/{self._capacity:g}, +{self._rate:g}/s>"
 
 
-class SlidingWindow:
+class _Window:
+    """What the window shapes share: headers correct their counts in ``observe``, not by level."""
+
+    __slots__ = ()
+
+    def sent(self, taken_at: float, now: float) -> None:
+        """Nothing to do: a window counts a request by its answer or its window, not its arrival."""
+
+    def level(self, now: float) -> float | None:
+        """Not comparable: the headers' count of a window is corrected in ``observe``."""
+        return None
+
+
+class SlidingWindow(_Window):
     """At most ``limit`` in any ``span`` seconds: a log of (time, amount)."""
 
     __slots__ = ("limit", "span", "_log", "_total", "_slice")
@@ -348,13 +360,6 @@ class SlidingWindow:
         self._total -= amount
         return self.take(amount, now)
 
-    def sent(self, taken_at: float, now: float) -> None:
-        """Nothing to do: entries are dated by the answer (``restamp``)."""
-
-    def level(self, now: float) -> float | None:
-        """Not comparable: the headers' count of a window is corrected in ``observe``."""
-        return None
-
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float,
                 expected: float | None = None) -> None:
         """Keep our count between the provider's (``limit - remaining``) and that plus what we sent since.
@@ -392,7 +397,7 @@ class SlidingWindow:
         return f"<SlidingWindow {self._total:g}/{self.limit:g} per {self.span:g}s>"
 
 
-class FixedWindow:
+class FixedWindow(_Window):
     """At most ``limit`` per window ``[k·span + phase, (k+1)·span + phase)``.
 
     The provider counts a request when it arrives, a little after we admit it: one admitted in
@@ -479,13 +484,6 @@ class FixedWindow:
             end = now + reset_s
             self._phase = end - math.floor(end / self.span) * self.span
             self._index = math.floor((now - self._phase) / self.span)
-
-    def sent(self, taken_at: float, now: float) -> None:
-        """Nothing to do: entries are dated by the answer (``restamp``)."""
-
-    def level(self, now: float) -> float | None:
-        """Not comparable: the headers' count of a window is corrected in ``observe``."""
-        return None
 
     def observe(self, remaining: float, reset_s: float | None, newer: float, now: float,
                 expected: float | None = None) -> None:
